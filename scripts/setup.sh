@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for wall-runtime: system libraries, a virtual environment in .venv,
+# the package with its dev / sim / realsense extras. Safe to run again (it only adds what is missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System libraries the Python wheels need at run time: libusb for pyrealsense2, OSMesa for
+# MuJoCo's offscreen rendering. Installed only when missing, so repeated runs stay fast.
+need=()
+for lib in libusb-1.0.so.0 libOSMesa.so.8; do
+  ldconfig -p | grep -q "$lib" || need+=("$lib")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing system libraries (${need[*]})"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 libosmesa6 >/dev/null
+  else
+    echo "setup: missing ${need[*]}; install libusb-1.0-0 and libosmesa6 with your package manager" >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+# A CPU build of torch unless told otherwise: an unpinned torch pulls gigabytes of CUDA wheels.
+TORCH_SPEC=${WALL_RUNTIME_TORCH:-torch==2.13.0}
+.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "$TORCH_SPEC"
+.venv/bin/python -m pip install -q -e ".[${WALL_RUNTIME_EXTRAS:-dev,sim,realsense}]"
+echo "setup: ready (.venv)"

@@ -1,0 +1,3 @@
+from wall_runtime.cli import main
+
+main()

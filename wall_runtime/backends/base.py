@@ -1,0 +1,51 @@
+"""One Policy interface over every backend (torch, onnxruntime, TensorRT, and test doubles).
+
+Backends differ only in how ``prefix`` and ``denoise`` run; preprocessing (images, prompt, state)
+and postprocessing (un-normalisation) are shared.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from wall_runtime.types import Observation, PolicyResult
+
+
+@dataclass(frozen=True)
+class PolicyMetadata:
+    """What a client learns about the policy at the handshake."""
+
+    model: str  # e.g. "wall-oss-flow", "wall-oss-0.5", "echo"
+    variant: str  # "flow" | "0.5" | "none"
+    backend: str  # "torch" | "onnxruntime" | "tensorrt" | "echo"
+    action_horizon: int
+    action_dim: int
+    state_dim: int
+    num_steps: int
+    cameras: tuple[str, ...]  # model view names the policy expects, in prompt order
+    norm_keys: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["cameras"] = list(self.cameras)
+        d["norm_keys"] = list(self.norm_keys)
+        return d
+
+
+class Policy(abc.ABC):
+    metadata: PolicyMetadata
+
+    @abc.abstractmethod
+    def infer(
+        self,
+        observations: Sequence[Observation],
+        noise: Sequence[np.ndarray | None] | None = None,
+    ) -> list[PolicyResult]:
+        """One chunk per observation. ``noise[i]`` (``[H, D]`` float32) fixes the initial flow sample."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release engines, sessions and device memory."""
