@@ -1,0 +1,196 @@
+"""Timestamped chunk scheduling: which action runs now, when to splice, when to ask for more.
+
+Action ``i`` of a chunk is meant for ``chunk.stamp + i * chunk.dt`` on the robot host's monotonic
+clock (the stamp is the observation's, echoed by the server, so no clock sync is needed). Actions
+already in the past are never executed; a new chunk takes over at its first action still in the
+future, and the segment from the last output to that action is interpolated. The splice guard
+limits each output step to ``max_step`` until the output has caught up with the new plan, so the
+scheduler itself never creates a jump (the safety chain would clip one anyway, counting it as an
+intervention; a jump that is clipped there is a scheduling bug).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from wall_runtime.control.latency import LatencyEstimator
+from wall_runtime.control.plan import TimedPlan
+from wall_runtime.control.smoothing import Smoother
+from wall_runtime.types import ActionChunk, InpaintHint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SchedulerConfig:
+    # request the next chunk when less than this many seconds of plan are left; None = automatic
+    # (the p95 latency plus ``request_margin_s``, so the next chunk lands before this one runs out)
+    request_threshold_s: float | None = None
+    request_margin_s: float = 0.05
+    max_in_flight: int = 1
+    request_timeout_s: float = 2.0  # a request older than this is given up on
+    latency_window: int = 20
+    latency_warmup: int = 2
+    max_step: np.ndarray | float | None = None  # splice guard, per action dim (robot units per tick)
+
+
+@dataclass
+class SpliceEvent:
+    """A chunk taking over: for the run log and the seam metrics."""
+
+    time: float
+    seq: int
+    first_index: int  # actions [0, first_index) were already in the past and were dropped
+    latency_s: float
+    offset: float  # max |new - old| at the first spliced action, before smoothing
+
+
+@dataclass
+class _Request:
+    stamp: float
+    sent: float
+
+
+@dataclass
+class ChunkScheduler:
+    smoother: Smoother
+    config: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        self.latency = LatencyEstimator(self.config.latency_window, self.config.latency_warmup)
+        self.plan: TimedPlan | None = None
+        self.rejected: Counter[str] = Counter()
+        self.last_output: np.ndarray | None = None
+        self.horizon: int | None = None
+        self.dt: float | None = None
+        self.action_dim: int | None = None
+        self._in_flight: list[_Request] = []
+        self._last_seq: int | None = None
+        self._last_stamp = -math.inf
+        self._guard_active = False
+
+    # -- chunks -------------------------------------------------------------------------------
+
+    def _reject(self, reason: str, chunk: ActionChunk, detail: str) -> None:
+        self.rejected[reason] += 1
+        log.warning("chunk seq=%s rejected (%s): %s", chunk.seq, reason, detail)
+
+    def accept(self, chunk: ActionChunk, now: float) -> SpliceEvent | None:
+        """Take a chunk in; returns the splice, or ``None`` when the chunk was rejected (counted)."""
+        self._in_flight = [r for r in self._in_flight if r.stamp != chunk.stamp]
+        actions = np.asarray(chunk.actions)
+        if actions.ndim != 2 or actions.shape[0] < 1:
+            self._reject("malformed", chunk, f"actions must be [H, D], got shape {actions.shape}")
+            return None
+        if self.action_dim is not None and actions.shape[1] != self.action_dim:
+            self._reject("malformed", chunk, f"action dim {actions.shape[1]} != {self.action_dim}")
+            return None
+        if not (math.isfinite(chunk.dt) and chunk.dt > 0):
+            self._reject("malformed", chunk, f"dt must be a positive number of seconds, got {chunk.dt!r}")
+            return None
+        if not math.isfinite(chunk.stamp) or chunk.stamp > now:
+            self._reject("malformed", chunk, f"stamp {chunk.stamp!r} is not a past robot-clock time")
+            return None
+        if not np.all(np.isfinite(actions)):
+            self._reject("non_finite", chunk, "actions contain NaN or inf")
+            return None
+        if (self._last_seq is not None and chunk.seq <= self._last_seq) or chunk.stamp < self._last_stamp:
+            self._reject("out_of_order", chunk, f"older than the chunk in use (seq {self._last_seq})")
+            return None
+        times = chunk.stamp + np.arange(actions.shape[0]) * chunk.dt
+        future = np.flatnonzero(times > now)
+        if future.size == 0:
+            self._reject("stale", chunk, f"all {actions.shape[0]} actions are in the past")
+            return None
+        k = int(future[0])
+        latency = now - chunk.stamp
+        self.latency.add(latency)
+        self._last_seq, self._last_stamp = chunk.seq, chunk.stamp
+        self.horizon, self.dt, self.action_dim = actions.shape[0], chunk.dt, actions.shape[1]
+
+        new = TimedPlan(times[k:], actions[k:].astype(np.float64))
+        old = self.plan
+        offset = 0.0
+        if old is not None:
+            offset = float(np.max(np.abs(old.sample(new.times[:1]) - new.actions[:1])))
+        merged = self.smoother.merge(old, new, now)
+        if self.last_output is not None and merged.start > now:
+            # the segment from what is being commanded now to the first future action
+            merged = TimedPlan(
+                np.concatenate([[now], merged.times]),
+                np.concatenate([self.last_output[None], merged.actions]),
+            )
+        self.plan = merged
+        self._guard_active = self.last_output is not None
+        return SpliceEvent(time=now, seq=chunk.seq, first_index=k, latency_s=latency, offset=offset)
+
+    # -- targets ------------------------------------------------------------------------------
+
+    def target(self, now: float) -> np.ndarray | None:
+        """The action to command at ``now``; ``None`` when there is no plan or it is exhausted."""
+        if self.plan is None:
+            return None
+        value = self.plan.value_at(now)
+        if value is None:
+            return None
+        self.plan.drop_before(now)
+        if self._guard_active and self.last_output is not None and self.config.max_step is not None:
+            limit = np.broadcast_to(np.asarray(self.config.max_step, dtype=np.float64), value.shape)
+            step = np.clip(value - self.last_output, -limit, limit)
+            caught_up = np.allclose(step, value - self.last_output, rtol=0.0, atol=1e-12)
+            value = self.last_output + step
+            self._guard_active = not caught_up
+        self.last_output = value
+        return value.copy()
+
+    def remaining(self, now: float) -> float:
+        return 0.0 if self.plan is None else max(0.0, self.plan.end - now)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def request_threshold(self) -> float:
+        if self.config.request_threshold_s is not None:
+            return self.config.request_threshold_s
+        latency = self.latency.estimate()
+        if latency is None:
+            return math.inf  # nothing measured yet: ask now, the in-flight cap stops a flood
+        return latency + self.config.request_margin_s + (self.dt or 0.0)
+
+    def should_request(self, now: float) -> bool:
+        expired = [r for r in self._in_flight if now - r.sent > self.config.request_timeout_s]
+        if expired:
+            self.rejected["request_timeout"] += len(expired)
+            log.warning(
+                "%d chunk request(s) unanswered after %.2fs", len(expired), self.config.request_timeout_s
+            )
+            self._in_flight = [r for r in self._in_flight if r not in expired]
+        if len(self._in_flight) >= self.config.max_in_flight:
+            return False
+        return self.remaining(now) < self.request_threshold()
+
+    def note_request(self, stamp: float, now: float) -> None:
+        self._in_flight.append(_Request(stamp=stamp, sent=now))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def hint(self, stamp: float) -> InpaintHint | None:
+        """RTC guidance for the observation stamped ``stamp`` (``None`` for other smoothers)."""
+        if self.horizon is None or self.dt is None:
+            return None
+        delay = self.latency.estimate(default=0.0) or 0.0
+        return self.smoother.hint(self.plan, stamp, delay, self.horizon, self.dt)
+
+    def reset(self, position: np.ndarray | None = None) -> None:
+        """Drop the plan (after a hold or an e-stop); the next chunk is spliced from ``position``."""
+        self.plan = None
+        self.smoother.reset()
+        self.last_output = None if position is None else np.asarray(position, dtype=np.float64).copy()
+        self._guard_active = False
+        self._in_flight = []
