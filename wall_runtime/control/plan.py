@@ -42,6 +42,8 @@ class TimedPlan:
             return None
         if t <= self.times[0]:
             return self.actions[0].copy()
+        if t == self.times[-1]:
+            return self.actions[-1].copy()
         j = int(np.searchsorted(self.times, t, side="right"))  # times[j-1] <= t < times[j]
         t0, t1 = self.times[j - 1], self.times[j]
         w = (t - t0) / (t1 - t0)

@@ -4,9 +4,9 @@ Action ``i`` of a chunk is meant for ``chunk.stamp + i * chunk.dt`` on the robot
 clock (the stamp is the observation's, echoed by the server, so no clock sync is needed). Actions
 already in the past are never executed; a new chunk takes over at its first action still in the
 future, and the segment from the last output to that action is interpolated. The splice guard
-limits each output step to ``max_step`` until the output has caught up with the new plan, so the
-scheduler itself never creates a jump (the safety chain would clip one anyway, counting it as an
-intervention; a jump that is clipped there is a scheduling bug).
+limits each output step to ``max_step`` (the same per-tick limit the safety chain enforces), so
+neither a splice nor a smoother's blend ever creates a jump; the ticks where it had to act are
+counted in ``guard_clips`` (a jump clipped by the safety chain instead would be a scheduling bug).
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ class ChunkScheduler:
         self._in_flight: list[_Request] = []
         self._last_seq: int | None = None
         self._last_stamp = -math.inf
-        self._guard_active = False
+        self._last_output_time = -math.inf
+        self.guard_clips = 0  # ticks where the splice guard limited the output step
 
     # -- chunks -------------------------------------------------------------------------------
 
@@ -113,20 +114,23 @@ class ChunkScheduler:
         self._last_seq, self._last_stamp = chunk.seq, chunk.stamp
         self.horizon, self.dt, self.action_dim = actions.shape[0], chunk.dt, actions.shape[1]
 
-        new = TimedPlan(times[k:], actions[k:].astype(np.float64))
+        # with nothing commanded yet, the plan starts on the action bracketing now from below, so
+        # the first output is the chunk's value for now, neither an older nor a future action
+        first = k if self.last_output is not None else max(k - 1, 0)
+        new = TimedPlan(times[first:], actions[first:].astype(np.float64))
         old = self.plan
         offset = 0.0
         if old is not None:
             offset = float(np.max(np.abs(old.sample(new.times[:1]) - new.actions[:1])))
         merged = self.smoother.merge(old, new, now)
-        if self.last_output is not None and merged.start > now:
-            # the segment from what is being commanded now to the first future action
+        if self.last_output is not None and merged.start > self._last_output_time:
+            # the segment from the last command to the first future action (anchored at the last
+            # command's time, so the splice tick moves on instead of repeating the last command)
             merged = TimedPlan(
-                np.concatenate([[now], merged.times]),
+                np.concatenate([[self._last_output_time], merged.times]),
                 np.concatenate([self.last_output[None], merged.actions]),
             )
         self.plan = merged
-        self._guard_active = self.last_output is not None
         return SpliceEvent(time=now, seq=chunk.seq, first_index=k, latency_s=latency, offset=offset)
 
     # -- targets ------------------------------------------------------------------------------
@@ -139,13 +143,14 @@ class ChunkScheduler:
         if value is None:
             return None
         self.plan.drop_before(now)
-        if self._guard_active and self.last_output is not None and self.config.max_step is not None:
+        if self.last_output is not None and self.config.max_step is not None:
             limit = np.broadcast_to(np.asarray(self.config.max_step, dtype=np.float64), value.shape)
             step = np.clip(value - self.last_output, -limit, limit)
-            caught_up = np.allclose(step, value - self.last_output, rtol=0.0, atol=1e-12)
+            if not np.allclose(step, value - self.last_output, rtol=0.0, atol=1e-12):
+                self.guard_clips += 1
             value = self.last_output + step
-            self._guard_active = not caught_up
         self.last_output = value
+        self._last_output_time = now
         return value.copy()
 
     def remaining(self, now: float) -> float:
@@ -187,10 +192,10 @@ class ChunkScheduler:
         delay = self.latency.estimate(default=0.0) or 0.0
         return self.smoother.hint(self.plan, stamp, delay, self.horizon, self.dt)
 
-    def reset(self, position: np.ndarray | None = None) -> None:
+    def reset(self, position: np.ndarray | None = None, now: float = -math.inf) -> None:
         """Drop the plan (after a hold or an e-stop); the next chunk is spliced from ``position``."""
         self.plan = None
+        self._last_output_time = now
         self.smoother.reset()
         self.last_output = None if position is None else np.asarray(position, dtype=np.float64).copy()
-        self._guard_active = False
         self._in_flight = []

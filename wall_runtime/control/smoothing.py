@@ -54,7 +54,10 @@ class CrossfadeSmoother(Smoother):
     def merge(self, old: TimedPlan | None, new: TimedPlan, now: float) -> TimedPlan:
         if old is None:
             return new
-        w = np.minimum(1.0, np.arange(1, len(new.times) + 1) / (self.steps + 1))[:, None]
+        # the fade ends no later than the old plan does: past its end it has nothing to say
+        covered = int(np.count_nonzero(new.times <= old.end))
+        steps = min(self.steps, covered)
+        w = np.minimum(1.0, np.arange(1, len(new.times) + 1) / (steps + 1))[:, None]
         old_values = old.sample(new.times, hold_last=True)
         return TimedPlan(new.times, (1.0 - w) * old_values + w * new.actions)
 
