@@ -377,13 +377,18 @@ class SafetyChain:
             u_hi = b * dt * dt * (np.sqrt(1.0 + 2.0 * room_hi / (b * dt * dt)) - 1.0)
             u_lo = b * dt * dt * (np.sqrt(1.0 + 2.0 * room_lo / (b * dt * dt)) - 1.0)
         braking = np.isfinite(b) & ("acceleration" not in self.disabled)
-        hi_pos = np.where(braking & np.isfinite(u_hi), np.minimum(hi_pos, p + u_hi), hi_pos)
-        lo_pos = np.where(braking & np.isfinite(u_lo), np.maximum(lo_pos, p - u_lo), lo_pos)
+        # braking distance: the joint must always be able to stop inside its position limits at
+        # its deceleration, so the admissible speed shrinks near a limit (part of "acceleration")
+        hi_brake = np.where(braking & np.isfinite(u_hi), p + u_hi, big)
+        lo_brake = np.where(braking & np.isfinite(u_lo), p - u_lo, -big)
         intervals = {
             "position": (np.where(self.is_gripper, -big, lo_pos), np.where(self.is_gripper, big, hi_pos)),
             "step": (p - self.max_step, p + self.max_step),
             "velocity": (p - self.max_vel * dt, p + self.max_vel * dt),
-            "acceleration": (p + (v - self.max_acc * dt) * dt, p + (v + self.max_acc * dt) * dt),
+            "acceleration": (
+                np.maximum(p + (v - self.max_acc * dt) * dt, lo_brake),
+                np.minimum(p + (v + self.max_acc * dt) * dt, hi_brake),
+            ),
             "jerk": (
                 p + (v + (a - self.max_jerk * dt) * dt) * dt,
                 p + (v + (a + self.max_jerk * dt) * dt) * dt,
@@ -422,14 +427,22 @@ class SafetyChain:
                 else:
                     active[name] &= fits
             lo_all, hi_all = np.where(fits, lo2, lo_all), np.where(fits, hi2, hi_all)
+        # clipping in the fixed order is clipping to the intersection; the interventions are the
+        # filters whose interval excluded the target and whose bound the command now sits on
+        requested = x
+        for name in ("position", "step", "velocity", "acceleration", "jerk", "gripper"):
+            if name in active:
+                lo_f, hi_f = intervals[name]
+                x = np.where(active[name], np.clip(x, lo_f, hi_f), x)
         for name in ("position", "step", "velocity", "acceleration", "jerk", "gripper"):
             if name not in active:
                 continue
             lo_f, hi_f = intervals[name]
-            clipped = np.where(active[name], np.clip(x, lo_f, hi_f), x)
-            moved = active[name] & (np.abs(clipped - x) > _TOL * (1.0 + np.abs(x)))
-            self._record(name, moved, x, clipped)
-            x = clipped
+            tol = _TOL * (1.0 + np.abs(x))
+            with np.errstate(over="ignore", invalid="ignore"):
+                excluded = (requested < lo_f - tol) | (requested > hi_f + tol)
+                binding = (np.abs(x - lo_f) <= tol) | (np.abs(x - hi_f) <= tol)
+            self._record(name, active[name] & excluded & binding, requested, x)
 
         # 7. workspace box on the forward kinematics
         if self.workspace_active:

@@ -192,6 +192,11 @@ class ChunkScheduler:
         delay = self.latency.estimate(default=0.0) or 0.0
         return self.smoother.hint(self.plan, stamp, delay, self.horizon, self.dt)
 
+    def anchor(self, output: np.ndarray, at: float) -> None:
+        """Declare what was commanded at ``at``: the next chunk is spliced from there."""
+        self.last_output = np.asarray(output, dtype=np.float64).copy()
+        self._last_output_time = at
+
     def reset(self, position: np.ndarray | None = None, now: float = -math.inf) -> None:
         """Drop the plan (after a hold or an e-stop); the next chunk is spliced from ``position``."""
         self.plan = None
