@@ -154,3 +154,23 @@ def test_latency_estimate_ignores_warm_up_and_outliers_leave_the_window() -> Non
     est.add(float("nan"))
     est.add(-1.0)
     assert est.samples == 10
+
+
+@pytest.mark.parametrize("interpolation", ["cubic", "linear"])
+def test_cubic_interpolation_keeps_acceleration_near_the_true_one(interpolation: str) -> None:
+    """50 Hz actions on a 500 Hz loop: linear interpolation multiplies the acceleration at every
+    waypoint by the rate ratio; the cubic stays near the trajectory's own acceleration."""
+    sched = ChunkScheduler(make_smoother("none"), SchedulerConfig(interpolation=interpolation))
+    t = np.arange(60) * 0.02
+    amplitude, omega = 0.5, 2 * np.pi
+    sched.accept(
+        ActionChunk(actions=amplitude * np.sin(omega * t)[:, None], stamp=0.0, dt=0.02, seq=1), now=1e-6
+    )
+    dt = 0.002
+    x = np.array([sched.target(k * dt)[0] for k in range(10, 500)])
+    acc = np.abs(np.diff(x, 2)) / dt**2
+    true_peak = amplitude * omega**2  # 19.7
+    if interpolation == "cubic":
+        assert acc.max() < 1.3 * true_peak
+    else:
+        assert acc.max() > 3 * true_peak

@@ -39,6 +39,9 @@ from wall_runtime.types import RobotState
 log = logging.getLogger(__name__)
 
 FILTERS = ("finite", "position", "step", "velocity", "acceleration", "jerk", "workspace", "gripper", "base")
+# rows of the interval table, and the filter each row belongs to
+_POS, _STEP, _VEL, _ACC, _JERK, _GRIP = range(6)
+_ROW_FILTER = (1, 2, 3, 4, 5, 7)  # indices into FILTERS
 POSITION_KINDS = frozenset({"revolute", "prismatic", "gripper"})
 BASE_KINDS = frozenset({"base_linear", "base_angular"})
 _TOL = 1e-9
@@ -286,9 +289,37 @@ class SafetyChain:
                     "joint %s has no position, step or velocity limit: only the finite check guards it",
                     j.name,
                 )
+        self._precompute()
         self._p: np.ndarray | None = None  # last command
         self._v = np.zeros(n)
         self._a = np.zeros(n)
+
+    def _precompute(self) -> None:
+        """Everything per tick that does not depend on the state."""
+        n, dt, inf = len(self.joints), self.dt, math.inf
+        self._lo = np.empty((6, n))
+        self._hi = np.empty((6, n))
+        self._pos_lo = np.where(self.is_gripper, -inf, self.lower)
+        self._pos_hi = np.where(self.is_gripper, inf, self.upper)
+        self._grip_lo = np.where(self.is_gripper, np.maximum(self.lower, self.grip_lower), -inf)
+        self._grip_hi = np.where(self.is_gripper, np.minimum(self.upper, self.grip_upper), inf)
+        self._vel_dt = self.max_vel * dt
+        self._acc_dt2 = self.max_acc * dt * dt
+        self._jerk_dt3 = self.max_jerk * dt**3
+        acc_on = "acceleration" not in self.disabled
+        jerk_on = "jerk" not in self.disabled
+        self._braking = np.isfinite(self.brake) & acc_on
+        self._brake_dt2 = np.where(self._braking, self.brake, 1.0) * dt * dt
+        self._vcap = np.minimum(self.max_vel, self.max_step / dt)
+        self._jerk_braking = np.isfinite(self.max_jerk) & np.isfinite(self._vcap) & jerk_on
+        self._jerk_dt2 = np.where(self._jerk_braking, self.max_jerk, 1.0) * dt * dt
+        rows = {"position": _POS, "step": _STEP, "velocity": _VEL, "acceleration": _ACC, "jerk": _JERK}
+        self._active = np.tile(self.is_pos, (6, 1))
+        for name, row in rows.items():
+            if name in self.disabled:
+                self._active[row] = False
+        if "gripper" in self.disabled:
+            self._active[_GRIP] = False
 
     @property
     def workspace_active(self) -> bool:
@@ -357,7 +388,12 @@ class SafetyChain:
                 raise RuntimeError("the safety chain needs a measured state for its first command")
             self.reset(state)
         assert self._p is not None
-        p, v, a, dt = self._p, self._v, self._a, self.dt
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._filter(target, self._p, self._v, self._a, self.dt)
+
+    def _filter(
+        self, target: np.ndarray, p: np.ndarray, v: np.ndarray, a: np.ndarray, dt: float
+    ) -> np.ndarray:
         x = target.copy()
 
         # 1. finite: one bad number means the whole target is untrustworthy
@@ -367,82 +403,66 @@ class SafetyChain:
             self._record("finite", bad | (hold != target), target, hold)
             x = hold
 
-        # 2-6 and 8, position joints: intervals of the next position
-        big = np.full(n, math.inf)
-        lo_pos, hi_pos = self.lower.copy(), self.upper.copy()
-        b = self.brake
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            room_hi = np.maximum(self.upper - p, 0.0)
-            room_lo = np.maximum(p - self.lower, 0.0)
-            u_hi = b * dt * dt * (np.sqrt(1.0 + 2.0 * room_hi / (b * dt * dt)) - 1.0)
-            u_lo = b * dt * dt * (np.sqrt(1.0 + 2.0 * room_lo / (b * dt * dt)) - 1.0)
-        braking = np.isfinite(b) & ("acceleration" not in self.disabled)
-        # braking distance: the joint must always be able to stop inside its position limits at
-        # its deceleration, so the admissible speed shrinks near a limit (part of "acceleration")
-        hi_brake = np.where(braking & np.isfinite(u_hi), p + u_hi, big)
-        lo_brake = np.where(braking & np.isfinite(u_lo), p - u_lo, -big)
-        intervals = {
-            "position": (np.where(self.is_gripper, -big, lo_pos), np.where(self.is_gripper, big, hi_pos)),
-            "step": (p - self.max_step, p + self.max_step),
-            "velocity": (p - self.max_vel * dt, p + self.max_vel * dt),
-            "acceleration": (
-                np.maximum(p + (v - self.max_acc * dt) * dt, lo_brake),
-                np.minimum(p + (v + self.max_acc * dt) * dt, hi_brake),
-            ),
-            "jerk": (
-                p + (v + (a - self.max_jerk * dt) * dt) * dt,
-                p + (v + (a + self.max_jerk * dt) * dt) * dt,
-            ),
-            "gripper": (
-                np.where(self.is_gripper, np.maximum(lo_pos, self.grip_lower), -big),
-                np.where(self.is_gripper, np.minimum(hi_pos, self.grip_upper), big),
-            ),
-        }
-        intervals = {
-            k: (np.nan_to_num(lo, nan=-math.inf), np.nan_to_num(hi, nan=math.inf))
-            for k, (lo, hi) in intervals.items()
-        }
-        active = {k: self.is_pos.copy() for k in intervals if k not in self.disabled}
-        # which intervals can hold together: step and velocity always; then by priority
-        lo_all = np.maximum(intervals["step"][0], intervals["velocity"][0])
-        hi_all = np.minimum(intervals["step"][1], intervals["velocity"][1])
-        for name in ("position", "gripper", "acceleration", "jerk"):
-            if name not in active:
+        # 2-6 and 8, position joints: intervals of the next position, one row per filter
+        lo, hi = self._lo, self._hi
+        lo[_POS], hi[_POS] = self._pos_lo, self._pos_hi
+        lo[_STEP], hi[_STEP] = p - self.max_step, p + self.max_step
+        lo[_VEL], hi[_VEL] = p - self._vel_dt, p + self._vel_dt
+        # acceleration, with the braking distance to the position limits: the joint must always be
+        # able to stop inside them at its deceleration, so the admissible speed shrinks near a limit
+        bdt2 = self._brake_dt2
+        room_hi = np.maximum(self.upper - p, 0.0)
+        room_lo = np.maximum(p - self.lower, 0.0)
+        u_hi = np.where(self._braking, bdt2 * (np.sqrt(1.0 + 2.0 * room_hi / bdt2) - 1.0), np.inf)
+        u_lo = np.where(self._braking, bdt2 * (np.sqrt(1.0 + 2.0 * room_lo / bdt2) - 1.0), np.inf)
+        vdt = v * dt
+        lo[_ACC] = np.maximum(p + vdt - self._acc_dt2, p - u_lo)
+        hi[_ACC] = np.minimum(p + vdt + self._acc_dt2, p + u_hi)
+        # jerk, with the same idea one derivative up: the acceleration must be able to return to zero
+        # (at the jerk limit) before the speed reaches its cap
+        jdt2 = self._jerk_dt2
+        head_hi = np.maximum(self._vcap - v, 0.0)
+        head_lo = np.maximum(v + self._vcap, 0.0)
+        w_hi = np.where(self._jerk_braking, jdt2 * (np.sqrt(1.0 + 2.0 * head_hi / jdt2) - 1.0), np.inf)
+        w_lo = np.where(self._jerk_braking, jdt2 * (np.sqrt(1.0 + 2.0 * head_lo / jdt2) - 1.0), np.inf)
+        adt2 = a * dt * dt
+        lo[_JERK] = np.maximum(p + vdt + adt2 - self._jerk_dt3, p + vdt - w_lo * dt)
+        hi[_JERK] = np.minimum(p + vdt + adt2 + self._jerk_dt3, p + vdt + w_hi * dt)
+        lo[_GRIP], hi[_GRIP] = self._grip_lo, self._grip_hi
+        act = self._active.copy()
+        # which rows can hold together: step and velocity always; then by priority
+        lo_all = np.maximum(lo[_STEP], lo[_VEL])
+        hi_all = np.minimum(hi[_STEP], hi[_VEL])
+        for row in (_POS, _GRIP, _ACC, _JERK):
+            if not act[row].any():
                 continue
-            lo_f, hi_f = intervals[name]
-            lo2, hi2 = np.maximum(lo_all, lo_f), np.minimum(hi_all, hi_f)
+            lo2 = np.where(act[row], np.maximum(lo_all, lo[row]), lo_all)
+            hi2 = np.where(act[row], np.minimum(hi_all, hi[row]), hi_all)
             fits = lo2 <= hi2
-            yielded = self.is_pos & ~fits
-            if yielded.any():
-                self._record(f"{name}_yielded", yielded, target, np.where(yielded, p, x))
-                if name in ("position", "gripper"):
+            if not fits.all():
+                yielded = act[row] & ~fits
+                self._record(f"{FILTERS[_ROW_FILTER[row]]}_yielded", yielded, target, p)
+                if row in (_POS, _GRIP):
                     # started outside: never further out, back inside as fast as step and velocity allow
-                    lo_f, hi_f = (
-                        np.where(yielded, np.minimum(p, lo_f), lo_f),
-                        np.where(yielded, np.maximum(p, hi_f), hi_f),
-                    )
-                    intervals[name] = (lo_f, hi_f)
-                    lo2, hi2 = np.maximum(lo_all, lo_f), np.minimum(hi_all, hi_f)
+                    lo[row] = np.where(yielded, np.minimum(p, lo[row]), lo[row])
+                    hi[row] = np.where(yielded, np.maximum(p, hi[row]), hi[row])
+                    lo2 = np.where(act[row], np.maximum(lo_all, lo[row]), lo_all)
+                    hi2 = np.where(act[row], np.minimum(hi_all, hi[row]), hi_all)
                     fits = lo2 <= hi2
                 else:
-                    active[name] &= fits
-            lo_all, hi_all = np.where(fits, lo2, lo_all), np.where(fits, hi2, hi_all)
-        # clipping in the fixed order is clipping to the intersection; the interventions are the
-        # filters whose interval excluded the target and whose bound the command now sits on
+                    act[row] &= fits
+            lo_all = np.where(fits, lo2, lo_all)
+            hi_all = np.where(fits, hi2, hi_all)
+        # clipping in the fixed order is clipping to the intersection of the rows kept
         requested = x
-        for name in ("position", "step", "velocity", "acceleration", "jerk", "gripper"):
-            if name in active:
-                lo_f, hi_f = intervals[name]
-                x = np.where(active[name], np.clip(x, lo_f, hi_f), x)
-        for name in ("position", "step", "velocity", "acceleration", "jerk", "gripper"):
-            if name not in active:
-                continue
-            lo_f, hi_f = intervals[name]
-            tol = _TOL * (1.0 + np.abs(x))
-            with np.errstate(over="ignore", invalid="ignore"):
-                excluded = (requested < lo_f - tol) | (requested > hi_f + tol)
-                binding = (np.abs(x - lo_f) <= tol) | (np.abs(x - hi_f) <= tol)
-            self._record(name, active[name] & excluded & binding, requested, x)
+        x = np.where(self.is_pos, np.minimum(np.maximum(x, lo_all), hi_all), x)
+        # the interventions: rows that excluded the target and whose bound the command now sits on
+        tol = _TOL * (1.0 + np.abs(x))
+        hits = act & ((requested < lo - tol) | (requested > hi + tol))
+        if hits.any():
+            hits &= (np.abs(x - lo) <= tol) | (np.abs(x - hi) <= tol)
+            for row in np.flatnonzero(hits.any(axis=1)):
+                self._record(FILTERS[_ROW_FILTER[row]], hits[row], requested, x)
 
         # 7. workspace box on the forward kinematics
         if self.workspace_active:

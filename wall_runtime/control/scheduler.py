@@ -37,6 +37,7 @@ class SchedulerConfig:
     latency_window: int = 20
     latency_warmup: int = 2
     max_step: np.ndarray | float | None = None  # splice guard, per action dim (robot units per tick)
+    interpolation: str = "cubic"  # between actions at the control rate: "cubic" | "linear"
 
 
 @dataclass
@@ -130,6 +131,7 @@ class ChunkScheduler:
                 np.concatenate([[self._last_output_time], merged.times]),
                 np.concatenate([self.last_output[None], merged.actions]),
             )
+        merged.interpolation = self.config.interpolation
         self.plan = merged
         return SpliceEvent(time=now, seq=chunk.seq, first_index=k, latency_s=latency, offset=offset)
 
@@ -144,11 +146,12 @@ class ChunkScheduler:
             return None
         self.plan.drop_before(now)
         if self.last_output is not None and self.config.max_step is not None:
-            limit = np.broadcast_to(np.asarray(self.config.max_step, dtype=np.float64), value.shape)
-            step = np.clip(value - self.last_output, -limit, limit)
-            if not np.allclose(step, value - self.last_output, rtol=0.0, atol=1e-12):
+            limit = np.asarray(self.config.max_step, dtype=np.float64)
+            delta = value - self.last_output
+            step = np.minimum(np.maximum(delta, -limit), limit)
+            if (np.abs(step - delta) > 1e-12).any():
                 self.guard_clips += 1
-            value = self.last_output + step
+                value = self.last_output + step
         self.last_output = value
         self._last_output_time = now
         return value.copy()
