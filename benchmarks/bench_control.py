@@ -31,6 +31,7 @@ from rich.progress import track
 from wall_runtime.control.dryrun import FirstOrderRobot, ThreadedPolicySource
 from wall_runtime.control.limits import parse_joint_limits
 from wall_runtime.control.loop import ControlLoop, LoopConfig
+from wall_runtime.control.report import plot_run
 from wall_runtime.control.safety import SafetyChain, SafetyConfig, joint_step_limits
 from wall_runtime.control.scheduler import ChunkScheduler, SchedulerConfig
 from wall_runtime.control.seams import seam_metrics, summarize
@@ -212,38 +213,6 @@ def seam_study() -> dict[str, dict[str, float]]:
     return out
 
 
-def plot_run(loop: ControlLoop, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = loop.log.array("time")
-    t = t - t[0]
-    commanded, measured, target = (loop.log.array(k) for k in ("commanded", "measured", "target"))
-    fig, axes = plt.subplots(3, 1, figsize=(12, 9), sharex=True)
-    for ax, j in zip(axes, (0, 2, 7), strict=True):
-        ax.plot(t, target[:, j], color="0.6", lw=1, label="scheduler target")
-        ax.plot(t, commanded[:, j], color="C0", lw=1.2, label="commanded (after safety)")
-        ax.plot(t, measured[:, j], color="C1", lw=1, ls="--", label="measured")
-        for tick, _ in loop.log.splices:
-            ax.axvline(t[tick], color="C2", lw=0.5, alpha=0.5)
-        name = loop.spec.joints[j].name
-        hits = sorted({e.tick - 1 for e in loop.log.interventions if e.joint == name and e.tick - 1 < len(t)})
-        if hits:
-            ax.plot(t[hits], commanded[hits, j], "x", color="C3", ms=4, label="safety intervention")
-        ax.set_ylabel(f"{name} [{loop.spec.joints[j].unit}]")
-    axes[0].plot([], [], color="C2", lw=0.5, label="chunk boundary")
-    axes[0].legend(loc="upper right", fontsize=8, ncol=3)
-    axes[-1].set_xlabel("time [s]")
-    fig.suptitle(
-        f"control loop at {loop.config.control_hz:.0f} Hz, crossfade smoother, injected jumps and a NaN chunk"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -263,7 +232,12 @@ def main() -> None:
     result["loop"] = loops
     result["seams_synthetic"] = seam_study()
     assert plotted is not None
-    plot_run(plotted, RESULTS / "control_run.png")
+    plot_run(
+        plotted,
+        RESULTS / "control_run.png",
+        joints=(0, 2, 7),
+        title="control loop at 100 Hz, crossfade smoother, injected 0.3 rad jumps and a NaN chunk",
+    )
     (RESULTS / "control.json").write_text(json.dumps(result, indent=2, default=float))
     console.print_json(json.dumps({k: v for k, v in result.items() if k != "machine"}, default=float))
     console.print(f"wrote {RESULTS / 'control.json'} and {RESULTS / 'control_run.png'}")

@@ -65,7 +65,7 @@ SAFETY = {
     },
 }
 
-LO = np.array([-0.89, 0.01, -1.99, 0.01, -0.5, -1.0])  # soft / margin / gripper range, base speed
+LO = np.array([-0.89, 0.01, -1.99, 0.0, -0.5, -1.0])  # soft / margin / gripper range, base speed
 HI = np.array([0.94, 0.29, 1.99, 0.06, 0.5, 1.0])
 STEP = np.array([0.015, 0.015, 0.015, 0.004])
 VMAX = np.array([2.0, 0.5, math.inf, math.inf])
@@ -203,6 +203,8 @@ def test_disabling_a_filter_is_explicit_and_warned(caplog: pytest.LogCaptureFixt
         ({"base": {"max_linear_velocity": "fast"}}, "safety.base.max_linear_velocity"),
         ({"disabled_filters": ["jerks"]}, "safety.disabled_filters"),
         ({"watchdog_timeout": 0}, "safety.watchdog_timeout"),
+        ({"position_margin": {"grip": 0.01}}, "safety.position_margin.grip"),
+        ({"position_margin": -0.01}, "safety.position_margin"),
     ],
 )
 def test_bad_safety_block_names_the_field(block: dict, field: str) -> None:

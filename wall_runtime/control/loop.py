@@ -83,7 +83,7 @@ class RunLog:
     measured: list[np.ndarray] = field(default_factory=list)
     status: list[str] = field(default_factory=list)  # ok | idle | hold | estop
     splices: list[tuple[int, SpliceEvent]] = field(default_factory=list)
-    interventions: list[Intervention] = field(default_factory=list)
+    interventions: list[tuple[int, Intervention]] = field(default_factory=list)  # (row, intervention)
     events: list[tuple[int, float, str, str]] = field(default_factory=list)  # tick, time, kind, detail
 
     def array(self, name: str) -> np.ndarray:
@@ -248,7 +248,8 @@ class ControlLoop:
                 target_joints = target[self.joint_dims]
                 commanded = self.safety.filter(target_joints, state)
                 self.adapter.command(commanded)
-                self.log.interventions.extend(self.safety.last_tick_interventions)
+                row = self._tick - 1
+                self.log.interventions.extend((row, e) for e in self.safety.last_tick_interventions)
                 self.watchdog.feed(now)
                 self._held = False
             else:

@@ -67,7 +67,8 @@ class SafetyConfig:
 
         safety:
           max_step: {default: 0.05, gripper: 0.2}   # or one number for every joint (per tick)
-          position_margin: 0.02                      # inside the (soft) position limits
+          position_margin: 0.02                      # inside the (soft) position limits; one number
+                                                     # for arm joints, or {default: .., joint: ..}
           workspace: {min: [-0.5, -0.5, 0.0], max: [0.5, 0.5, 0.8]}
           gripper: {min: 0.0, max: 0.08}
           base: {max_linear_velocity: 0.5, max_angular_velocity: 1.0,
@@ -77,7 +78,7 @@ class SafetyConfig:
     """
 
     max_step: Mapping[str, float] = field(default_factory=dict)
-    position_margin: float = 0.0
+    position_margin: Mapping[str, float] = field(default_factory=dict)
     workspace_min: tuple[float, float, float] | None = None
     workspace_max: tuple[float, float, float] | None = None
     gripper_range: tuple[float, float] | None = None
@@ -102,32 +103,13 @@ class SafetyConfig:
         for key in block:
             if key not in known:
                 raise SafetyConfigError(f"safety.{key}: unknown field (known: {', '.join(sorted(known))})")
-        names = [j.name for j in joints]
         values: dict[str, Any] = {}
 
-        raw_step = block.get("max_step")
-        steps: dict[str, float] = {}
-        if isinstance(raw_step, Mapping):
-            default = raw_step.get("default")
-            for key, raw in raw_step.items():
-                if key != "default" and names and key not in names:
-                    raise SafetyConfigError(
-                        f"safety.max_step.{key}: no such joint (joints: {', '.join(names)})"
-                    )
-                steps[key] = _positive(f"safety.max_step.{key}", raw)
-            if default is not None:
-                for name in names:
-                    steps.setdefault(name, steps["default"])
-        elif raw_step is not None:
-            value = _positive("safety.max_step", raw_step)
-            steps = {"default": value, **dict.fromkeys(names, value)}
-        values["max_step"] = steps
+        if block.get("max_step") is not None:
+            values["max_step"] = _per_joint("safety.max_step", block["max_step"], joints, positive=True)
 
         if "position_margin" in block:
-            margin = _number("safety.position_margin", block["position_margin"])
-            if margin < 0:
-                raise SafetyConfigError("safety.position_margin: must be zero or more")
-            values["position_margin"] = margin
+            values["position_margin"] = _per_joint("safety.position_margin", block["position_margin"], joints)
 
         if "workspace" in block:
             ws = block["workspace"]
@@ -179,6 +161,31 @@ class SafetyConfig:
     def step_for(self, joint: str) -> float:
         return float(self.max_step.get(joint, self.max_step.get("default", math.inf)))
 
+    def margin_for(self, joint: str) -> float:
+        return float(self.position_margin.get(joint, self.position_margin.get("default", 0.0)))
+
+
+def _per_joint(name: str, raw: Any, joints: Sequence[JointSpec], positive: bool = False) -> dict[str, float]:
+    """One number (every arm joint: revolute and prismatic; grippers have their own range, so a
+    margin in radians never lands on a gripper in metres) or ``{default: .., <joint>: ..}``."""
+    names = [j.name for j in joints]
+    check = _positive if positive else _non_negative
+    if isinstance(raw, Mapping):
+        out = {}
+        for key, value in raw.items():
+            if key != "default" and names and key not in names:
+                raise SafetyConfigError(f"{name}.{key}: no such joint (joints: {', '.join(names)})")
+            out[str(key)] = check(f"{name}.{key}", value)
+        return out
+    value = check(name, raw)
+    if positive:
+        return {"default": value}
+    return (
+        {j.name: value for j in joints if j.kind in ("revolute", "prismatic")}
+        if joints
+        else {"default": value}
+    )
+
 
 def _number(name: str, raw: Any) -> float:
     if isinstance(raw, bool):
@@ -189,6 +196,13 @@ def _number(name: str, raw: Any) -> float:
         raise SafetyConfigError(f"{name}: expected a number, got {raw!r}") from None
     if math.isnan(value):
         raise SafetyConfigError(f"{name}: NaN is not a limit")
+    return value
+
+
+def _non_negative(name: str, raw: Any) -> float:
+    value = _number(name, raw)
+    if value < 0:
+        raise SafetyConfigError(f"{name}: must be zero or more, got {raw!r}")
     return value
 
 
@@ -249,13 +263,13 @@ class SafetyChain:
         self.is_base = ~self.is_pos
         self.is_gripper = kinds == "gripper"
         lim = [j.limits for j in self.joints]
-        margin = config.position_margin
-        self.lower = np.array([lo.lower + margin if math.isfinite(lo.lower) else -math.inf for lo in lim])
-        self.upper = np.array([lo.upper - margin if math.isfinite(lo.upper) else math.inf for lo in lim])
+        margin = np.array([config.margin_for(j.name) for j in self.joints])
+        self.lower = np.array([lo.lower for lo in lim]) + margin
+        self.upper = np.array([lo.upper for lo in lim]) - margin
         bad = self.is_pos & (self.lower > self.upper)
         if bad.any():
             raise SafetyConfigError(
-                f"safety.position_margin: {margin} leaves no room inside the limits of "
+                "safety.position_margin leaves no room inside the limits of "
                 f"{', '.join(np.array(self.names)[bad])}"
             )
         self.grip_lower = np.full(n, -math.inf)
