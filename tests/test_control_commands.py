@@ -32,7 +32,7 @@ def test_dry_run_writes_a_run_log_and_a_plot(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     record = json.loads(log_json.read_text())
     assert record["counters"]["ticks"] >= 90
-    assert record["counters"]["chunks_received"] >= 3 and record["splices"]
+    assert record["counters"]["chunks_received"] >= 2 and record["splices"]
     assert record["watchdog_trips"] == 0 and record["estop_triggers"] == 0
     assert plot.stat().st_size > 10_000
 

@@ -201,10 +201,26 @@ class ControlLoop:
         joints = last if last is not None else np.asarray(state.position, dtype=np.float64)
         is_base = np.array([j.kind in BASE_KINDS for j in self.spec.joints])
         anchor[self.joint_dims] = np.where(is_base & (last is None), 0.0, joints)
-        step = np.full(anchor.size, math.inf)
-        step[self.joint_dims] = self._joint_step
-        self.scheduler.config.max_step = step
+        self._set_scheduler_limits(anchor.size)
         self.scheduler.anchor(anchor, now - self.period)
+
+    def _set_scheduler_limits(self, action_dim: int) -> None:
+        """The joint limits, per action dim, for the scheduler's splice blend and guard."""
+
+        def spread(per_joint: np.ndarray) -> np.ndarray:
+            out = np.full(action_dim, math.inf)
+            out[self.joint_dims] = per_joint
+            return out
+
+        chain = self.safety
+        # a base velocity joint's "position" is a velocity: its blend speed is the base acceleration
+        velocity = np.where(chain.is_base, chain.base_acc, self._joint_step / self.period)
+        self.scheduler.set_limits(
+            max_step=spread(self._joint_step),
+            velocity=spread(velocity),
+            acceleration=spread(np.where(chain.is_base, math.inf, chain.max_acc)),
+            jerk=spread(np.where(chain.is_base, math.inf, chain.max_jerk)),
+        )
 
     def tick(self, now: float) -> None:
         self._tick += 1

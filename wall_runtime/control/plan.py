@@ -47,11 +47,16 @@ class TimedPlan:
         return int(self.actions.shape[1])
 
     def value_at(self, t: float) -> np.ndarray | None:
-        """The interpolated action at ``t``; ``None`` once the plan is exhausted."""
+        """The interpolated action at ``t``; ``None`` once the plan is exhausted. Before the first
+        waypoint the first segment is extended backwards (the plan's own continuation, which is
+        what a splice blends from), or the first action held when there is only one."""
         if t > self.times[-1]:
             return None
         if t <= self.times[0]:
-            return self.actions[0].copy()
+            if len(self.times) < 2 or t == self.times[0]:
+                return self.actions[0].copy()
+            slope = (self.actions[1] - self.actions[0]) / (self.times[1] - self.times[0])
+            return self.actions[0] + (t - self.times[0]) * slope
         if t == self.times[-1]:
             return self.actions[-1].copy()
         T, P = self.times, self.actions

@@ -38,6 +38,11 @@ class SchedulerConfig:
     latency_warmup: int = 2
     max_step: np.ndarray | float | None = None  # splice guard, per action dim (robot units per tick)
     interpolation: str = "cubic"  # between actions at the control rate: "cubic" | "linear"
+    # limits (per action dim, per second) a splice blend respects; None = switch at once
+    blend_velocity: np.ndarray | float | None = None
+    blend_acceleration: np.ndarray | float | None = None
+    blend_jerk: np.ndarray | float | None = None
+    blend_margin: float = 1.5  # the new plan's own motion shares the limits with the blend
 
 
 @dataclass
@@ -75,6 +80,7 @@ class ChunkScheduler:
         self._last_stamp = -math.inf
         self._last_output_time = -math.inf
         self.guard_clips = 0  # ticks where the splice guard limited the output step
+        self._blend: tuple[float, np.ndarray, float] | None = None  # (from, offset, duration)
 
     # -- chunks -------------------------------------------------------------------------------
 
@@ -115,22 +121,25 @@ class ChunkScheduler:
         self._last_seq, self._last_stamp = chunk.seq, chunk.stamp
         self.horizon, self.dt, self.action_dim = actions.shape[0], chunk.dt, actions.shape[1]
 
-        # with nothing commanded yet, the plan starts on the action bracketing now from below, so
-        # the first output is the chunk's value for now, neither an older nor a future action
-        first = k if self.last_output is not None else max(k - 1, 0)
+        # the plan starts on the action bracketing now from below, so the output now is the chunk's
+        # value for now (interpolated towards the first future action), never an older action's
+        first = max(k - 1, 0)
         new = TimedPlan(times[first:], actions[first:].astype(np.float64))
         old = self.plan
         offset = 0.0
         if old is not None:
             offset = float(np.max(np.abs(old.sample(new.times[:1]) - new.actions[:1])))
         merged = self.smoother.merge(old, new, now)
-        if self.last_output is not None and merged.start > self._last_output_time:
-            # the segment from the last command to the first future action (anchored at the last
-            # command's time, so the splice tick moves on instead of repeating the last command)
-            merged = TimedPlan(
-                np.concatenate([[self._last_output_time], merged.times]),
-                np.concatenate([self.last_output[None], merged.actions]),
-            )
+        self._blend = None
+        if self.last_output is not None:
+            # blend from what was commanded last into the new plan: the offset between them decays
+            # along a quintic smoothstep, just slow enough for the configured limits
+            t_from = self._last_output_time if now - self._last_output_time < 2 * chunk.dt else now
+            start = merged.value_at(t_from)
+            offset0 = self.last_output - (merged.actions[0] if start is None else start)
+            duration = self._blend_duration(np.abs(offset0))
+            if duration > 0:
+                self._blend = (t_from, offset0, duration)
         merged.interpolation = self.config.interpolation
         self.plan = merged
         return SpliceEvent(time=now, seq=chunk.seq, first_index=k, latency_s=latency, offset=offset)
@@ -145,6 +154,14 @@ class ChunkScheduler:
         if value is None:
             return None
         self.plan.drop_before(now)
+        if self._blend is not None:
+            t_from, offset0, duration = self._blend
+            u = (now - t_from) / duration
+            if u >= 1.0:
+                self._blend = None
+            else:
+                u = max(u, 0.0)
+                value = value + offset0 * (1.0 - u**3 * (10.0 - 15.0 * u + 6.0 * u * u))
         if self.last_output is not None and self.config.max_step is not None:
             limit = np.asarray(self.config.max_step, dtype=np.float64)
             delta = value - self.last_output
@@ -195,6 +212,37 @@ class ChunkScheduler:
         delay = self.latency.estimate(default=0.0) or 0.0
         return self.smoother.hint(self.plan, stamp, delay, self.horizon, self.dt)
 
+    def _blend_duration(self, offset: np.ndarray) -> float:
+        """Shortest smoothstep that keeps the offset's own velocity, acceleration and jerk inside
+        the configured limits (peaks of the quintic: 1.875, 5.774 and 60 times offset/T^n)."""
+        cfg = self.config
+        duration = 0.0
+        for limit, peak, order in (
+            (cfg.blend_velocity, 1.875, 1),
+            (cfg.blend_acceleration, 10.0 / math.sqrt(3.0), 2),
+            (cfg.blend_jerk, 60.0, 3),
+        ):
+            if limit is None:
+                continue
+            with np.errstate(divide="ignore", invalid="ignore"):
+                need = (peak * offset / np.asarray(limit, dtype=np.float64)) ** (1.0 / order)
+            need = np.nan_to_num(need, nan=0.0, posinf=0.0)
+            duration = max(duration, float(np.max(need, initial=0.0)) * cfg.blend_margin)
+        return duration
+
+    def set_limits(
+        self,
+        max_step: np.ndarray | None = None,
+        velocity: np.ndarray | None = None,
+        acceleration: np.ndarray | None = None,
+        jerk: np.ndarray | None = None,
+    ) -> None:
+        """Per action dim: the guard's step per tick and the limits splice blends respect."""
+        self.config.max_step = max_step
+        self.config.blend_velocity = velocity
+        self.config.blend_acceleration = acceleration
+        self.config.blend_jerk = jerk
+
     def anchor(self, output: np.ndarray, at: float) -> None:
         """Declare what was commanded at ``at``: the next chunk is spliced from there."""
         self.last_output = np.asarray(output, dtype=np.float64).copy()
@@ -203,6 +251,7 @@ class ChunkScheduler:
     def reset(self, position: np.ndarray | None = None, now: float = -math.inf) -> None:
         """Drop the plan (after a hold or an e-stop); the next chunk is spliced from ``position``."""
         self.plan = None
+        self._blend = None
         self._last_output_time = now
         self.smoother.reset()
         self.last_output = None if position is None else np.asarray(position, dtype=np.float64).copy()
