@@ -17,7 +17,7 @@ from wall_runtime.types import ActionChunk
 STEP = 0.01
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     latency=st.floats(0.0, 0.4),
     jitter=st.floats(0.0, 0.2),

@@ -79,11 +79,16 @@ class TimedPlan:
         )
 
     def sample(self, times: np.ndarray, hold_last: bool = True) -> np.ndarray:
-        """Values at ``times`` ([M, D]); past the end the last row repeats (or NaN without ``hold_last``)."""
+        """Values at ``times`` ([M, D]); before the start the first segment is extended, past the end
+        the last row repeats (or NaN without ``hold_last``)."""
         times = np.asarray(times, dtype=np.float64)
         out = np.empty((times.size, self.dim))
         for d in range(self.dim):
             out[:, d] = np.interp(times, self.times, self.actions[:, d])
+        before = times < self.times[0]
+        if before.any() and len(self.times) >= 2:  # the first segment extended, as in value_at
+            slope = (self.actions[1] - self.actions[0]) / (self.times[1] - self.times[0])
+            out[before] = self.actions[0] + (times[before] - self.times[0])[:, None] * slope
         if not hold_last:
             out[times > self.times[-1]] = np.nan
         return out
