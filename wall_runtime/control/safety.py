@@ -304,6 +304,10 @@ class SafetyChain:
                     j.name,
                 )
         self._precompute()
+        # braking used to settle onto a target: half the acceleration where jerk is limited too,
+        # as the acceleration itself needs time to turn round
+        self._approach_brake = np.where(np.isfinite(self.max_jerk), 0.5, 1.0) * self.max_acc
+        self._last_request = np.zeros(len(self.joints))
         self._p: np.ndarray | None = None  # last command
         self._v = np.zeros(n)
         self._a = np.zeros(n)
@@ -365,6 +369,7 @@ class SafetyChain:
             )
         p[bad] = 0.0  # base velocity readings only
         self._p = p
+        self._last_request = p.copy()
 
     def _record(self, filt: str, mask: np.ndarray, requested: np.ndarray, commanded: np.ndarray) -> None:
         if filt.split("_yielded")[0] in self.disabled:
@@ -467,16 +472,29 @@ class SafetyChain:
                     act[row] &= fits
             lo_all = np.where(fits, lo2, lo_all)
             hi_all = np.where(fits, hi2, hi_all)
-        # clipping in the fixed order is clipping to the intersection of the rows kept
         requested = x
-        x = np.where(self.is_pos, np.minimum(np.maximum(x, lo_all), hi_all), x)
-        # the interventions: rows that excluded the target and whose bound the command now sits on
         tol = _TOL * (1.0 + np.abs(x))
+        outside = self.is_pos & ((x < lo_all - tol) | (x > hi_all + tol))
+        if outside.any():
+            # the target is out of reach this tick. Clipping alone would head for it flat out and
+            # overshoot (then ring) under acceleration limits, so the approach is also bounded by
+            # the speed from which the command can still settle onto the target's own motion.
+            # Not a limit: it only shapes a command that is being limited anyway, always inside
+            # the limits' intersection.
+            # where even the hardest braking the limits allow is not enough, brake that hard
+            lo_a, hi_a = self._approach_bounds(x, p)
+            lo2 = np.minimum(np.maximum(lo_a, lo_all), hi_all)
+            hi2 = np.maximum(np.minimum(hi_a, hi_all), lo_all)
+            lo_all, hi_all = np.where(outside, lo2, lo_all), np.where(outside, hi2, hi_all)
+        # clipping in the fixed order is clipping to the intersection of the rows kept
+        x = np.where(self.is_pos, np.minimum(np.maximum(x, lo_all), hi_all), x)
+        # the interventions: limit rows that excluded the target, on joints whose command differs
         hits = act & ((requested < lo - tol) | (requested > hi + tol))
         if hits.any():
-            hits &= (np.abs(x - lo) <= tol) | (np.abs(x - hi) <= tol)
+            hits &= np.abs(x - requested) > tol
             for row in np.flatnonzero(hits.any(axis=1)):
                 self._record(FILTERS[_ROW_FILTER[row]], hits[row], requested, x)
+        self._last_request = np.where(np.isfinite(requested), requested, p)
 
         # 7. workspace box on the forward kinematics
         if self.workspace_active:
@@ -500,6 +518,25 @@ class SafetyChain:
         self._v = v_new
         self._p = x.copy()
         return x
+
+    def _approach_bounds(self, x: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Next-position bounds from which the command can still brake onto a target moving at its
+        current velocity (estimated from the last two targets) without passing it."""
+        dt, b = self.dt, self._approach_brake
+        v_t = np.nan_to_num(np.clip((x - self._last_request) / dt, -self._vcap, self._vcap))
+        e = x - p
+        gap = np.abs(e) - np.sign(e) * v_t * dt  # what is left after the target moves on a tick
+        # under a jerk limit the acceleration needs time to turn round before braking starts;
+        # meanwhile the closing speed keeps eating the gap: gap >= w^2 / 2b + w * (t_turn + dt)
+        b_safe = np.where(np.isfinite(b), b, 1.0)
+        push = np.maximum(np.sign(e) * self._a, 0.0)
+        t_turn = np.where(np.isfinite(self.max_jerk), (push + b_safe) / self.max_jerk, 0.0) + dt
+        w = b_safe * (np.sqrt(t_turn * t_turn + 2.0 * np.maximum(gap, 0.0) / b_safe) - t_turn)
+        reach = np.where(gap >= 0.0, (np.sign(e) * v_t + w) * dt, np.abs(e))  # along the gap
+        bounded = np.isfinite(b) & (e != 0.0)
+        hi_a = np.where(bounded & (e > 0), p + reach, np.inf)
+        lo_a = np.where(bounded & (e < 0), p - reach, -np.inf)
+        return lo_a, hi_a
 
     def _workspace(self, p: np.ndarray, x: np.ndarray) -> np.ndarray:
         lo = np.asarray(self.config.workspace_min)
