@@ -68,7 +68,7 @@ def test_no_stale_action_and_no_jump_at_splices(
             times = now + np.arange(horizon) * action_dt
             actions = np.stack([times, rng.uniform(-0.5, 0.5) + 0.01 * np.sin(times)], axis=1)
             delay = latency + rng.uniform(0.0, jitter)
-            if rng.uniform() < 0.1:
+            if seq > 2 and rng.uniform() < 0.1:
                 delay = 10.0  # a lost reply
             pending.append((now + delay, ActionChunk(actions=actions, stamp=now, dt=action_dt, seq=seq)))
     if latency + jitter < 0.3 and horizon * action_dt > latency + jitter + 0.1:

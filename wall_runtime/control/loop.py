@@ -171,6 +171,7 @@ class ControlLoop:
         }
         self._held = False
         self._last_hold = -math.inf
+        self._last_command_time = -math.inf
         self._in_estop = False
         self._tick = 0
         self._nan_row = np.full(self.spec.dof, np.nan)
@@ -262,7 +263,11 @@ class ControlLoop:
             target = self.scheduler.target(now)
             if target is not None:
                 target_joints = target[self.joint_dims]
-                commanded = self.safety.filter(target_joints, state)
+                # after an overrun the command follows a longer interval than one period
+                elapsed = now - self._last_command_time
+                late = elapsed > 1.5 * self.period and elapsed < 10 * self.period
+                commanded = self.safety.filter(target_joints, state, dt=elapsed if late else None)
+                self._last_command_time = now
                 self.adapter.command(commanded)
                 row = self._tick - 1
                 self.log.interventions.extend((row, e) for e in self.safety.last_tick_interventions)
@@ -331,7 +336,10 @@ class ControlLoop:
                 deadline = t0 + k * self.period
                 self._wait_until(deadline)
                 start = self.clock()
-                self.tick(start)
+                # the tick works on its deadline, not on when it happened to wake: commands form a
+                # uniformly timed sequence (the limits assume one period between them), and the
+                # wake-up jitter does not turn into position noise on a moving target
+                self.tick(deadline)
                 if len(self.log.time) < self.config.log_ticks:
                     self.log.time.append(start)
                     self.log.deadline.append(deadline)

@@ -394,8 +394,23 @@ class SafetyChain:
                     commanded[i],
                 )
 
-    def filter(self, target: np.ndarray, state: RobotState | None = None) -> np.ndarray:
-        """One tick: the command to send for ``target`` (joint order and units of the spec)."""
+    def filter(
+        self, target: np.ndarray, state: RobotState | None = None, dt: float | None = None
+    ) -> np.ndarray:
+        """One tick: the command to send for ``target`` (joint order and units of the spec).
+
+        ``dt`` is the time since the last command when it is not the nominal period (a control loop
+        that overran and skipped deadlines): speed, acceleration and jerk are then held over the
+        real interval; the step limit stays per command."""
+        if dt is not None and dt > 0 and abs(dt - self.dt) > 1e-9 * self.dt:
+            nominal = self.dt
+            self.dt = dt
+            self._precompute()
+            try:
+                return self.filter(target, state)
+            finally:
+                self.dt = nominal
+                self._precompute()
         self.tick += 1
         self.last_tick_interventions = []
         target = np.asarray(target, dtype=np.float64)

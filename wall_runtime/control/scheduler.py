@@ -80,7 +80,9 @@ class ChunkScheduler:
         self._last_stamp = -math.inf
         self._last_output_time = -math.inf
         self.guard_clips = 0  # ticks where the splice guard limited the output step
-        self._blend: tuple[float, np.ndarray, float] | None = None  # (from, offset, duration)
+        # running splice blends: (from, offset, velocity difference, duration)
+        self._blends: list[tuple[float, np.ndarray, np.ndarray, float]] = []
+        self._last_velocity: np.ndarray | float = 0.0
 
     # -- chunks -------------------------------------------------------------------------------
 
@@ -130,16 +132,25 @@ class ChunkScheduler:
         if old is not None:
             offset = float(np.max(np.abs(old.sample(new.times[:1]) - new.actions[:1])))
         merged = self.smoother.merge(old, new, now)
-        self._blend = None
         if self.last_output is not None:
-            # blend from what was commanded last into the new plan: the offset between them decays
-            # along a quintic smoothstep, just slow enough for the configured limits
+            # blend from what was commanded last into the new plan: the offset between them, and
+            # the difference in velocity, decay along quintics (zero velocity and acceleration at
+            # the end), just slow enough for the configured limits. Blends still running keep
+            # running and the residual gets its own, so a chunk landing mid-blend does not reset
+            # the blend's velocity
             t_from = self._last_output_time if now - self._last_output_time < 2 * chunk.dt else now
-            start = merged.value_at(t_from)
-            offset0 = self.last_output - (merged.actions[0] if start is None else start)
-            duration = self._blend_duration(np.abs(offset0))
+            if t_from == now:
+                self._blends = []
+                last_velocity = np.zeros_like(self.last_output)
+            else:
+                last_velocity = self._last_velocity
+            h = 1e-4
+            before, at, after = (self._total(merged, t) for t in (t_from - h, t_from, t_from + h))
+            offset0 = self.last_output - at
+            velocity0 = last_velocity - (after - before) / (2 * h)
+            duration = self._blend_duration(np.abs(offset0), np.abs(velocity0))
             if duration > 0:
-                self._blend = (t_from, offset0, duration)
+                self._blends.append((t_from, offset0, velocity0, duration))
         merged.interpolation = self.config.interpolation
         self.plan = merged
         return SpliceEvent(time=now, seq=chunk.seq, first_index=k, latency_s=latency, offset=offset)
@@ -154,14 +165,9 @@ class ChunkScheduler:
         if value is None:
             return None
         self.plan.drop_before(now)
-        if self._blend is not None:
-            t_from, offset0, duration = self._blend
-            u = (now - t_from) / duration
-            if u >= 1.0:
-                self._blend = None
-            else:
-                u = max(u, 0.0)
-                value = value + offset0 * (1.0 - u**3 * (10.0 - 15.0 * u + 6.0 * u * u))
+        if self._blends:
+            value = value + self._blend_offset(now)
+            self._blends = [b for b in self._blends if now < b[0] + b[3]]
         if self.last_output is not None and self.config.max_step is not None:
             limit = np.asarray(self.config.max_step, dtype=np.float64)
             delta = value - self.last_output
@@ -169,6 +175,8 @@ class ChunkScheduler:
             if (np.abs(step - delta) > 1e-12).any():
                 self.guard_clips += 1
                 value = self.last_output + step
+        if self.last_output is not None and now > self._last_output_time:
+            self._last_velocity = (value - self.last_output) / (now - self._last_output_time)
         self.last_output = value
         self._last_output_time = now
         return value.copy()
@@ -212,20 +220,41 @@ class ChunkScheduler:
         delay = self.latency.estimate(default=0.0) or 0.0
         return self.smoother.hint(self.plan, stamp, delay, self.horizon, self.dt)
 
-    def _blend_duration(self, offset: np.ndarray) -> float:
-        """Shortest smoothstep that keeps the offset's own velocity, acceleration and jerk inside
-        the configured limits (peaks of the quintic: 1.875, 5.774 and 60 times offset/T^n)."""
+    def _blend_offset(self, t: float) -> np.ndarray | float:
+        """What the running blends add to the plan at ``t``."""
+        total: np.ndarray | float = 0.0
+        for t_from, offset0, velocity0, duration in self._blends:
+            u = min(max((t - t_from) / duration, 0.0), 1.0)
+            u2 = u * u
+            fade = 1.0 - u2 * u * (10.0 - 15.0 * u + 6.0 * u2)  # 1 -> 0, flat at both ends
+            glide = u * (1.0 - u2 * (6.0 - 8.0 * u + 3.0 * u2))  # slope 1 -> 0, 0 at both ends
+            total = total + offset0 * fade + velocity0 * duration * glide
+        return total
+
+    def _total(self, plan: TimedPlan, t: float) -> np.ndarray:
+        value = plan.value_at(t)
+        if value is None:
+            value = plan.actions[-1]
+        return value + self._blend_offset(t)
+
+    def _blend_duration(self, offset: np.ndarray, velocity: np.ndarray) -> float:
+        """Shortest blend that keeps its own velocity, acceleration and jerk inside the configured
+        limits. Peaks of the quintics: the fade's 1.875, 5.774 and 60 times offset/T^n; the
+        glide's 1, 3.95/T and 36/T^2 times the velocity."""
         cfg = self.config
         duration = 0.0
-        for limit, peak, order in (
-            (cfg.blend_velocity, 1.875, 1),
-            (cfg.blend_acceleration, 10.0 / math.sqrt(3.0), 2),
-            (cfg.blend_jerk, 60.0, 3),
-        ):
+        terms = (
+            (cfg.blend_velocity, 1.875 * offset, 1),
+            (cfg.blend_acceleration, 10.0 / math.sqrt(3.0) * offset, 2),
+            (cfg.blend_acceleration, 3.95 * velocity, 1),
+            (cfg.blend_jerk, 60.0 * offset, 3),
+            (cfg.blend_jerk, 36.0 * velocity, 2),
+        )
+        for limit, amount, order in terms:
             if limit is None:
                 continue
             with np.errstate(divide="ignore", invalid="ignore"):
-                need = (peak * offset / np.asarray(limit, dtype=np.float64)) ** (1.0 / order)
+                need = (amount / np.asarray(limit, dtype=np.float64)) ** (1.0 / order)
             need = np.nan_to_num(need, nan=0.0, posinf=0.0)
             duration = max(duration, float(np.max(need, initial=0.0)) * cfg.blend_margin)
         return duration
@@ -247,11 +276,12 @@ class ChunkScheduler:
         """Declare what was commanded at ``at``: the next chunk is spliced from there."""
         self.last_output = np.asarray(output, dtype=np.float64).copy()
         self._last_output_time = at
+        self._last_velocity = np.zeros_like(self.last_output)  # a robot being anchored is at rest
 
     def reset(self, position: np.ndarray | None = None, now: float = -math.inf) -> None:
         """Drop the plan (after a hold or an e-stop); the next chunk is spliced from ``position``."""
         self.plan = None
-        self._blend = None
+        self._blends = []
         self._last_output_time = now
         self.smoother.reset()
         self.last_output = None if position is None else np.asarray(position, dtype=np.float64).copy()
