@@ -139,12 +139,16 @@ class ChunkScheduler:
             # running and the residual gets its own, so a chunk landing mid-blend does not reset
             # the blend's velocity
             t_from = self._last_output_time if now - self._last_output_time < 2 * chunk.dt else now
+            h = 1e-4
             if t_from == now:
                 self._blends = []
                 last_velocity = np.zeros_like(self.last_output)
+            elif old is not None and old.value_at(t_from + h) is not None:
+                # the old curve's own slope (a backward difference of the outputs lags by half a
+                # tick of acceleration, which a blend would then have to absorb in a hurry)
+                last_velocity = (self._total(old, t_from + h) - self._total(old, t_from - h)) / (2 * h)
             else:
                 last_velocity = self._last_velocity
-            h = 1e-4
             before, at, after = (self._total(merged, t) for t in (t_from - h, t_from, t_from + h))
             offset0 = self.last_output - at
             velocity0 = last_velocity - (after - before) / (2 * h)
