@@ -90,14 +90,15 @@ class RunLog:
         return np.array(getattr(self, name))
 
     def seams(self, dt: float) -> list[SeamRecord]:
-        """Seam metrics on the commanded trajectory (ticks where something was commanded)."""
+        """Seam metrics on the commanded trajectory, on the ticks' deadlines (rows where nothing was
+        commanded are NaN, so no derivative is taken across them)."""
         commanded = self.array("commanded")
         if commanded.size == 0:
             return []
-        ok = np.all(np.isfinite(commanded), axis=1)
-        index = np.cumsum(ok) - 1  # tick -> row of the commanded-only trajectory
-        boundaries = [int(index[t]) for t, _ in self.splices if t < len(ok) and ok[t]]
-        return seam_metrics(commanded[ok], dt, boundaries[1:])  # the first chunk is a start, not a seam
+        deadlines = self.array("deadline")
+        times = deadlines if len(deadlines) == len(commanded) else None
+        boundaries = [t for t, _ in self.splices]
+        return seam_metrics(commanded, dt, boundaries[1:], times)  # the first chunk is a start, not a seam
 
     def timing(self, period: float) -> dict[str, float]:
         start = self.array("time")

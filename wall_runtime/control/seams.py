@@ -23,24 +23,35 @@ class SeamRecord:
     jerk: float
 
 
-def derivatives(positions: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Backward differences ``(velocity, acceleration, jerk)``, each ``[T, J]`` with NaN where undefined."""
+def derivatives(
+    positions: np.ndarray, dt: float, times: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward differences ``(velocity, acceleration, jerk)``, each ``[T, J]``, NaN where undefined
+    (the first rows, and around rows that are NaN because nothing was commanded). With ``times``
+    the real intervals are used (a loop that skipped deadlines), else ``dt``."""
     x = np.asarray(positions, dtype=np.float64)
     if x.ndim == 1:
         x = x[:, None]
     pad = np.full((1, x.shape[1]), np.nan)
-    vel = np.vstack([pad, np.diff(x, axis=0)]) / dt
-    acc = np.vstack([pad, np.diff(vel, axis=0)]) / dt
-    jerk = np.vstack([pad, np.diff(acc, axis=0)]) / dt
+    step = (
+        np.full((len(x) - 1, 1), dt)
+        if times is None
+        else np.diff(np.asarray(times, dtype=np.float64))[:, None]
+    )
+    vel = np.vstack([pad, np.diff(x, axis=0) / step])
+    acc = np.vstack([pad, np.diff(vel, axis=0) / step])
+    jerk = np.vstack([pad, np.diff(acc, axis=0) / step])
     return vel, acc, jerk
 
 
-def seam_metrics(positions: np.ndarray, dt: float, boundaries: list[int]) -> list[SeamRecord]:
+def seam_metrics(
+    positions: np.ndarray, dt: float, boundaries: list[int], times: np.ndarray | None = None
+) -> list[SeamRecord]:
     """One record per boundary tick ``b`` (the first tick commanded from the new plan)."""
     x = np.asarray(positions, dtype=np.float64)
     if x.ndim == 1:
         x = x[:, None]
-    vel, acc, jerk = derivatives(x, dt)
+    vel, acc, jerk = derivatives(x, dt, times)
     bounds = sorted(b for b in set(boundaries) if 1 <= b < len(x))
     out = []
     for i, b in enumerate(bounds):
@@ -50,10 +61,11 @@ def seam_metrics(positions: np.ndarray, dt: float, boundaries: list[int]) -> lis
             window = np.abs(series[start:stop])
             return float(np.nanmax(window)) if np.isfinite(window).any() else 0.0
 
+        jump = np.abs(x[b] - x[b - 1])
         out.append(
             SeamRecord(
                 tick=b,
-                jump=float(np.max(np.abs(x[b] - x[b - 1]))),
+                jump=float(np.nanmax(jump)) if np.isfinite(jump).any() else 0.0,
                 velocity=peak(vel),
                 acceleration=peak(acc),
                 jerk=peak(jerk),
