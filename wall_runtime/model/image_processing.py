@@ -18,7 +18,9 @@ reference notes it once changed the image-token count). Everything after the res
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
@@ -140,28 +142,54 @@ def patchify(image: np.ndarray) -> np.ndarray:
     return out.reshape(grid_h * grid_w, PATCH_DIM)
 
 
-def preprocess_image(image: np.ndarray, resolution: int) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """One HxWx3 uint8 RGB frame → (pixel patches float32 ``[N, 1176]``, grid ``(1, H/14, W/14)``)."""
-    first = resize_longest_side(image, resolution)
-    height, width = smart_resize(first.shape[0], first.shape[1])
-    second = _pil_resize(first, height, width)
+def preprocess_resized(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The part the Qwen2-VL processor does: smart_resize, second resize, normalise, patchify."""
+    _check_image(image)
+    height, width = smart_resize(image.shape[0], image.shape[1])
+    second = _pil_resize(image, height, width)
     return patchify(second), (1, height // PATCH_SIZE, width // PATCH_SIZE)
 
 
+def preprocess_image(image: np.ndarray, resolution: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """One HxWx3 uint8 RGB frame → (pixel patches float32 ``[N, 1176]``, grid ``(1, H/14, W/14)``)."""
+    return preprocess_resized(resize_longest_side(image, resolution))
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _preprocess_numbered(
+    index: int, image: np.ndarray, resolution: int
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    try:
+        return preprocess_image(image, resolution)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"image {index}: {error}") from error
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="preprocess")
+    return _POOL
+
+
 def preprocess_images(
-    images: Sequence[np.ndarray], resolutions: Sequence[int]
+    images: Sequence[np.ndarray], resolutions: Sequence[int], *, parallel: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Several frames (one resolution each) → concatenated patches ``[ΣN, 1176]`` and grids int64 ``[n, 3]``."""
+    """Several frames (one resolution each) → concatenated patches ``[ΣN, 1176]`` and grids int64 ``[n, 3]``.
+
+    With ``parallel`` the frames are processed on a small thread pool (Pillow's resize and numpy release
+    the GIL), which is where most of a multi-camera call's time goes; the result is the same either way.
+    """
     if len(images) == 0:
         raise ValueError("preprocess_images needs at least one image")
     if len(images) != len(resolutions):
         raise ValueError(f"got {len(images)} images but {len(resolutions)} resolutions")
-    pixels, grids = [], []
-    for index, (image, resolution) in enumerate(zip(images, resolutions, strict=True)):
-        try:
-            patches, grid = preprocess_image(image, resolution)
-        except (TypeError, ValueError) as error:
-            raise type(error)(f"image {index}: {error}") from error
-        pixels.append(patches)
-        grids.append(grid)
-    return np.concatenate(pixels, axis=0), np.asarray(grids, dtype=np.int64)
+    indices = range(len(images))
+    if parallel and len(images) > 1 and (os.cpu_count() or 1) > 1:
+        results = list(_pool().map(_preprocess_numbered, indices, images, resolutions))
+    else:
+        results = [_preprocess_numbered(*args) for args in zip(indices, images, resolutions, strict=True)]
+    pixels = np.concatenate([patches for patches, _ in results], axis=0)
+    return pixels, np.asarray([grid for _, grid in results], dtype=np.int64)
