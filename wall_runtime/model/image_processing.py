@@ -96,11 +96,10 @@ def _check_resolution(resolution: int) -> None:
         raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
 
 
-def _pil_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    if image.shape[:2] == (height, width):
+def _pil_resize(image: Image.Image, height: int, width: int) -> Image.Image:
+    if (image.height, image.width) == (height, width):
         return image
-    resized = Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.Resampling.BICUBIC)
-    return np.asarray(resized)
+    return image.resize((width, height), Image.Resampling.BICUBIC)
 
 
 def longest_side_size(height: int, width: int, resolution: int) -> tuple[int, int]:
@@ -110,8 +109,7 @@ def longest_side_size(height: int, width: int, resolution: int) -> tuple[int, in
     return resolution, int(resolution * width / height)
 
 
-def resize_longest_side(image: np.ndarray, resolution: int) -> np.ndarray:
-    """Pillow bicubic resize so the longest side equals ``resolution`` (short side truncated)."""
+def _first_size(image: np.ndarray, resolution: int) -> tuple[int, int]:
     _check_image(image)
     _check_resolution(resolution)
     height, width = longest_side_size(image.shape[0], image.shape[1], int(resolution))
@@ -119,7 +117,13 @@ def resize_longest_side(image: np.ndarray, resolution: int) -> np.ndarray:
         raise ValueError(
             f"image {image.shape[0]}x{image.shape[1]} is too elongated for resolution {resolution}"
         )
-    return _pil_resize(image, height, width)
+    return height, width
+
+
+def resize_longest_side(image: np.ndarray, resolution: int) -> np.ndarray:
+    """Pillow bicubic resize so the longest side equals ``resolution`` (short side truncated)."""
+    height, width = _first_size(image, resolution)
+    return np.asarray(_pil_resize(Image.fromarray(np.ascontiguousarray(image)), height, width))
 
 
 def patchify(image: np.ndarray) -> np.ndarray:
@@ -146,13 +150,17 @@ def preprocess_resized(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int, i
     """The part the Qwen2-VL processor does: smart_resize, second resize, normalise, patchify."""
     _check_image(image)
     height, width = smart_resize(image.shape[0], image.shape[1])
-    second = _pil_resize(image, height, width)
-    return patchify(second), (1, height // PATCH_SIZE, width // PATCH_SIZE)
+    second = _pil_resize(Image.fromarray(np.ascontiguousarray(image)), height, width)
+    return patchify(np.asarray(second)), (1, height // PATCH_SIZE, width // PATCH_SIZE)
 
 
 def preprocess_image(image: np.ndarray, resolution: int) -> tuple[np.ndarray, tuple[int, int, int]]:
     """One HxWx3 uint8 RGB frame → (pixel patches float32 ``[N, 1176]``, grid ``(1, H/14, W/14)``)."""
-    return preprocess_resized(resize_longest_side(image, resolution))
+    first_height, first_width = _first_size(image, resolution)
+    height, width = smart_resize(first_height, first_width)
+    frame = Image.fromarray(np.ascontiguousarray(image))  # stays a Pillow image between the two resizes
+    frame = _pil_resize(_pil_resize(frame, first_height, first_width), height, width)
+    return patchify(np.asarray(frame)), (1, height // PATCH_SIZE, width // PATCH_SIZE)
 
 
 _POOL: ThreadPoolExecutor | None = None
