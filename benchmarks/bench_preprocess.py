@@ -153,6 +153,7 @@ def plot(cases: list[dict], path: Path) -> None:
         for i, c in enumerate(cases):
             top = max(c[stage]["reference"]["p95_ms_per_image"], c[stage]["ours"]["p95_ms_per_image"])
             ax.text(i, top * 1.02, f"{c[stage]['speedup_p50']:.1f}×", ha="center", fontsize=9)
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.08)
         ax.set_xticks(x, names, rotation=25, ha="right")
         ax.set_ylabel("ms per image (bar p50, whisker p95)")
         ax.set_title(title, fontsize=10)
@@ -254,6 +255,7 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
+        "load_average_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "benchmark": "image preprocessing, ours vs Pillow resize + transformers Qwen2VLImageProcessorPil",
         "repeats": args.repeats,
         "machine": machine(),
