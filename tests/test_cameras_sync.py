@@ -102,7 +102,7 @@ def test_group_aligns_unsynchronised_cameras_from_their_rings():
 
 
 def test_frozen_camera_refuses_group_snapshot(tmp_path):
-    path = write_video(tmp_path / "f.avi", [distinct_frame(1)] * 40, fps=30)
+    write_video(tmp_path / "f.avi", [distinct_frame(1)] * 40, fps=30)
     block = {
         "max_age": 0.5,
         "max_skew": 0.1,

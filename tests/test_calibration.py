@@ -1,0 +1,135 @@
+"""Calibration on synthetic images rendered from known intrinsics and poses."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from wall_runtime.calibration.boards import BoardError, BoardSpec
+from wall_runtime.calibration.handeye import (
+    HandEye,
+    calibrate_hand_eye,
+    pose_from_xyz_quat,
+    rotation_angle_deg,
+)
+from wall_runtime.calibration.intrinsics import CalibrationError, Intrinsics, board_pose, calibrate_intrinsics
+from wall_runtime.calibration.results import CalibrationFileError
+from wall_runtime.calibration.synthetic import look_at, render_board
+
+K_TRUE = np.array([[615.0, 0, 322.5], [0, 612.0, 238.0], [0, 0, 1]])
+SIZE = (640, 480)
+
+
+def board_views(board: BoardSpec, n: int, seed: int, k: np.ndarray = K_TRUE, noise: float = 1.0):
+    """Images of the board from varied viewpoints, with their true board->camera poses."""
+    rng = np.random.default_rng(seed)
+    centre = np.array([*np.array(board.size_m) / 2, 0.0])
+    images, poses = [], []
+    while len(images) < n:
+        eye = centre + np.array([rng.uniform(-0.25, 0.25), rng.uniform(-0.2, 0.2), -rng.uniform(0.38, 0.55)])
+        cam_in_board = look_at(eye, centre + rng.uniform(-0.03, 0.03, 3) * [1, 1, 0], rng.uniform(-0.4, 0.4))
+        board_in_cam = np.linalg.inv(cam_in_board)
+        rvec = cv2.Rodrigues(board_in_cam[:3, :3])[0]
+        img = render_board(board, k, rvec, board_in_cam[:3, 3], SIZE, noise_std=noise, rng=rng)
+        images.append(img)
+        poses.append(board_in_cam)
+    return images, poses
+
+
+@pytest.mark.parametrize("spec", ["checkerboard:10x7:0.03", "charuco:10x7:0.03:0.022"])
+def test_intrinsics_recover_focal_length(spec, tmp_path):
+    board = BoardSpec.parse(spec)
+    images, _ = board_views(board, 10, seed=3)
+    intr = calibrate_intrinsics(board, images)
+    assert intr.views_used == 10
+    assert abs(intr.fx / K_TRUE[0, 0] - 1) < 0.005, intr.fx
+    assert abs(intr.fy / K_TRUE[1, 1] - 1) < 0.005, intr.fy
+    assert np.allclose(intr.camera_matrix[:2, 2], K_TRUE[:2, 2], atol=3.0)
+    assert intr.rms_px < 0.5
+    path = intr.save(tmp_path / "calibration" / "arm" / "intrinsics_wrist.yaml")
+    back = Intrinsics.load(path)
+    np.testing.assert_allclose(back.camera_matrix, intr.camera_matrix)
+    assert back.rms_px == pytest.approx(intr.rms_px) and back.image_size == SIZE
+
+
+def test_too_few_views_is_an_error():
+    board = BoardSpec.parse("checkerboard:10x7:0.03")
+    blank = [np.full((480, 640, 3), 128, np.uint8)] * 6
+    with pytest.raises(CalibrationError, match="found in 0 of 6 images"):
+        calibrate_intrinsics(board, blank)
+
+
+def random_rotation(rng, max_deg: float) -> np.ndarray:
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    return cv2.Rodrigues(axis * np.radians(rng.uniform(-max_deg, max_deg)))[0]
+
+
+@pytest.mark.parametrize("mode", ["eye-in-hand", "eye-to-hand"])
+def test_hand_eye_recovers_the_mounting(mode, tmp_path):
+    """Robot poses + rendered images from a camera mounted with a known transform."""
+    rng = np.random.default_rng(7 if mode == "eye-in-hand" else 11)
+    board = BoardSpec.parse("charuco:10x7:0.03:0.022")
+    intr = calibrate_intrinsics(board, board_views(board, 8, seed=5)[0])
+    x_true = np.eye(4)  # camera in gripper (eye-in-hand) or in base (eye-to-hand)
+    x_true[:3, :3] = random_rotation(rng, 30)
+    x_true[:3, 3] = [0.03, -0.05, 0.08] if mode == "eye-in-hand" else [0.6, 0.2, 0.5]
+    fixed = np.eye(4)  # board in base (eye-in-hand) or board in gripper (eye-to-hand)
+    fixed[:3, :3] = random_rotation(rng, 20)
+    fixed[:3, 3] = [0.5, 0.0, 0.0] if mode == "eye-in-hand" else [0.0, 0.02, 0.1]
+    centre = np.array([*np.array(board.size_m) / 2, 0.0])
+    robot_poses, board_poses = [], []
+    for _ in range(12):
+        eye = centre + np.array([rng.uniform(-0.2, 0.2), rng.uniform(-0.15, 0.15), -rng.uniform(0.4, 0.55)])
+        cam_in_board = look_at(eye, centre, rng.uniform(-0.5, 0.5))
+        board_in_cam = np.linalg.inv(cam_in_board)
+        if mode == "eye-in-hand":  # T_base_cam = fixed · cam_in_board; T_base_gripper = T_base_cam · X^-1
+            gripper = fixed @ cam_in_board @ np.linalg.inv(x_true)
+        else:  # T_base_board = X · board_in_cam; T_base_gripper = T_base_board · fixed^-1
+            gripper = x_true @ board_in_cam @ np.linalg.inv(fixed)
+        rvec = cv2.Rodrigues(board_in_cam[:3, :3])[0]
+        img = render_board(board, K_TRUE, rvec, board_in_cam[:3, 3], SIZE, noise_std=1.0, rng=rng)
+        robot_poses.append(gripper)
+        board_poses.append(board_pose(board, img, intr))
+    result = calibrate_hand_eye(robot_poses, board_poses, mode=mode)
+    rot_err = rotation_angle_deg(result.transform[:3, :3].T @ x_true[:3, :3])
+    trans_err_mm = 1000 * np.linalg.norm(result.transform[:3, 3] - x_true[:3, 3])
+    assert rot_err < 0.5, rot_err
+    assert trans_err_mm < 2.0, trans_err_mm
+    assert result.residual_trans_mm < 5 and result.residual_rot_deg < 1
+    back = HandEye.load(result.save(tmp_path / "hand_eye_wrist.yaml"))
+    np.testing.assert_allclose(back.transform, result.transform)
+    assert back.mode == mode
+
+
+def test_hand_eye_rejects_bad_input():
+    with pytest.raises(CalibrationError, match="seen in 2 views"):
+        calibrate_hand_eye([np.eye(4)] * 3, [np.eye(4), None, np.eye(4)])
+    with pytest.raises(CalibrationError, match="3 robot poses but 2 images"):
+        calibrate_hand_eye([np.eye(4)] * 3, [np.eye(4)] * 2)
+    bad = np.eye(4)
+    bad[0, 0] = 2
+    with pytest.raises(CalibrationError, match="robot pose 1 is not"):
+        calibrate_hand_eye([np.eye(4), bad, np.eye(4)], [np.eye(4)] * 3)
+
+
+def test_quaternion_pose_and_board_parsing():
+    t = pose_from_xyz_quat([1, 2, 3], [0, 0, np.sin(np.pi / 4), np.cos(np.pi / 4)])
+    np.testing.assert_allclose(t[:3, :3] @ [1, 0, 0], [0, 1, 0], atol=1e-12)
+    np.testing.assert_allclose(t[:3, 3], [1, 2, 3])
+    assert BoardSpec.parse("charuco:8x6:0.04:0.03:DICT_4X4_50").dictionary == "DICT_4X4_50"
+    with pytest.raises(BoardError, match="expected checkerboard"):
+        BoardSpec.parse("checkerboard:9by6")
+    with pytest.raises(BoardError, match="smaller than the square"):
+        BoardSpec.parse("charuco:8x6:0.04:0.05")
+
+
+def test_result_files_are_checked(tmp_path):
+    (tmp_path / "x.yaml").write_text("kind: hand_eye\nversion: 1\n")
+    with pytest.raises(CalibrationFileError, match="expected a 'camera_intrinsics'"):
+        Intrinsics.load(tmp_path / "x.yaml")
+    with pytest.raises(CalibrationFileError, match="mode must be"):
+        HandEye.load(tmp_path / "x.yaml")
+    with pytest.raises(CalibrationFileError, match="no such calibration file"):
+        Intrinsics.load(tmp_path / "missing.yaml")
