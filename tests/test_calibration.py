@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 import pytest
@@ -14,8 +16,11 @@ from wall_runtime.calibration.handeye import (
     rotation_angle_deg,
 )
 from wall_runtime.calibration.intrinsics import CalibrationError, Intrinsics, board_pose, calibrate_intrinsics
+from wall_runtime.calibration.joints import JointCalibration, calibrate_joints
 from wall_runtime.calibration.results import CalibrationFileError
 from wall_runtime.calibration.synthetic import look_at, render_board
+from wall_runtime.robot import JointSpec, RobotAdapter, RobotSpec
+from wall_runtime.types import RobotState
 
 K_TRUE = np.array([[615.0, 0, 322.5], [0, 612.0, 238.0], [0, 0, 1]])
 SIZE = (640, 480)
@@ -133,3 +138,92 @@ def test_result_files_are_checked(tmp_path):
         HandEye.load(tmp_path / "x.yaml")
     with pytest.raises(CalibrationFileError, match="no such calibration file"):
         Intrinsics.load(tmp_path / "missing.yaml")
+
+
+class ServoArm(RobotAdapter):
+    """A servo arm whose encoders read ``true angle + mounting offset`` with noise; a motion thread
+    plays the operator moving it, like a torque-off SO-100 being moved by hand."""
+
+    def __init__(self, offsets: np.ndarray) -> None:
+        self.spec = RobotSpec(
+            name="so100",
+            joints=tuple(JointSpec(f"j{i}", "revolute", "rad") for i in range(len(offsets))),
+            control_hz=50,
+        )
+        self.offsets = offsets
+        self.angle = np.zeros(len(offsets))
+        self.rng = np.random.default_rng(0)
+
+    def connect(self) -> None: ...
+    def disconnect(self) -> None: ...
+    def hold(self) -> None: ...
+    def command(self, target: np.ndarray) -> None:
+        raise AssertionError("calibration must never command the arm")
+
+    def read_state(self) -> RobotState:
+        pos = self.angle + self.offsets + self.rng.normal(0, 1e-3, len(self.offsets))
+        return RobotState(stamp=time.monotonic(), position=pos)
+
+
+def test_joint_calibration_records_offsets_and_ranges(tmp_path):
+    offsets = np.array([0.3, -0.2, 1.1, 0.05])
+    lo, hi = np.array([-1.5, -0.5, -2.0, 0.0]), np.array([1.5, 2.0, 0.5, 1.2])
+    arm = ServoArm(offsets)
+    prompts = []
+
+    def operator(prompt: str) -> None:
+        prompts.append(prompt)
+        if "Step 2/2" in prompt:  # sweep every joint end stop to end stop
+            for s in np.concatenate([np.linspace(0, 1, 40), np.linspace(1, 0, 40)]):
+                arm.angle = lo + s * (hi - lo)
+                time.sleep(0.004)
+            arm.angle = np.zeros(4)
+
+    cal = calibrate_joints(arm, operator, hz=400)
+    assert len(prompts) == 2 and "ZERO pose" in prompts[0]
+    np.testing.assert_allclose(cal.zero_offset, offsets, atol=1e-3)
+    np.testing.assert_allclose(cal.range_min, lo, atol=0.01)
+    np.testing.assert_allclose(cal.range_max, hi, atol=0.01)
+    assert np.all(cal.zero_std < 3e-3)
+    back = JointCalibration.load(cal.save(tmp_path / "so100" / "joints.yaml"))
+    np.testing.assert_allclose(back.apply(arm.read_state().position), arm.angle, atol=5e-3)
+
+
+def test_joint_that_never_moved_is_reported():
+    arm = ServoArm(np.zeros(3))
+
+    def operator(prompt: str) -> None:
+        if "Step 2/2" in prompt:
+            for s in np.linspace(0, 1, 30):
+                arm.angle = np.array([s, 0.0, -s])
+                time.sleep(0.004)
+
+    with pytest.raises(CalibrationError, match=r"\['j1'\] moved less"):
+        calibrate_joints(arm, operator, hz=400)
+
+
+def test_calibrate_intrinsics_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from wall_runtime.cli import app
+
+    board = BoardSpec.parse("checkerboard:10x7:0.03")
+    images, _ = board_views(board, 6, seed=9)
+    (tmp_path / "imgs").mkdir()
+    for i, img in enumerate(images):
+        cv2.imwrite(str(tmp_path / "imgs" / f"{i:02d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    args = [
+        "calibrate",
+        "intrinsics",
+        "--images",
+        str(tmp_path / "imgs"),
+        "--board",
+        "checkerboard:10x7:0.03",
+    ]
+    args += ["--robot", "arm", "--camera", "wrist", "--root", str(tmp_path / "calibration")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    intr = Intrinsics.load(tmp_path / "calibration" / "arm" / "intrinsics_wrist.yaml")
+    assert abs(intr.fx / K_TRUE[0, 0] - 1) < 0.005 and "reprojection RMS" in result.output
+    bad = CliRunner().invoke(app, [*args[:5], "checkerboard:10x7", *args[6:]])
+    assert bad.exit_code == 2 and "board 'checkerboard:10x7'" in bad.output
