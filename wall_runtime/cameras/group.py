@@ -1,8 +1,10 @@
 """A synchronised snapshot across several cameras, refusing old or mutually distant frames.
 
-Each camera's ring holds its last few frames. A snapshot takes the camera whose newest frame is
-the oldest as the reference time and picks, from every other ring, the frame closest to it; so two
-unsynchronised 30 fps cameras still pair up within a few ms instead of up to a full period. The
+Each camera's ring holds its last few frames. A snapshot uses every camera's newest frame when
+those are within ``max_skew`` of each other (the freshest observation). Otherwise it takes the
+camera whose newest frame is the oldest as the reference time and picks, from every other ring,
+the frame closest to it; so unsynchronised cameras still pair up as closely as their phases allow
+(Diffusion Policy aligns its RealSense frames by timestamp the same way). The
 snapshot is refused (``SnapshotError``, with its ``reason`` counted) when any camera is missing,
 stopped or frozen, when any chosen frame is older than ``max_age``, or when the chosen frames
 are further apart than ``max_skew``.
@@ -113,8 +115,10 @@ class CameraGroup:
             if not ring:
                 raise SnapshotError(f"camera {name!r}: no frame yet", "missing")
             rings[name] = ring
-        reference = min(ring[-1].stamp for ring in rings.values())
-        chosen = {name: min(ring, key=lambda f: abs(f.stamp - reference)) for name, ring in rings.items()}
+        chosen = {name: ring[-1] for name, ring in rings.items()}
+        if _spread(chosen) > self.max_skew:
+            reference = min(f.stamp for f in chosen.values())
+            chosen = {name: min(ring, key=lambda f: abs(f.stamp - reference)) for name, ring in rings.items()}
         oldest = min(f.stamp for f in chosen.values())
         newest = max(f.stamp for f in chosen.values())
         if now - oldest > self.max_age:
@@ -131,3 +135,8 @@ class CameraGroup:
                 "skew",
             )
         return GroupSnapshot(frames=chosen, stamp=oldest, skew=newest - oldest)
+
+
+def _spread(frames: dict[str, Frame]) -> float:
+    stamps = [f.stamp for f in frames.values()]
+    return max(stamps) - min(stamps)
