@@ -136,3 +136,17 @@ def test_missing_file_and_device_errors_name_the_source(tmp_path):
         OpenCVCamera("front", str(tmp_path / "nope.avi")).start()
     with pytest.raises(CameraError, match="/dev/video99"):
         OpenCVCamera("front", "/dev/video99").start()
+
+
+@pytest.mark.hardware
+def test_v4l2_device_stamps_and_size():
+    from wall_runtime.cameras.opencv import discover_opencv
+
+    ok = [d for d in discover_opencv() if d.get("status") == "ok"]
+    if not ok:
+        pytest.skip("no V4L2 camera attached")
+    d = ok[0]
+    with OpenCVCamera("live", d["source"], width=d["width"], height=d["height"]) as cam:
+        f = cam.wait_for(cam.latest().index, timeout=2.0)
+        assert f.image.shape == (d["height"], d["width"], 3)
+        assert 0 <= time.monotonic() - f.stamp < 0.3

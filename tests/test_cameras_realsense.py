@@ -134,3 +134,18 @@ def test_resolution_mismatch_and_missing_recording_are_errors(recording, tmp_pat
 
 def test_discovery_without_devices_is_empty():
     assert discover_realsense() == [] or all("serial" in d for d in discover_realsense())
+
+
+@pytest.mark.hardware
+def test_live_realsense_stamps_are_on_the_host_clock():
+    devices = discover_realsense()
+    if not devices:
+        pytest.skip("no RealSense attached")
+    import time
+
+    cam = RealSenseCamera("live", serial=str(devices[0]["serial"]), depth=True)
+    with cam:
+        f = cam.wait_for(-1, timeout=3.0)
+        f = cam.wait_for(f.index, timeout=1.0)
+        assert 0 <= time.monotonic() - f.stamp < 0.2
+        assert f.depth is not None and f.depth.shape == f.image.shape[:2]

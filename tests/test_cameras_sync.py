@@ -169,3 +169,21 @@ def test_config_builds_a_group_with_transforms_and_views(tmp_path):
 def test_config_errors_name_the_field(block, message):
     with pytest.raises(CameraConfigError, match=message):
         CamerasConfig.from_dict(block)
+
+
+def test_sensor_clock_maps_onto_host_time_without_running_ahead():
+    """Arrival = capture + transfer delay (>= 1 ms, jittery); the mapping recovers capture times."""
+    from wall_runtime.cameras.clock import SensorClock
+
+    rng = np.random.default_rng(0)
+    clock = SensorClock(window=100)
+    offset = 1234.5  # host monotonic minus sensor clock
+    sensor = np.arange(300) / 30.0
+    delay = 0.001 + rng.exponential(0.004, sensor.size)
+    arrival = sensor + offset + delay
+    mapped = np.array([clock.to_host(s, a) for s, a in zip(sensor, arrival, strict=True)])
+    assert np.all(mapped <= arrival + 1e-12), "a stamp after the frame arrived"
+    err = mapped - (sensor + offset)
+    assert np.max(np.abs(err[30:])) < 0.0015, np.max(np.abs(err[30:]))  # within the minimum delay
+    # host-side spacing follows the sensor's, not the jittery arrivals
+    assert np.std(np.diff(mapped[30:])) < 1e-4 < np.std(np.diff(arrival[30:]))
