@@ -241,3 +241,40 @@ def test_calibrate_intrinsics_command(tmp_path):
     assert abs(intr.fx / K_TRUE[0, 0] - 1) < 0.005 and "reprojection RMS" in result.output
     bad = CliRunner().invoke(app, [*args[:5], "checkerboard:10x7", *args[6:]])
     assert bad.exit_code == 2 and "board 'checkerboard:10x7'" in bad.output
+
+
+def test_capture_then_load_robot_calibration(tmp_path):
+    """`calibrate capture` from a camera in robot.yaml (a video of the board), then the runtime loader."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from tests.camera_media import write_video
+    from wall_runtime.calibration import load_robot_calibration
+    from wall_runtime.cli import app
+
+    board = BoardSpec.parse("checkerboard:10x7:0.03")
+    images, _ = board_views(board, 3, seed=2)
+    rng = np.random.default_rng(0)
+    # sensor noise on every frame, as a real camera has: identical frames would read as frozen
+    frames = [
+        np.clip(im + rng.normal(0, 2, im.shape), 0, 255).astype(np.uint8) for im in images for _ in range(30)
+    ]
+    write_video(tmp_path / "board.avi", frames, fps=30)
+    (tmp_path / "robot.yaml").write_text(
+        yaml.safe_dump(
+            {"cameras": {"devices": {"wrist": {"type": "opencv", "source": "board.avi", "resize": [64, 48]}}}}
+        )
+    )
+    args = ["calibrate", "capture", "--config", str(tmp_path / "robot.yaml"), "--camera", "wrist"]
+    args += ["--out", str(tmp_path / "shots"), "--board", "checkerboard:10x7:0.03"]
+    result = CliRunner().invoke(app, args, input="\n\nq\n")
+    assert result.exit_code == 0, result.output
+    assert "board found: 54 corners" in result.output
+    shots = sorted((tmp_path / "shots").glob("*.png"))
+    assert len(shots) == 2 and cv2.imread(str(shots[0])).shape == (480, 640, 3)  # raw, not resized
+
+    assert load_robot_calibration("arm", tmp_path / "calibration").intrinsics == {}
+    intr = calibrate_intrinsics(board, board_views(board, 6, seed=1)[0])
+    intr.save(tmp_path / "calibration" / "arm" / "intrinsics_wrist.yaml")
+    loaded = load_robot_calibration("arm", tmp_path / "calibration")
+    assert set(loaded.intrinsics) == {"wrist"} and loaded.joints is None

@@ -68,6 +68,63 @@ def register(app: typer.Typer) -> None:
     cal = typer.Typer(help="Camera intrinsics, hand-eye and joint calibration.", no_args_is_help=True)
     app.add_typer(cal, name="calibrate")
 
+    @cal.command("capture")
+    def capture(
+        camera: str = typer.Option(..., "--camera", help="Camera name in the robot.yaml cameras block."),
+        out: Path = typer.Option(..., "--out", help="Folder for the captured PNGs."),
+        robot: str = typer.Option(None, "--robot", help="Robot name: reads robots/<name>/robot.yaml."),
+        config: Path = typer.Option(None, "--config", help="A robot.yaml to read instead."),
+        board: str = typer.Option(None, "--board", help="Check each view for this board before saving it."),
+    ) -> None:
+        """Capture calibration images from a configured camera, one per Enter (raw, untransformed)."""
+        from dataclasses import replace
+
+        from wall_runtime.calibration.boards import BoardError, BoardSpec, detect
+        from wall_runtime.cameras import CameraConfigError, CameraError, CamerasConfig, make_camera
+        from wall_runtime.cameras.commands import load_cameras_block
+
+        block, base = load_cameras_block(robot, config)
+        try:
+            spec = BoardSpec.parse(board) if board else None
+            cfgs = {c.name: c for c in CamerasConfig.from_dict(block).cameras}
+            if camera not in cfgs:
+                raise CameraConfigError(f"cameras.devices: no camera {camera!r} (have {sorted(cfgs)})")
+            # Calibrate the sensor's own image: no rotation, crop or resize.
+            cam = make_camera(replace(cfgs[camera], rotation=0, crop=None, resize=None), base_dir=base)
+            cam.start()
+        except (BoardError, CameraConfigError, CameraError) as e:
+            raise typer.BadParameter(str(e)) from e
+        out.mkdir(parents=True, exist_ok=True)
+        saved = len(list(out.glob("*.png")))
+        console.print(
+            "Show the board at many angles and distances, covering the image corners; "
+            "keep it still for each shot (10-30 views)."
+        )
+        try:
+            while True:
+                answer = typer.prompt(
+                    f"[{saved} saved] Enter = capture, q = finish", default="", show_default=False
+                )
+                if answer.strip().lower() == "q":
+                    break
+                try:
+                    frame = cam.latest(max_age=0.5)
+                except CameraError as e:
+                    console.print(f"[red]not captured:[/red] {e}")
+                    continue
+                if spec is not None:
+                    found = detect(spec, frame.image)
+                    if found is None:
+                        console.print("[yellow]board not found in this view: not saved[/yellow]")
+                        continue
+                    console.print(f"board found: {len(found.ids)} corners")
+                path = out / f"{saved:03d}.png"
+                cv2.imwrite(str(path), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+                saved += 1
+        finally:
+            cam.stop()
+        console.print(f"{saved} images in {out}")
+
     @cal.command("intrinsics")
     def intrinsics(
         images: Path = typer.Option(..., "--images", help="Folder of board images from one camera."),
