@@ -387,3 +387,19 @@ class WallOSSNet(nn.Module):
             raise ValueError(f"position_ids {tuple(position_ids.shape)} != (3, {batch}, {length})")
         if tuple(attention_mask.shape) != (batch, length):
             raise ValueError(f"attention_mask {tuple(attention_mask.shape)} != ({batch}, {length})")
+
+
+def random_init_(module: nn.Module, seed: int, std: float = 0.2) -> nn.Module:
+    """Deterministic random weights (tiny checkpoints, tests): N(0, std) for every matrix and bias,
+    U(0.5, 1.5) for norm weights, so that no path is trivially zero or identity. Independent of the
+    global RNG and of the device."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            owner = module.get_submodule(name.rpartition(".")[0])
+            if isinstance(owner, RMSNorm):
+                values = torch.rand(param.shape, generator=generator) + 0.5
+            else:
+                values = torch.randn(param.shape, generator=generator) * std
+            param.copy_(values.to(param.dtype))
+    return module
