@@ -323,3 +323,46 @@ def test_timing_helpers_report_every_strategy() -> None:
         "full_recompute",
     }
     assert all(s.mean_ms > 0 for s in result.values())
+
+
+@pytest.mark.filterwarnings(
+    "ignore::UserWarning", "ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning"
+)
+@pytest.mark.parametrize("variant", ["flow", "0.5"])
+def test_prefix_and_fused_denoise_export_to_onnx(variant: str, tmp_path) -> None:
+    """The export-shaped modules trace to ONNX and onnxruntime reproduces them (static shapes)."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    net = _net(variant)
+    x = _inputs(net, seed=10)
+    prefix = PrefixModule(net).eval()
+    settings = SamplerSettings.from_config(net.cfg, num_steps=3, dof_override="every_step")
+    fused = DenoiseModule(net, settings).eval()
+    prefix_args = (x["prefix_embeds"], x["prefix_position_ids"], x["prefix_mask"])
+    with torch.no_grad():
+        k, v = prefix(*prefix_args)
+        denoise_args = (
+            k,
+            v,
+            x["noise"],
+            x["dof_mask"],
+            x["suffix_position_ids"],
+            x["prefix_mask"],
+            x["padding_action"],
+        )
+        expected = fused(*denoise_args)
+    names = ["k", "v", "noise", "dof_mask", "suffix_position_ids", "prefix_mask", "padding_action"]
+    # the input shape checks become constants under tracing, by design: shapes are static per robot
+    torch.onnx.export(prefix, prefix_args, tmp_path / "prefix.onnx", dynamo=False, opset_version=17)
+    torch.onnx.export(
+        fused, denoise_args, tmp_path / "denoise.onnx", dynamo=False, opset_version=17, input_names=names
+    )
+    onnx.checker.check_model(str(tmp_path / "denoise.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "prefix.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), prefix_args, strict=True)}
+    k_ort, _ = session.run(None, feeds)
+    assert abs(k_ort - k.numpy()).max() <= 1e-4
+    session = ort.InferenceSession(str(tmp_path / "denoise.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {n: a.numpy() for n, a in zip(names, denoise_args, strict=True)}
+    (out,) = session.run(None, feeds)
+    assert abs(out - expected.numpy()).max() <= 1e-4

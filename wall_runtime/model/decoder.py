@@ -56,6 +56,15 @@ class KVCache(NamedTuple):
 # attention masks (bool, True = may attend), all [B, 1, Lq, Lk]
 
 
+def _position_grid(rows: int, cols: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    # index comparisons rather than torch.eye / tril on bool: those export to ONNX ops that
+    # onnxruntime has no bool kernel for
+    return (
+        torch.arange(rows, device=device)[:, None],
+        torch.arange(cols, device=device)[None, :],
+    )
+
+
 def prefix_attention_mask(prefix_mask: Tensor) -> Tensor:
     """Causal over the prefix, padding keys removed.
 
@@ -64,18 +73,16 @@ def prefix_attention_mask(prefix_mask: Tensor) -> Tensor:
     """
     valid = prefix_mask.bool()
     length = valid.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
-    eye = torch.eye(length, dtype=torch.bool, device=valid.device)
-    return ((causal[None] & valid[:, None, :]) | eye[None])[:, None]
+    row, col = _position_grid(length, length, valid.device)
+    return (((col <= row)[None] & valid[:, None, :]) | (col == row)[None])[:, None]
 
 
 def suffix_attention_mask(prefix_mask: Tensor, horizon: int, causal_actions: bool) -> Tensor:
     """Action-token rows: every valid prefix key, then a lower-triangular or full action block."""
     valid = prefix_mask.bool()
     batch = valid.shape[0]
-    block = torch.ones(horizon, horizon, dtype=torch.bool, device=valid.device)
-    if causal_actions:
-        block = block.tril()
+    row, col = _position_grid(horizon, horizon, valid.device)
+    block = col <= row if causal_actions else (col >= 0) & (row >= 0)
     left = valid[:, None, :].expand(batch, horizon, valid.shape[1])
     right = block[None].expand(batch, horizon, horizon)
     return torch.cat([left, right], dim=-1)[:, None]
