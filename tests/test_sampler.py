@@ -366,3 +366,19 @@ def test_prefix_and_fused_denoise_export_to_onnx(variant: str, tmp_path) -> None
     feeds = {n: a.numpy() for n, a in zip(names, denoise_args, strict=True)}
     (out,) = session.run(None, feeds)
     assert abs(out - expected.numpy()).max() <= 1e-4
+
+
+def test_rtc_guidance_with_inference_mode_cache() -> None:
+    """A cache built under inference_mode still works with guidance; guidance inside it is a clear error."""
+    net = _net("0.5")
+    x = _inputs(net, seed=12)
+    guidance = RTCGuidance(x["noise"] * 0, torch.ones(2, net.cfg.action_horizon))
+    with torch.inference_mode():
+        kv = net.prefix(x["prefix_embeds"], x["prefix_position_ids"], x["prefix_mask"])
+    args = (x["noise"], x["dof_mask"], x["suffix_position_ids"], x["prefix_mask"], None, x["padding_action"])
+    with torch.no_grad():
+        out = denoise(net, kv, *args, guidance)
+        ref = _cached(net, x, guidance=guidance)
+    assert torch.equal(out, ref)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        denoise(net, kv, *args, guidance)

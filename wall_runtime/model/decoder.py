@@ -252,18 +252,23 @@ class WallDecoder(nn.Module):
         mask: Tensor,
         past: KVCache | None = None,
         final_norm: bool = True,
-    ) -> tuple[list[Tensor], Tensor, Tensor]:
-        """All layers; returns the (normed) segments and this call's ``k, v [layers, B, kv, L, hd]``."""
+        return_kv: bool = True,
+    ) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
+        """All layers; returns the (normed) segments and this call's ``k, v [layers, B, kv, L, hd]``
+        (``None`` when ``return_kv`` is False: the denoise steps never keep the action tokens' K/V)."""
         hidden = list(segments)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             layer_past = (past.k[i], past.v[i]) if past is not None else None
             out, k, v = layer(hidden, cos, sin, mask, layer_past)
             hidden = [(e, h) for (e, _), h in zip(hidden, out, strict=True)]
-            ks.append(k)
-            vs.append(v)
+            if return_kv:
+                ks.append(k)
+                vs.append(v)
         if final_norm:
             hidden = [(e, self.final_norm(e)(h)) for e, h in hidden]
+        if not return_kv:
+            return [h for _, h in hidden], None, None
         return [h for _, h in hidden], torch.stack(ks), torch.stack(vs)
 
 
@@ -296,6 +301,11 @@ class WallOSSNet(nn.Module):
                 module.float()
         self.action_preprocessor.float()
         return self
+
+    def kv_cache_shape(self, batch: int, prefix_length: int) -> tuple[int, int, int, int, int]:
+        """Shape of each of ``KVCache.k`` / ``.v``: ``(layers, B, kv_heads, Lp, head_dim)``."""
+        cfg = self.cfg
+        return (cfg.num_layers, batch, cfg.num_kv_heads, prefix_length, cfg.head_dim)
 
     # --- embeddings -----------------------------------------------------------------------------------
 
@@ -356,7 +366,9 @@ class WallOSSNet(nn.Module):
     ) -> Tensor:
         """``denoise_step`` with the RoPE tables and the suffix mask already built (the fused loop's body)."""
         actions = self.embed_actions(x_t, t, dof_mask)
-        (hidden,), _, _ = self.model.forward_segments([(ACTION_EXPERT, actions)], cos, sin, mask, past=kv)
+        (hidden,), _, _ = self.model.forward_segments(
+            [(ACTION_EXPERT, actions)], cos, sin, mask, past=kv, return_kv=False
+        )
         return self._velocity(hidden, x_t, t)
 
     def full_velocity(
@@ -377,7 +389,7 @@ class WallOSSNet(nn.Module):
         cos, sin = self.model.rope(position_ids, self.dtype)
         mask = full_attention_mask(prefix_mask, x_t.shape[1], causal_actions)
         segments = [(PREFIX_EXPERT, prefix_embeds.to(self.dtype)), (ACTION_EXPERT, actions)]
-        (_, hidden), _, _ = self.model.forward_segments(segments, cos, sin, mask)
+        (_, hidden), _, _ = self.model.forward_segments(segments, cos, sin, mask, return_kv=False)
         return self._velocity(hidden, x_t, t)
 
     def _velocity(self, hidden: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
