@@ -13,6 +13,16 @@ import torch
 from wall_runtime.model.decoder import ACTION_EXPERT, PREFIX_EXPERT, WallOSSNet, full_attention_mask
 from wall_runtime.model.net_config import tiny_net_config
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matrices: one thread is faster, and far faster on a shared, oversubscribed CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 transformers = pytest.importorskip("transformers")
 
 IMAGE, VIDEO, VISION_START, VISION_END = 500, 501, 502, 503

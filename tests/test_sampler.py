@@ -24,6 +24,16 @@ from wall_runtime.model.sampler import (
     time_denoise_strategies,
 )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matrices: one thread is faster, and far faster on a shared, oversubscribed CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 PAD = 3  # left padding of the second batch item
 
 
