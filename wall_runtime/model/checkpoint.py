@@ -128,8 +128,7 @@ def unfused_weight_shapes(cfg: WallConfig) -> dict[str, tuple[int, ...]]:
     shapes["action_preprocessor.w3.weight"] = (a, a)
     shapes["action_preprocessor.action_proj_back.weight"] = (d, a)
     if not n.state_as_text:
-        state_hidden = int(cfg.config_json.get("state_hidden_size") or n.hidden_size)
-        shapes["action_preprocessor.propri_proj.weight"] = (state_hidden, k * s)
+        shapes["action_preprocessor.propri_proj.weight"] = (n.propri_width, k * s)
     return shapes
 
 

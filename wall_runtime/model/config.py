@@ -277,7 +277,7 @@ def build_config(
 
     time_shift = float(noise.get("time_shift", 1.0))
     time_scale = 1.0 if variant == "flow" else float(noise.get("s", 0.999))
-    net = NetConfig(
+    net_fields = dict(
         variant=variant,
         hidden_size=hidden,
         num_layers=num_layers,
@@ -305,7 +305,12 @@ def build_config(
         action_attention=action_attention or ("mixed" if variant == "flow" else "causal"),
         dof_override=dof_override or ("none" if variant == "flow" else "every_step"),
         num_steps=int(num_steps),
+        state_hidden_size=int(cfg["state_hidden_size"]) if cfg.get("state_hidden_size") else None,
     )
+    try:
+        net = NetConfig(**net_fields)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"config.json / config.yml describe an invalid network: {exc}") from exc
     data = DataConfig(
         dof_config=dof,
         agent_pos_config=agent_pos,
