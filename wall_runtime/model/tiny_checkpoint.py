@@ -148,34 +148,70 @@ def _tokenizer_config(tok) -> dict:
     }
 
 
-def tiny_config_files(variant: Variant, tokenizer_len: int) -> tuple[dict, dict]:
-    """``(config.json, config.yml)`` contents of a tiny model of ``variant``."""
-    hidden, heads, kv_heads = 64, 4, 2
+# Sizes of the generated models: "tiny" for tests, "small" for CPU benchmarks (about 40 M parameters).
+SIZES: dict[str, dict] = {
+    "tiny": dict(
+        hidden=64,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        mrope=[2, 3, 3],
+        inter=128,
+        action_width={"flow": 64, "0.5": 32},
+        action_inter={"flow": 64, "0.5": 64},
+        vision=dict(depth=2, hidden=32, inter=64, heads=2, window=56, full=[1]),
+        horizon=8,
+        resolution={"flow": 112, "0.5": 112},
+        max_length=512,
+    ),
+    "small": dict(
+        hidden=512,
+        layers=8,
+        heads=8,
+        kv_heads=2,
+        mrope=[8, 12, 12],
+        inter=1376,
+        action_width={"flow": 512, "0.5": 256},
+        action_inter={"flow": 512, "0.5": 512},
+        vision=dict(depth=8, hidden=256, inter=512, heads=4, window=112, full=[3, 7]),
+        horizon=32,
+        resolution={"flow": 256, "0.5": 448},
+        max_length=2048,
+    ),
+}
+
+
+def tiny_config_files(variant: Variant, tokenizer_len: int, size: str = "tiny") -> tuple[dict, dict]:
+    """``(config.json, config.yml)`` contents of a tiny (or small) model of ``variant``."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    z = SIZES[size]
+    hidden, heads, kv_heads = z["hidden"], z["heads"], z["kv_heads"]
     vision = {
-        "depth": 2,
+        "depth": z["vision"]["depth"],
         "hidden_act": "silu",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
+        "hidden_size": z["vision"]["hidden"],
+        "intermediate_size": z["vision"]["inter"],
+        "num_heads": z["vision"]["heads"],
         "in_chans": 3,
         "out_hidden_size": hidden,
         "patch_size": 14,
         "spatial_merge_size": 2,
         "spatial_patch_size": 14,
-        "window_size": 56,
-        "fullatt_block_indexes": [1],
+        "window_size": z["vision"]["window"],
+        "fullatt_block_indexes": z["vision"]["full"],
         "tokens_per_second": 2,
         "temporal_patch_size": 2,
     }
-    action_width = hidden if variant == "flow" else 32
+    action_width = z["action_width"][variant]
     cfg = {
         "architectures": ["Qwen2_5_VLForConditionalGeneration"],
         "model_type": "qwen2_5_vl",
         "hidden_act": "silu",
         "hidden_size": hidden,
-        "intermediate_size": 128,
+        "intermediate_size": z["inter"],
         "num_attention_heads": heads,
-        "num_hidden_layers": 2,
+        "num_hidden_layers": z["layers"],
         "num_key_value_heads": kv_heads,
         "rms_norm_eps": 1e-6,
         "rope_theta": 1000000.0,
@@ -183,15 +219,15 @@ def tiny_config_files(variant: Variant, tokenizer_len: int) -> tuple[dict, dict]
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
         "vision_config": vision,
-        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+        "rope_scaling": {"type": "mrope", "mrope_section": z["mrope"]},
         # config.vocab_size may exceed len(tokenizer); the embedding has len(tokenizer) rows.
         "vocab_size": int(np.ceil((tokenizer_len + 1) / 64) * 64),
         "num_experts": 2,
         "experts": [
-            {"hidden_size": hidden, "intermediate_size": 128, "hidden_act": "silu"},
+            {"hidden_size": hidden, "intermediate_size": z["inter"], "hidden_act": "silu"},
             {
                 "hidden_size": action_width,
-                "intermediate_size": action_width * 2 if variant == "0.5" else 64,
+                "intermediate_size": z["action_inter"][variant],
                 "hidden_act": "silu",
             },
         ],
@@ -220,9 +256,9 @@ def tiny_config_files(variant: Variant, tokenizer_len: int) -> tuple[dict, dict]
                 "action_padding": 3,
             },
             "data": {
-                "action_horizon": 8,
-                "max_length": 512,
-                "resolution": {"face_view": 112, "right_wrist_view": 112},
+                "action_horizon": z["horizon"],
+                "max_length": z["max_length"],
+                "resolution": dict.fromkeys(("face_view", "right_wrist_view"), z["resolution"][variant]),
             },
         }
     else:
@@ -250,8 +286,8 @@ def tiny_config_files(variant: Variant, tokenizer_len: int) -> tuple[dict, dict]
                     "follow_right_gripper": 2,
                     "action_padding": 4,
                 },
-                "action_horizon": 8,
-                "action_horizon_flow": 8,
+                "action_horizon": z["horizon"],
+                "action_horizon_flow": z["horizon"],
                 "use_state_string_representation": True,
             },
             "data": {
@@ -262,9 +298,9 @@ def tiny_config_files(variant: Variant, tokenizer_len: int) -> tuple[dict, dict]
                     }
                 },
                 "camera_name_mapping": {"face_view": "front view"},
-                "max_length": 512,
+                "max_length": z["max_length"],
                 "state_bins": 256,
-                "resolution": {"face_view": 112, "right_wrist_view": 112},
+                "resolution": dict.fromkeys(("face_view", "right_wrist_view"), z["resolution"][variant]),
             },
         }
     return cfg, yml
@@ -303,6 +339,7 @@ def write_tiny_checkpoint(
     max_shard_bytes: int | None = None,
     normalizers: Literal["json", "pth", "both"] = "json",
     norm_key: str = "tiny_robot",
+    size: str = "tiny",
 ) -> Path:
     """Write the tiny checkpoint into ``out_dir`` (created; existing files are overwritten)."""
     if variant not in ("flow", "0.5"):
@@ -315,7 +352,7 @@ def write_tiny_checkpoint(
     (root / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(tok), indent=2))
     tokenizer_len = tok.get_vocab_size(with_added_tokens=True) + len(ADDED_TOKENS)
 
-    cfg_json, cfg_yml = tiny_config_files(variant, tokenizer_len)
+    cfg_json, cfg_yml = tiny_config_files(variant, tokenizer_len, size)
     for token, key in (
         ("<|endoftext|>", "bos_token_id"),
         ("<|im_end|>", "eos_token_id"),
