@@ -137,3 +137,12 @@ def test_same_seed_same_bytes_other_seed_other_weights(tmp_path):
     assert a == b
     assert a["model.safetensors"] != c["model.safetensors"]
     assert a["tokenizer.json"] == c["tokenizer.json"]
+
+
+def test_shards_without_an_index_are_read(tmp_path):
+    path = write_tiny_checkpoint(tmp_path / "a", "flow", max_shard_bytes=200_000)
+    expected = read_state_dict(path)
+    (path / "model.safetensors.index.json").unlink()
+    got = read_state_dict(path)
+    assert set(got) == set(expected)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)

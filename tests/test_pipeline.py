@@ -191,3 +191,18 @@ def test_seeded_generator_reproduces(flow):
     a = flow.infer([_obs()], generator=torch.Generator().manual_seed(5))[0].actions
     b = flow.infer([_obs()], generator=torch.Generator().manual_seed(5))[0].actions
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["flow", "0.5"])
+def test_cuda_bf16_tracks_cpu_fp32(tmp_path, variant):
+    path = write_tiny_checkpoint(tmp_path, variant)
+    cpu = WallOSS.from_checkpoint(path)
+    gpu = WallOSS.from_checkpoint(path, device="cuda")  # bf16 transformer, fp32 head and norms
+    assert gpu.net.dtype == torch.bfloat16
+    assert gpu.net.action_preprocessor.w1.weight.dtype == torch.float32
+    noise = _noise(cpu)
+    a = cpu.infer([_obs()], noise=[noise])[0].actions_normalized
+    b = gpu.infer([_obs()], noise=[noise])[0].actions_normalized
+    assert np.isfinite(b).all()
+    assert np.abs(a - b).max() < 0.25  # bf16 rounding through a random model, not a different result
