@@ -24,7 +24,9 @@ def echo_policy(**options) -> EchoPolicy:
     return EchoPolicy.from_checkpoint(None, cameras=CAMERAS, **options)
 
 
-def robot(robot_id: str = "arm-1", size: int = 224, state_dim: int = 14, period: float = 0.02) -> RobotDescription:
+def robot(
+    robot_id: str = "arm-1", size: int = 224, state_dim: int = 14, period: float = 0.02
+) -> RobotDescription:
     return RobotDescription(
         robot_id=robot_id,
         embodiment="test_arm",
@@ -57,7 +59,9 @@ def serving(policy, **config) -> Iterator[PolicyServer]:
 
 
 @contextlib.contextmanager
-def client_for(endpoint: str, description: RobotDescription | None = None, **kwargs) -> Iterator[PolicyClient]:
+def client_for(
+    endpoint: str, description: RobotDescription | None = None, **kwargs
+) -> Iterator[PolicyClient]:
     client = PolicyClient(endpoint, description or robot(), **kwargs)
     try:
         client.connect(timeout=5.0)

@@ -112,6 +112,11 @@ class PolicyServer:
         assert self.endpoint is not None
         return self.endpoint
 
+    def wait_bound(self, timeout: float) -> str | None:
+        """The bound endpoint once the socket is bound (None on timeout or a failed start)."""
+        self._bound.wait(timeout)
+        return self.endpoint
+
     def serve_forever(self) -> None:
         """Serve on the calling thread until ``stop()`` (the CLI wires SIGINT/SIGTERM to it)."""
         self._run()
