@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from wall_runtime.backends.base import Policy
 from wall_runtime.transport import auth, protocol
@@ -197,12 +198,50 @@ class PolicyServer:
             log.info("server stopped")
 
     def _loop(self, sock: zmq.Socket, wake: zmq.Socket) -> None:
+        # libzmq drops some peers on its own (CURVE refusals, frames over MAXMSGSIZE, protocol
+        # violations); its monitor events are the only place their reasons can be logged.
+        monitor = sock.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        )
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        try:
+            self._loop_until_stopped(sock, wake, monitor, poller)
+        finally:
+            sock.disable_monitor()
+            monitor.close(0)
+
+    def _log_peer_event(self, monitor: zmq.Socket) -> None:
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)
+            kind = event["event"]
+            reasons = {
+                zmq.EVENT_HANDSHAKE_FAILED_AUTH: ("auth_refused", "refused by CURVE authentication"),
+                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: ("handshake_protocol", "broke the ZMTP/CURVE handshake"),
+                zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: ("handshake_failed", "failed the handshake"),
+                zmq.EVENT_DISCONNECTED: (
+                    "disconnected",
+                    "disconnected (closed, or dropped by libzmq for a frame over MAXMSGSIZE)",
+                ),
+            }
+            label, text = reasons.get(kind, ("other", f"event {kind}"))
+            self.metrics.inc("peer_events", event=label)
+            level = logging.INFO if label == "disconnected" else logging.WARNING
+            log.log(level, "connection on %s %s", event.get("endpoint", b"").decode(errors="replace"), text)
+
+    def _loop_until_stopped(
+        self, sock: zmq.Socket, wake: zmq.Socket, monitor: zmq.Socket, poller: zmq.Poller
+    ) -> None:
         next_housekeeping = time.perf_counter()
         while not self._stop.is_set():
             events = dict(poller.poll(self._poll_timeout_ms()))
+            if monitor in events:
+                self._log_peer_event(monitor)
             if wake in events:
                 while wake.poll(0):
                     wake.recv()
