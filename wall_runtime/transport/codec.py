@@ -149,4 +149,5 @@ def _decode_array(spec: Any, buf: memoryview) -> tuple[str, np.ndarray]:
             f"array {name!r}: {buf.nbytes} bytes do not hold {dtype_key}{tuple(shape)} ({expected} bytes)",
         )
     arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    arr.flags.writeable = False  # a view on the received message: the policy must not write into it
     return name, arr
