@@ -14,6 +14,9 @@ from wall_runtime.transport.client import PolicyClient
 from wall_runtime.transport.errors import NotConnected
 from wall_runtime.transport.server import PolicyServer, ServerConfig
 
+# a crash in a server or client thread must fail the test, not just warn
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

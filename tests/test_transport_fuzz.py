@@ -38,6 +38,9 @@ ERROR_CODES = {
     "deadline_exceeded",
 }
 
+# a crash in a server or client thread must fail the test, not just warn
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 
 class Rig:
     """A server, a registered attacker socket, and a well-behaved client sharing it."""

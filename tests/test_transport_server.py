@@ -25,6 +25,9 @@ from wall_runtime.transport.errors import (
 from wall_runtime.transport.metrics import render_prometheus
 from wall_runtime.types import InpaintHint, PolicyResult
 
+# a crash in a server or client thread must fail the test, not just warn
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 
 def test_round_trip_three_rgb_images_and_state_to_chunk() -> None:
     policy = echo_policy()

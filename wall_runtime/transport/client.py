@@ -1,8 +1,8 @@
 """Policy client for the robot host: a ZeroMQ DEALER that never blocks the control loop.
 
-``submit()`` encodes the observation in the caller's thread, queues it and returns a
-``concurrent.futures.Future`` at once; a background I/O thread owns the socket, sends, receives,
-pings the server and resolves futures. A future ends in exactly one of: an ``ActionChunk``,
+``submit()`` encodes the observation and hands it to ZeroMQ without blocking (a non-blocking send
+under a short lock, ``SharedSocket``), then returns a ``concurrent.futures.Future`` at once; a
+background I/O thread receives, pings the server, runs the timeouts and resolves futures. A future ends in exactly one of: an ``ActionChunk``,
 ``SupersededError`` / ``DeadlineExceededError`` / ``ServerError`` (the server said so),
 ``RequestTimeout`` (no answer in time), ``ConnectionLost`` (heartbeats stopped) or ``NotConnected``
 (no handshake in place when it was submitted).
@@ -22,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import queue
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +45,7 @@ from wall_runtime.transport.errors import (
     TransportError,
     server_error,
 )
+from wall_runtime.transport.shared_socket import SharedSocket
 from wall_runtime.types import Observation
 
 log = logging.getLogger(__name__)
@@ -110,14 +109,11 @@ class PolicyClient:
         self._connected = threading.Event()
         self._refused: ServerError | None = None
         self._seq = itertools.count(1)
-        self._commands: queue.SimpleQueue[tuple[str, int, list[Any], Future, float]] = queue.SimpleQueue()
         self._ctx = zmq.Context()
-        self._wake_endpoint = f"inproc://wall-client-wake-{secrets.token_hex(6)}"
-        self._wake_in = self._ctx.socket(zmq.PULL)
-        self._wake_in.bind(self._wake_endpoint)
-        self._wake_out = self._ctx.socket(zmq.PUSH)
-        self._wake_out.connect(self._wake_endpoint)
-        self._wake_lock = threading.Lock()
+        self._io: SharedSocket | None = None  # created by start(); the DEALER and its lock
+        self._inflight: dict[int, _InFlight] = {}
+        self._done: list[tuple[Future, Any, BaseException | None]] = []  # resolved outside the lock
+        self._events: list[tuple[str, str]] = []  # connection events, reported outside the lock
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self.heartbeats_lost = 0  # how many times the link was declared lost
@@ -131,6 +127,11 @@ class PolicyClient:
     def start(self) -> None:
         """Start the I/O thread; it handshakes (and re-handshakes) on its own."""
         if self._thread is None:
+            self._advertised_interval = 1.0
+            now = time.perf_counter()
+            self._last_heard = self._last_ping = now
+            self._last_hello = 0.0
+            self._io = SharedSocket(self._new_socket())
             self._thread = threading.Thread(target=self._run, name="policy-client-io", daemon=True)
             self._thread.start()
 
@@ -188,12 +189,12 @@ class PolicyClient:
         return future
 
     def close(self) -> None:
-        if self._thread is not None:
+        if self._thread is not None and self._io is not None:
             self._closing.set()
-            self._wake()
+            self._io.kick()
             self._thread.join(5.0)
-        self._wake_in.close(0)
-        self._wake_out.close(0)
+            self._io.sock.close(0)
+            self._io.close()
         self._ctx.term()
 
     def __enter__(self) -> PolicyClient:
@@ -204,15 +205,22 @@ class PolicyClient:
         self.close()
 
     def _post(self, kind: str, seq: int, frames: list[Any], future: Future, timeout: float) -> None:
-        if self._thread is None or self._closing.is_set():
+        io = self._io
+        if io is None or self._closing.is_set():
             _resolve(future, error=NotConnected("client is not started"))
             return
-        self._commands.put((kind, seq, frames, future, timeout))
-        self._wake()
-
-    def _wake(self) -> None:
-        with self._wake_lock:  # submit() may be called from several threads
-            self._wake_out.send(b"", zmq.NOBLOCK)
+        with io.lock:
+            if not self.connected and kind != protocol.STATS:
+                error: BaseException | None = NotConnected(f"no handshake with {self.endpoint} in place")
+            else:
+                try:
+                    io.send(frames)
+                    self._inflight[seq] = _InFlight(future, time.perf_counter() + timeout, kind)
+                    error = None
+                except zmq.ZMQError:
+                    error = NotConnected(f"cannot send to {self.endpoint}: not connected or queue full")
+        if error is not None:
+            _resolve(future, error=error)
 
     # -------------------------------------------------------------------------- I/O thread
 
@@ -237,97 +245,64 @@ class PolicyClient:
         return self._hb_timeout_override or 3.0 * self._hb_interval()
 
     def _run(self) -> None:
-        self._advertised_interval = 1.0
-        self._inflight: dict[int, _InFlight] = {}
-        sock = self._new_socket()
-        poller = zmq.Poller()
-        poller.register(self._wake_in, zmq.POLLIN)
-        poller.register(sock, zmq.POLLIN)
-        now = time.perf_counter()
-        self._last_heard = now
-        self._last_ping = now
-        self._last_hello = 0.0
-        self._handshake_started = now
+        io = self._io
+        assert io is not None
         try:
             while not self._closing.is_set():
-                now = time.perf_counter()
-                timeout_ms = self._timer_ms(now)
-                events = dict(poller.poll(timeout_ms))
-                if self._wake_in in events:
-                    while self._wake_in.poll(0):
-                        self._wake_in.recv()
-                    self._drain_commands(sock)
-                if sock in events:
-                    for _ in range(64):
-                        try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        if self._on_message(sock, frames):
-                            break
-                now = time.perf_counter()
-                self._expire(now)
-                replaced = self._heartbeat(sock, now)
-                if replaced is not None:
-                    poller.unregister(sock)
-                    sock.close(0)
-                    sock = replaced
-                    poller.register(sock, zmq.POLLIN)
+                with io.lock:
+                    timeout_ms = self._timer_ms(time.perf_counter())
+                io.wait(timeout_ms)
+                with io.lock:
+                    for frames in io.recv_ready(64):
+                        self._on_message(frames)
+                    now = time.perf_counter()
+                    self._expire(now)
+                    self._heartbeat(now)
+                self._report()
         finally:
-            was_connected = self.connected
-            self._connected.clear()
-            for item in self._inflight.values():
-                _resolve(item.future, error=NotConnected("client closed"))
-            self._inflight.clear()
-            self._drain_commands(None)
-            if was_connected:
-                # lets the server forget this robot now rather than after its session timeout
-                with contextlib.suppress(zmq.ZMQError):
-                    sock.send_multipart(encode(protocol.simple_header(protocol.BYE)), zmq.NOBLOCK)
-            sock.close(0)
+            with io.lock:
+                was_connected = self.connected
+                self._connected.clear()
+                for item in self._inflight.values():
+                    self._done.append((item.future, None, NotConnected("client closed")))
+                self._inflight.clear()
+                if was_connected:
+                    # lets the server forget this robot now rather than after its session timeout
+                    with contextlib.suppress(zmq.ZMQError):
+                        io.send(encode(protocol.simple_header(protocol.BYE)))
+            self._report()
+
+    def _report(self) -> None:
+        """Resolve futures and report events outside the lock (callbacks may call ``submit``)."""
+        assert self._io is not None
+        with self._io.lock:
+            done, self._done = self._done, []
+            events, self._events = self._events, []
+        for future, result, error in done:
+            _resolve(future, result, error)
+        for state, detail in events:
+            self._notify(state, detail)
 
     def _timer_ms(self, now: float) -> int:
         interval = self._hb_interval()
-        nxt = (self._last_ping if self.connected else self._last_hello) + (
-            interval if self.connected else 0.1
-        )
-        if self._inflight:
-            nxt = min(nxt, min(i.expires for i in self._inflight.values()))
+        nxt = (self._last_ping + interval) if self.connected else (self._last_hello + 0.1)
         nxt = min(nxt, self._last_heard + self._hb_timeout())
-        return max(0, min(100, int((nxt - now) * 1000.0) + 1))
+        cap = 100.0
+        if self._inflight:
+            # submit() does not wake this thread, so expiry is checked at least every 20 ms
+            nxt = min(nxt, min(i.expires for i in self._inflight.values()))
+            cap = 20.0
+        return max(0, min(int(cap), int((nxt - now) * 1000.0) + 1))
 
-    def _drain_commands(self, sock: zmq.Socket | None) -> None:
-        while True:
-            try:
-                kind, seq, frames, future, timeout = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            if future.cancelled():
-                continue
-            if sock is None:
-                _resolve(future, error=NotConnected("client closed"))
-                continue
-            if not self.connected and kind != protocol.STATS:
-                _resolve(future, error=NotConnected(f"no handshake with {self.endpoint} in place"))
-                continue
-            try:
-                sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                _resolve(
-                    future, error=NotConnected(f"cannot send to {self.endpoint}: not connected or queue full")
-                )
-                continue
-            self._inflight[seq] = _InFlight(future, time.perf_counter() + timeout, kind)
-
-    def _on_message(self, sock: zmq.Socket, frames: list[Any]) -> bool:
-        """Handle one server message; True when the socket must not be read further this round."""
+    def _on_message(self, frames: list[Any]) -> None:
+        """Handle one server message (with the lock held)."""
         self._last_heard = time.perf_counter()
         try:
             msg = decode(frames, self.max_message_bytes)
             protocol.check_version(msg.header)
         except ProtocolError as exc:
             log.warning("dropped an undecodable message from the server: %s", exc)
-            return False
+            return
         h = msg.header
         kind = h["type"]
         seq = protocol.seq_of(h)
@@ -337,22 +312,22 @@ class PolicyClient:
             item = self._inflight.pop(seq, None) if seq is not None else None
             if item is None:
                 log.debug("late chunk for seq %s dropped", seq)
-                return False
+                return
             try:
                 chunk = protocol.decode_chunk(msg, self.metadata)
             except ProtocolError as exc:
-                _resolve(item.future, error=exc)
-                return False
-            _resolve(item.future, chunk)
+                self._done.append((item.future, None, exc))
+                return
+            self._done.append((item.future, chunk, None))
         elif kind == protocol.ERROR:
             code = str(h.get("code"))
             message = str(h.get("message"))
             item = self._inflight.pop(seq, None) if seq is not None else None
             if item is not None:
-                _resolve(item.future, error=server_error(code, message))
+                self._done.append((item.future, None, server_error(code, message)))
             if code == ErrorCode.NOT_REGISTERED.value:
                 self._lose(f"server does not know this connection ({message})", report=self.connected)
-                self._send_hello(sock)
+                self._send_hello()
             elif (
                 item is None
                 and not self.connected
@@ -365,19 +340,19 @@ class PolicyClient:
             ):
                 self._refused = ServerError(code, message)
                 log.error("server refused the handshake: %s: %s", code, message)
-                self._notify("refused", f"{code}: {message}")
+                self._events.append(("refused", f"{code}: {message}"))
             elif item is None:
                 log.warning("server error: %s: %s", code, message)
         elif kind in (protocol.PONG, protocol.ACK, protocol.STATS):
             if kind == protocol.PONG and h.get("session") not in (None, self.session):
                 self._lose("server restarted (new session)", report=self.connected)
-                self._send_hello(sock)
+                self._send_hello()
             item = self._inflight.pop(seq, None) if seq is not None else None
             if item is not None:
-                _resolve(item.future, dict(h) if kind == protocol.STATS else None)
+                self._done.append((item.future, dict(h) if kind == protocol.STATS else None, None))
         else:
             log.warning("dropped a server message of unknown type %r", kind)
-        return False
+        return
 
     def _on_welcome(self, h: dict[str, Any]) -> None:
         meta = protocol.metadata_from_dict(h.get("metadata") or {})
@@ -392,25 +367,26 @@ class PolicyClient:
         self._connected.set()
         detail = f"session {self.session}" + (f" (was {previous})" if previous else "")
         log.info("connected to %s: %s %s, %s", self.endpoint, meta.model, meta.backend, detail)
-        self._notify("connected", detail)
+        self._events.append(("connected", detail))
 
-    def _send_hello(self, sock: zmq.Socket) -> None:
+    def _send_hello(self) -> None:
+        assert self._io is not None
         self._last_hello = time.perf_counter()
         # zmq.Again: no connection yet; retried on the next timer tick
         with contextlib.suppress(zmq.Again):
-            sock.send_multipart(encode(self.robot.to_header()), zmq.NOBLOCK)
+            self._io.send(encode(self.robot.to_header()))
 
     def _lose(self, reason: str, report: bool = True) -> None:
         was = self.connected
         self._connected.clear()
         self._handshake_started = time.perf_counter()
         for item in self._inflight.values():
-            _resolve(item.future, error=ConnectionLost(reason))
+            self._done.append((item.future, None, ConnectionLost(reason)))
         self._inflight.clear()
         if was and report:
             self.heartbeats_lost += 1
             log.warning("lost the policy server at %s: %s", self.endpoint, reason)
-            self._notify("lost", reason)
+            self._events.append(("lost", reason))
 
     def _notify(self, state: str, detail: str) -> None:
         if self._on_change is None:
@@ -424,25 +400,27 @@ class PolicyClient:
         for seq, item in list(self._inflight.items()):
             if item.expires <= now:
                 del self._inflight[seq]
-                _resolve(item.future, error=RequestTimeout(f"no answer to {item.kind} seq {seq} in time"))
+                error = RequestTimeout(f"no answer to {item.kind} seq {seq} in time")
+                self._done.append((item.future, None, error))
 
-    def _heartbeat(self, sock: zmq.Socket, now: float) -> zmq.Socket | None:
-        """Ping, detect silence, retry the handshake; return a replacement socket when one is due."""
+    def _heartbeat(self, now: float) -> None:
+        """Ping, detect silence, retry the handshake on a fresh socket when the link is lost."""
+        assert self._io is not None
         if now - self._last_heard > self._hb_timeout():
             silent = now - self._last_heard
             self._lose(f"no message from the server for {silent:.1f} s")
             self._last_heard = now  # next check one timeout from now
-            fresh = self._new_socket()
-            self._send_hello(fresh)
-            return fresh
+            # a fresh socket: nothing queued on the dead link is delivered late
+            self._io.replace(self._new_socket()).close(0)
+            self._send_hello()
+            return
         if self.connected:
             if now - self._last_ping >= self._hb_interval():
                 self._last_ping = now
                 with contextlib.suppress(zmq.Again):  # a missing pong will tell
-                    sock.send_multipart(encode(protocol.simple_header(protocol.PING, 0)), zmq.NOBLOCK)
+                    self._io.send(encode(protocol.simple_header(protocol.PING, 0)))
         elif now - self._last_hello >= 0.1:
-            self._send_hello(sock)
-        return None
+            self._send_hello()
 
 
 __all__ = [

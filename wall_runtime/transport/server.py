@@ -1,14 +1,16 @@
 """Policy server: one ZeroMQ ROUTER socket serving many robots, one inference worker.
 
-Threads and ownership:
-- the I/O thread owns the ROUTER socket: it decodes and validates every message, keeps per-robot
-  sessions, forms batches and sends every reply;
-- the worker thread runs ``policy.infer`` on one batch at a time and hands encoded replies back
-  through a queue plus a wake-up message on an inproc socket (sockets never cross threads).
+Threads (leader/follower): two threads take turns. The leader waits on the socket, decodes and
+validates every message, keeps per-robot sessions, runs the timers (max wait, deadlines, session
+expiry) and forms batches. When a batch is due the leader hands leadership to the other thread and
+runs ``policy.infer`` itself, outside the lock, then sends the replies itself. So a request reaches
+the policy and its chunk leaves without any thread hand-off on its path, while the other thread
+keeps answering pings, superseding and expiring requests during inference. Socket and session
+state are touched only under one lock (``SharedSocket``).
 
 Scheduling: each robot has at most one waiting observation; a newer one replaces it and the older
-is answered ``superseded`` without being computed. A batch leaves for the worker when the worker is
-idle and either ``max_batch`` requests wait, every live robot has one waiting, or the oldest has
+is answered ``superseded`` without being computed. A batch is taken when no batch is in compute
+and either ``max_batch`` requests wait, every live robot has one waiting, or the oldest has
 waited ``max_wait_ms``. A waiting request whose deadline passes is answered ``deadline_exceeded``
 at that moment, never computed. A policy exception becomes a ``policy_error`` reply for the
 batch's requests; the server keeps serving.
@@ -17,7 +19,6 @@ batch's requests; the server keeps serving.
 from __future__ import annotations
 
 import logging
-import queue
 import secrets
 import threading
 import time
@@ -35,6 +36,7 @@ from wall_runtime.transport import auth, protocol
 from wall_runtime.transport.codec import Message, decode, encode
 from wall_runtime.transport.errors import ErrorCode, ProtocolError
 from wall_runtime.transport.metrics import BATCH_BUCKETS, MetricsHTTPServer, ServerMetrics
+from wall_runtime.transport.shared_socket import SharedSocket
 from wall_runtime.types import ActionChunk
 
 log = logging.getLogger(__name__)
@@ -89,10 +91,11 @@ class PolicyServer:
         self._thread: threading.Thread | None = None
         self._sessions: dict[bytes, Session] = {}
         self._ready: OrderedDict[bytes, Pending] = OrderedDict()
-        self._batches: queue.Queue[list[Pending] | None] = queue.Queue(maxsize=1)
-        self._outbox: queue.SimpleQueue[tuple[bytes, list[Any], str]] = queue.SimpleQueue()
-        self._worker_busy = False
-        self._wake_endpoint = f"inproc://wall-server-wake-{id(self)}-{secrets.token_hex(4)}"
+        self._computing = False  # a batch is in policy.infer (one at a time)
+        self._leader = threading.Condition()
+        self._has_leader = False
+        self._next_housekeeping = 0.0
+        self._io: SharedSocket  # set in _run: the ROUTER, shared by both threads under its lock
         cfg = self.config
         if cfg.max_batch < 1 or cfg.max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
@@ -143,8 +146,7 @@ class PolicyServer:
         ctx = zmq.Context()
         authenticator = None
         http = None
-        sock = wake = None
-        worker = None
+        sock = None
         try:
             sock = ctx.socket(zmq.ROUTER)
             sock.linger = 500
@@ -156,48 +158,18 @@ class PolicyServer:
                 auth.apply_server_curve(sock, auth.load_secret(cfg.server_key))
             sock.bind(cfg.bind)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            wake = ctx.socket(zmq.PULL)
-            wake.bind(self._wake_endpoint)
-            worker = threading.Thread(target=self._work, args=(ctx,), name="policy-server-infer", daemon=True)
-            worker.start()
             if cfg.metrics_http is not None:
                 http = MetricsHTTPServer(self.metrics, *cfg.metrics_http)
                 self.metrics_port = http.port
-            log.info(
-                "serving %s (%s, backend %s) on %s%s; batch<=%d, wait<=%.1f ms",
-                self.policy.metadata.model,
-                self.policy.metadata.variant,
-                self.policy.metadata.backend,
-                self.endpoint,
-                " with CURVE" if cfg.server_key else "",
-                cfg.max_batch,
-                cfg.max_wait_ms,
-            )
         except BaseException as exc:
             self._start_error = exc
             self._bound.set()
-            for s in (sock, wake):
-                if s is not None:
-                    s.close(0)
+            if sock is not None:
+                sock.close(0)
             if authenticator is not None:
                 authenticator.stop()
             ctx.term()
             return
-        self._bound.set()
-        try:
-            self._loop(sock, wake)
-        finally:
-            self._shutdown(sock, wake, worker)
-            if http is not None:
-                http.close()
-            sock.close()
-            wake.close(0)
-            if authenticator is not None:
-                authenticator.stop()
-            ctx.term()
-            log.info("server stopped")
-
-    def _loop(self, sock: zmq.Socket, wake: zmq.Socket) -> None:
         # libzmq drops some peers on its own (CURVE refusals, frames over MAXMSGSIZE, protocol
         # violations); its monitor events are the only place their reasons can be logged.
         monitor = sock.get_monitor_socket(
@@ -206,18 +178,39 @@ class PolicyServer:
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
         )
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(wake, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
+        self._io = SharedSocket(sock)
+        self._io.watch(monitor)
+        follower = threading.Thread(target=self._member, args=(monitor,), name="policy-server-2", daemon=True)
+        follower.start()
+        log.info(
+            "serving %s (%s, backend %s) on %s%s; batch<=%d, wait<=%.1f ms",
+            self.policy.metadata.model,
+            self.policy.metadata.variant,
+            self.policy.metadata.backend,
+            self.endpoint,
+            " with CURVE" if cfg.server_key else "",
+            cfg.max_batch,
+            cfg.max_wait_ms,
+        )
+        self._bound.set()
         try:
-            self._loop_until_stopped(sock, wake, monitor, poller)
+            self._member(monitor)
         finally:
+            follower.join(10.0)  # it finishes (and sends) the batch it may be computing
             sock.disable_monitor()
             monitor.close(0)
+            self._shutdown()
+            if http is not None:
+                http.close()
+            sock.close()
+            self._io.close()
+            if authenticator is not None:
+                authenticator.stop()
+            ctx.term()
+            log.info("server stopped")
 
-    def _log_peer_event(self, monitor: zmq.Socket) -> None:
-        while monitor.poll(0):
+    def _log_peer_events(self, monitor: zmq.Socket) -> None:
+        while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             event = recv_monitor_message(monitor)
             kind = event["event"]
             reasons = {
@@ -234,32 +227,54 @@ class PolicyServer:
             level = logging.INFO if label == "disconnected" else logging.WARNING
             log.log(level, "connection on %s %s", event.get("endpoint", b"").decode(errors="replace"), text)
 
-    def _loop_until_stopped(
-        self, sock: zmq.Socket, wake: zmq.Socket, monitor: zmq.Socket, poller: zmq.Poller
-    ) -> None:
-        next_housekeeping = time.perf_counter()
+    def _member(self, monitor: zmq.Socket) -> None:
+        """One of the two server threads: lead (do I/O) until a batch is due, then compute it."""
+        try:
+            self._take_turns(monitor)
+        except BaseException:
+            # A bug here must not leave a half-working server behind: stop, so a supervisor restarts it.
+            log.exception("server thread failed; shutting down")
+            self._stop.set()
+            self._io.kick()
+            raise
+
+    def _take_turns(self, monitor: zmq.Socket) -> None:
         while not self._stop.is_set():
-            events = dict(poller.poll(self._poll_timeout_ms()))
-            if monitor in events:
-                self._log_peer_event(monitor)
-            if wake in events:
-                while wake.poll(0):
-                    wake.recv()
-                self._flush_outbox(sock)
-            if sock in events:
-                for _ in range(256):  # bounded so replies and timers are not starved
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._handle(sock, frames)
-            now = time.perf_counter()
-            self._expire_deadlines(sock, now)
-            self._maybe_dispatch(now)
-            if now >= next_housekeeping:
-                self._expire_sessions(now)
-                self.metrics.set_gauge("sessions", len(self._sessions))
-                next_housekeeping = now + 0.25
+            with self._leader:
+                while self._has_leader and not self._stop.is_set():
+                    self._leader.wait(0.1)
+                if self._stop.is_set():
+                    return
+                self._has_leader = True
+            try:
+                batch = self._lead(monitor)
+            finally:
+                with self._leader:
+                    self._has_leader = False
+                    self._leader.notify()
+            if batch:
+                self._compute_and_reply(batch)
+
+    def _lead(self, monitor: zmq.Socket) -> list[Pending] | None:
+        io = self._io
+        while not self._stop.is_set():
+            with io.lock:
+                timeout_ms = self._poll_timeout_ms()
+            io.wait(timeout_ms)
+            with io.lock:
+                self._log_peer_events(monitor)
+                for frames in io.recv_ready(256):  # bounded so timers are not starved
+                    self._handle(frames)
+                now = time.perf_counter()
+                self._expire_deadlines(now)
+                if now >= self._next_housekeeping:
+                    self._expire_sessions(now)
+                    self.metrics.set_gauge("sessions", len(self._sessions))
+                    self._next_housekeeping = now + 0.25
+                batch = self._take_batch(now)
+            if batch:
+                return batch
+        return None
 
     def _poll_timeout_ms(self) -> int:
         timeout = 100.0
@@ -267,37 +282,27 @@ class PolicyServer:
             now = time.perf_counter()
             nearest = min(p.deadline for p in self._ready.values())
             timeout = min(timeout, (nearest - now) * 1000.0)
-            if not self._worker_busy:
+            if not self._computing:
                 oldest = next(iter(self._ready.values()))
                 timeout = min(timeout, (oldest.received + self.config.max_wait_ms / 1000.0 - now) * 1000.0)
         return max(0, int(np.ceil(timeout)))
 
-    def _shutdown(self, sock: zmq.Socket, wake: zmq.Socket, worker: threading.Thread | None) -> None:
-        for pending in list(self._ready.values()):
-            self._reply_error(
-                sock,
-                pending.identity,
-                ErrorCode.SHUTTING_DOWN,
-                "server is shutting down",
-                pending.request.seq,
-            )
-        self._ready.clear()
-        # Let the batch in compute finish and go out, then stop the worker.
-        deadline = time.perf_counter() + 5.0
-        while self._worker_busy and time.perf_counter() < deadline:
-            if wake.poll(100):
-                wake.recv()
-                self._flush_outbox(sock)
-        self._batches.put(None)
-        if worker is not None:
-            worker.join(5.0)
-        self._flush_outbox(sock)
+    def _shutdown(self) -> None:
+        with self._io.lock:
+            for pending in list(self._ready.values()):
+                self._reply_error(
+                    pending.identity, ErrorCode.SHUTTING_DOWN, "server is shutting down", pending.request.seq
+                )
+                session = self._sessions.get(pending.identity)
+                if session is not None:
+                    session.pending = None
+            self._ready.clear()
 
     # --------------------------------------------------------------------------- messages
 
-    def _send(self, sock: zmq.Socket, identity: bytes, frames: list[Any], kind: str) -> None:
+    def _send(self, identity: bytes, frames: list[Any], kind: str) -> None:
         try:
-            sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
+            self._io.send([identity, *frames])
             self.metrics.inc("replies", type=kind)
         except zmq.Again:
             self.metrics.inc("dropped_replies", reason="peer_queue_full")
@@ -306,22 +311,20 @@ class PolicyServer:
             self.metrics.inc("dropped_replies", reason="unroutable")
             log.info("dropped %s reply: peer is gone (%s)", kind, exc)
 
-    def _reply_error(
-        self, sock: zmq.Socket, identity: bytes, code: ErrorCode, message: str, seq: int | None
-    ) -> None:
+    def _reply_error(self, identity: bytes, code: ErrorCode, message: str, seq: int | None) -> None:
         self.metrics.inc("errors", code=code.value)
         session = self._sessions.get(identity)
         if session is not None:
             session.counts["error"] += 1
         level = logging.DEBUG if code in (ErrorCode.SUPERSEDED, ErrorCode.NOT_REGISTERED) else logging.INFO
         log.log(level, "error reply to %s seq=%s: %s: %s", self._who(identity), seq, code.value, message)
-        self._send(sock, identity, encode(protocol.error_header(code, message, seq)), protocol.ERROR)
+        self._send(identity, encode(protocol.error_header(code, message, seq)), protocol.ERROR)
 
     def _who(self, identity: bytes) -> str:
         session = self._sessions.get(identity)
         return session.robot.robot_id if session else f"peer {identity.hex()}"
 
-    def _handle(self, sock: zmq.Socket, frames: list[zmq.Frame]) -> None:
+    def _handle(self, frames: list[zmq.Frame]) -> None:
         t0 = time.perf_counter()
         identity = frames[0].bytes
         body = frames[1:]
@@ -335,9 +338,9 @@ class PolicyServer:
                 raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
             self.metrics.inc("requests", type=kind)
             if kind == protocol.HELLO:
-                self._on_hello(sock, identity, msg)
+                self._on_hello(identity, msg)
             elif kind == protocol.STATS:
-                self._on_stats(sock, identity, msg)
+                self._on_stats(identity, msg)
             else:
                 session = self._sessions.get(identity)
                 if session is None:
@@ -346,21 +349,21 @@ class PolicyServer:
                     )
                 session.last_seen = time.perf_counter()
                 if kind == protocol.OBSERVE:
-                    self._on_observe(sock, session, msg, body, t0)
+                    self._on_observe(session, msg, body, t0)
                 elif kind == protocol.PING:
                     seq = protocol.seq_of(header)
                     pong = protocol.simple_header(protocol.PONG, seq, session=self.session_id)
-                    self._send(sock, identity, encode(pong), protocol.PONG)
+                    self._send(identity, encode(pong), protocol.PONG)
                 elif kind == protocol.RESET:
-                    self._on_reset(sock, session, msg)
+                    self._on_reset(session, msg)
                 elif kind == protocol.BYE:
                     self._drop_session(identity, "said bye")
         except ProtocolError as exc:
             if exc.code == ErrorCode.TOO_LARGE or not header:
                 self.metrics.inc("requests", type="invalid")
-            self._reply_error(sock, identity, ErrorCode(exc.code), exc.message, protocol.seq_of(header))
+            self._reply_error(identity, ErrorCode(exc.code), exc.message, protocol.seq_of(header))
 
-    def _on_hello(self, sock: zmq.Socket, identity: bytes, msg: Message) -> None:
+    def _on_hello(self, identity: bytes, msg: Message) -> None:
         robot = protocol.RobotDescription.from_header(msg.header)
         meta = self.policy.metadata
         robot.check_fits(meta)
@@ -387,9 +390,9 @@ class PolicyServer:
         welcome = protocol.welcome_header(
             self.session_id, meta, self.config.heartbeat_interval, self.config.max_message_bytes
         )
-        self._send(sock, identity, encode(welcome), protocol.WELCOME)
+        self._send(identity, encode(welcome), protocol.WELCOME)
 
-    def _on_stats(self, sock: zmq.Socket, identity: bytes, msg: Message) -> None:
+    def _on_stats(self, identity: bytes, msg: Message) -> None:
         sessions = [
             {"robot_id": s.robot.robot_id, "embodiment": s.robot.embodiment, **s.counts}
             for s in self._sessions.values()
@@ -402,11 +405,9 @@ class PolicyServer:
             metrics=self.metrics.snapshot(),
             sessions=sessions,
         )
-        self._send(sock, identity, encode(reply), protocol.STATS)
+        self._send(identity, encode(reply), protocol.STATS)
 
-    def _on_observe(
-        self, sock: zmq.Socket, session: Session, msg: Message, frames: list[Any], t0: float
-    ) -> None:
+    def _on_observe(self, session: Session, msg: Message, frames: list[Any], t0: float) -> None:
         request = protocol.decode_observe(msg, session.robot, self.policy.metadata)
         session.counts["observe"] += 1
         now = time.perf_counter()
@@ -428,7 +429,6 @@ class PolicyServer:
             self._ready.pop(session.identity, None)
             self.metrics.inc("superseded")
             self._reply_error(
-                sock,
                 session.identity,
                 ErrorCode.SUPERSEDED,
                 f"seq {older.request.seq} replaced by seq {request.seq} before compute",
@@ -437,16 +437,14 @@ class PolicyServer:
         session.pending = pending
         self._ready[session.identity] = pending
 
-    def _on_reset(self, sock: zmq.Socket, session: Session, msg: Message) -> None:
+    def _on_reset(self, session: Session, msg: Message) -> None:
         seq = protocol.seq_of(msg.header)
         if session.pending is not None:
             older = session.pending
             self._ready.pop(session.identity, None)
             session.pending = None
-            self._reply_error(
-                sock, session.identity, ErrorCode.SUPERSEDED, "cancelled by reset", older.request.seq
-            )
-        self._send(sock, session.identity, encode(protocol.simple_header(protocol.ACK, seq)), protocol.ACK)
+            self._reply_error(session.identity, ErrorCode.SUPERSEDED, "cancelled by reset", older.request.seq)
+        self._send(session.identity, encode(protocol.simple_header(protocol.ACK, seq)), protocol.ACK)
 
     def _drop_session(self, identity: bytes, reason: str) -> None:
         session = self._sessions.pop(identity, None)
@@ -461,7 +459,7 @@ class PolicyServer:
 
     # --------------------------------------------------------------------------- batching
 
-    def _expire_deadlines(self, sock: zmq.Socket, now: float) -> None:
+    def _expire_deadlines(self, now: float) -> None:
         for identity, pending in list(self._ready.items()):
             if pending.deadline <= now:
                 del self._ready[identity]
@@ -469,7 +467,6 @@ class PolicyServer:
                 if session is not None:
                     session.pending = None
                 self._reply_error(
-                    sock,
                     identity,
                     ErrorCode.DEADLINE_EXCEEDED,
                     f"deadline of {pending.request.deadline_ms:.1f} ms passed after "
@@ -477,15 +474,15 @@ class PolicyServer:
                     pending.request.seq,
                 )
 
-    def _maybe_dispatch(self, now: float) -> None:
-        if self._worker_busy or not self._ready:
-            return
+    def _take_batch(self, now: float) -> list[Pending] | None:
+        if self._computing or not self._ready or self._stop.is_set():
+            return None
         oldest = next(iter(self._ready.values()))
         full = len(self._ready) >= self.config.max_batch
         everyone = len(self._ready) >= len(self._sessions)
         waited = now - oldest.received >= self.config.max_wait_ms / 1000.0
         if not (full or everyone or waited):
-            return
+            return None
         batch = [
             self._ready.popitem(last=False)[1] for _ in range(min(self.config.max_batch, len(self._ready)))
         ]
@@ -494,25 +491,22 @@ class PolicyServer:
             if session is not None:
                 session.pending = None
             self.metrics.observe("queue_wait_ms", (now - pending.received) * 1000.0)
-        self._worker_busy = True
-        self._batches.put(batch)
+        self._computing = True
+        return batch
 
-    # ----------------------------------------------------------------------------- worker
+    # ---------------------------------------------------------------------------- compute
 
-    def _work(self, ctx: zmq.Context) -> None:
-        wake = ctx.socket(zmq.PUSH)
-        wake.connect(self._wake_endpoint)
-        try:
-            while True:
-                batch = self._batches.get()
-                if batch is None:
-                    return
-                for identity, frames, kind in self._compute(batch):
-                    self._outbox.put((identity, frames, kind))
-                self._outbox.put((b"", [], "batch_done"))
-                wake.send(b"")
-        finally:
-            wake.close(0)
+    def _compute_and_reply(self, batch: list[Pending]) -> None:
+        replies = self._compute(batch)  # outside the lock: the leader keeps serving meanwhile
+        with self._io.lock:
+            for identity, frames, kind in replies:
+                session = self._sessions.get(identity)
+                if session is not None:
+                    session.counts["chunk" if kind == protocol.CHUNK else "error"] += 1
+                self._send(identity, frames, kind)
+            self._computing = False
+            if self._ready:
+                self._io.kick()  # the leader may take the next batch now
 
     def _compute(self, batch: list[Pending]) -> list[tuple[bytes, list[Any], str]]:
         observations = [p.request.observation for p in batch]
@@ -574,17 +568,3 @@ class PolicyServer:
     def _error_frames(self, code: ErrorCode, message: str, pending: Pending) -> list[Any]:
         self.metrics.inc("errors", code=code.value)
         return encode(protocol.error_header(code, message, pending.request.seq))
-
-    def _flush_outbox(self, sock: zmq.Socket) -> None:
-        while True:
-            try:
-                identity, frames, kind = self._outbox.get_nowait()
-            except queue.Empty:
-                return
-            if kind == "batch_done":
-                self._worker_busy = False
-                continue
-            session = self._sessions.get(identity)
-            if session is not None:
-                session.counts["chunk" if kind == protocol.CHUNK else "error"] += 1
-            self._send(sock, identity, frames, kind)
