@@ -41,6 +41,8 @@ from wall_runtime.types import ActionChunk
 
 log = logging.getLogger(__name__)
 
+PROMOTE_AFTER_MS = 2.0  # inference this slow gets the other thread doing I/O meanwhile
+
 
 @dataclass
 class ServerConfig:
@@ -95,6 +97,7 @@ class PolicyServer:
         self._leader = threading.Condition()
         self._has_leader = False
         self._next_housekeeping = 0.0
+        self._infer_ms_ema = float("inf")  # until measured, assume inference is slow
         self._io: SharedSocket  # set in _run: the ROUTER, shared by both threads under its lock
         cfg = self.config
         if cfg.max_batch < 1 or cfg.max_wait_ms < 0:
@@ -246,12 +249,18 @@ class PolicyServer:
                 if self._stop.is_set():
                     return
                 self._has_leader = True
+            batch = None
             try:
                 batch = self._lead(monitor)
             finally:
                 with self._leader:
                     self._has_leader = False
-                    self._leader.notify()
+                    # Waking the other thread costs a GIL hand-off right when inference starts, which
+                    # on a loaded host can stall both for a scheduler slice. Only worth it when
+                    # inference is slow enough that I/O (pings, superseding, deadlines) must go on
+                    # meanwhile; otherwise it takes over by itself within its wait timeout.
+                    if batch is None or self._infer_ms_ema >= PROMOTE_AFTER_MS:
+                        self._leader.notify()
             if batch:
                 self._compute_and_reply(batch)
 
@@ -524,6 +533,8 @@ class PolicyServer:
                 for p in batch
             ]
         infer_ms = (time.perf_counter() - t0) * 1000.0
+        ema = self._infer_ms_ema
+        self._infer_ms_ema = infer_ms if ema == float("inf") else 0.8 * ema + 0.2 * infer_ms
         self.metrics.observe("infer_ms", infer_ms)
         self.metrics.observe("batch_size", len(batch), buckets=BATCH_BUCKETS)
         meta = self.policy.metadata
