@@ -205,6 +205,12 @@ def test_hung_server_is_reported_and_requests_in_flight_fail() -> None:
         router.send_multipart([identity, *encode(welcome)])
         assert client.wait_connected(5)
         in_flight = client.submit(observation(1.0), deadline=30.0)
+        # The peer reads nothing: the control loop must still never block. Sends past ZeroMQ's
+        # queue limit fail at once with NotConnected instead of waiting.
+        started = time.monotonic()
+        flood = [client.submit(observation(2.0 + i), deadline=30.0) for i in range(100)]
+        assert time.monotonic() - started < 2.0
+        assert all(not f.done() or isinstance(f.exception(0), NotConnected) for f in flood)
         assert isinstance(in_flight.exception(timeout=5), ConnectionLost)
         assert events[:2] == ["connected", "lost"] and not client.connected
     finally:
@@ -250,6 +256,19 @@ def test_metrics_cli_snapshot_prometheus_text_and_http() -> None:
     assert "# TYPE wall_runtime_server_queue_wait_ms histogram" in text
     assert 'wall_runtime_server_infer_ms_bucket{le="+Inf"} 3' in text
     assert 'wall_runtime_server_requests_total{type="observe"}' in scraped
+
+
+def test_reset_cancels_the_waiting_observation() -> None:
+    policy = echo_policy(delay_ms=300)
+    with serving(policy, max_batch=1) as server, client_for(server.endpoint) as client:
+        f1 = client.submit(observation(1.0), deadline=5.0)
+        time.sleep(0.05)
+        f2 = client.submit(observation(2.0), deadline=5.0)
+        assert client.reset().result(timeout=5) is None  # ack
+        with pytest.raises(SupersededError, match="reset"):
+            f2.result(timeout=5)
+        assert f1.result(timeout=5).stamp == 1.0
+    assert policy.calls == [[1.0]]
 
 
 def test_session_state_follows_hello_and_bye() -> None:
