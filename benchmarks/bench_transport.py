@@ -233,8 +233,9 @@ def _machine() -> dict:
     }
 
 
-def _summary(lat_ms: list[float], client_cpu_s: float, server_cpu_s: float, n: int) -> dict:
+def _summary(lat_ms: list[float], client_cpu_s: float, server_cpu_s: float, n: int, rounds: int) -> dict:
     a = np.asarray(lat_ms)
+    per_round = a.reshape(rounds, -1)
     return {
         "n": n,
         "p50_ms": float(np.percentile(a, 50)),
@@ -242,6 +243,8 @@ def _summary(lat_ms: list[float], client_cpu_s: float, server_cpu_s: float, n: i
         "p99_ms": float(np.percentile(a, 99)),
         "mean_ms": float(a.mean()),
         "max_ms": float(a.max()),
+        # robust to a load spike from other jobs landing in one configuration's round
+        "p99_median_of_rounds_ms": float(np.median(np.percentile(per_round, 99, axis=1))),
         "client_cpu_ms_per_request": client_cpu_s * 1000 / n,
         "server_cpu_ms_per_request": server_cpu_s * 1000 / n,
         "total_cpu_ms_per_request": (client_cpu_s + server_cpu_s) * 1000 / n,
@@ -332,12 +335,16 @@ def main() -> None:
             p.join(5)
 
     n = args.rounds * args.per_round
-    results = {name: _summary(lat[name], cpu_client[name], cpu_server[name], n) for name in lat}
+    results = {name: _summary(lat[name], cpu_client[name], cpu_server[name], n, args.rounds) for name in lat}
     ratios = {
         "openpi_p99_over_ours_p99": results["openpi"]["p99_ms"] / results["ours"]["p99_ms"],
         "ours_p99_over_floor_p99": results["ours"]["p99_ms"] / results["floor"]["p99_ms"],
         "openpi_p50_over_ours_p50": results["openpi"]["p50_ms"] / results["ours"]["p50_ms"],
         "ours_p50_over_floor_p50": results["ours"]["p50_ms"] / results["floor"]["p50_ms"],
+        "openpi_over_ours_p99_median_of_rounds": results["openpi"]["p99_median_of_rounds_ms"]
+        / results["ours"]["p99_median_of_rounds_ms"],
+        "ours_over_floor_p99_median_of_rounds": results["ours"]["p99_median_of_rounds_ms"]
+        / results["floor"]["p99_median_of_rounds_ms"],
     }
     targets = {
         "p99_at_least_3x_lower_than_openpi": ratios["openpi_p99_over_ours_p99"] >= 3.0,

@@ -51,6 +51,7 @@ from wall_runtime.types import Observation
 log = logging.getLogger(__name__)
 
 ConnectionCallback = Callable[[str, str], None]
+HELLO_RETRY_S = 0.5  # a queued hello is delivered once connected; retries cover a lost one
 
 
 @dataclass
@@ -227,7 +228,9 @@ class PolicyClient:
     def _new_socket(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.linger = 0
-        sock.immediate = True  # never queue onto a connection that is not up
+        # Not ZMQ_IMMEDIATE: with it libzmq discards replies that arrived but were not yet read when
+        # the server closes the connection (e.g. its last `shutting_down` errors). Submissions are
+        # refused anyway while no handshake is in place, and a socket is replaced on heartbeat loss.
         sock.sndhwm = sock.rcvhwm = 16
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         sock.reconnect_ivl = 100
@@ -285,7 +288,7 @@ class PolicyClient:
 
     def _timer_ms(self, now: float) -> int:
         interval = self._hb_interval()
-        nxt = (self._last_ping + interval) if self.connected else (self._last_hello + 0.1)
+        nxt = (self._last_ping + interval) if self.connected else (self._last_hello + HELLO_RETRY_S)
         nxt = min(nxt, self._last_heard + self._hb_timeout())
         cap = 100.0
         if self._inflight:
@@ -419,7 +422,7 @@ class PolicyClient:
                 self._last_ping = now
                 with contextlib.suppress(zmq.Again):  # a missing pong will tell
                     self._io.send(encode(protocol.simple_header(protocol.PING, 0)))
-        elif now - self._last_hello >= 0.1:
+        elif now - self._last_hello >= HELLO_RETRY_S:
             self._send_hello()
 
 
