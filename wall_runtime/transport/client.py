@@ -250,10 +250,9 @@ class PolicyClient:
     def _run(self) -> None:
         io = self._io
         assert io is not None
+        timeout_ms = 0
         try:
             while not self._closing.is_set():
-                with io.lock:
-                    timeout_ms = self._timer_ms(time.perf_counter())
                 io.wait(timeout_ms)
                 with io.lock:
                     for frames in io.recv_ready(64):
@@ -261,7 +260,12 @@ class PolicyClient:
                     now = time.perf_counter()
                     self._expire(now)
                     self._heartbeat(now)
-                self._report()
+                    # Next wake-up computed now: after resolving futures this thread goes straight
+                    # back to waiting, without touching the lock the woken caller is about to take.
+                    timeout_ms = self._timer_ms(now)
+                    done, self._done = self._done, []
+                    events, self._events = self._events, []
+                self._report(done, events)
         finally:
             with io.lock:
                 was_connected = self.connected
@@ -273,18 +277,18 @@ class PolicyClient:
                     # lets the server forget this robot now rather than after its session timeout
                     with contextlib.suppress(zmq.ZMQError):
                         io.send(encode(protocol.simple_header(protocol.BYE)))
-            self._report()
+                done, self._done = self._done, []
+                events, self._events = self._events, []
+            self._report(done, events)
 
-    def _report(self) -> None:
+    def _report(
+        self, done: list[tuple[Future, Any, BaseException | None]], events: list[tuple[str, str]]
+    ) -> None:
         """Resolve futures and report events outside the lock (callbacks may call ``submit``)."""
-        assert self._io is not None
-        with self._io.lock:
-            done, self._done = self._done, []
-            events, self._events = self._events, []
-        for future, result, error in done:
-            _resolve(future, result, error)
         for state, detail in events:
             self._notify(state, detail)
+        for future, result, error in done:
+            _resolve(future, result, error)
 
     def _timer_ms(self, now: float) -> int:
         interval = self._hb_interval()
