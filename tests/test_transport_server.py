@@ -70,10 +70,14 @@ def test_masks_norm_key_and_inpaint_hint_travel() -> None:
 def test_two_robots_batched_into_one_infer_call() -> None:
     policy = echo_policy()
     with (
-        serving(policy, max_batch=2, max_wait_ms=5000) as server,
+        serving(policy, max_batch=2, max_wait_ms=300) as server,
         client_for(server.endpoint, robot("left")) as left,
         client_for(server.endpoint, robot("right")) as right,
     ):
+        # both robots start observing (only robots observing lately are waited for)
+        left.submit(observation(0.1), deadline=5.0).result(timeout=5)
+        right.submit(observation(0.2), deadline=5.0).result(timeout=5)
+        policy.calls.clear()
         obs_l, obs_r = observation(10.0, seed=10), observation(20.0, seed=20)
         f_l = left.submit(obs_l, deadline=5.0)
         f_r = right.submit(obs_r, deadline=5.0)
@@ -84,19 +88,24 @@ def test_two_robots_batched_into_one_infer_call() -> None:
     np.testing.assert_array_equal(chunk_r.actions, policy.expected_actions(obs_r))
     assert chunk_l.stamp == 10.0 and chunk_r.stamp == 20.0
     batch = next(h for h in stats["metrics"]["histograms"] if h["name"] == "batch_size")
-    assert batch["count"] == 1 and batch["sum"] == 2
+    assert batch["count"] == 3 and batch["sum"] == 4  # two warm-up batches of one, then both robots
 
 
-def test_lone_request_leaves_after_max_wait_when_another_robot_is_idle() -> None:
+def test_lone_request_waits_max_wait_only_for_robots_that_are_observing() -> None:
     policy = echo_policy()
     with (
-        serving(policy, max_batch=4, max_wait_ms=60) as server,
+        serving(policy, max_batch=4, max_wait_ms=400) as server,
         client_for(server.endpoint, robot("busy")) as busy,
-        client_for(server.endpoint, robot("idle")),
+        client_for(server.endpoint, robot("other")) as other,
     ):
-        chunk = busy.submit(observation(1.0), deadline=5.0).result(timeout=5)
-    assert policy.calls == [[1.0]]
-    assert chunk.timing_ms["server_queue"] >= 55  # it waited for a partner that never came
+        # "other" is connected but not observing: no reason to hold "busy" back
+        first = busy.submit(observation(1.0), deadline=5.0).result(timeout=5)
+        assert first.timing_ms["server_queue"] < 200
+        other.submit(observation(2.0), deadline=5.0).result(timeout=5)
+        # now "other" is observing too: a lone request waits for a batch partner up to max_wait
+        lone = busy.submit(observation(3.0), deadline=5.0).result(timeout=5)
+        assert lone.timing_ms["server_queue"] >= 380
+    assert [sorted(c) for c in policy.calls] == [[1.0], [2.0], [3.0]]
 
 
 def test_superseded_observation_is_answered_and_never_computed() -> None:

@@ -10,8 +10,8 @@ state are touched only under one lock (``SharedSocket``).
 
 Scheduling: each robot has at most one waiting observation; a newer one replaces it and the older
 is answered ``superseded`` without being computed. A batch is taken when no batch is in compute
-and either ``max_batch`` requests wait, every live robot has one waiting, or the oldest has
-waited ``max_wait_ms``. A waiting request whose deadline passes is answered ``deadline_exceeded``
+and either ``max_batch`` requests wait, every robot that observed within the last second has one
+waiting, or the oldest has waited ``max_wait_ms``. A waiting request whose deadline passes is answered ``deadline_exceeded``
 at that moment, never computed. A policy exception becomes a ``policy_error`` reply for the
 batch's requests; the server keeps serving.
 """
@@ -41,6 +41,7 @@ from wall_runtime.types import ActionChunk
 
 log = logging.getLogger(__name__)
 
+ACTIVE_WINDOW_S = 1.0  # a robot that observed this recently may be about to join a batch
 PROMOTE_AFTER_MS = 2.0  # inference this slow gets the other thread doing I/O meanwhile
 
 
@@ -75,6 +76,7 @@ class Session:
     identity: bytes
     robot: protocol.RobotDescription
     last_seen: float
+    last_observe: float = float("-inf")  # perf_counter of its latest observe
     pending: Pending | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"observe": 0, "chunk": 0, "error": 0})
 
@@ -419,6 +421,7 @@ class PolicyServer:
     def _on_observe(self, session: Session, msg: Message, frames: list[Any], t0: float) -> None:
         request = protocol.decode_observe(msg, session.robot, self.policy.metadata)
         session.counts["observe"] += 1
+        session.last_observe = t0
         now = time.perf_counter()
         if request.deadline_ms <= 0:
             raise ProtocolError(
@@ -488,7 +491,10 @@ class PolicyServer:
             return None
         oldest = next(iter(self._ready.values()))
         full = len(self._ready) >= self.config.max_batch
-        everyone = len(self._ready) >= len(self._sessions)
+        # Robots that connected but are not observing (between episodes, just pinging) must not
+        # hold a lone request back for max_wait: wait only for robots observing lately.
+        active = sum(1 for s in self._sessions.values() if now - s.last_observe < ACTIVE_WINDOW_S)
+        everyone = len(self._ready) >= active
         waited = now - oldest.received >= self.config.max_wait_ms / 1000.0
         if not (full or everyone or waited):
             return None
