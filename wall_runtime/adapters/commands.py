@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -13,6 +14,9 @@ def check_robot(
     hardware: bool = typer.Option(
         False, "--hardware", help="Run against the real robot (reduced speed, asks for confirmation)."
     ),
+    emulate: bool = typer.Option(
+        False, "--emulate", help="Serial-bus robots: run against protocol emulators on pseudo-terminals."
+    ),
     yes: bool = typer.Option(False, "--yes", help="With --hardware: skip the confirmation prompt."),
     speed: float = typer.Option(
         0.25, "--speed", min=0.01, max=1.0, help="With --hardware: fraction of the velocity limits."
@@ -21,11 +25,9 @@ def check_robot(
 ) -> None:
     """Run the adapter contract checks against a robot: the simulator by default, --hardware for real."""
     from rich.console import Console
-    from rich.table import Table
 
-    from wall_runtime.adapters.checks import CheckOptions, CheckResult, run_checks
+    from wall_runtime.adapters.checks import CheckOptions
     from wall_runtime.adapters.config import RobotConfigError, load_robot
-    from wall_runtime.adapters.registry import build_adapter
 
     console = Console()
     try:
@@ -33,11 +35,19 @@ def check_robot(
     except RobotConfigError as exc:
         console.print(f"[red]robot.yaml is invalid:[/red] {exc}")
         raise typer.Exit(2) from None
+    from wall_runtime.adapters.emulators import EMULATED_PART_TYPES, emulated
+
+    if emulate and hardware:
+        console.print("[red]--emulate and --hardware exclude each other[/red]")
+        raise typer.Exit(2)
+    if emulate and not all(p.type in (*EMULATED_PART_TYPES, "mujoco") for p in config.parts):
+        console.print(f"[red]--emulate covers {', '.join(EMULATED_PART_TYPES)} parts only[/red]")
+        raise typer.Exit(2)
     simulated = all(p.type == "mujoco" for p in config.parts)
-    if not simulated and not hardware:
+    if not simulated and not hardware and not emulate:
         console.print(
             f"[red]{config.name} has hardware parts ({', '.join(p.type for p in config.parts)}); "
-            "pass --hardware to check the real robot.[/red]"
+            "pass --hardware to check the real robot (or --emulate for a serial bus).[/red]"
         )
         raise typer.Exit(2)
     options = CheckOptions()
@@ -49,15 +59,23 @@ def check_robot(
         )
         if not yes and not typer.confirm("Proceed?", default=False):
             raise typer.Exit(1)
+    with contextlib.ExitStack() as stack:
+        if emulate:
+            config, _ = stack.enter_context(emulated(config))
+        results = _run(console, config, options, hardware, emulate)
+    _report(console, config, results, hardware, json_out)
+
+
+def _run(console, config, options, hardware: bool, emulate: bool) -> list:
+    from wall_runtime.adapters.checks import CheckResult, run_checks
+    from wall_runtime.adapters.config import RobotConfigError
+    from wall_runtime.adapters.registry import build_adapter
+
     try:
         adapter = build_adapter(config)
-    except (RobotConfigError, ImportError) as exc:
+    except (RobotConfigError, ValueError, ImportError) as exc:
         console.print(f"[red]cannot build the adapter:[/red] {exc}")
         raise typer.Exit(2) from None
-
-    table = Table(title=f"check-robot {config.name}")
-    for col in ("check", "result", "detail"):
-        table.add_column(col)
 
     def show(result: CheckResult) -> None:
         mark = (
@@ -69,9 +87,18 @@ def check_robot(
         )
         console.print(f"  {result.name:<13} {mark}  {result.detail}")
 
-    console.print(f"checking {config.name} ({'hardware' if hardware else 'simulator'})")
+    target = "hardware" if hardware else "protocol emulator" if emulate else "simulator"
+    console.print(f"checking {config.name} ({target})")
     with console.status("running checks"):
-        results = run_checks(adapter, options, on_result=show)
+        return run_checks(adapter, options, on_result=show)
+
+
+def _report(console, config, results: list, hardware: bool, json_out: Path | None) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"check-robot {config.name}")
+    for col in ("check", "result", "detail"):
+        table.add_column(col)
     for r in results:
         table.add_row(r.name, "skip" if r.skipped else "pass" if r.passed else "FAIL", r.detail)
     console.print(table)

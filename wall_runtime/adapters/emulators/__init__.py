@@ -1,0 +1,49 @@
+"""Servo-bus emulators on pseudo-terminals, speaking the real wire protocols.
+
+They stand in for the *servos*, not for the adapter under test: the adapter opens the pty's
+slave path with the vendor SDK exactly as it opens ``/dev/ttyUSB0``, and every byte crosses a
+real tty. Faults are injectable per servo: stop answering, report error bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import replace
+
+from wall_runtime.adapters.config import RobotConfig
+
+EMULATED_PART_TYPES = ("feetech", "dynamixel")
+
+
+@contextlib.contextmanager
+def emulated(config: RobotConfig) -> Iterator[tuple[RobotConfig, dict[str, object]]]:
+    """Start one bus emulator process per serial-bus part, servos at the joints' zero (or the nearest limit).
+
+    Yields the config with each bus part's ``port`` pointed at its emulator's pty, and the
+    emulators by part name (to inject faults).
+    """
+    from wall_runtime.adapters.emulators import dynamixel, feetech
+
+    kinds = {"feetech": feetech.start_process, "dynamixel": dynamixel.start_process}
+    emulators: dict[str, object] = {}
+    parts = []
+    with contextlib.ExitStack() as stack:
+        for part in config.parts:
+            if part.type not in kinds:
+                parts.append(part)
+                continue
+            conn = part.connection
+            servos = []
+            for jn in part.joints:
+                joint = next(j for j in config.joints if j.name == jn)
+                zero = min(max(0.0, joint.limits.lower), joint.limits.upper)
+                offset = conn.get("offsets", {}).get(jn, 2048)
+                direction = conn.get("directions", {}).get(jn, 1)
+                ticks = offset + direction * zero / (2 * 3.141592653589793) * 4096
+                servos.append({"id": conn["ids"][jn], "position": float(round(ticks))})
+            bus = kinds[part.type](servos)
+            stack.enter_context(bus)
+            emulators[part.name] = bus
+            parts.append(replace(part, connection={**conn, "port": bus.port}))
+        yield replace(config, parts=tuple(parts)), emulators
