@@ -127,7 +127,9 @@ class MujocoRobot(RobotAdapter):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_command = time.monotonic()
-        self._base_target = np.zeros(2)  # (linear m/s, angular rad/s)
+        self._base_target = np.zeros(2)  # commanded (linear m/s, angular rad/s)
+        self._base_now = np.zeros(2)  # what the base controller is driving now (ramped)
+        self._base_accel, self._base_decel = self._base_ramp_limits()
         self._renderers: dict[tuple[int, int, int], Any] = {}
         self._lockstep_debt = 0.0
         self.overruns = 0  # times the stepping thread fell more than 100 ms behind wall time
@@ -150,11 +152,11 @@ class MujocoRobot(RobotAdapter):
             if aid < 0:
                 raise RobotConfigError(f"{where}.diff_drive.{key}: MJCF has no actuator {diff[key]!r}")
             out[key] = aid
+            out[key.split("_")[0] + "_dof"] = int(self.model.jnt_dofadr[self.model.actuator_trnid[aid, 0]])
         bid = mj.mj_name2id(self.model, mj.mjtObj.mjOBJ_BODY, diff["chassis"])
         if bid < 0 or self.model.body_jntnum[bid] < 1:
             raise RobotConfigError(f"{where}.diff_drive.chassis: MJCF has no free body {diff['chassis']!r}")
         out["chassis"] = bid
-        out["qvel"] = int(self.model.jnt_dofadr[self.model.body_jntadr[bid]])
         extra = set(diff) - {"left_wheel", "right_wheel", "chassis", "wheel_radius", "wheel_separation"}
         if extra:
             raise RobotConfigError(f"{where}.diff_drive.{sorted(extra)[0]}: unknown field")
@@ -251,7 +253,6 @@ class MujocoRobot(RobotAdapter):
                 self.data.ctrl[self._act] = here[self._idx]
             if self._diff is not None:
                 self._base_target = np.zeros(2)
-                self._apply_base(self._base_target)
             self._last_command = time.monotonic()
         if not self.realtime:
             self.step(self.spec.period_s)
@@ -265,13 +266,42 @@ class MujocoRobot(RobotAdapter):
         return out
 
     def _base_velocity(self) -> tuple[float, float]:
+        """Wheel odometry, as a real base reports it (encoder speeds, not ground truth)."""
         assert self._diff is not None
-        rot = self.data.xmat[self._diff["chassis"]].reshape(3, 3)
-        a = self._diff["qvel"]
-        linear_world = self.data.qvel[a : a + 3]
-        forward = float((rot.T @ linear_world)[0])
-        yaw_rate = float(self.data.qvel[a + 5])  # free-joint angular velocity is in the body frame
-        return forward, yaw_rate
+        r, sep = self._diff["wheel_radius"], self._diff["wheel_separation"]
+        wl = float(self.data.qvel[self._diff["left_dof"]])
+        wr = float(self.data.qvel[self._diff["right_dof"]])
+        return r * (wl + wr) / 2, r * (wr - wl) / sep
+
+    def ground_truth_pose(self) -> np.ndarray:
+        """The chassis (x, y, yaw) in the world, for tests: what odometry should approximate."""
+        assert self._diff is not None
+        with self._lock:
+            x, y = self.data.xpos[self._diff["chassis"]][:2]
+            rot = self.data.xmat[self._diff["chassis"]].reshape(3, 3)
+        return np.array([x, y, np.arctan2(rot[1, 0], rot[0, 0])])
+
+    def _base_ramp_limits(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-axis acceleration / deceleration the base controller ramps with (inf: a step)."""
+        accel, decel = np.full(2, np.inf), np.full(2, np.inf)
+        for k, kind in enumerate(("base_linear", "base_angular")):
+            if kind in self._base_joints:
+                lim = self.spec.joints[self._base_joints[kind]].limits
+                if lim.has_acceleration_limits:
+                    accel[k] = lim.max_acceleration
+                    decel[k] = (
+                        lim.max_deceleration if np.isfinite(lim.max_deceleration) else lim.max_acceleration
+                    )
+        return accel, decel
+
+    def _ramp_base(self, dt: float) -> None:
+        # Like a base controller with acceleration limits: approach the target at max_acceleration
+        # (max_deceleration when slowing down), never with a step that makes the chassis jump.
+        now, target = self._base_now, self._base_target
+        slowing = np.abs(target) < np.abs(now)
+        rate = np.where(slowing, self._base_decel, self._base_accel) * dt
+        self._base_now = now + np.clip(target - now, -rate, rate)
+        self._apply_base(self._base_now)
 
     def _apply_base(self, vw: np.ndarray) -> None:
         assert self._diff is not None
@@ -284,9 +314,7 @@ class MujocoRobot(RobotAdapter):
         # A base firmware stops the wheels when commands stop arriving (LeKiwi-style, 500 ms);
         # arm servos keep their last goal, which is what "hold" means for them.
         if self._diff is not None and time.monotonic() - self._last_command > self.spec.watchdog_timeout_s:
-            if self._base_target.any():
-                self._base_target = np.zeros(2)
-            self._apply_base(self._base_target)
+            self._base_target = np.zeros(2)
 
     def step(self, seconds: float) -> None:
         """Advance the simulation (lockstep mode, or tests); the real-time thread calls this too."""
@@ -298,6 +326,8 @@ class MujocoRobot(RobotAdapter):
             return
         with self._lock:
             self._watchdog()
+            if self._diff is not None:
+                self._ramp_base(n * self.model.opt.timestep)
             self._mj.mj_step(self.model, self.data, nstep=n)
 
     def _run(self) -> None:
@@ -316,6 +346,8 @@ class MujocoRobot(RobotAdapter):
             if n > 0:
                 with self._lock:
                     self._watchdog()
+                    if self._diff is not None:
+                        self._ramp_base(n * dt)
                     self._mj.mj_step(self.model, self.data, nstep=n)
             time.sleep(0.002)
 
