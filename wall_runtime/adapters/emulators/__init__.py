@@ -13,23 +13,35 @@ from dataclasses import replace
 
 from wall_runtime.adapters.config import RobotConfig
 
-EMULATED_PART_TYPES = ("feetech", "dynamixel")
+EMULATED_PART_TYPES = ("feetech", "dynamixel", "piper", "agilex_base")
 
 
 @contextlib.contextmanager
 def emulated(config: RobotConfig) -> Iterator[tuple[RobotConfig, dict[str, object]]]:
-    """Start one bus emulator process per serial-bus part, servos at the joints' zero (or the nearest limit).
+    """Start an emulator per emulated part: a process per serial bus (servos at the joints' zero
+    or the nearest limit), a device thread on python-can's virtual bus per CAN part.
 
-    Yields the config with each bus part's ``port`` pointed at its emulator's pty, and the
+    Yields the config with each part's ``port`` / ``channel`` pointed at its emulator, and the
     emulators by part name (to inject faults).
     """
+    import uuid
+
     from wall_runtime.adapters.emulators import dynamixel, feetech
+    from wall_runtime.adapters.emulators.can_devices import AgilexBaseDevice, PiperArmDevice
 
     kinds = {"feetech": feetech.start_process, "dynamixel": dynamixel.start_process}
     emulators: dict[str, object] = {}
     parts = []
     with contextlib.ExitStack() as stack:
         for part in config.parts:
+            if part.type in ("piper", "agilex_base"):
+                channel = f"wall-runtime-emulated-{uuid.uuid4().hex[:8]}"
+                device_cls = PiperArmDevice if part.type == "piper" else AgilexBaseDevice
+                emulators[part.name] = stack.enter_context(device_cls(channel))
+                parts.append(
+                    replace(part, connection={**part.connection, "channel": channel, "interface": "virtual"})
+                )
+                continue
             if part.type not in kinds:
                 parts.append(part)
                 continue
