@@ -60,7 +60,7 @@ def test_ur_servoj_call_and_xarm_setpoint_conversion() -> None:
     ur = build_part(cfg, cfg.parts[0])
     q, speed, accel, t, lookahead, gain = ur.servoj_args(np.arange(6) * 0.1)
     assert q == pytest.approx([0, 0.1, 0.2, 0.3, 0.4, 0.5]) and all(isinstance(x, float) for x in q)
-    assert (t, lookahead, gain) == (1 / 500, 0.1, 300)
+    assert (speed, accel, t, lookahead, gain) == (0.0, 0.0, 1 / 500, 0.1, 300)
     cfg = load_robot(ROBOTS / "xarm6")
     xa = build_part(cfg, cfg.parts[0])
     angles = xa.servo_angles(np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.04]))

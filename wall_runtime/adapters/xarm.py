@@ -116,13 +116,14 @@ class XArm(RobotAdapter):
             raise RobotLinkError(f"{self.spec.name}: get_joint_states returned {code}")
         position = np.zeros(self.spec.dof)
         velocity = np.zeros(self.spec.dof)
+        effort = np.zeros(self.spec.dof)
         n = len(self._arm)
-        position[self._arm], velocity[self._arm] = pos[:n], vel[:n]
+        position[self._arm], velocity[self._arm], effort[self._arm] = pos[:n], vel[:n], eff[:n]
         if self._grip is not None:
             code, units = self._api.get_gripper_position()
             if code == 0 and units is not None:
                 position[self._grip] = units / GRIPPER_UNITS_PER_M
-        return RobotState(stamp=time.monotonic(), position=position, velocity=velocity)
+        return RobotState(stamp=time.monotonic(), position=position, velocity=velocity, effort=effort)
 
     def command(self, target: np.ndarray) -> None:
         target = self.spec.clamp(self.spec.validate_target(target))
