@@ -191,3 +191,22 @@ def test_bus_arms_pass_check_robot_on_the_emulator(name: str) -> None:
     assert not failed
     assert by_name["limits"].figures["worst_excursion"] <= 1.5 * TICK
     assert np.isfinite(by_name["timing"].figures["read_p99_ms"])
+
+
+@pytest.mark.hardware
+@pytest.mark.parametrize(
+    ("name", "env"), [("so100", "WALL_RUNTIME_SO100_PORT"), ("koch", "WALL_RUNTIME_KOCH_PORT")]
+)
+def test_real_bus_arm_passes_check_robot_at_reduced_speed(name: str, env: str) -> None:
+    import os
+    from dataclasses import replace
+
+    from wall_runtime.adapters.checks import CheckOptions
+
+    port = os.environ.get(env)
+    if not port:
+        pytest.skip(f"set {env} to the arm's serial port")
+    cfg = load_robot(ROBOTS / name)
+    cfg = replace(cfg, parts=(replace(cfg.parts[0], connection={**cfg.parts[0].connection, "port": port}),))
+    results = run_checks(build_adapter(cfg), CheckOptions(speed_scale=0.25, hardware=True, settle_s=3.0))
+    assert not [(r.name, r.detail) for r in results if not r.passed]

@@ -15,7 +15,9 @@ def check_robot(
         False, "--hardware", help="Run against the real robot (reduced speed, asks for confirmation)."
     ),
     emulate: bool = typer.Option(
-        False, "--emulate", help="Serial-bus robots: run against protocol emulators on pseudo-terminals."
+        False,
+        "--emulate",
+        help="Bus robots: run against emulated devices (Feetech/Dynamixel on a pty, CAN on python-can virtual).",
     ),
     yes: bool = typer.Option(False, "--yes", help="With --hardware: skip the confirmation prompt."),
     speed: float = typer.Option(
