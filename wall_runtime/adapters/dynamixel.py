@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wall_runtime.adapters.config import Connection
-from wall_runtime.adapters.servo_bus import ServoBusArm
+from wall_runtime.adapters.servo_bus import ServoBusArm, port_with_margin
 from wall_runtime.robot import RobotLinkError, RobotSpec
 
 ADDR_TORQUE_ENABLE = 64
@@ -49,7 +49,7 @@ class DynamixelArm(ServoBusArm):
 
     def _open(self) -> None:
         sdk = self._sdk
-        self._port = sdk.PortHandler(self.port_name)
+        self._port = port_with_margin(sdk.PortHandler, self.timeout_margin_ms)(self.port_name)
         self._ph = sdk.PacketHandler(2.0)
         try:
             opened = self._port.openPort() and self._port.setBaudRate(self.baudrate)
@@ -72,7 +72,10 @@ class DynamixelArm(ServoBusArm):
             )
 
     def _ping(self, servo_id: int) -> tuple[bool, int, int]:
-        model, result, error = self._ph.ping(self._port, servo_id)
+        try:
+            model, result, error = self._ph.ping(self._port, servo_id)
+        except IndexError:  # the SDK indexes into a truncated packet: line noise, not an answer
+            return False, 0, 0
         return result == self._sdk.COMM_SUCCESS, model, error
 
     def _sync_read_state(self) -> dict[int, tuple[int | None, int, float]]:
@@ -85,8 +88,11 @@ class DynamixelArm(ServoBusArm):
         out: dict[int, tuple[int | None, int, float]] = {sid: (None, 0, 0.0) for sid in ids}
         pending = set(ids)
         while pending:
-            rx, result = self._ph.rxPacket(self._port, False)
-            if result != sdk.COMM_SUCCESS:
+            try:
+                rx, result = self._ph.rxPacket(self._port, False)
+            except IndexError:
+                break
+            if result != sdk.COMM_SUCCESS or len(rx) <= sdk.PKT_ID:
                 break
             sid = rx[sdk.PKT_ID]
             data = rx[sdk.PKT_PARAMETER0 + 1 : sdk.PKT_PARAMETER0 + 9]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wall_runtime.adapters.config import Connection
-from wall_runtime.adapters.servo_bus import ServoBusArm
+from wall_runtime.adapters.servo_bus import ServoBusArm, port_with_margin
 from wall_runtime.robot import RobotLinkError, RobotSpec
 
 ADDR_TORQUE_ENABLE = 40
@@ -41,7 +41,7 @@ class FeetechArm(ServoBusArm):
 
     def _open(self) -> None:
         sdk = self._sdk
-        self._port = sdk.PortHandler(self.port_name)
+        self._port = port_with_margin(sdk.PortHandler, self.timeout_margin_ms)(self.port_name)
         self._ph = sdk.PacketHandler(0)  # STS series: little-endian words
         try:
             opened = self._port.openPort() and self._port.setBaudRate(self.baudrate)
@@ -64,7 +64,10 @@ class FeetechArm(ServoBusArm):
             )
 
     def _ping(self, servo_id: int) -> tuple[bool, int, int]:
-        model, result, error = self._ph.ping(self._port, servo_id)
+        try:
+            model, result, error = self._ph.ping(self._port, servo_id)
+        except IndexError:  # the SDK indexes into a truncated packet: line noise, not an answer
+            return False, 0, 0
         return result == self._sdk.COMM_SUCCESS, model, error
 
     def _sync_read_state(self) -> dict[int, tuple[int | None, int, float]]:
@@ -79,8 +82,11 @@ class FeetechArm(ServoBusArm):
         out: dict[int, tuple[int | None, int, float]] = {sid: (None, 0, 0.0) for sid in ids}
         pending = set(ids)
         while pending:
-            rx, result = self._ph.rxPacket(self._port)
-            if result != sdk.COMM_SUCCESS:
+            try:
+                rx, result = self._ph.rxPacket(self._port)
+            except IndexError:
+                break
+            if result != sdk.COMM_SUCCESS or len(rx) <= sdk.PKT_ID:
                 break
             sid = rx[sdk.PKT_ID]
             data = rx[sdk.PKT_PARAMETER0 : sdk.PKT_PARAMETER0 + 4]

@@ -32,6 +32,17 @@ from wall_runtime.types import RobotState
 log = logging.getLogger(__name__)
 
 
+def port_with_margin(base: type, margin_ms: float) -> type:
+    """The SDK's PortHandler with ``margin_ms`` more patience per packet."""
+
+    class _Port(base):  # type: ignore[misc, valid-type]
+        def setPacketTimeout(self, packet_length: int) -> None:  # the SDK names it
+            super().setPacketTimeout(packet_length)
+            self.packet_timeout += margin_ms
+
+    return _Port
+
+
 class ServoBusArm(RobotAdapter):
     ticks_per_rev = 4096
     default_baudrate = 1_000_000
@@ -58,6 +69,9 @@ class ServoBusArm(RobotAdapter):
             if d not in (1, -1):
                 raise ValueError(f"connection.directions.{jn}: must be 1 or -1, got {d}")
         self.retries = connection.int("retries", 1, 0, 10)
+        # Added to the SDK's packet timeout (2 x 16 ms USB latency + 2 ms): for long cables, slow
+        # USB adapters, or emulators on a loaded machine.
+        self.timeout_margin_ms = connection.int("timeout_margin_ms", 0, 0, 1001)
         self.disable_torque_on_disconnect = connection.bool("disable_torque_on_disconnect", False)
         self._id_list = [self.ids[n] for n in names]
         self._offset = np.array([self.offsets[n] for n in names], dtype=np.float64)
@@ -116,7 +130,10 @@ class ServoBusArm(RobotAdapter):
             try:
                 missing = []
                 for name, sid in self.ids.items():
-                    answered, model, _ = self._ping(sid)
+                    for _ in range(self.retries + 1):
+                        answered, model, _ = self._ping(sid)
+                        if answered:
+                            break
                     if not answered:
                         missing.append(f"{name} (id {sid})")
                     else:

@@ -38,9 +38,15 @@ def emulated(config: RobotConfig) -> Iterator[tuple[RobotConfig, dict[str, objec
                 channel = f"wall-runtime-emulated-{uuid.uuid4().hex[:8]}"
                 device_cls = PiperArmDevice if part.type == "piper" else AgilexBaseDevice
                 emulators[part.name] = stack.enter_context(device_cls(channel))
-                parts.append(
-                    replace(part, connection={**part.connection, "channel": channel, "interface": "virtual"})
-                )
+                # The device is a Python thread sharing this process's GIL: a little more patience
+                # before feedback counts as stale than a real 200 Hz CAN device needs.
+                conn = {
+                    **part.connection,
+                    "channel": channel,
+                    "interface": "virtual",
+                    "feedback_timeout_s": 0.3,
+                }
+                parts.append(replace(part, connection=conn))
                 continue
             if part.type not in kinds:
                 parts.append(part)
@@ -57,5 +63,7 @@ def emulated(config: RobotConfig) -> Iterator[tuple[RobotConfig, dict[str, objec
             bus = kinds[part.type](servos)
             stack.enter_context(bus)
             emulators[part.name] = bus
-            parts.append(replace(part, connection={**conn, "port": bus.port}))
+            # An emulator is a Python process on a possibly busy machine, not a servo answering in
+            # microseconds: give it the patience of a long cable.
+            parts.append(replace(part, connection={**conn, "port": bus.port, "timeout_margin_ms": 100}))
         yield replace(config, parts=tuple(parts)), emulators
