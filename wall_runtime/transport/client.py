@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 ConnectionCallback = Callable[[str, str], None]
 HELLO_RETRY_S = 0.5  # a queued hello is delivered once connected; retries cover a lost one
+REFUSED_RETRY_S = 5.0  # after a refused hello (e.g. wrong cameras), retry only now and then
 
 
 @dataclass
@@ -194,7 +195,7 @@ class PolicyClient:
             self._closing.set()
             self._io.kick()
             self._thread.join(5.0)
-            self._io.sock.close(0)
+            self._io.sock.close(linger=200)  # lets the goodbye reach the server
             self._io.close()
         self._ctx.term()
 
@@ -345,9 +346,10 @@ class PolicyClient:
                     ErrorCode.BAD_MESSAGE.value,
                 )
             ):
+                if self._refused is None:  # report once; retries continue, slowly
+                    log.error("server refused the handshake: %s: %s", code, message)
+                    self._events.append(("refused", f"{code}: {message}"))
                 self._refused = ServerError(code, message)
-                log.error("server refused the handshake: %s: %s", code, message)
-                self._events.append(("refused", f"{code}: {message}"))
             elif item is None:
                 log.warning("server error: %s: %s", code, message)
         elif kind in (protocol.PONG, protocol.ACK, protocol.STATS):
@@ -426,7 +428,7 @@ class PolicyClient:
                 self._last_ping = now
                 with contextlib.suppress(zmq.Again):  # a missing pong will tell
                     self._io.send(encode(protocol.simple_header(protocol.PING, 0)))
-        elif now - self._last_hello >= HELLO_RETRY_S:
+        elif now - self._last_hello >= (HELLO_RETRY_S if self._refused is None else REFUSED_RETRY_S):
             self._send_hello()
 
 
