@@ -38,7 +38,7 @@ def test_sim_arm_loads_with_the_model_mapping_the_tiny_checkpoint_needs() -> Non
     ]
     assert cfg.mapping.action_index == tuple(range(7))
     np.testing.assert_array_equal(cfg.mapping.dof_mask, [1] * 7 + [0] * 13)
-    assert [c["name"] for c in cfg.cameras] == ["face_view", "left_wrist_view"]
+    assert list(cfg.cameras["devices"]) == ["face_view", "left_wrist_view"]
     assert cfg.safety["max_relative_target"] == 0.3
     spec = cfg.spec()
     assert spec.control_hz == 30 and spec.dof == 7
@@ -108,7 +108,7 @@ _DELETE = object()
             "model.action_dims.gripper: dim 3 is already used by 'forearm_roll'",
         ),
         (["model", "action_dims", "gripper"], 20, r"model.action_dims.gripper: must be in \[0, 20\)"),
-        (["cameras", 1, "name"], "face_view", r"cameras\[1\].name: 'face_view' appears twice"),
+        (["cameras", "devices", "face_view", "fsp"], 30, r"cameras.devices.face_view: unknown key .fsp."),
         (["watchdog_timeout_s"], 0.001, "watchdog_timeout_s: .* shorter than one control period"),
     ],
 )

@@ -118,7 +118,9 @@ class RobotConfig:
     parts: tuple[PartConfig, ...]
     mapping: ModelMapping
     safety: dict[str, Any] = field(default_factory=dict)
-    cameras: list[dict[str, Any]] = field(default_factory=list)
+    cameras: dict[str, Any] = field(
+        default_factory=dict
+    )  # the ``cameras:`` block (wall_runtime.cameras.config)
     capabilities: frozenset[str] = frozenset()
     description: str = ""
 
@@ -244,14 +246,15 @@ def parse_robot(raw: Any, path: Path) -> RobotConfig:
 
     parts = _parse_parts(doc["parts"], names)
     safety = _require_mapping(doc.get("safety") or {}, "safety")
-    cameras = _require_list(doc.get("cameras") or [], "cameras")
-    seen_cams: set[str] = set()
-    for i, cam in enumerate(cameras):
-        cam = _require_mapping(cam, f"cameras[{i}]")
-        cam_name = _require_str(cam.get("name"), f"cameras[{i}].name")
-        if cam_name in seen_cams:
-            raise _fail(f"cameras[{i}].name", f"{cam_name!r} appears twice")
-        seen_cams.add(cam_name)
+    _check_safety(safety, joints)
+    cameras = doc.get("cameras") or {}
+    if cameras:
+        from wall_runtime.cameras.config import CameraConfigError, CamerasConfig
+
+        try:  # checked here so a bad block fails at load, naming its field
+            CamerasConfig.from_dict(cameras)
+        except CameraConfigError as exc:
+            raise RobotConfigError(str(exc)) from None
     mapping = _parse_model(doc["model"], joints, action_type)
     return RobotConfig(
         name=name,
@@ -263,10 +266,27 @@ def parse_robot(raw: Any, path: Path) -> RobotConfig:
         parts=parts,
         mapping=mapping,
         safety=dict(safety),
-        cameras=[dict(c) for c in cameras],
+        cameras=dict(cameras),
         capabilities=capabilities,
         description=str(doc.get("description", "")),
     )
+
+
+def _check_safety(safety: dict[str, Any], joints: tuple[JointSpec, ...]) -> None:
+    """The ``safety:`` block is parsed by the control layer; checked here so it fails at load."""
+    from wall_runtime.control.safety import SafetyConfig, SafetyConfigError
+
+    pose = safety.get("safe_pose")
+    if pose is not None and (
+        not isinstance(pose, list)
+        or len(pose) != len(joints)
+        or not all(isinstance(v, int | float) for v in pose)
+    ):
+        raise _fail("safety.safe_pose", f"expected a list of {len(joints)} numbers (one per joint)")
+    try:
+        SafetyConfig.from_dict({k: v for k, v in safety.items() if k != "safe_pose"}, joints)
+    except SafetyConfigError as exc:
+        raise RobotConfigError(str(exc)) from None
 
 
 def _parse_joints(raw: Any, limits_block: dict[str, Any]) -> tuple[JointSpec, ...]:

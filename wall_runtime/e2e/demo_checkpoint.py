@@ -32,8 +32,9 @@ def _ranges(config: RobotConfig, index: tuple[int, ...]) -> tuple[np.ndarray, np
         if not (math.isfinite(lo) and math.isfinite(hi)):
             v = lim.max_velocity if math.isfinite(lim.max_velocity) else 1.0
             lo, hi = -v, v
-        # the policy's q01..q99 sit a little inside the hard limits, as real statistics do
-        pad = 0.1 * (hi - lo)
+        # a random-weight policy's chunks spread over a few normalised units; statistics spanning
+        # the middle fifth of each joint's range keep its motion around mid-range, not at the limits
+        pad = 0.4 * (hi - lo)
         q01[dim], q99[dim] = lo + pad, hi - pad
     return q01, q99
 
@@ -83,12 +84,14 @@ def demo_checkpoint(config: RobotConfig, variant: str = "flow", root: Path | Non
                 "horizon": layout.horizon,
                 "a": [r.tolist() for r in layout.action_range],
                 "s": [r.tolist() for r in layout.state_range],
-                "version": 1,
+                "version": 5,
             },
             sort_keys=True,
         ).encode()
     ).hexdigest()[:12]
     out = (root or cache_root()) / f"demo-{config.name}-{variant}-{fingerprint}"
     if not (out / "config.json").exists():
-        write_tiny_checkpoint(out, variant, layout=layout, norm_key=config.mapping.norm_key)
+        write_tiny_checkpoint(
+            out, variant, layout=layout, norm_key=config.mapping.norm_key, normalizers="pth"
+        )
     return out

@@ -202,4 +202,3 @@ class Episode:
             )
             for i in range(len(obs["stamp"]))
         ]
-

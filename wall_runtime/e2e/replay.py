@@ -29,8 +29,15 @@ from wall_runtime.types import ActionChunk, Observation, RobotState
 class RecordedRobot(RobotAdapter):
     """Reads back the recorded measurements tick by tick and keeps what it is commanded."""
 
-    def __init__(self, spec: RobotSpec, measured: np.ndarray, deadlines: np.ndarray) -> None:
+    def __init__(
+        self,
+        spec: RobotSpec,
+        measured: np.ndarray,
+        deadlines: np.ndarray,
+        fk: Callable[[np.ndarray], np.ndarray | None] | None = None,
+    ) -> None:
         self.spec = spec
+        self._fk = fk
         self.measured = measured
         self.deadlines = deadlines
         self.k = -1
@@ -52,6 +59,9 @@ class RecordedRobot(RobotAdapter):
 
     def disconnect(self) -> None:
         pass
+
+    def forward_kinematics(self, position: np.ndarray) -> np.ndarray | None:
+        return None if self._fk is None else self._fk(position)
 
 
 class _TickSource:
@@ -85,7 +95,11 @@ class DryReplay:
         return self.nan_mismatches == 0 and self.max_abs_diff <= 1e-9
 
 
-def _robot_setup(episode: Episode) -> tuple[RobotSpec, SafetyConfig]:
+def _robot_setup(episode: Episode) -> tuple[RobotSpec, SafetyConfig, Callable | None]:
+    """The recorded robot's spec, safety settings and forward kinematics (the workspace filter
+    needs the same kinematics as the run; the adapter is built but never connected)."""
+    from wall_runtime.adapters.config import load_robot
+    from wall_runtime.adapters.registry import build_adapter
     from wall_runtime.e2e.robot_side import robot_spec_and_safety
 
     robot_yaml = episode.meta.get("robot_yaml")
@@ -94,16 +108,22 @@ def _robot_setup(episode: Episode) -> tuple[RobotSpec, SafetyConfig]:
             f"{episode.root}: the recording names robot.yaml {robot_yaml!r}, which is not there; "
             "pass --robot to say which robot it was"
         )
-    return robot_spec_and_safety(robot_yaml)
+    spec, safety = robot_spec_and_safety(robot_yaml)
+    adapter = build_adapter(load_robot(robot_yaml))
+    return spec, safety, adapter.forward_kinematics
 
 
 def replay_dry(episode: Episode, robot_yaml: str | Path | None = None) -> DryReplay:
     if robot_yaml is not None:
         episode.meta["robot_yaml"] = str(robot_yaml)
-    spec, safety = _robot_setup(episode)
+    spec, safety, fk = _robot_setup(episode)
     ticks = episode.ticks
-    robot = RecordedRobot(spec, ticks["measured"], ticks["deadline"])
-    observations = iter(episode.observations_in_order())
+    robot = RecordedRobot(spec, ticks["measured"], ticks["deadline"], fk)
+    # each observation is handed back on the tick it was taken on (None on the others, as a
+    # camera with nothing fresh answers)
+    recorded_obs = dict(
+        zip(episode.observations.get("tick", []).tolist(), episode.observations_in_order(), strict=True)
+    )
     cfg = LoopConfig(
         control_hz=float(episode.meta["control_hz"]),
         smoother=episode.meta["smoother"],
@@ -116,13 +136,14 @@ def replay_dry(episode: Episode, robot_yaml: str | Path | None = None) -> DryRep
     loop = ControlLoop(
         robot,
         source,
-        lambda state, now: next(observations, None),
+        lambda state, now: recorded_obs.get(holder["loop"].counters["ticks"]),
         cfg,
         safety,
         joint_dims=episode.meta["joint_dims"],
         estop=EStop(),
     )
     holder["loop"] = loop
+    loop.watchdog.arm(float(ticks["deadline"][0]))
     for deadline in ticks["deadline"]:
         loop.tick(float(deadline))
     replayed = np.asarray(loop.log.commanded, dtype=np.float64)
@@ -132,7 +153,7 @@ def replay_dry(episode: Episode, robot_yaml: str | Path | None = None) -> DryRep
     diff = float(np.max(np.abs(replayed[both] - recorded[both]))) if both.any() else 0.0
     return DryReplay(
         ticks=len(replayed),
-        chunks=int(len(episode.chunks.get("tick", []))),
+        chunks=len(episode.chunks.get("tick", [])),
         max_abs_diff=diff,
         nan_mismatches=int(np.sum(nan_a != nan_b)),
         commanded=replayed,
@@ -170,6 +191,42 @@ class ReplaySource:
             return None
         _, chunk = self.queue[self.delivered]
         self.delivered += 1
-        return ActionChunk(
-            actions=chunk.actions, stamp=chunk.stamp + self.offset, dt=chunk.dt, seq=chunk.seq
+        return ActionChunk(actions=chunk.actions, stamp=chunk.stamp + self.offset, dt=chunk.dt, seq=chunk.seq)
+
+
+def drive_with_recording(episode: Episode, robot_yaml: str | Path | None = None) -> dict:
+    """Drive the robot named by the recording (or ``robot_yaml``) with its chunks, in real time,
+    through the same loop, smoother and safety chain; stops when the last chunk has played out."""
+    from wall_runtime.e2e.robot_side import load_robot_side
+
+    path = robot_yaml or episode.meta.get("robot_yaml")
+    if not path:
+        raise FileNotFoundError(f"{episode.root}: the recording names no robot.yaml; pass one")
+    side = load_robot_side(path)
+    side.adapter.connect()
+    try:
+        source = ReplaySource(episode)
+        cfg = LoopConfig(
+            control_hz=side.config.control_hz,
+            smoother=episode.meta["smoother"],
+            smoother_options=dict(episode.meta.get("smoother_options") or {}),
+            watchdog_timeout=side.config.watchdog_timeout_s,
         )
+        loop = ControlLoop(
+            side.adapter, source, lambda state, now: None, cfg, side.safety, joint_dims=side.joint_dims
+        )
+        horizon_s = (
+            float(episode.chunks["actions"].shape[1] * episode.chunks["dt"][-1]) if episode.chunks else 0.0
+        )
+        played_out: list[float] = []
+
+        def done() -> bool:
+            if source.finished and not played_out:
+                played_out.append(time.monotonic())
+            return bool(played_out) and time.monotonic() - played_out[0] > horizon_s
+
+        summary = loop.run(duration=None, should_stop=done)
+        summary["robot"] = side.config.name
+        return summary
+    finally:
+        side.adapter.disconnect()

@@ -1,9 +1,9 @@
 """Run reports: a folder a person can open after a run.
 
-    summary.json     counters, timing, seams, interventions, stage latencies, policy metadata
-    trajectory.png   commanded vs measured joints, chunk boundaries, safety interventions, holds
-    latency.png      a histogram per stage (server stages and the robot's capture-to-chunk time)
-    episode/         the recording (see ``wall_runtime.e2e.recording``), replayable
+summary.json     counters, timing, seams, interventions, stage latencies, policy metadata
+trajectory.png   commanded vs measured joints, chunk boundaries, safety interventions, holds
+latency.png      a histogram per stage (server stages and the robot's capture-to-chunk time)
+episode/         the recording (see ``wall_runtime.e2e.recording``), replayable
 """
 
 from __future__ import annotations

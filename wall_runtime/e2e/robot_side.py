@@ -95,13 +95,15 @@ def camera_group(config: RobotConfig, adapter: RobotAdapter) -> CameraGroup | No
         return None
     cams = CamerasConfig.from_dict(block)
     renderers = {}
+    render = getattr(adapter, "render", None)
     for cam in cams.cameras:
         if cam.type == "simulated":
-            render = getattr(adapter, "render", None)
             if render is None:
-                raise ValueError(f"cameras.devices.{cam.name}: simulated camera on a robot that renders nothing")
-            source = str(cam.source) if cam.source is not None else cam.name
-            renderers[cam.name] = lambda s=source, w=cam.width, h=cam.height: render(s, w, h)
+                raise ValueError(
+                    f"cameras.devices.{cam.name}: simulated camera on a robot that renders nothing"
+                )
+            # a simulated camera is named after the MJCF camera it renders
+            renderers[cam.name] = lambda s=cam.name, w=cam.width, h=cam.height, r=render: r(s, w, h)
     return make_group(cams, renderers=renderers, base_dir=config.root)
 
 

@@ -160,7 +160,9 @@ class Session:
         on_tick: Callable[[ControlLoop], Any] | None = None,
     ) -> dict[str, Any]:
         summary = self.loop.run(
-            duration=duration if duration is not None else float("inf"), should_stop=should_stop, on_tick=on_tick
+            duration=duration if duration is not None else float("inf"),
+            should_stop=should_stop,
+            on_tick=on_tick,
         )
         summary["policy"] = self.metadata.to_dict()
         summary["stages_ms"] = self.stages.percentiles()
