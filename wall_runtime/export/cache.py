@@ -286,7 +286,9 @@ class EngineCache:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         log.info("built %s %s in %.1f s -> %s", key.format, key.graph, seconds, final)
-        return CacheEntry(key=key, path=final, files=files, built_at=manifest["built_at"], build_seconds=seconds)
+        return CacheEntry(
+            key=key, path=final, files=files, built_at=manifest["built_at"], build_seconds=seconds
+        )
 
     def entries(self) -> list[dict]:
         """Every manifest under the root (for listing and pruning)."""
