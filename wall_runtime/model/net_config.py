@@ -52,7 +52,124 @@ class NetConfig:
     action_attention: ActionAttention  # FLOW default "mixed" (step 0 causal, later bidirectional)
     dof_override: DofOverride  # FLOW default "none", 0.5 "every_step"
     num_steps: int = 10  # Euler steps (the serving argument; config.json's value is not read)
+    # width of propri_proj's output (zero-padded to hidden_size); None = hidden_size
+    state_hidden_size: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.variant not in ("flow", "0.5"):
+            problems.append(f"variant must be 'flow' or '0.5', got {self.variant!r}")
+        if self.num_heads % self.num_kv_heads:
+            problems.append(
+                f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}"
+            )
+        if 2 * sum(self.mrope_section) != self.head_dim:
+            problems.append(
+                f"mrope_section {self.mrope_section} must sum to head_dim/2 = {self.head_dim // 2}"
+            )
+        if self.expert_hidden[0] != self.hidden_size:
+            problems.append(
+                f"expert 0 width {self.expert_hidden[0]} must equal hidden_size {self.hidden_size}"
+            )
+        shared = [
+            n
+            for n, per in (("attention", self.attention_per_expert), ("norms", self.norm_per_expert))
+            if not per
+        ]
+        if shared and self.expert_hidden[1] != self.hidden_size:
+            problems.append(
+                f"shared {' and '.join(shared)} need the action expert width {self.expert_hidden[1]} "
+                f"to equal hidden_size {self.hidden_size}"
+            )
+        if not 0 < self.action_hidden_size <= self.expert_hidden[1]:
+            problems.append(
+                f"action_hidden_size {self.action_hidden_size} must be in (0, expert width {self.expert_hidden[1]}]"
+            )
+        if self.action_hidden_size % 2:
+            problems.append(f"action_hidden_size {self.action_hidden_size} must be even (sin/cos halves)")
+        if self.state_hidden_size is not None and not 0 < self.state_hidden_size <= self.hidden_size:
+            problems.append(f"state_hidden_size {self.state_hidden_size} must be in (0, hidden_size]")
+        if self.action_attention not in ("mixed", "causal", "bidirectional"):
+            problems.append(f"action_attention {self.action_attention!r} is not mixed|causal|bidirectional")
+        if self.dof_override not in ("none", "prefill", "every_step"):
+            problems.append(f"dof_override {self.dof_override!r} is not none|prefill|every_step")
+        if self.num_steps < 1:
+            problems.append(f"num_steps must be >= 1, got {self.num_steps}")
+        if problems:
+            raise ValueError("invalid NetConfig: " + "; ".join(problems))
 
     @property
     def kv_dim(self) -> int:
         return self.num_kv_heads * self.head_dim
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def action_width(self) -> int:
+        """Width of the action tokens' residual stream (columns ``[:action_width]`` of the published layout)."""
+        return self.expert_hidden[1]
+
+    @property
+    def propri_width(self) -> int:
+        return self.state_hidden_size if self.state_hidden_size is not None else self.hidden_size
+
+    @property
+    def has_propri_proj(self) -> bool:
+        return not self.state_as_text
+
+
+def tiny_net_config(variant: Literal["flow", "0.5"], **overrides: object) -> NetConfig:
+    """A small config of either generation with the real one's structure (tests, tiny checkpoints).
+
+    hidden 64, 2 layers, 4 query heads, 2 kv heads, head_dim 16; 0.5 has a 32-wide action expert.
+    """
+    common: dict[str, object] = dict(
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        rms_norm_eps=1e-6,
+        rope_theta=1_000_000.0,
+        mrope_section=(2, 3, 3),
+        vocab_size=512,
+        action_dim=6,
+        state_dim=5,
+        action_horizon=4,
+        proj_with_mask=True,
+        state_bins=256,
+        use_x_pred=False,
+    )
+    if variant == "flow":
+        fields: dict[str, object] = dict(
+            variant="flow",
+            expert_hidden=(64, 64),
+            expert_intermediate=(128, 64),
+            attention_per_expert=False,
+            norm_per_expert=False,
+            action_hidden_size=64,
+            state_as_text=False,
+            time_shift=1.0,
+            time_scale=1.0,
+            action_attention="mixed",
+            dof_override="none",
+        )
+    elif variant == "0.5":
+        fields = dict(
+            variant="0.5",
+            expert_hidden=(64, 32),
+            expert_intermediate=(128, 48),
+            attention_per_expert=True,
+            norm_per_expert=True,
+            action_hidden_size=32,
+            state_as_text=True,
+            time_shift=1.0,
+            time_scale=0.999,
+            action_attention="causal",
+            dof_override="every_step",
+        )
+    else:
+        raise ValueError(f"unknown variant {variant!r}: expected 'flow' or '0.5'")
+    return NetConfig(**{**common, **fields, **overrides})  # type: ignore[arg-type]
