@@ -1,0 +1,86 @@
+"""The PyTorch backend: the WALL-OSS pipeline run eagerly (fp32 on CPU, bf16 + fp32 head on CUDA)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wall_runtime.backends.base import Policy, PolicyMetadata
+from wall_runtime.types import Observation, PolicyResult
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if value not in _DTYPES:
+        raise ValueError(f"unknown dtype {value!r}; choose one of {', '.join(_DTYPES)}")
+    return _DTYPES[value]
+
+
+class TorchPolicy(Policy):
+    """``Policy`` over :class:`wall_runtime.model.pipeline.WallOSS`."""
+
+    def __init__(self, model, seed: int | None = None):
+        self.model = model
+        cfg = model.cfg
+        self.metadata = PolicyMetadata(
+            model="wall-oss-flow" if cfg.variant == "flow" else "wall-oss-0.5",
+            variant=cfg.variant,
+            backend="torch",
+            action_horizon=cfg.net.action_horizon,
+            action_dim=cfg.net.action_dim,
+            state_dim=cfg.net.state_dim,
+            num_steps=model.settings.num_steps,
+            cameras=tuple(cfg.data.cameras),
+            norm_keys=tuple(model.normalizers.keys),
+        )
+        self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path | None,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype | str | None = None,
+        norm_key: str | None = None,
+        seed: int | None = None,
+        **config_options: Any,
+    ) -> TorchPolicy:
+        """Options: ``device``, ``dtype``, ``norm_key`` (default embodiment), ``seed`` (noise RNG), and
+        config overrides ``num_steps``, ``action_attention``, ``dof_override``."""
+        from wall_runtime.model.pipeline import WallOSS
+
+        if path is None:
+            raise ValueError("the torch backend needs a checkpoint directory")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but no CUDA GPU is available")
+        model = WallOSS.from_checkpoint(
+            path, device=device, dtype=_dtype(dtype), norm_key=norm_key, **config_options
+        )
+        return cls(model, seed=seed)
+
+    def infer(
+        self,
+        observations: Sequence[Observation],
+        noise: Sequence[np.ndarray | None] | None = None,
+    ) -> list[PolicyResult]:
+        return self.model.infer(observations, noise=noise, generator=self._generator)
+
+    def close(self) -> None:
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
