@@ -64,7 +64,9 @@ def test_predict_reports_bad_inputs(tmp_path):
         )
 
     no_instruction = tmp_path / "a.npz"
-    np.savez(no_instruction, **{"image.face_view": np.zeros((8, 8, 3), np.uint8)}, state=np.zeros(3, np.float32))
+    np.savez(
+        no_instruction, **{"image.face_view": np.zeros((8, 8, 3), np.uint8)}, state=np.zeros(3, np.float32)
+    )
     r = run(no_instruction)
     assert r.exit_code == 1 and "instruction" in r.output
 
