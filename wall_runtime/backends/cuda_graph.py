@@ -22,6 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,11 @@ class _Captured:
 class CudaGraphDenoiser:
     """``sampler.denoise`` with the N-step loop replayed from a CUDA graph, one graph per input shape.
 
-    A new shape (another camera count, batch size or prompt budget) is captured on first use; at most
-    ``max_graphs`` are kept, the least recently used dropped first.
+    A new shape (another camera count, batch size or prompt-length bucket) is captured on first use; at
+    most ``max_graphs`` are kept, the least recently used dropped first.
     """
 
-    def __init__(self, net, settings=None, warmup: int = 2, max_graphs: int = 4) -> None:
+    def __init__(self, net, settings=None, warmup: int = 2, max_graphs: int = 4, bucket: int = 64) -> None:
         from wall_runtime.model.sampler import SamplerSettings
 
         if not torch.cuda.is_available():
@@ -56,6 +57,9 @@ class CudaGraphDenoiser:
         self.device = device
         self.warmup = warmup
         self.max_graphs = max_graphs
+        # prompts change length (instructions; 0.5 writes the state as digits), so the prefix is
+        # left-padded to a multiple of ``bucket``: a handful of graphs instead of one per length
+        self.bucket = bucket
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle()  # graphs of different shapes share one memory pool
 
@@ -103,13 +107,24 @@ class CudaGraphDenoiser:
         prefix_mask: Tensor,
         padding_action: Tensor | None = None,
     ) -> Tensor:
+        k, v = kv.k, kv.v
+        extra = -prefix_mask.shape[1] % self.bucket
+        if extra:
+            # masked-out keys on the left change nothing (the same left padding a batch uses)
+            k = F.pad(k, (0, 0, extra, 0))
+            v = F.pad(v, (0, 0, extra, 0))
+            prefix_mask = F.pad(prefix_mask, (extra, 0))
         if padding_action is None:
-            # the override is the identity on an all-ones mask, and the graph needs a fixed input set
+            if self.settings.dof_override != "none":
+                raise ValueError(
+                    "this model overrides masked dofs: pass padding_action (normalize(0) per row)"
+                )
+            # unused without the override; the graph needs a fixed input set
             padding_action = torch.zeros(noise.shape[0], noise.shape[-1], device=noise.device)
         given = dict(
             zip(
                 _INPUTS,
-                (kv.k, kv.v, noise, dof_mask, suffix_position_ids, prefix_mask, padding_action),
+                (k, v, noise, dof_mask, suffix_position_ids, prefix_mask, padding_action),
                 strict=True,
             )
         )
@@ -133,3 +148,31 @@ class CudaGraphDenoiser:
 
 def _shape_key(tensors: dict[str, Tensor]) -> tuple:
     return tuple((name, tuple(t.shape), t.dtype) for name, t in tensors.items())
+
+
+def use_cuda_graph(model) -> CudaGraphDenoiser:
+    """Make ``model`` (a CUDA :class:`wall_runtime.model.pipeline.WallOSS`) run its denoise stage from a
+    CUDA graph. Guided (RTC inpainting) calls keep the eager path: they need autograd.
+
+    The torch backend calls this when asked for ``cuda_graph=True`` on a GPU.
+    """
+    denoiser = CudaGraphDenoiser(model.net, model.settings)
+    eager = model.denoise
+
+    def denoise(batch, kv, noise: Tensor, guidance=None) -> Tensor:
+        if guidance is not None:
+            return eager(batch, kv, noise, guidance)
+        horizon = model.cfg.net.action_horizon
+        lp = batch.prefix_length
+        device = model.device
+        dof_mask = (
+            torch.from_numpy(batch.dof_mask).to(device)[:, None, :].expand(-1, horizon, -1).contiguous()
+        )
+        suffix_positions = torch.from_numpy(batch.position_ids[:, :, lp:]).to(device)
+        prefix_mask = torch.from_numpy(batch.attention_mask[:, :lp]).to(device)
+        padding = torch.from_numpy(batch.padding_action).to(device)
+        return denoiser(kv, noise, dof_mask, suffix_positions, prefix_mask, padding)
+
+    model.denoise = denoise
+    model.cuda_graph = denoiser
+    return denoiser

@@ -130,7 +130,10 @@ def build_engine(onnx_path: Path, engine_path: Path, options: BuildOptions, labe
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
     config.builder_optimization_level = options.optimization_level
-    if options.precision == "fp16":
+    if options.precision == "fp32":
+        # TF32 is on by default and rounds matmul inputs to 10 mantissa bits: not fp32 parity
+        config.clear_flag(trt.BuilderFlag.TF32)
+    elif options.precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
     elif options.precision == "bf16":
         config.set_flag(trt.BuilderFlag.BF16)
