@@ -151,3 +151,13 @@ def test_rejects_bad_arguments():
         ip.preprocess_images([], [])
     with pytest.raises(ValueError, match=r"image 1: .*uint8"):
         ip.preprocess_images([frame, frame.astype(np.float64)], [256, 256])
+
+
+def test_parallel_and_sequential_give_identical_results():
+    frames = [camera_frame(w, h, seed=i) for i, (w, h) in enumerate(SIZES)]
+    parallel = ip.preprocess_images(frames, [448, 256, 448], parallel=True)
+    sequential = ip.preprocess_images(frames, [448, 256, 448], parallel=False)
+    np.testing.assert_array_equal(parallel[0], sequential[0])
+    np.testing.assert_array_equal(parallel[1], sequential[1])
+    with pytest.raises(ValueError, match="image 3: aspect ratio"):
+        ip.preprocess_images([*frames, np.zeros((2, 500, 3), np.uint8)], [256] * 4)

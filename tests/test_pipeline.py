@@ -191,3 +191,44 @@ def test_seeded_generator_reproduces(flow):
     a = flow.infer([_obs()], generator=torch.Generator().manual_seed(5))[0].actions
     b = flow.infer([_obs()], generator=torch.Generator().manual_seed(5))[0].actions
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["flow", "0.5"])
+def test_cuda_bf16_tracks_cpu_fp32(tmp_path, variant):
+    path = write_tiny_checkpoint(tmp_path, variant)
+    cpu = WallOSS.from_checkpoint(path)
+    gpu = WallOSS.from_checkpoint(path, device="cuda")  # bf16 transformer, fp32 head and norms
+    assert gpu.net.dtype == torch.bfloat16
+    assert gpu.net.action_preprocessor.w1.weight.dtype == torch.float32
+    noise = _noise(cpu)
+    a = cpu.infer([_obs()], noise=[noise])[0].actions_normalized
+    b = gpu.infer([_obs()], noise=[noise])[0].actions_normalized
+    assert np.isfinite(b).all()
+    assert np.abs(a - b).max() < 0.25  # bf16 rounding through a random model, not a different result
+
+
+def test_prompt_ids_and_pixels_match_transformers_processing(v05, tmp_path):
+    """Token ids as transformers' tokenizer gives them after the Qwen processor's image-pad expansion."""
+    transformers = pytest.importorskip("transformers")
+    from wall_runtime.model.image_processing import resize_longest_side
+
+    ckpt = write_tiny_checkpoint(tmp_path, "0.5")
+    ref_tok = transformers.AutoTokenizer.from_pretrained(str(ckpt))
+    ref_tok.add_tokens(["<|propri|>", "<|action|>"])
+    ref_images = transformers.Qwen2VLImageProcessor()
+    obs = _obs(4, views=("face_view", "right_wrist_view"), state_dims=9)
+    obs.images = {
+        k: np.random.default_rng(9).integers(0, 256, (480, 640, 3), dtype=np.uint8) for k in obs.images
+    }
+    batch = v05.preprocess([obs])
+    ref = ref_images(
+        images=[resize_longest_side(obs.images[v], 112) for v in ("face_view", "right_wrist_view")]
+    )
+    np.testing.assert_array_equal(np.asarray(ref["image_grid_thw"]), batch.grid_thw)
+    np.testing.assert_allclose(np.asarray(ref["pixel_values"]), batch.pixel_values, atol=1e-5)
+    pieces = batch.prompts[0].split("<|image_pad|>")
+    text = pieces[0]
+    for grid, rest in zip(ref["image_grid_thw"], pieces[1:], strict=True):
+        text += "<|image_pad|>" * (int(np.prod(grid)) // 4) + rest
+    assert ref_tok(text, add_special_tokens=False)["input_ids"] == batch.input_ids[0].tolist()

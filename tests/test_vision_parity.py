@@ -159,3 +159,26 @@ def test_bad_inputs_are_refused(models, pixels):
         ours(pixels[:9], torch.tensor([[1, 3, 3]]))
     with pytest.raises(ValueError, match="grid_thw"):
         ours(pixels, torch.tensor([1, 14, 18]))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_fixed_grid_exports_to_onnx(models, pixels, tmp_path):
+    import numpy as np
+    import onnxruntime
+
+    from wall_runtime.model.vision import FixedGridVisionTower
+
+    _, ours = models
+    grids = GRIDS[:2]
+    x = pixels[: int(grids.prod(-1).sum())]
+    fixed = FixedGridVisionTower(ours, grids).eval()
+    path = tmp_path / "vision.onnx"
+    torch.onnx.export(
+        fixed, (x,), str(path), dynamo=False, input_names=["pixel_values"], output_names=["embeds"]
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"pixel_values": x.numpy()})[0]
+    with torch.no_grad():
+        expected = ours(x, grids).numpy()
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-5

@@ -306,6 +306,8 @@ def read_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{index} lists shard(s) that are absent: {', '.join(absent)}")
     elif (root / SAFETENSORS).is_file():
         files = [root / SAFETENSORS]
+    elif sorted(root.glob("*.safetensors")):
+        files = sorted(root.glob("*.safetensors"))  # early FLOW checkpoints: shards without an index
     elif (root / FSDP_BIN).is_file():
         sd = torch.load(root / FSDP_BIN, map_location="cpu", weights_only=True)
         return dict(sd.get("state_dict", sd))

@@ -106,14 +106,29 @@ def predict(
     device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
     steps: int = typer.Option(10, help="Euler steps."),
     seed: int = typer.Option(0, help="Noise seed when no --noise is given."),
+    action_attention: str | None = typer.Option(
+        None,
+        help="Attention among action tokens: mixed, causal or bidirectional (default: the generation's).",
+    ),
 ) -> None:
-    """Offline inference on one observation file; prints each stage's time."""
+    """Offline inference on one observation file; prints each stage's time.
+
+    obs.npz holds one 'image.<camera>' array per camera (HxWx3 uint8 RGB), 'state' (float32) and
+    'instruction' (a string), and optionally 'state_mask' / 'dof_mask' (float32, one entry per model
+    state / action dim, 1 = present; when absent the first len(state) dims are present). The noise file
+    is the initial flow sample [horizon, action_dim]. The result holds 'actions_normalized' (the model's
+    full normalised chunk) and 'actions' (robot units), both [horizon, action_dim].
+    """
     from rich.console import Console
     from rich.table import Table
 
     from wall_runtime.backends.torch_backend import TorchPolicy
 
     console = Console()
+    if action_attention not in (None, "mixed", "causal", "bidirectional"):
+        raise typer.BadParameter(
+            f"unknown action attention {action_attention!r}", param_hint="--action-attention"
+        )
     try:
         obs = read_observation(observation)
         initial = None

@@ -56,6 +56,15 @@ class KVCache(NamedTuple):
 # attention masks (bool, True = may attend), all [B, 1, Lq, Lk]
 
 
+def _position_grid(rows: int, cols: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    # index comparisons rather than torch.eye / tril on bool: those export to ONNX ops that
+    # onnxruntime has no bool kernel for
+    return (
+        torch.arange(rows, device=device)[:, None],
+        torch.arange(cols, device=device)[None, :],
+    )
+
+
 def prefix_attention_mask(prefix_mask: Tensor) -> Tensor:
     """Causal over the prefix, padding keys removed.
 
@@ -64,18 +73,16 @@ def prefix_attention_mask(prefix_mask: Tensor) -> Tensor:
     """
     valid = prefix_mask.bool()
     length = valid.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
-    eye = torch.eye(length, dtype=torch.bool, device=valid.device)
-    return ((causal[None] & valid[:, None, :]) | eye[None])[:, None]
+    row, col = _position_grid(length, length, valid.device)
+    return (((col <= row)[None] & valid[:, None, :]) | (col == row)[None])[:, None]
 
 
 def suffix_attention_mask(prefix_mask: Tensor, horizon: int, causal_actions: bool) -> Tensor:
     """Action-token rows: every valid prefix key, then a lower-triangular or full action block."""
     valid = prefix_mask.bool()
     batch = valid.shape[0]
-    block = torch.ones(horizon, horizon, dtype=torch.bool, device=valid.device)
-    if causal_actions:
-        block = block.tril()
+    row, col = _position_grid(horizon, horizon, valid.device)
+    block = col <= row if causal_actions else (col >= 0) & (row >= 0)
     left = valid[:, None, :].expand(batch, horizon, valid.shape[1])
     right = block[None].expand(batch, horizon, horizon)
     return torch.cat([left, right], dim=-1)[:, None]
@@ -245,18 +252,23 @@ class WallDecoder(nn.Module):
         mask: Tensor,
         past: KVCache | None = None,
         final_norm: bool = True,
-    ) -> tuple[list[Tensor], Tensor, Tensor]:
-        """All layers; returns the (normed) segments and this call's ``k, v [layers, B, kv, L, hd]``."""
+        return_kv: bool = True,
+    ) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
+        """All layers; returns the (normed) segments and this call's ``k, v [layers, B, kv, L, hd]``
+        (``None`` when ``return_kv`` is False: the denoise steps never keep the action tokens' K/V)."""
         hidden = list(segments)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             layer_past = (past.k[i], past.v[i]) if past is not None else None
             out, k, v = layer(hidden, cos, sin, mask, layer_past)
             hidden = [(e, h) for (e, _), h in zip(hidden, out, strict=True)]
-            ks.append(k)
-            vs.append(v)
+            if return_kv:
+                ks.append(k)
+                vs.append(v)
         if final_norm:
             hidden = [(e, self.final_norm(e)(h)) for e, h in hidden]
+        if not return_kv:
+            return [h for _, h in hidden], None, None
         return [h for _, h in hidden], torch.stack(ks), torch.stack(vs)
 
 
@@ -289,6 +301,11 @@ class WallOSSNet(nn.Module):
                 module.float()
         self.action_preprocessor.float()
         return self
+
+    def kv_cache_shape(self, batch: int, prefix_length: int) -> tuple[int, int, int, int, int]:
+        """Shape of each of ``KVCache.k`` / ``.v``: ``(layers, B, kv_heads, Lp, head_dim)``."""
+        cfg = self.cfg
+        return (cfg.num_layers, batch, cfg.num_kv_heads, prefix_length, cfg.head_dim)
 
     # --- embeddings -----------------------------------------------------------------------------------
 
@@ -349,7 +366,9 @@ class WallOSSNet(nn.Module):
     ) -> Tensor:
         """``denoise_step`` with the RoPE tables and the suffix mask already built (the fused loop's body)."""
         actions = self.embed_actions(x_t, t, dof_mask)
-        (hidden,), _, _ = self.model.forward_segments([(ACTION_EXPERT, actions)], cos, sin, mask, past=kv)
+        (hidden,), _, _ = self.model.forward_segments(
+            [(ACTION_EXPERT, actions)], cos, sin, mask, past=kv, return_kv=False
+        )
         return self._velocity(hidden, x_t, t)
 
     def full_velocity(
@@ -370,7 +389,7 @@ class WallOSSNet(nn.Module):
         cos, sin = self.model.rope(position_ids, self.dtype)
         mask = full_attention_mask(prefix_mask, x_t.shape[1], causal_actions)
         segments = [(PREFIX_EXPERT, prefix_embeds.to(self.dtype)), (ACTION_EXPERT, actions)]
-        (_, hidden), _, _ = self.model.forward_segments(segments, cos, sin, mask)
+        (_, hidden), _, _ = self.model.forward_segments(segments, cos, sin, mask, return_kv=False)
         return self._velocity(hidden, x_t, t)
 
     def _velocity(self, hidden: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
@@ -387,3 +406,19 @@ class WallOSSNet(nn.Module):
             raise ValueError(f"position_ids {tuple(position_ids.shape)} != (3, {batch}, {length})")
         if tuple(attention_mask.shape) != (batch, length):
             raise ValueError(f"attention_mask {tuple(attention_mask.shape)} != ({batch}, {length})")
+
+
+def random_init_(module: nn.Module, seed: int, std: float = 0.2) -> nn.Module:
+    """Deterministic random weights (tiny checkpoints, tests): N(0, std) for every matrix and bias,
+    U(0.5, 1.5) for norm weights, so that no path is trivially zero or identity. Independent of the
+    global RNG and of the device."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            owner = module.get_submodule(name.rpartition(".")[0])
+            if isinstance(owner, RMSNorm):
+                values = torch.rand(param.shape, generator=generator) + 0.5
+            else:
+                values = torch.randn(param.shape, generator=generator) * std
+            param.copy_(values.to(param.dtype))
+    return module

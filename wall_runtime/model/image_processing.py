@@ -18,7 +18,9 @@ reference notes it once changed the image-token count). Everything after the res
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
@@ -94,11 +96,10 @@ def _check_resolution(resolution: int) -> None:
         raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
 
 
-def _pil_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    if image.shape[:2] == (height, width):
+def _pil_resize(image: Image.Image, height: int, width: int) -> Image.Image:
+    if (image.height, image.width) == (height, width):
         return image
-    resized = Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.Resampling.BICUBIC)
-    return np.asarray(resized)
+    return image.resize((width, height), Image.Resampling.BICUBIC)
 
 
 def longest_side_size(height: int, width: int, resolution: int) -> tuple[int, int]:
@@ -108,8 +109,7 @@ def longest_side_size(height: int, width: int, resolution: int) -> tuple[int, in
     return resolution, int(resolution * width / height)
 
 
-def resize_longest_side(image: np.ndarray, resolution: int) -> np.ndarray:
-    """Pillow bicubic resize so the longest side equals ``resolution`` (short side truncated)."""
+def _first_size(image: np.ndarray, resolution: int) -> tuple[int, int]:
     _check_image(image)
     _check_resolution(resolution)
     height, width = longest_side_size(image.shape[0], image.shape[1], int(resolution))
@@ -117,7 +117,13 @@ def resize_longest_side(image: np.ndarray, resolution: int) -> np.ndarray:
         raise ValueError(
             f"image {image.shape[0]}x{image.shape[1]} is too elongated for resolution {resolution}"
         )
-    return _pil_resize(image, height, width)
+    return height, width
+
+
+def resize_longest_side(image: np.ndarray, resolution: int) -> np.ndarray:
+    """Pillow bicubic resize so the longest side equals ``resolution`` (short side truncated)."""
+    height, width = _first_size(image, resolution)
+    return np.asarray(_pil_resize(Image.fromarray(np.ascontiguousarray(image)), height, width))
 
 
 def patchify(image: np.ndarray) -> np.ndarray:
@@ -140,28 +146,58 @@ def patchify(image: np.ndarray) -> np.ndarray:
     return out.reshape(grid_h * grid_w, PATCH_DIM)
 
 
+def preprocess_resized(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The part the Qwen2-VL processor does: smart_resize, second resize, normalise, patchify."""
+    _check_image(image)
+    height, width = smart_resize(image.shape[0], image.shape[1])
+    second = _pil_resize(Image.fromarray(np.ascontiguousarray(image)), height, width)
+    return patchify(np.asarray(second)), (1, height // PATCH_SIZE, width // PATCH_SIZE)
+
+
 def preprocess_image(image: np.ndarray, resolution: int) -> tuple[np.ndarray, tuple[int, int, int]]:
     """One HxWx3 uint8 RGB frame → (pixel patches float32 ``[N, 1176]``, grid ``(1, H/14, W/14)``)."""
-    first = resize_longest_side(image, resolution)
-    height, width = smart_resize(first.shape[0], first.shape[1])
-    second = _pil_resize(first, height, width)
-    return patchify(second), (1, height // PATCH_SIZE, width // PATCH_SIZE)
+    first_height, first_width = _first_size(image, resolution)
+    height, width = smart_resize(first_height, first_width)
+    frame = Image.fromarray(np.ascontiguousarray(image))  # stays a Pillow image between the two resizes
+    frame = _pil_resize(_pil_resize(frame, first_height, first_width), height, width)
+    return patchify(np.asarray(frame)), (1, height // PATCH_SIZE, width // PATCH_SIZE)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _preprocess_numbered(
+    index: int, image: np.ndarray, resolution: int
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    try:
+        return preprocess_image(image, resolution)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"image {index}: {error}") from error
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="preprocess")
+    return _POOL
 
 
 def preprocess_images(
-    images: Sequence[np.ndarray], resolutions: Sequence[int]
+    images: Sequence[np.ndarray], resolutions: Sequence[int], *, parallel: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Several frames (one resolution each) → concatenated patches ``[ΣN, 1176]`` and grids int64 ``[n, 3]``."""
+    """Several frames (one resolution each) → concatenated patches ``[ΣN, 1176]`` and grids int64 ``[n, 3]``.
+
+    With ``parallel`` the frames are processed on a small thread pool (Pillow's resize and numpy release
+    the GIL), which is where most of a multi-camera call's time goes; the result is the same either way.
+    """
     if len(images) == 0:
         raise ValueError("preprocess_images needs at least one image")
     if len(images) != len(resolutions):
         raise ValueError(f"got {len(images)} images but {len(resolutions)} resolutions")
-    pixels, grids = [], []
-    for index, (image, resolution) in enumerate(zip(images, resolutions, strict=True)):
-        try:
-            patches, grid = preprocess_image(image, resolution)
-        except (TypeError, ValueError) as error:
-            raise type(error)(f"image {index}: {error}") from error
-        pixels.append(patches)
-        grids.append(grid)
-    return np.concatenate(pixels, axis=0), np.asarray(grids, dtype=np.int64)
+    indices = range(len(images))
+    if parallel and len(images) > 1 and (os.cpu_count() or 1) > 1:
+        results = list(_pool().map(_preprocess_numbered, indices, images, resolutions))
+    else:
+        results = [_preprocess_numbered(*args) for args in zip(indices, images, resolutions, strict=True)]
+    pixels = np.concatenate([patches for patches, _ in results], axis=0)
+    return pixels, np.asarray([grid for _, grid in results], dtype=np.int64)

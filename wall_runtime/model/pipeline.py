@@ -90,6 +90,7 @@ class WallOSS:
         self.device = torch.device(device)
         self.norm_key = normalizers.resolve_key(norm_key)
         self.settings = settings or SamplerSettings.from_config(cfg.net)
+        self.vision_cfg = cfg.vision_config()
 
     # ------------------------------------------------------------------ loading
 
@@ -200,7 +201,7 @@ class WallOSS:
         H = cfg.net.action_horizon
         rows, pixels, grids, prompts = [], [], [], []
         states, state_masks, dof_masks, pads, keys = [], [], [], [], []
-        merge = cfg.vision_config().spatial_merge_size ** 2
+        merge = self.vision_cfg.spatial_merge_size**2
         for obs in observations:
             key = self.normalizers.resolve_key(obs.norm_key) if obs.norm_key else self.norm_key
             views = self._views(obs)
@@ -241,7 +242,7 @@ class WallOSS:
             attention_mask,
             image_token_id=self.tokenizer.image_pad_id,
             vision_start_token_id=self.tokenizer.vision_start_id,
-            spatial_merge_size=cfg.vision_config().spatial_merge_size,
+            spatial_merge_size=self.vision_cfg.spatial_merge_size,
         )
         return PreparedBatch(
             input_ids=input_ids,

@@ -81,6 +81,9 @@ class RTCGuidance:
     ``target [B, H, D]``: the actions to continue, normalised like the model's output.
     ``weights [B, H]`` (or ``[B, H, D]``): soft mask, 1 = keep ``target`` there, 0 = free.
     ``max_guidance``: the clip β on the guidance weight.
+
+    Guidance differentiates through the network, so the sampler must run under ``torch.no_grad()``
+    rather than ``torch.inference_mode()`` (inference tensors cannot enter autograd).
     """
 
     target: Tensor
@@ -129,6 +132,11 @@ def rtc_guidance_weight(t: Tensor, max_guidance: float) -> Tensor:
 
 def _guided_velocity(velocity: VelocityFn, x: Tensor, t: Tensor, step: int, guidance: RTCGuidance) -> Tensor:
     """RTC: ``v + w(t) · Jᵀ (W ⊙ (Y − x̂1))`` with ``x̂1 = x + (1 − t) v`` and J = ∂x̂1/∂x (one VJP)."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "RTC guidance needs a vector-Jacobian product: run the sampler under torch.no_grad(), "
+            "not torch.inference_mode(), and build the prefix cache outside inference mode too"
+        )
     weights = guidance.weights.float()
     if weights.dim() == 2:
         weights = weights[..., None]
@@ -139,6 +147,13 @@ def _guided_velocity(velocity: VelocityFn, x: Tensor, t: Tensor, step: int, guid
         error = weights * (guidance.target.float() - x1)
         (correction,) = torch.autograd.grad(x1, x_in, grad_outputs=error.detach())
     return v.detach() + rtc_guidance_weight(t, guidance.max_guidance)[:, None, None] * correction
+
+
+def _outside_inference_mode(kv: KVCache) -> KVCache:
+    # a cache built under inference_mode cannot be saved for backward; a clone made outside can
+    if kv.k.is_inference() or kv.v.is_inference():
+        return KVCache(kv.k.clone(), kv.v.clone())
+    return kv
 
 
 def integrate(
@@ -199,6 +214,8 @@ def denoise(
     ``settings`` defaults to the generation's reference behaviour (``SamplerSettings.from_config``).
     """
     settings = settings or SamplerSettings.from_config(net.cfg)
+    if guidance is not None:
+        kv = _outside_inference_mode(kv)
     horizon = noise.shape[1]
     cos, sin = net.model.rope(suffix_position_ids, net.dtype)
     schedule = settings.causal_schedule()
@@ -223,6 +240,8 @@ def denoise_stepwise(
 ) -> Tensor:
     """The same loop calling the public ``net.denoise_step`` once per step (masks rebuilt each time)."""
     settings = settings or SamplerSettings.from_config(net.cfg)
+    if guidance is not None:
+        kv = _outside_inference_mode(kv)
     schedule = settings.causal_schedule()
 
     def velocity(x: Tensor, t: Tensor, step: int) -> Tensor:
@@ -245,6 +264,8 @@ def denoise_full_recompute(
 ) -> Tensor:
     """Reference: no cache; every step re-runs prefix + action tokens with the same masks."""
     settings = settings or SamplerSettings.from_config(net.cfg)
+    if guidance is not None and prefix_embeds.is_inference():
+        prefix_embeds = prefix_embeds.clone()
     schedule = settings.causal_schedule()
 
     def velocity(x: Tensor, t: Tensor, step: int) -> Tensor:

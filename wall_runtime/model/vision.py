@@ -339,3 +339,31 @@ class VisionTower(nn.Module):
             mask = plan.full_mask if i in self._full_attention else plan.window_mask
             x = block(x, plan.cos, plan.sin, mask)
         return self.merger(x)[plan.reverse_index]
+
+
+class FixedGridVisionTower(nn.Module):
+    """The tower bound to one grid: ``forward(pixel_values) → embeddings``, for ONNX export and CUDA graphs.
+
+    The plan's tensors become non-persistent buffers, so ``.to(device)`` moves them with the weights and
+    an exporter records them as constants.
+    """
+
+    def __init__(self, tower: VisionTower, grid_thw: Tensor | np.ndarray | Any) -> None:
+        super().__init__()
+        self.tower = tower
+        plan = build_plan(tower.cfg, grid_thw)
+        self.grid_thw = plan.grid_thw
+        for name in ("cos", "sin", "window_index", "reverse_index", "full_mask", "window_mask"):
+            self.register_buffer(name, getattr(plan, name), persistent=False)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        plan = VisionPlan(
+            self.grid_thw,
+            self.cos,
+            self.sin,
+            self.window_index,
+            self.reverse_index,
+            self.full_mask,
+            self.window_mask,
+        )
+        return self.tower(pixel_values, plan=plan)
