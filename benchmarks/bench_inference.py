@@ -487,6 +487,7 @@ def main() -> None:
     )
     ap.add_argument("--backends", nargs="*", default=None)
     ap.add_argument("--skip-strategies", action="store_true")
+    ap.add_argument("--skip-sweep", action="store_true", help="only the denoise strategies")
     ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads")
     ap.add_argument("--workdir", type=Path, default=None, help="where checkpoints and the engine cache go")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -538,7 +539,9 @@ def main() -> None:
             views = 3 if gpu else 1
             result["strategies"] = strategies(ck, views, 10, repeats, args.warmup, cache, device)
             progress.remove_task(t)
-        result["backends"] = sweep(backends, ck, configs, repeats, args.warmup, cache, device, progress)
+        result["backends"] = (
+            [] if args.skip_sweep else sweep(backends, ck, configs, repeats, args.warmup, cache, device, progress)
+        )
     result["load_average_1min_at_end"] = os.getloadavg()[0]
     print_tables(result)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -76,32 +76,33 @@ def _make_progress_monitor(trt, progress):
     return RichProgressMonitor()
 
 
-class _TrtLogger:
-    """Route TensorRT's log into ours (warnings and errors only unless debugging)."""
+def _make_logger(trt):
+    """A TensorRT logger that routes into ours (info and verbose at debug level)."""
+    severity = trt.ILogger.Severity
 
-    def __new__(cls, trt):
-        class Logger(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
 
-            def log(self, severity, msg) -> None:
-                if severity in (trt.ILogger.INTERNAL_ERROR, trt.ILogger.ERROR):
-                    log.error("TensorRT: %s", msg)
-                elif severity == trt.ILogger.WARNING:
-                    log.warning("TensorRT: %s", msg)
-                else:
-                    log.debug("TensorRT: %s", msg)
+        def log(self, level, msg) -> None:
+            if level in (severity.INTERNAL_ERROR, severity.ERROR):
+                log.error("TensorRT: %s", msg)
+            elif level == severity.WARNING:
+                log.warning("TensorRT: %s", msg)
+            else:
+                log.debug("TensorRT: %s", msg)
 
-        return Logger()
+    return Logger()
 
 
 _LOGGER = None
 
 
 def trt_logger():
+    """One logger per process: TensorRT objects keep a reference to it."""
     global _LOGGER
     if _LOGGER is None:
-        _LOGGER = _TrtLogger(require_tensorrt())
+        _LOGGER = _make_logger(require_tensorrt())
     return _LOGGER
 
 
