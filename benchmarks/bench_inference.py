@@ -491,6 +491,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads")
     ap.add_argument("--workdir", type=Path, default=None, help="where checkpoints and the engine cache go")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--tag", default="", help="suffix of the result file names")
     args = ap.parse_args()
 
     gpu = args.mode == "gpu"
@@ -545,7 +546,7 @@ def main() -> None:
     result["load_average_1min_at_end"] = os.getloadavg()[0]
     print_tables(result)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"inference_{args.mode}"
+    stem = f"inference_{args.mode}{'_' + args.tag if args.tag else ''}"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     plot(result, args.out / f"{stem}.png")
     console.print(f"wrote {args.out / stem}.json and .png")
