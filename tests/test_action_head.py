@@ -15,6 +15,15 @@ from wall_runtime.model.net_config import tiny_net_config
 from wall_runtime.model.sampler import denoise
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matrices: one thread is faster, and far faster on a shared, oversubscribed CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_time_embedding_formula() -> None:
     """dim 8: freqs = exp(−ln(10000)·i/3), i = 0..3; [sin(t·f), cos(t·f)]; t raw, not × 1000."""
     t = torch.tensor([0.0, 0.1, 0.999, 1.0])

@@ -24,6 +24,16 @@ from wall_runtime.model.sampler import (
     time_denoise_strategies,
 )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matrices: one thread is faster, and far faster on a shared, oversubscribed CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 PAD = 3  # left padding of the second batch item
 
 
@@ -293,9 +303,18 @@ def test_input_shape_errors_are_clear() -> None:
     x = _inputs(net)
     with pytest.raises(ValueError, match="position_ids"):
         net.prefix(x["prefix_embeds"], x["prefix_position_ids"][:2], x["prefix_mask"])
-    with pytest.raises(ValueError, match="dof_mask"):
-        kv = KVCache(torch.zeros(1), torch.zeros(1))
-        denoise(net, kv, x["noise"], x["dof_mask"][..., :-1], x["suffix_position_ids"], x["prefix_mask"])
+    kv = net.prefix(x["prefix_embeds"], x["prefix_position_ids"], x["prefix_mask"])
+    args = [kv, x["noise"], x["dof_mask"], x["suffix_position_ids"], x["prefix_mask"]]
+    for index, bad, match in [
+        (2, x["dof_mask"][..., :-1], "dof_mask"),
+        (1, x["noise"][..., :-1], "action_dim"),
+        (3, x["suffix_position_ids"][:, :, :-1], "suffix_position_ids"),
+        (0, KVCache(kv.k[:, :, :, 1:], kv.v[:, :, :, 1:]), "kv cache"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            denoise(net, *[bad if i == index else a for i, a in enumerate(args)])
+    with pytest.raises(ValueError, match="padding_action"):
+        denoise(net, *args, padding_action=torch.zeros(2, 3))
 
 
 def test_timing_helpers_report_every_strategy() -> None:

@@ -357,6 +357,7 @@ class WallOSSNet(nn.Module):
         With ``use_x_pred`` the network predicts the clean chunk and this returns
         ``(pred − x_t) / clamp(1 − t, 0.05)``.
         """
+        self.check_suffix(kv, x_t, t, dof_mask, suffix_position_ids, prefix_mask)
         cos, sin = self.model.rope(suffix_position_ids, self.dtype)
         mask = suffix_attention_mask(prefix_mask, x_t.shape[1], causal_actions)
         return self.cached_velocity(kv, x_t, t, dof_mask, cos, sin, mask)
@@ -384,6 +385,7 @@ class WallOSSNet(nn.Module):
     ) -> Tensor:
         """Reference velocity: re-run the whole sequence (prefix + action tokens) with the same masks."""
         self._check_prefix(prefix_embeds, prefix_position_ids, prefix_mask)
+        self.check_suffix(None, x_t, t, dof_mask, suffix_position_ids, prefix_mask)
         actions = self.embed_actions(x_t, t, dof_mask)
         position_ids = torch.cat([prefix_position_ids, suffix_position_ids], dim=-1)
         cos, sin = self.model.rope(position_ids, self.dtype)
@@ -397,6 +399,38 @@ class WallOSSNet(nn.Module):
         if self.cfg.use_x_pred:
             return (pred - x_t) / torch.clamp(1.0 - t.float(), min=0.05)[:, None, None]
         return pred
+
+    def check_suffix(
+        self,
+        kv: KVCache | None,
+        x_t: Tensor,
+        t: Tensor,
+        dof_mask: Tensor,
+        suffix_position_ids: Tensor,
+        prefix_mask: Tensor,
+    ) -> None:
+        """Shape checks of the denoise inputs, each failing with a message naming the input."""
+        cfg = self.cfg
+        batch, horizon = x_t.shape[:2]
+        if tuple(x_t.shape) != (batch, horizon, cfg.action_dim):
+            raise ValueError(f"x_t / noise {tuple(x_t.shape)} != (B, H, action_dim={cfg.action_dim})")
+        if dof_mask.shape != x_t.shape:
+            raise ValueError(f"dof_mask {tuple(dof_mask.shape)} != x_t {tuple(x_t.shape)}")
+        if tuple(t.shape) != (batch,):
+            raise ValueError(f"t {tuple(t.shape)} != ({batch},)")
+        if tuple(suffix_position_ids.shape) != (3, batch, horizon):
+            raise ValueError(
+                f"suffix_position_ids {tuple(suffix_position_ids.shape)} != (3, {batch}, {horizon})"
+            )
+        if prefix_mask.dim() != 2 or prefix_mask.shape[0] != batch:
+            raise ValueError(f"prefix_mask {tuple(prefix_mask.shape)} != ({batch}, Lp)")
+        if kv is not None:
+            expected = self.kv_cache_shape(batch, prefix_mask.shape[1])
+            if tuple(kv.k.shape) != expected or tuple(kv.v.shape) != expected:
+                raise ValueError(
+                    f"kv cache {tuple(kv.k.shape)} / {tuple(kv.v.shape)} != {expected} "
+                    "(layers, B, kv_heads, Lp, head_dim) for this prefix_mask"
+                )
 
     def _check_prefix(self, inputs_embeds: Tensor, position_ids: Tensor, attention_mask: Tensor) -> None:
         batch, length, width = inputs_embeds.shape

@@ -173,3 +173,26 @@ def tiny_net_config(variant: Literal["flow", "0.5"], **overrides: object) -> Net
     else:
         raise ValueError(f"unknown variant {variant!r}: expected 'flow' or '0.5'")
     return NetConfig(**{**common, **fields, **overrides})  # type: ignore[arg-type]
+
+
+def small_net_config(variant: Literal["flow", "0.5"], **overrides: object) -> NetConfig:
+    """A "small" config for CPU benchmarks: hidden 512, 4 layers, 8 heads / 2 kv heads of 64, chunk 32×D
+    with the real action widths (D = 20 for FLOW, 26 for 0.5); 0.5's action expert is half as wide."""
+    action_width = 512 if variant == "flow" else 256
+    dims = 20 if variant == "flow" else 26
+    fields: dict[str, object] = dict(
+        hidden_size=512,
+        num_layers=4,
+        num_heads=8,
+        num_kv_heads=2,
+        head_dim=64,
+        mrope_section=(8, 12, 12),
+        vocab_size=4096,
+        action_dim=dims,
+        state_dim=dims,
+        action_horizon=32,
+        expert_hidden=(512, action_width),
+        expert_intermediate=(1376, action_width if variant == "flow" else 704),
+        action_hidden_size=action_width,
+    )
+    return tiny_net_config(variant, **{**fields, **overrides})

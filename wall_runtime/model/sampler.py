@@ -181,6 +181,11 @@ def integrate(
     times = settings.times(x.device)
     batch = x.shape[0]
     padding_velocity = None
+    if padding_action is not None and tuple(padding_action.shape) not in (
+        tuple(noise.shape),
+        (noise.shape[0], noise.shape[2]),
+    ):
+        raise ValueError(f"padding_action {tuple(padding_action.shape)} must be [B, D] or [B, H, D]")
     if padding_action is not None and settings.dof_override != "none":
         pad = padding_action.float()
         if pad.dim() == 2:
@@ -214,6 +219,7 @@ def denoise(
     ``settings`` defaults to the generation's reference behaviour (``SamplerSettings.from_config``).
     """
     settings = settings or SamplerSettings.from_config(net.cfg)
+    net.check_suffix(kv, noise, noise.new_zeros(noise.shape[0]), dof_mask, suffix_position_ids, prefix_mask)
     if guidance is not None:
         kv = _outside_inference_mode(kv)
     horizon = noise.shape[1]
