@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
-    console = Console()
+    console = Console(width=140)
     results = {"machine": machine(), "repeats": args.repeats, "models": {}}
     jobs = [(size, variant) for size in args.sizes for variant in ("flow", "0.5")]
     with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:

@@ -11,8 +11,9 @@ The reference (spec §6 "Images" and §10) does, per camera frame:
 
 Pillow is used for both resizes because its bicubic filter (with antialiasing when shrinking) is what
 the model was trained on; OpenCV's ``INTER_CUBIC`` is a different filter and changes the pixels (and the
-reference notes it once changed the image-token count). Everything after the resizes is numpy: one
-256-entry lookup table per channel replaces rescale + normalise, applied after patchifying in uint8.
+reference notes it once changed the image-token count). Everything after the resizes is numpy: the
+uint8 frame is cut into patches first (moving a quarter of the bytes a float frame would need), then
+rescale + normalise happen as one float32 multiply-add per value.
 """
 
 from __future__ import annotations
@@ -37,15 +38,11 @@ MAX_ASPECT_RATIO = 200
 PATCH_DIM = 3 * TEMPORAL_PATCH_SIZE * PATCH_SIZE * PATCH_SIZE  # 1176
 
 
-def _normalisation_table() -> np.ndarray:
-    """``[3, 256]`` float32: value v of channel c → (v/255 − mean[c]) / std[c]."""
-    values = np.arange(256, dtype=np.float64) / 255.0
-    mean = np.asarray(CLIP_MEAN, dtype=np.float64)[:, None]
-    std = np.asarray(CLIP_STD, dtype=np.float64)[:, None]
-    return ((values[None, :] - mean) / std).astype(np.float32)
-
-
-_TABLE = _normalisation_table()
+# (v / 255 − mean) / std as one multiply-add per value
+_SCALE = (1.0 / (255.0 * np.asarray(CLIP_STD, dtype=np.float64))).astype(np.float32)
+_OFFSET = (-np.asarray(CLIP_MEAN, dtype=np.float64) / np.asarray(CLIP_STD, dtype=np.float64)).astype(
+    np.float32
+)
 
 
 def smart_resize(
@@ -139,10 +136,10 @@ def patchify(image: np.ndarray) -> np.ndarray:
     blocks = image.reshape(grid_h // m, m, p, grid_w // m, m, p, 3)
     # (bh, bw, mh, mw, C, ph, pw): still uint8, so the transpose moves a quarter of the bytes
     blocks = blocks.transpose(0, 3, 1, 4, 6, 2, 5).reshape(grid_h * grid_w, 3, p * p)
+    values = blocks * _SCALE[None, :, None]
+    values += _OFFSET[None, :, None]
     out = np.empty((grid_h * grid_w, 3, TEMPORAL_PATCH_SIZE, p * p), dtype=np.float32)
-    for channel in range(3):
-        np.take(_TABLE[channel], blocks[:, channel], out=out[:, channel, 0])
-    out[:, :, 1:] = out[:, :, :1]
+    out[:] = values[:, :, None, :]  # the still frame repeated for the temporal patch
     return out.reshape(grid_h * grid_w, PATCH_DIM)
 
 
@@ -150,8 +147,9 @@ def preprocess_resized(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int, i
     """The part the Qwen2-VL processor does: smart_resize, second resize, normalise, patchify."""
     _check_image(image)
     height, width = smart_resize(image.shape[0], image.shape[1])
-    second = _pil_resize(Image.fromarray(np.ascontiguousarray(image)), height, width)
-    return patchify(np.asarray(second)), (1, height // PATCH_SIZE, width // PATCH_SIZE)
+    if image.shape[:2] != (height, width):
+        image = np.asarray(_pil_resize(Image.fromarray(np.ascontiguousarray(image)), height, width))
+    return patchify(image), (1, height // PATCH_SIZE, width // PATCH_SIZE)
 
 
 def preprocess_image(image: np.ndarray, resolution: int) -> tuple[np.ndarray, tuple[int, int, int]]:

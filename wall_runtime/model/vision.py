@@ -292,7 +292,13 @@ class PatchMerger(nn.Module):
 
 
 class VisionTower(nn.Module):
-    """``forward(pixel_values [N, C·T·P·P], grid_thw [n, 3]) → [N / merge², out_hidden_size]``."""
+    """``forward(pixel_values [N, C·T·P·P], grid_thw [n, 3]) → [N / merge², out_hidden_size]``.
+
+    Several images go through in one call (their patches concatenated in ``grid_thw`` order); attention
+    never crosses an image or frame. Pass ``plan=`` (from :meth:`plan`) to skip the grid bookkeeping; a
+    given plan takes precedence over ``grid_thw``. Output rows are in raster order of merge blocks, image
+    after image, i.e. the order of the ``<|image_pad|>`` tokens in the prompt.
+    """
 
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()

@@ -1,0 +1,76 @@
+"""Building cameras and a camera group from the ``cameras:`` block of robot.yaml."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from wall_runtime.cameras.base import Camera, CameraError
+from wall_runtime.cameras.config import CameraConfig, CamerasConfig
+from wall_runtime.cameras.group import CameraGroup
+from wall_runtime.cameras.simulated import RenderFn
+
+
+def make_camera(cfg: CameraConfig, render: RenderFn | None = None, base_dir: Path | None = None) -> Camera:
+    """One camera from its config; a simulated camera needs the simulator's ``render`` callable."""
+    if base_dir is not None:
+        cfg = cfg.resolve_paths(base_dir)
+    common = {
+        "transform": cfg.transform,
+        "buffer_size": cfg.buffer_size,
+        "frozen_after": cfg.frozen_after,
+        "stall_timeout": cfg.stall_timeout,
+    }
+    if cfg.type == "opencv":
+        from wall_runtime.cameras.opencv import OpenCVCamera
+
+        assert cfg.source is not None
+        return OpenCVCamera(
+            cfg.name,
+            cfg.source,
+            width=cfg.width,
+            height=cfg.height,
+            fps=cfg.fps,
+            fourcc=cfg.fourcc,
+            replay=cfg.replay,
+            loop=cfg.loop,
+            **common,
+        )
+    if cfg.type == "realsense":
+        from wall_runtime.cameras.realsense import RealSenseCamera
+
+        return RealSenseCamera(
+            cfg.name,
+            serial=cfg.serial,
+            playback=cfg.playback,
+            width=cfg.width,
+            height=cfg.height,
+            fps=cfg.fps,
+            depth=cfg.depth,
+            exposure=cfg.exposure,
+            gain=cfg.gain,
+            white_balance=cfg.white_balance,
+            realtime=cfg.replay == "realtime",
+            **common,
+        )
+    if cfg.type == "simulated":
+        from wall_runtime.cameras.simulated import SimulatedCamera
+
+        if render is None:
+            raise CameraError(
+                f"camera {cfg.name!r} is simulated: it needs the simulator's render callable "
+                "(run it through the simulated robot, e.g. `wall-runtime demo`)"
+            )
+        return SimulatedCamera(cfg.name, render, fps=cfg.fps or 30.0, **common)
+    raise CameraError(f"camera {cfg.name!r}: unknown type {cfg.type!r}")
+
+
+def make_group(
+    config: CamerasConfig,
+    renderers: Mapping[str, RenderFn] | None = None,
+    base_dir: Path | None = None,
+) -> CameraGroup:
+    """All cameras of a robot with its sync policy; ``renderers`` maps simulated camera names to render()."""
+    renderers = renderers or {}
+    cams = {c.name: make_camera(c, renderers.get(c.name), base_dir) for c in config.cameras}
+    return CameraGroup(cams, max_age=config.max_age, max_skew=config.max_skew, views=config.views)
