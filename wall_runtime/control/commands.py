@@ -1,9 +1,294 @@
-"""Command-line commands of this package (registered by wall_runtime.cli)."""
+"""``wall-runtime run``: drive a robot from a served policy through the control loop.
+
+The robot side (adapter, cameras → observations, joint mapping, ``safety:`` block) comes from
+``robots/<name>/robot.yaml`` through :func:`load_control_setup`, and the policy side from the
+transport client through :func:`connect_policy`. Both are integration points: they need
+``wall_runtime.adapters.config.load_robot`` and ``wall_runtime.transport.client``, written in
+parallel; until they land, the command says so clearly and ``--dry-run`` runs the whole loop
+(safety, watchdog, e-stop sources, run log) against a simulated arm and a simulated policy.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from wall_runtime.control.dryrun import FirstOrderRobot, ThreadedPolicySource
+from wall_runtime.control.estop import EStop, KeySource, SignalSource, SocketSource, TriggerFileSource
+from wall_runtime.control.limits import parse_joint_limits
+from wall_runtime.control.loop import ChunkSource, ControlLoop, LoopConfig, ObservationProvider
+from wall_runtime.control.safety import FILTERS, SafetyConfig
+from wall_runtime.control.scheduler import SchedulerConfig
+from wall_runtime.control.smoothing import SMOOTHERS
+from wall_runtime.robot import JointSpec, RobotAdapter, RobotSpec
+from wall_runtime.types import Observation, RobotState
+
+log = logging.getLogger(__name__)
+console = Console(stderr=True)
+
+
+class IntegrationMissing(RuntimeError):
+    """A part this command needs is not on this branch yet."""
+
+
+@dataclass
+class ControlSetup:
+    """Everything the loop needs from the robot side."""
+
+    adapter: RobotAdapter
+    observe: ObservationProvider
+    safety: SafetyConfig
+    control_hz: float
+    joint_dims: Sequence[int] | None = None  # action dim driving each joint (None: the first dof dims)
+    safe_pose: Sequence[float] | None = None
+    close: Callable[[], None] = field(default=lambda: None)
+
+
+def load_control_setup(robot_yaml: Path, instruction: str) -> ControlSetup:
+    """INTEGRATION POINT: build the robot side from ``robot.yaml``.
+
+    Expects ``wall_runtime.adapters.config.load_robot(path)`` to return an object with
+    ``adapter`` (a connected-on-enter RobotAdapter), ``safety`` (the raw ``safety:`` mapping, parsed
+    here with :meth:`SafetyConfig.from_dict` against the adapter's joints), ``joint_dims`` (action
+    dim per joint), ``safe_pose`` (optional) and ``observer(instruction)`` returning a non-blocking
+    ``(state, now) -> Observation | None`` over the latest camera frames.
+    """
+    try:
+        from wall_runtime.adapters.config import load_robot  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise IntegrationMissing(
+            "wall_runtime.adapters.config.load_robot is not available on this branch; "
+            "`wall-runtime run --dry-run` runs the loop against a simulated robot and policy"
+        ) from exc
+    robot = load_robot(robot_yaml)
+    adapter = robot.adapter
+    safety = SafetyConfig.from_dict(getattr(robot, "safety", None), adapter.spec.joints)
+    return ControlSetup(
+        adapter=adapter,
+        observe=robot.observer(instruction),
+        safety=safety,
+        control_hz=adapter.spec.control_hz,
+        joint_dims=getattr(robot, "joint_dims", None),
+        safe_pose=getattr(robot, "safe_pose", None),
+        close=getattr(robot, "close", lambda: None),
+    )
+
+
+def connect_policy(server: str) -> ChunkSource:
+    """INTEGRATION POINT: a non-blocking chunk source on the ZeroMQ client.
+
+    Expects ``wall_runtime.transport.client`` to offer an object with ``request(observation)``
+    (returns at once) and ``poll() -> ActionChunk | None``; see :class:`ChunkSource`.
+    """
+    try:
+        from wall_runtime.transport import client  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise IntegrationMissing(
+            "wall_runtime.transport.client is not available on this branch; "
+            "`wall-runtime run --dry-run` runs the loop against a simulated policy"
+        ) from exc
+    factory = getattr(client, "AsyncChunkClient", None) or getattr(client, "connect", None)
+    if factory is None:
+        raise IntegrationMissing("wall_runtime.transport.client has no AsyncChunkClient or connect()")
+    return factory(server)
+
+
+# -- the dry run: a simulated arm, gripper and base, and a simulated policy --------------------
+
+DRY_HZ = 100.0
+DRY_ACTION_DT = 0.02
+DRY_HORIZON = 32
+
+
+def dry_run_setup(instruction: str, latency: float = 0.08) -> tuple[ControlSetup, ThreadedPolicySource]:
+    lim = {
+        "min_position": -2.0,
+        "max_position": 2.0,
+        "max_velocity": 1.5,
+        "max_acceleration": 10.0,
+        "max_jerk": 1500,
+    }
+    joints = [
+        JointSpec(f"joint{i + 1}", "revolute", "rad", parse_joint_limits(f"joint{i + 1}", lim))
+        for i in range(3)
+    ]
+    grip = parse_joint_limits("gripper", {"min_position": 0.0, "max_position": 0.08, "max_velocity": 0.2})
+    joints += [JointSpec("gripper", "gripper", "m", grip), JointSpec("base_x", "base_linear", "m/s")]
+    spec = RobotSpec("dry_run", tuple(joints), DRY_HZ)
+    safety = SafetyConfig.from_dict(
+        {
+            "max_step": 0.02,
+            "position_margin": 0.05,
+            "base": {"max_linear_velocity": 0.3, "max_linear_acceleration": 0.5},
+        },
+        spec.joints,
+    )
+    robot = FirstOrderRobot(spec, initial=np.array([0.0, 0.0, 0.0, 0.04, 0.0]))
+
+    def policy(obs: Observation) -> np.ndarray:
+        t = obs.stamp + np.arange(DRY_HORIZON) * DRY_ACTION_DT
+        out = np.zeros((DRY_HORIZON, 5))
+        for j in range(3):
+            out[:, j] = 0.5 * np.sin(2 * np.pi * 0.3 * t + j)
+        out[:, 3] = 0.04 + 0.02 * np.sin(2 * np.pi * 0.2 * t)
+        out[:, 4] = 0.2
+        return out
+
+    def observe(state: RobotState, now: float) -> Observation:
+        return Observation(
+            stamp=now, images={}, state=state.position.astype(np.float32), instruction=instruction
+        )
+
+    source = ThreadedPolicySource(policy, DRY_ACTION_DT, latency=latency, jitter=0.02)
+    setup = ControlSetup(
+        adapter=robot,
+        observe=observe,
+        safety=safety,
+        control_hz=DRY_HZ,
+        safe_pose=[0.0, 0.0, 0.0, 0.04, 0.0],
+        close=source.close,
+    )
+    return setup, source
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title="control run", show_header=False)
+    timing = summary["timing"]
+    table.add_row("ticks", f"{summary['counters']['ticks']} at {summary['control_hz']:.0f} Hz")
+    if "period_jitter_p99_us" in timing:
+        table.add_row(
+            "period jitter p50 / p99",
+            f"{timing['period_jitter_p50_us']:.0f} / {timing['period_jitter_p99_us']:.0f} µs",
+        )
+        table.add_row(
+            "tick compute p50 / p99",
+            f"{timing['tick_compute_p50_us']:.0f} / {timing['tick_compute_p99_us']:.0f} µs",
+        )
+    table.add_row("overruns", str(summary["counters"]["overruns"]))
+    table.add_row(
+        "chunks requested / received",
+        f"{summary['counters']['requests']} / {summary['counters']['chunks_received']}",
+    )
+    table.add_row("chunks rejected", str(summary["chunks_rejected"] or "none"))
+    latency = summary["latency_p95_s"]
+    table.add_row("latency p95", "n/a" if latency is None else f"{latency * 1e3:.0f} ms")
+    table.add_row("safety interventions", str(summary["interventions"] or "none"))
+    table.add_row("watchdog holds / e-stops", f"{summary['watchdog_trips']} / {summary['estop_triggers']}")
+    seams = summary["seams"]
+    if seams.get("seams"):
+        table.add_row("worst seam jump / jerk", f"{seams['max_jump']:.4g} / {seams['max_jerk']:.4g}")
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
+
+    @app.command("run")
+    def run(
+        robot: Path | None = typer.Option(None, "--robot", help="robots/<name>/robot.yaml"),
+        server: str | None = typer.Option(None, "--server", help="policy server, e.g. tcp://gpu-host:5555"),
+        instruction: str = typer.Option("", "--instruction", "-i", help="the task, in words"),
+        smoother: str = typer.Option("crossfade", help=f"chunk smoother: {', '.join(SMOOTHERS)}"),
+        duration: float | None = typer.Option(None, help="seconds to run (default: until stopped)"),
+        estop_file: Path = typer.Option(
+            Path("/tmp/wall-runtime.estop"), help="e-stop while this file exists (touch it to stop)"
+        ),
+        estop_socket: Path | None = typer.Option(None, help="UNIX socket taking 'estop' / 'reset'"),
+        keys: bool = typer.Option(True, help="space or 'e' on the terminal engages the e-stop"),
+        safe_pose: bool = typer.Option(True, help="move to the robot's safe pose on shutdown"),
+        unsafe_disable_filter: list[str] = typer.Option(
+            [], "--unsafe-disable-filter", help=f"turn a safety filter off ({', '.join(FILTERS[1:])})"
+        ),
+        log_json: Path | None = typer.Option(None, help="write the run summary and events here"),
+        plot: Path | None = typer.Option(None, help="write a plot of the commanded trajectory here"),
+        dry_run: bool = typer.Option(False, help="simulated robot and policy (no robot.yaml, no server)"),
+    ) -> None:
+        """Run a robot from a served policy: chunk scheduling, smoothing, safety, watchdog, e-stop."""
+        if smoother not in SMOOTHERS:
+            raise typer.BadParameter(f"unknown smoother {smoother!r} (known: {', '.join(SMOOTHERS)})")
+        source: ChunkSource
+        try:
+            if dry_run:
+                setup, source = dry_run_setup(instruction or "dry run")
+            else:
+                if robot is None or server is None:
+                    raise typer.BadParameter("--robot and --server are required (or --dry-run)")
+                setup = load_control_setup(robot, instruction)
+                source = connect_policy(server)
+        except IntegrationMissing as exc:
+            console.print(f"[red]cannot run:[/] {exc}")
+            raise typer.Exit(2) from None
+
+        safety = setup.safety
+        for name in unsafe_disable_filter:
+            if name not in FILTERS or name == "finite":
+                raise typer.BadParameter(
+                    f"--unsafe-disable-filter {name!r}: not a filter that can be disabled"
+                )
+            console.print(f"[bold red]WARNING: safety filter {name!r} is DISABLED for this run[/]")
+        if unsafe_disable_filter:
+            safety = dataclasses.replace(safety, disabled=safety.disabled | set(unsafe_disable_filter))
+
+        stop = EStop()
+        stop.add(SignalSource())
+        stop.add(TriggerFileSource(estop_file))
+        if estop_socket is not None:
+            stop.add(SocketSource(estop_socket))
+        if keys and sys.stdin.isatty():
+            stop.add(KeySource())
+        if estop_file.exists():
+            console.print(f"[red]e-stop file {estop_file} exists: remove it before running[/]")
+            stop.close()
+            raise typer.Exit(2)
+
+        cfg = LoopConfig(
+            control_hz=setup.control_hz,
+            smoother=smoother,
+            scheduler=SchedulerConfig(),
+            watchdog_timeout=safety.watchdog_timeout,
+            safe_pose=setup.safe_pose if safe_pose else None,
+        )
+        adapter = setup.adapter
+        if not getattr(adapter, "connected", False):
+            adapter.connect()
+        loop = ControlLoop(
+            adapter, source, setup.observe, cfg, safety, joint_dims=setup.joint_dims, estop=stop
+        )
+        console.print(
+            f"running {adapter.spec.name} at {cfg.control_hz:.0f} Hz ({smoother}); "
+            f"e-stop: Ctrl-C, `touch {estop_file}`"
+            + (", space" if keys and sys.stdin.isatty() else "")
+            + (f", 'estop' to {estop_socket}" if estop_socket else "")
+            + "; a second Ctrl-C exits"
+        )
+        try:
+            summary = loop.run(duration=duration if duration is not None else math.inf)
+        except KeyboardInterrupt:
+            summary = loop.summary()
+        finally:
+            stop.close()
+            setup.close()
+            adapter.disconnect()
+        _print_summary(summary)
+        if log_json is not None:
+            from wall_runtime.control.report import write_summary
+
+            write_summary(loop, summary, log_json)
+        if plot is not None:
+            from wall_runtime.control.report import plot_run
+
+            plot_run(loop, plot)
+        if stop.engaged:
+            console.print(f"[red]stopped by e-stop: {stop.reason}[/]")
+            raise typer.Exit(1)

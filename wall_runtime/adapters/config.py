@@ -1,0 +1,484 @@
+"""``robots/<name>/robot.yaml``: what a robot is made of and how it maps onto the model.
+
+A wrong or incomplete file fails here, at load, with a :class:`RobotConfigError` whose message
+starts with the path of the offending field (``parts[0].connection.port: ...``), never later at
+run time. The format is documented in ``docs/adding-a-robot.md`` and ``robots/_template/``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from wall_runtime.control.limits import JointLimits, LimitsError, parse_joint_limits
+from wall_runtime.robot import JOINT_KINDS, UNITS_FOR_KIND, JointSpec, RobotSpec
+
+ACTION_TYPES = ("absolute_joints", "relative_joints", "ee_pose")
+_TOP_LEVEL = {
+    "name": True,
+    "description": False,
+    "control_hz": True,
+    "watchdog_timeout_s": False,
+    "action_type": True,
+    "capabilities": False,
+    "joints": True,
+    "parts": True,
+    "joint_limits": True,
+    "safety": False,
+    "cameras": False,
+    "model": True,
+}
+
+
+class RobotConfigError(ValueError):
+    """robot.yaml is malformed; the message starts with the field's path."""
+
+
+@dataclass(frozen=True)
+class PartConfig:
+    """One hardware (or simulated) part: an arm, a gripper, a bus of servos, a base."""
+
+    name: str
+    type: str  # key in wall_runtime.adapters.registry.PART_TYPES
+    joints: tuple[str, ...]
+    connection: dict[str, Any]
+    where: str  # "parts[i]", for error messages raised by the adapter's own validation
+
+
+@dataclass(frozen=True)
+class ModelMapping:
+    """How the robot's joints sit in the model's action and state vectors.
+
+    ``action_index[j]`` is the model action dim joint ``j`` drives and ``state_index[j]`` the
+    model state dim its measurement fills; dims no joint uses are masked out (``dof_mask`` 0)
+    and sent as zeros, as WALL-OSS pads smaller robots.
+    """
+
+    action_dim: int
+    state_dim: int
+    norm_key: str
+    action_index: tuple[int, ...]
+    state_index: tuple[int, ...]
+    action_type: str
+    velocity_joints: tuple[bool, ...]  # base joints: always absolute (they are velocities)
+    gripper_joints: tuple[bool, ...]  # grippers: absolute even in relative mode, as openpi does
+
+    @property
+    def dof_mask(self) -> np.ndarray:
+        mask = np.zeros(self.action_dim, dtype=np.float32)
+        mask[list(self.action_index)] = 1.0
+        return mask
+
+    @property
+    def state_mask(self) -> np.ndarray:
+        mask = np.zeros(self.state_dim, dtype=np.float32)
+        mask[list(self.state_index)] = 1.0
+        return mask
+
+    def state_vector(self, position: np.ndarray) -> np.ndarray:
+        """Measured joint positions (robot order) -> the model's state vector, zeros where unused."""
+        position = np.asarray(position, dtype=np.float64)
+        if position.shape != (len(self.state_index),):
+            raise ValueError(f"state has shape {position.shape}, expected ({len(self.state_index)},)")
+        out = np.zeros(self.state_dim, dtype=np.float32)
+        out[list(self.state_index)] = position
+        return out
+
+    def action_to_target(self, action: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """One model action row (robot units) -> a joint target in robot order.
+
+        ``relative_joints`` adds the row to ``current`` (the measured position at the chunk's
+        start, as the model was trained) except for grippers and base velocities.
+        """
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (self.action_dim,):
+            raise ValueError(f"action has shape {action.shape}, expected ({self.action_dim},)")
+        target = action[list(self.action_index)].copy()
+        if self.action_type == "relative_joints":
+            delta = ~(np.array(self.velocity_joints) | np.array(self.gripper_joints))
+            target[delta] += np.asarray(current, dtype=np.float64)[delta]
+        elif self.action_type == "ee_pose":
+            raise NotImplementedError("ee_pose actions go through the adapter's inverse kinematics")
+        return target
+
+
+@dataclass(frozen=True)
+class RobotConfig:
+    name: str
+    path: Path
+    control_hz: float
+    watchdog_timeout_s: float
+    action_type: str
+    joints: tuple[JointSpec, ...]
+    parts: tuple[PartConfig, ...]
+    mapping: ModelMapping
+    safety: dict[str, Any] = field(default_factory=dict)
+    cameras: list[dict[str, Any]] = field(default_factory=list)
+    capabilities: frozenset[str] = frozenset()
+    description: str = ""
+
+    @property
+    def root(self) -> Path:
+        """The robot's folder; relative paths in robot.yaml (MJCF, calibration) resolve here."""
+        return self.path.parent
+
+    @property
+    def joint_names(self) -> list[str]:
+        return [j.name for j in self.joints]
+
+    @property
+    def joint_limits(self) -> dict[str, JointLimits]:
+        return {j.name: j.limits for j in self.joints}
+
+    def spec(self) -> RobotSpec:
+        return RobotSpec(
+            name=self.name,
+            joints=self.joints,
+            control_hz=self.control_hz,
+            capabilities=self.capabilities,
+            watchdog_timeout_s=self.watchdog_timeout_s,
+        )
+
+    def part_spec(self, part: PartConfig) -> RobotSpec:
+        by_name = {j.name: j for j in self.joints}
+        return RobotSpec(
+            name=f"{self.name}.{part.name}",
+            joints=tuple(by_name[n] for n in part.joints),
+            control_hz=self.control_hz,
+            capabilities=self.capabilities,
+            watchdog_timeout_s=self.watchdog_timeout_s,
+        )
+
+
+def _fail(where: str, message: str) -> RobotConfigError:
+    return RobotConfigError(f"{where}: {message}")
+
+
+def _require_mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(where, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _require_list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _fail(where, f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _require_str(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(where, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _require_positive(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(where, f"expected a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise _fail(where, f"must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _require_int(value: Any, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(where, f"expected an integer, got {value!r}")
+    if not low <= value < high:
+        raise _fail(where, f"must be in [{low}, {high}), got {value}")
+    return value
+
+
+def load_robot(path: str | Path) -> RobotConfig:
+    """Read and validate ``robots/<name>/robot.yaml`` (or a folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "robot.yaml"
+    if not path.is_file():
+        raise RobotConfigError(f"{path}: no such robot.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RobotConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return parse_robot(raw, path.resolve())
+    except RobotConfigError as exc:
+        raise RobotConfigError(f"{path}: {exc}") from None
+
+
+def parse_robot(raw: Any, path: Path) -> RobotConfig:
+    doc = _require_mapping(raw, "robot.yaml")
+    for key in doc:
+        if key not in _TOP_LEVEL:
+            raise _fail(str(key), f"unknown field (known: {', '.join(_TOP_LEVEL)})")
+    for key, required in _TOP_LEVEL.items():
+        if required and key not in doc:
+            raise _fail(key, "missing (required)")
+
+    name = _require_str(doc["name"], "name")
+    control_hz = _require_positive(doc["control_hz"], "control_hz")
+    watchdog = _require_positive(doc.get("watchdog_timeout_s", 0.5), "watchdog_timeout_s")
+    if watchdog < 1.0 / control_hz:
+        raise _fail("watchdog_timeout_s", f"{watchdog} s is shorter than one control period")
+    action_type = doc["action_type"]
+    if action_type not in ACTION_TYPES:
+        raise _fail("action_type", f"{action_type!r} is not one of {', '.join(ACTION_TYPES)}")
+    if action_type == "ee_pose":
+        # Accepted by the schema so the field is reserved, refused until an adapter does IK.
+        raise _fail("action_type", "ee_pose is not supported by any adapter yet; use absolute_joints")
+    caps = doc.get("capabilities", [])
+    capabilities = frozenset(
+        _require_str(c, f"capabilities[{i}]") for i, c in enumerate(_require_list(caps, "capabilities"))
+    )
+
+    limits_block = _require_mapping(doc["joint_limits"], "joint_limits")
+    joints = _parse_joints(doc["joints"], limits_block)
+    names = [j.name for j in joints]
+    for extra in limits_block:
+        if extra not in names:
+            raise _fail(f"joint_limits.{extra}", "names no joint in `joints`")
+
+    parts = _parse_parts(doc["parts"], names)
+    safety = _require_mapping(doc.get("safety") or {}, "safety")
+    cameras = _require_list(doc.get("cameras") or [], "cameras")
+    seen_cams: set[str] = set()
+    for i, cam in enumerate(cameras):
+        cam = _require_mapping(cam, f"cameras[{i}]")
+        cam_name = _require_str(cam.get("name"), f"cameras[{i}].name")
+        if cam_name in seen_cams:
+            raise _fail(f"cameras[{i}].name", f"{cam_name!r} appears twice")
+        seen_cams.add(cam_name)
+    mapping = _parse_model(doc["model"], joints, action_type)
+    return RobotConfig(
+        name=name,
+        path=path,
+        control_hz=control_hz,
+        watchdog_timeout_s=watchdog,
+        action_type=action_type,
+        joints=joints,
+        parts=parts,
+        mapping=mapping,
+        safety=dict(safety),
+        cameras=[dict(c) for c in cameras],
+        capabilities=capabilities,
+        description=str(doc.get("description", "")),
+    )
+
+
+def _parse_joints(raw: Any, limits_block: dict[str, Any]) -> tuple[JointSpec, ...]:
+    entries = _require_list(raw, "joints")
+    if not entries:
+        raise _fail("joints", "a robot needs at least one joint")
+    joints: list[JointSpec] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"joints[{i}]"
+        entry = _require_mapping(entry, where)
+        for key in entry:
+            if key not in ("name", "kind", "unit"):
+                raise _fail(f"{where}.{key}", "unknown field (known: name, kind, unit)")
+        name = _require_str(entry.get("name"), f"{where}.name")
+        if name in seen:
+            raise _fail(f"{where}.name", f"{name!r} appears twice")
+        seen.add(name)
+        kind = entry.get("kind")
+        if kind not in JOINT_KINDS:
+            raise _fail(f"{where}.kind", f"{kind!r} is not one of {', '.join(JOINT_KINDS)}")
+        unit = entry.get("unit")
+        if unit not in UNITS_FOR_KIND[kind]:
+            raise _fail(
+                f"{where}.unit",
+                f"{unit!r} is not a unit for a {kind} joint ({', '.join(UNITS_FOR_KIND[kind])})",
+            )
+        if name not in limits_block:
+            raise _fail(f"joint_limits.{name}", "missing: every joint needs its limits")
+        try:
+            limits = parse_joint_limits(name, limits_block[name])
+        except LimitsError as exc:
+            raise RobotConfigError(str(exc)) from None
+        # The conformance kit and every clamp need finite bounds: position joints must declare
+        # position limits, base joints velocity limits.
+        if kind in ("base_linear", "base_angular"):
+            if not limits.has_velocity_limits:
+                raise _fail(
+                    f"joint_limits.{name}.max_velocity", "missing: a base joint needs a velocity limit"
+                )
+        elif not (limits.has_position_limits and math.isfinite(limits.lower) and math.isfinite(limits.upper)):
+            raise _fail(
+                f"joint_limits.{name}.min_position", "missing: a position joint needs min/max_position"
+            )
+        joints.append(JointSpec(name=name, kind=kind, unit=unit, limits=limits))
+    return tuple(joints)
+
+
+def _parse_parts(raw: Any, joint_names: list[str]) -> tuple[PartConfig, ...]:
+    entries = _require_list(raw, "parts")
+    if not entries:
+        raise _fail("parts", "a robot needs at least one part")
+    parts: list[PartConfig] = []
+    owner: dict[str, str] = {}
+    part_names: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"parts[{i}]"
+        entry = _require_mapping(entry, where)
+        for key in entry:
+            if key not in ("name", "type", "joints", "connection"):
+                raise _fail(f"{where}.{key}", "unknown field (known: name, type, joints, connection)")
+        pname = _require_str(entry.get("name"), f"{where}.name")
+        if pname in part_names:
+            raise _fail(f"{where}.name", f"{pname!r} appears twice")
+        part_names.add(pname)
+        ptype = _require_str(entry.get("type"), f"{where}.type")
+        from wall_runtime.adapters.registry import PART_TYPES
+
+        if ptype not in PART_TYPES:
+            raise _fail(
+                f"{where}.type", f"{ptype!r} is not a known part type ({', '.join(sorted(PART_TYPES))})"
+            )
+        pjoints = _require_list(entry.get("joints"), f"{where}.joints")
+        if not pjoints:
+            raise _fail(f"{where}.joints", "a part drives at least one joint")
+        for k, jn in enumerate(pjoints):
+            jn = _require_str(jn, f"{where}.joints[{k}]")
+            if jn not in joint_names:
+                raise _fail(f"{where}.joints[{k}]", f"{jn!r} is not declared in `joints`")
+            if jn in owner:
+                raise _fail(f"{where}.joints[{k}]", f"{jn!r} is already driven by part {owner[jn]!r}")
+            owner[jn] = pname
+        connection = _require_mapping(entry.get("connection") or {}, f"{where}.connection")
+        parts.append(PartConfig(pname, ptype, tuple(pjoints), dict(connection), where))
+    for jn in joint_names:
+        if jn not in owner:
+            raise _fail("parts", f"joint {jn!r} is driven by no part")
+    return tuple(parts)
+
+
+def _parse_model(raw: Any, joints: tuple[JointSpec, ...], action_type: str) -> ModelMapping:
+    doc = _require_mapping(raw, "model")
+    known = ("action_dim", "state_dim", "norm_key", "action_dims", "state_dims")
+    for key in doc:
+        if key not in known:
+            raise _fail(f"model.{key}", f"unknown field (known: {', '.join(known)})")
+    for key in ("action_dim", "state_dim", "norm_key", "action_dims"):
+        if key not in doc:
+            raise _fail(f"model.{key}", "missing (required)")
+    action_dim = _require_int(doc["action_dim"], "model.action_dim", 1, 4096)
+    state_dim = _require_int(doc["state_dim"], "model.state_dim", 1, 4096)
+    norm_key = _require_str(doc["norm_key"], "model.norm_key")
+
+    def indices(key: str, dim: int) -> tuple[int, ...]:
+        block = _require_mapping(doc[key], f"model.{key}")
+        names = [j.name for j in joints]
+        for jn in block:
+            if jn not in names:
+                raise _fail(f"model.{key}.{jn}", "names no joint in `joints`")
+        out: list[int] = []
+        used: dict[int, str] = {}
+        for jn in names:
+            if jn not in block:
+                raise _fail(f"model.{key}.{jn}", "missing: every joint needs its model dim")
+            idx = _require_int(block[jn], f"model.{key}.{jn}", 0, dim)
+            if idx in used:
+                raise _fail(f"model.{key}.{jn}", f"dim {idx} is already used by {used[idx]!r}")
+            used[idx] = jn
+            out.append(idx)
+        return tuple(out)
+
+    action_index = indices("action_dims", action_dim)
+    state_index = indices("state_dims", state_dim) if "state_dims" in doc else action_index
+    if "state_dims" not in doc and max(action_index) >= state_dim:
+        raise _fail("model.state_dims", "missing, and action_dims do not fit in state_dim")
+    return ModelMapping(
+        action_dim=action_dim,
+        state_dim=state_dim,
+        norm_key=norm_key,
+        action_index=action_index,
+        state_index=state_index,
+        action_type=action_type,
+        velocity_joints=tuple(j.is_velocity for j in joints),
+        gripper_joints=tuple(j.kind == "gripper" for j in joints),
+    )
+
+
+class Connection:
+    """Typed reads from a part's ``connection`` block; errors name the field."""
+
+    def __init__(self, block: dict[str, Any], where: str) -> None:
+        self._block = dict(block)
+        self._where = where
+        self._used: set[str] = set()
+
+    def _get(self, key: str, default: Any) -> Any:
+        self._used.add(key)
+        if key not in self._block:
+            if default is _REQUIRED:
+                raise _fail(f"{self._where}.connection.{key}", "missing (required)")
+            return default
+        return self._block[key]
+
+    def str(self, key: str, default: Any = None) -> Any:
+        value = self._get(key, _REQUIRED if default is None else default)
+        return _require_str(value, f"{self._where}.connection.{key}")
+
+    def float(self, key: str, default: Any = None) -> float:
+        value = self._get(key, _REQUIRED if default is None else default)
+        return _require_positive(value, f"{self._where}.connection.{key}")
+
+    def number(self, key: str, default: float | None = None) -> float:
+        value = self._get(key, _REQUIRED if default is None else default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _fail(f"{self._where}.connection.{key}", f"expected a finite number, got {value!r}")
+        return float(value)
+
+    def int(self, key: str, default: Any = None, low: int = 0, high: int = 2**31) -> int:
+        value = self._get(key, _REQUIRED if default is None else default)
+        return _require_int(value, f"{self._where}.connection.{key}", low, high)
+
+    def bool(self, key: str, default: bool | None = None) -> bool:
+        value = self._get(key, _REQUIRED if default is None else default)
+        if not isinstance(value, bool):
+            raise _fail(f"{self._where}.connection.{key}", f"expected true or false, got {value!r}")
+        return value
+
+    def per_joint(
+        self, key: str, joints: tuple[str, ...] | list[str], kind: type = int, default: Any = None
+    ) -> dict[str, Any]:
+        """A ``{joint: value}`` block covering exactly the part's joints."""
+        value = self._get(key, _REQUIRED if default is None else default)
+        block = _require_mapping(value, f"{self._where}.connection.{key}")
+        out: dict[str, Any] = {}
+        for jn in block:
+            if jn not in joints:
+                raise _fail(f"{self._where}.connection.{key}.{jn}", "names no joint of this part")
+        for jn in joints:
+            if jn not in block:
+                raise _fail(f"{self._where}.connection.{key}.{jn}", "missing")
+            v = block[jn]
+            ok = (
+                isinstance(v, kind) and not isinstance(v, bool)
+                if kind in (int, float)
+                else isinstance(v, kind)
+            )
+            if kind is float and isinstance(v, int) and not isinstance(v, bool):
+                v, ok = float(v), True
+            if not ok:
+                raise _fail(f"{self._where}.connection.{key}.{jn}", f"expected {kind.__name__}, got {v!r}")
+            out[jn] = v
+        return out
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        return self._get(key, default)
+
+    def finish(self) -> None:
+        """Refuse keys the adapter did not read: a typo must not silently fall back to a default."""
+        for key in self._block:
+            if key not in self._used:
+                known = ", ".join(sorted(self._used))
+                raise _fail(f"{self._where}.connection.{key}", f"unknown field (known: {known})")
+
+
+_REQUIRED = object()

@@ -1,0 +1,1 @@
+"""Simulated robots (MuJoCo): the embedded default, with rendered cameras."""

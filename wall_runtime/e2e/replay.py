@@ -1,0 +1,175 @@
+"""Replay a recorded episode through the same control pipeline, without a model.
+
+Two ways, as GR00T's replay policy and wall-x's dummy controller allow:
+
+- ``replay_dry``: the recorded chunks arrive on the ticks they arrived on, the robot "measures"
+  what was measured, and a fresh loop (scheduler, smoother, safety chain) runs on the recorded
+  deadlines. It must command exactly what the run commanded; the result says how close it came.
+- ``ReplaySource``: the recorded chunks, re-timed to now, as a live chunk source, so a robot
+  (the simulator or hardware) can be driven by a recording through the whole loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wall_runtime.control.estop import EStop
+from wall_runtime.control.loop import ControlLoop, LoopConfig
+from wall_runtime.control.safety import SafetyConfig
+from wall_runtime.e2e.recording import Episode
+from wall_runtime.robot import RobotAdapter, RobotSpec
+from wall_runtime.types import ActionChunk, Observation, RobotState
+
+
+class RecordedRobot(RobotAdapter):
+    """Reads back the recorded measurements tick by tick and keeps what it is commanded."""
+
+    def __init__(self, spec: RobotSpec, measured: np.ndarray, deadlines: np.ndarray) -> None:
+        self.spec = spec
+        self.measured = measured
+        self.deadlines = deadlines
+        self.k = -1
+        self.commands: list[np.ndarray] = []
+        self.holds = 0
+
+    def connect(self) -> None:
+        pass
+
+    def read_state(self) -> RobotState:
+        self.k = min(self.k + 1, len(self.measured) - 1)
+        return RobotState(stamp=float(self.deadlines[self.k]), position=self.measured[self.k].copy())
+
+    def command(self, target: np.ndarray) -> None:
+        self.commands.append(np.asarray(target, dtype=np.float64).copy())
+
+    def hold(self) -> None:
+        self.holds += 1
+
+    def disconnect(self) -> None:
+        pass
+
+
+class _TickSource:
+    def __init__(self, by_tick: dict[int, list[ActionChunk]], tick: Callable[[], int]) -> None:
+        self.by_tick = by_tick
+        self.tick = tick
+        self._pending: list[ActionChunk] = []
+        self._served = 0
+
+    def request(self, observation: Observation) -> None:
+        pass
+
+    def poll(self) -> ActionChunk | None:
+        t = self.tick()
+        if t != self._served:
+            self._served = t
+            self._pending = list(self.by_tick.get(t, []))
+        return self._pending.pop(0) if self._pending else None
+
+
+@dataclass
+class DryReplay:
+    ticks: int
+    chunks: int
+    max_abs_diff: float  # between the replayed and the recorded commands (NaN rows must match)
+    nan_mismatches: int
+    commanded: np.ndarray
+
+    @property
+    def identical(self) -> bool:
+        return self.nan_mismatches == 0 and self.max_abs_diff <= 1e-9
+
+
+def _robot_setup(episode: Episode) -> tuple[RobotSpec, SafetyConfig]:
+    from wall_runtime.e2e.robot_side import robot_spec_and_safety
+
+    robot_yaml = episode.meta.get("robot_yaml")
+    if not robot_yaml or not Path(robot_yaml).exists():
+        raise FileNotFoundError(
+            f"{episode.root}: the recording names robot.yaml {robot_yaml!r}, which is not there; "
+            "pass --robot to say which robot it was"
+        )
+    return robot_spec_and_safety(robot_yaml)
+
+
+def replay_dry(episode: Episode, robot_yaml: str | Path | None = None) -> DryReplay:
+    if robot_yaml is not None:
+        episode.meta["robot_yaml"] = str(robot_yaml)
+    spec, safety = _robot_setup(episode)
+    ticks = episode.ticks
+    robot = RecordedRobot(spec, ticks["measured"], ticks["deadline"])
+    observations = iter(episode.observations_in_order())
+    cfg = LoopConfig(
+        control_hz=float(episode.meta["control_hz"]),
+        smoother=episode.meta["smoother"],
+        smoother_options=dict(episode.meta.get("smoother_options") or {}),
+        watchdog_timeout=float(episode.meta["watchdog_timeout"]),
+        max_observation_age=float(episode.meta["max_observation_age"]),
+    )
+    holder: dict[str, ControlLoop] = {}
+    source = _TickSource(episode.chunks_by_tick(), lambda: holder["loop"].counters["ticks"])
+    loop = ControlLoop(
+        robot,
+        source,
+        lambda state, now: next(observations, None),
+        cfg,
+        safety,
+        joint_dims=episode.meta["joint_dims"],
+        estop=EStop(),
+    )
+    holder["loop"] = loop
+    for deadline in ticks["deadline"]:
+        loop.tick(float(deadline))
+    replayed = np.asarray(loop.log.commanded, dtype=np.float64)
+    recorded = np.asarray(ticks["commanded"], dtype=np.float64)
+    nan_a, nan_b = np.isnan(replayed), np.isnan(recorded)
+    both = ~(nan_a | nan_b)
+    diff = float(np.max(np.abs(replayed[both] - recorded[both]))) if both.any() else 0.0
+    return DryReplay(
+        ticks=len(replayed),
+        chunks=int(len(episode.chunks.get("tick", []))),
+        max_abs_diff=diff,
+        nan_mismatches=int(np.sum(nan_a != nan_b)),
+        commanded=replayed,
+    )
+
+
+class ReplaySource:
+    """The recorded chunks as a live source: each arrives as long after the start as it did then,
+    with its stamp moved by the same offset, so the scheduler times it as it did."""
+
+    def __init__(self, episode: Episode, clock: Callable[[], float] = time.monotonic) -> None:
+        deadlines = episode.ticks["deadline"]
+        self.t0_recorded = float(deadlines[0])
+        self.clock = clock
+        self.offset: float | None = None
+        by_tick = episode.chunks_by_tick()
+        self.queue = sorted(
+            ((float(deadlines[min(t, len(deadlines)) - 1]), c) for t, cs in by_tick.items() for c in cs),
+            key=lambda item: item[0],
+        )
+        self.delivered = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.delivered >= len(self.queue)
+
+    def request(self, observation: Observation) -> None:
+        pass
+
+    def poll(self) -> ActionChunk | None:
+        now = self.clock()
+        if self.offset is None:
+            self.offset = now - self.t0_recorded
+        if self.finished or self.queue[self.delivered][0] + self.offset > now:
+            return None
+        _, chunk = self.queue[self.delivered]
+        self.delivered += 1
+        return ActionChunk(
+            actions=chunk.actions, stamp=chunk.stamp + self.offset, dt=chunk.dt, seq=chunk.seq
+        )
