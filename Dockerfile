@@ -3,11 +3,15 @@
 # Build (from the repository root):
 #   docker build -t wall-runtime:gpu .
 # Run the policy server on all GPUs, with the checkpoint read-only and the engine cache as a volume
-# (engines are built on the first start for this GPU and reused afterwards; see docs/export.md):
+# (engines are built on the first start for this GPU and reused afterwards; see docs/export.md).
+# The server binds to loopback unless told otherwise; off the host it wants CURVE keys
+# (`wall-runtime keys generate`), or --insecure on a trusted network:
 #   docker run --rm --gpus all --ipc=host -p 5555:5555 \
 #     -v /path/to/wall-oss-0.5:/models/wall-oss-0.5:ro \
-#     -v wall-runtime-cache:/cache \
-#     wall-runtime:gpu --checkpoint /models/wall-oss-0.5 --backend tensorrt
+#     -v wall-runtime-cache:/cache -v $PWD/keys:/keys:ro \
+#     wall-runtime:gpu --checkpoint /models/wall-oss-0.5 --backend tensorrt --bind tcp://0.0.0.0:5555 \
+#       --server-key /keys/server.key_secret --allow /keys/clients \
+#       -o precision=bf16 -o cameras=face_view=640x480,left_wrist_view=640x480,right_wrist_view=640x480
 # Build the engines ahead of time (same image, same cache volume), then check them against torch:
 #   docker run --rm --gpus all -v /path/to/ckpt:/ckpt:ro -v wall-runtime-cache:/cache \
 #     --entrypoint wall-runtime wall-runtime:gpu export --checkpoint /ckpt --backend tensorrt --steps 10

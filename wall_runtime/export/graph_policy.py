@@ -35,9 +35,11 @@ def parse_cameras(cameras: Mapping[str, Any] | Sequence[str] | None) -> dict[str
         return None
     if isinstance(cameras, Mapping):
         return {str(k): (int(v[0]), int(v[1])) for k, v in cameras.items()}
+    if isinstance(cameras, str):  # "face_view=640x480,right_wrist_view=640x480" (serve -o cameras=...)
+        cameras = [c for c in cameras.split(",") if c.strip()]
     out: dict[str, tuple[int, int]] = {}
     for spec in cameras:
-        name, sep, size = str(spec).partition("=")
+        name, sep, size = str(spec).strip().partition("=")
         w, x, h = size.lower().partition("x")
         if not sep or not x or not w.isdigit() or not h.isdigit():
             raise ValueError(f"camera {spec!r}: expected NAME=WIDTHxHEIGHT, e.g. face_view=640x480")
