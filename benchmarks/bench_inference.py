@@ -541,7 +541,9 @@ def main() -> None:
             result["strategies"] = strategies(ck, views, 10, repeats, args.warmup, cache, device)
             progress.remove_task(t)
         result["backends"] = (
-            [] if args.skip_sweep else sweep(backends, ck, configs, repeats, args.warmup, cache, device, progress)
+            []
+            if args.skip_sweep
+            else sweep(backends, ck, configs, repeats, args.warmup, cache, device, progress)
         )
     result["load_average_1min_at_end"] = os.getloadavg()[0]
     print_tables(result)
