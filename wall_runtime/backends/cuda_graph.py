@@ -89,7 +89,8 @@ class CudaGraphDenoiser:
                 self._run_eager(static)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool):
+        # thread-local: the policy server's other threads may touch CUDA while this one captures
+        with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             output = self._run_eager(static)
         log.info(
             "captured the %d-step denoise loop in a CUDA graph for %s",
