@@ -358,26 +358,40 @@ def time_policy(policy, views: int, repeats: int, warmup: int) -> dict:
 
 
 def sweep(
-    backends, ck: Path, configs, repeats: int, warmup: int, cache: Path, device: str, progress
+    backends,
+    ck: Path,
+    configs,
+    repeats: int,
+    warmup: int,
+    cache: Path,
+    device: str,
+    progress,
+    exported_configs=None,
 ) -> list[dict]:
+    """``exported_configs`` (if given) limits the exported backends, each of whose points is an export
+    and, for TensorRT, an engine build (minutes each at full size)."""
+    plan = [
+        (b, c)
+        for b in backends
+        for c in (exported_configs if exported_configs and b in ("onnxruntime", "tensorrt") else configs)
+    ]
     rows = []
-    task = progress.add_task("backends × stages", total=len(backends) * len(configs))
-    for backend in backends:
-        for views, steps in configs:
-            progress.update(task, description=f"{backend}: {views} view(s), {steps} step(s)")
-            try:
-                t0 = time.perf_counter()
-                policy = make_policy(backend, ck, views, steps, cache, device)
-                setup_s = time.perf_counter() - t0
-                stages = time_policy(policy, views, repeats, warmup)
-                rows.append(
-                    {"backend": backend, "views": views, "steps": steps, "setup_s": setup_s, "stages": stages}
-                )
-                policy.close()
-            except (RuntimeError, ImportError) as e:
-                rows.append({"backend": backend, "views": views, "steps": steps, "error": str(e)})
-                console.print(f"[yellow]{backend} {views} view(s) {steps} step(s): {e}")
-            progress.advance(task)
+    task = progress.add_task("backends × stages", total=len(plan))
+    for backend, (views, steps) in plan:
+        progress.update(task, description=f"{backend}: {views} view(s), {steps} step(s)")
+        try:
+            t0 = time.perf_counter()
+            policy = make_policy(backend, ck, views, steps, cache, device)
+            setup_s = time.perf_counter() - t0
+            stages = time_policy(policy, views, repeats, warmup)
+            rows.append(
+                {"backend": backend, "views": views, "steps": steps, "setup_s": setup_s, "stages": stages}
+            )
+            policy.close()
+        except (RuntimeError, ImportError) as e:
+            rows.append({"backend": backend, "views": views, "steps": steps, "error": str(e)})
+            console.print(f"[yellow]{backend} {views} view(s) {steps} step(s): {e}")
+        progress.advance(task)
     return rows
 
 
@@ -540,10 +554,11 @@ def main() -> None:
             views = 3 if gpu else 1
             result["strategies"] = strategies(ck, views, 10, repeats, args.warmup, cache, device)
             progress.remove_task(t)
+        exported = None if (args.full_grid or not gpu) else [(3, 10)]
         result["backends"] = (
             []
             if args.skip_sweep
-            else sweep(backends, ck, configs, repeats, args.warmup, cache, device, progress)
+            else sweep(backends, ck, configs, repeats, args.warmup, cache, device, progress, exported)
         )
     result["load_average_1min_at_end"] = os.getloadavg()[0]
     print_tables(result)
