@@ -142,3 +142,22 @@ def test_inputs_the_graphs_were_not_built_for_are_refused(setup):
         policy.infer([hinted])
     with pytest.raises(ValueError, match="noise"):
         policy.infer([obs], [None, None])
+
+
+def test_batched_graphs_pad_the_last_group_and_keep_rows_apart(tmp_path):
+    """Graphs exported for batch 2 take 3 observations as two calls (the second padded with a copy);
+    each row equals torch on that row alone, so padding rows and batch-mates never leak in."""
+    write_tiny_checkpoint(tmp_path / "ckpt", "0.5")
+    policy = OnnxRuntimePolicy.from_checkpoint(
+        tmp_path / "ckpt", cache_dir=tmp_path / "cache", num_steps=2, batch=2
+    )
+    reference = WallOSS.from_checkpoint(tmp_path / "ckpt", device="cpu", dtype=torch.float32, num_steps=2)
+    assert policy.shapes.batch == 2
+    observations = [synthetic_observation(policy, seed=s) for s in (11, 12, 13)]
+    observations[1].instruction = "open the drawer"  # rows of different prompt lengths
+    noise = _noise(policy, seed=14, rows=3)
+    got = policy.infer(observations, list(noise))
+    assert len(got) == 3
+    for obs, n, g in zip(observations, noise, got, strict=True):
+        want = reference.infer([obs], [n])[0]
+        assert np.abs(g.actions_normalized - want.actions_normalized).max() <= TOL

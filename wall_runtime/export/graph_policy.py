@@ -166,3 +166,8 @@ class GraphPolicy(Policy):
                 r.timing_ms = dict(timing)
             results += group_results
         return results
+
+    def close(self) -> None:
+        """Drop the sessions / engines (and their weights)."""
+        self.run_prefix = None
+        self.run_denoise = None
