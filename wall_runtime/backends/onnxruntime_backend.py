@@ -78,7 +78,8 @@ def _to_numpy(value: Any) -> np.ndarray:
 class OnnxRuntimePolicy(GraphPolicy):
     @classmethod
     def from_checkpoint(cls, path: str | Path | None, **options: Any) -> OnnxRuntimePolicy:
-        """Options: ``providers`` ("cpu" | "cuda" | "tensorrt" or a provider list), ``threads``,
+        """Options: ``providers`` ("cpu" | "cuda" | "tensorrt" or a provider list; ``device="cuda"`` means
+        "cuda"), ``threads``,
         ``cameras`` (``["face_view=640x480", ...]`` or ``{view: (h, w)}``), ``batch``, ``text_tokens``,
         ``num_steps``, ``norm_key``, ``seed``, ``cache_dir``."""
         from wall_runtime.export.artifacts import onnx_artifacts
@@ -86,7 +87,8 @@ class OnnxRuntimePolicy(GraphPolicy):
         from wall_runtime.export.static_batch import resolve_shapes
 
         common = common_options(options)
-        providers = options.pop("providers", "cpu")
+        device = str(options.pop("device", "cpu"))
+        providers = options.pop("providers", "cuda" if device.startswith("cuda") else "cpu")
         threads = options.pop("threads", None)
         model = load_model_for_export(path, common["norm_key"], common["num_steps"], **options)
         shapes = resolve_shapes(model, common["cameras"], common["batch"], common["text_tokens"])
