@@ -63,10 +63,12 @@ class TorchPolicy(Policy):
         norm_key: str | None = None,
         seed: int | str | None = None,
         noise_knots: int | str | None = None,
+        cuda_graph: bool | str = True,
         **config_options: Any,
     ) -> TorchPolicy:
         """Options: ``device``, ``dtype``, ``norm_key`` (default embodiment), ``seed`` (noise RNG),
-        ``noise_knots`` (see :meth:`smooth_noise`; for random-weight demo checkpoints only), and
+        ``noise_knots`` (see :meth:`smooth_noise`; for random-weight demo checkpoints only),
+        ``cuda_graph`` (on CUDA, capture the denoise loop in a CUDA graph; default on), and
         config overrides ``num_steps``, ``action_attention``, ``dof_override``."""
         seed = None if seed is None else int(seed)
         noise_knots = None if noise_knots is None else int(noise_knots)
@@ -79,6 +81,10 @@ class TorchPolicy(Policy):
         model = WallOSS.from_checkpoint(
             path, device=device, dtype=_dtype(dtype), norm_key=norm_key, **config_options
         )
+        if str(cuda_graph).lower() not in ("0", "false", "no") and model.device.type == "cuda":
+            from wall_runtime.backends.cuda_graph import use_cuda_graph
+
+            use_cuda_graph(model)  # the denoise loop replayed as one CUDA graph (guided calls stay eager)
         return cls(model, seed=seed, noise_knots=noise_knots)
 
     def infer(

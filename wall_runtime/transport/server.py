@@ -111,7 +111,10 @@ class PolicyServer:
     # ------------------------------------------------------------------------------ lifecycle
 
     def start(self, timeout: float = 10.0) -> str:
-        """Serve on a background thread; return the bound endpoint (``tcp://host:*`` resolved)."""
+        """Serve on a background thread; return the bound endpoint (``tcp://host:*`` resolved).
+        Starting a started server returns its endpoint (one I/O thread owns the socket)."""
+        if self._thread is not None:
+            return self.wait_bound(timeout) or ""
         self._thread = threading.Thread(target=self._run, name="policy-server-io", daemon=True)
         self._thread.start()
         if not self._bound.wait(timeout):
