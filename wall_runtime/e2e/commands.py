@@ -119,3 +119,21 @@ def register(app: typer.Typer) -> None:
         )
         if json_out:
             json_out.write_text(json.dumps(summary, indent=2, default=str))
+
+    @app.command("bench")
+    def bench(
+        backend: list[str] = typer.Option(["torch", "onnxruntime"], help="backends to sweep (repeatable)"),
+        steps: list[int] = typer.Option([1, 2, 4, 10], help="denoise steps to sweep (repeatable)"),
+        views: list[int] = typer.Option([1, 2, 3], help="camera views to sweep: 1, 2 or 3 (repeatable)"),
+        seconds: float = typer.Option(8.0, help="closed-loop seconds per configuration"),
+        variant: str = typer.Option("flow", help="tiny checkpoint generation: flow | 0.5"),
+        out: Path = typer.Option(Path("benchmarks/results"), help="folder for JSON, Markdown table and plot"),
+    ) -> None:
+        """End-to-end latency, stage by stage (capture → actuation), sweeping backends, steps and views."""
+        from wall_runtime.e2e.bench import VIEW_ROBOTS, markdown_table, run_bench
+
+        bad = [v for v in views if v not in VIEW_ROBOTS]
+        if bad:
+            raise typer.BadParameter(f"--views {bad}: choose among {sorted(VIEW_ROBOTS)}")
+        record = run_bench(list(backend), list(steps), list(views), seconds, out, variant)
+        console.print(markdown_table(record["results"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from collections import Counter
 from concurrent.futures import Future
 
@@ -25,7 +26,8 @@ class ClientChunkSource:
         self.deadline_s = deadline_s
         self.errors: Counter[str] = Counter()
         self.last_error: str | None = None
-        self._arrived: queue.SimpleQueue[ActionChunk] = queue.SimpleQueue()
+        self._arrived: queue.SimpleQueue[tuple[ActionChunk, float]] = queue.SimpleQueue()
+        self.last_arrival: float | None = None  # when the chunk ``poll`` last returned reached this host
 
     def request(self, observation: Observation) -> None:
         self.client.submit(observation, deadline=self.deadline_s, callback=self._done)
@@ -33,7 +35,7 @@ class ClientChunkSource:
     def _done(self, future: Future) -> None:
         exc = future.exception()
         if exc is None:
-            self._arrived.put(future.result())
+            self._arrived.put((future.result(), time.monotonic()))
             return
         kind = type(exc).__name__
         self.errors[kind] += 1
@@ -42,9 +44,10 @@ class ClientChunkSource:
 
     def poll(self) -> ActionChunk | None:
         try:
-            return self._arrived.get_nowait()
+            chunk, self.last_arrival = self._arrived.get_nowait()
         except queue.Empty:
             return None
+        return chunk
 
     def close(self) -> None:
         self.client.close()
