@@ -30,7 +30,7 @@ def test_bimanual_follows_the_dual_arm_layout_and_renders_three_views() -> None:
     robot = build_adapter(cfg)
     robot.connect()
     try:
-        views = {c["name"]: robot.render(c["source"], 32, 32) for c in cfg.cameras}
+        views = {name: robot.render(name, 32, 32) for name in cfg.cameras["devices"]}
         assert set(views) == {"face_view", "left_wrist_view", "right_wrist_view"}
         assert not np.array_equal(views["left_wrist_view"], views["right_wrist_view"])
         # the right arm's command reaches the right arm only
