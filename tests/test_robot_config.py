@@ -38,7 +38,7 @@ def test_sim_arm_loads_with_the_model_mapping_the_tiny_checkpoint_needs() -> Non
     ]
     assert cfg.mapping.action_index == tuple(range(7))
     np.testing.assert_array_equal(cfg.mapping.dof_mask, [1] * 7 + [0] * 13)
-    assert cfg.cameras_config.views == {"face_view": "face_view", "left_wrist_view": "left_wrist_view"}
+    assert list(cfg.cameras["devices"]) == ["face_view", "left_wrist_view"]
     assert cfg.safety["max_step"]["gripper"] == 0.01
     assert cfg.safe_pose == (0.0, 0.0, 0.8, 0.0, 0.6, 0.0, 0.02)
     assert cfg.joint_dims == tuple(range(7))
@@ -120,10 +120,15 @@ _DELETE = object()
             "face_view",
             r"model view\(s\) \['face_view'\] fed by more than one camera",
         ),
-        (["safety", "max_relative_target"], 0.2, "safety.max_relative_target: unknown field"),
+        (["safety", "max_steps"], 0.2, "safety.max_steps: unknown field"),
         (["safety", "max_step"], -1, "safety.max_step"),
-        (["safe_pose", "elbow"], 3.0, r"safe_pose.elbow: 3.0 is not inside \[-0.2, 2.5\]"),
-        (["safe_pose", "waist"], _DELETE, "safe_pose.waist: missing"),
+        (["safety", "safe_pose", "elbow"], 3.0, r"safety.safe_pose.elbow: 3.0 is not inside \[-0.2, 2.5\]"),
+        (["safety", "safe_pose", "waist"], _DELETE, "safety.safe_pose.waist: missing"),
+        (
+            ["safety", "safe_pose"],
+            [0.0, 0.1],
+            r"safety.safe_pose: expected 7 values \(one per joint\), got 2",
+        ),
         (["watchdog_timeout_s"], 0.001, "watchdog_timeout_s: .* shorter than one control period"),
     ],
 )

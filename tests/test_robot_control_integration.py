@@ -59,19 +59,22 @@ def test_scripted_motion_through_the_safety_chain_stays_within_limits() -> None:
         # more than a radian each way of the 2 s wish
         assert np.ptp(np.array(seen)[:, 0]) > 1.0
     finally:
-        cfg.close()
+        robot.disconnect()
 
 
-def test_observer_builds_observations_in_the_model_layout() -> None:
-    cfg = load_robot(ROBOTS / "sim_arm")
-    robot = cfg.adapter
-    robot.connect()
+def test_robot_side_observations_from_sim_arm_are_in_the_model_layout() -> None:
+    """robot.yaml -> e2e robot side (adapter + simulated cameras rendered by the adapter) ->
+    observations shaped for the checkpoint."""
+    from wall_runtime.e2e.robot_side import load_robot_side
+
+    side = load_robot_side(ROBOTS / "sim_arm" / "robot.yaml")
+    side.start()
     try:
-        observe = cfg.observer("pick up the red cube")
+        observe = side.observer("pick up the red cube")
         obs = None
         deadline = time.monotonic() + 5.0
         while obs is None and time.monotonic() < deadline:
-            state = robot.read_state()
+            state = side.adapter.read_state()
             obs = observe(state, time.monotonic())
             time.sleep(0.05)
         assert obs is not None, "no snapshot from the simulated cameras within 5 s"
@@ -81,10 +84,10 @@ def test_observer_builds_observations_in_the_model_layout() -> None:
         np.testing.assert_allclose(obs.state[:7], state.position, atol=0.05)
         assert obs.dof_mask.tolist() == [1.0] * 7 + [0.0] * 13
         assert obs.norm_key == "sim_arm" and obs.instruction == "pick up the red cube"
-        assert time.monotonic() - obs.stamp < 0.5
+        assert side.safe_pose == [0.0, 0.0, 0.8, 0.0, 0.6, 0.0, 0.02]
     finally:
-        cfg.close()
-    assert not robot.is_connected
+        side.close()
+    assert not side.adapter.is_connected
 
 
 def test_control_loop_runs_sim_arm_from_robot_yaml() -> None:
@@ -106,7 +109,6 @@ def test_control_loop_runs_sim_arm_from_robot_yaml() -> None:
         return out
 
     source = ThreadedPolicySource(policy, 0.1, latency=0.05)
-    setup.adapter.connect()
     measured: list[np.ndarray] = []
     try:
         loop = ControlLoop(
@@ -121,6 +123,7 @@ def test_control_loop_runs_sim_arm_from_robot_yaml() -> None:
     finally:
         source.close()
         setup.close()
+        setup.adapter.disconnect()
     assert summary["counters"]["chunks_received"] > 0
     assert source.observations and set(source.observations[0].images) == {"face_view", "left_wrist_view"}
     worst = np.max(np.maximum(np.array(measured) - upper, lower - np.array(measured)), axis=0)
@@ -133,4 +136,5 @@ def test_control_loop_runs_sim_arm_from_robot_yaml() -> None:
 )
 def test_every_robot_safety_block_parses_for_the_control_loop(name: str) -> None:
     cfg = load_robot(ROBOTS / name)
-    SafetyChain(cfg.joints, SafetyConfig.from_dict(cfg.safety, cfg.joints), 1 / cfg.control_hz)
+    block = {k: v for k, v in cfg.safety.items() if k != "safe_pose"}
+    SafetyChain(cfg.joints, SafetyConfig.from_dict(block, cfg.joints), 1 / cfg.control_hz)

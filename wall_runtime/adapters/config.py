@@ -7,9 +7,7 @@ run time. The format is documented in ``docs/adding-a-robot.md`` and ``robots/_t
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +16,7 @@ import numpy as np
 import yaml
 
 from wall_runtime.control.limits import JointLimits, LimitsError, parse_joint_limits
-from wall_runtime.robot import JOINT_KINDS, UNITS_FOR_KIND, JointSpec, RobotAdapter, RobotSpec
-from wall_runtime.types import Observation, RobotState
+from wall_runtime.robot import JOINT_KINDS, UNITS_FOR_KIND, JointSpec, RobotSpec
 
 ACTION_TYPES = ("absolute_joints", "relative_joints", "ee_pose")
 _TOP_LEVEL = {
@@ -34,7 +31,6 @@ _TOP_LEVEL = {
     "joint_limits": True,
     "safety": False,
     "cameras": False,
-    "safe_pose": False,
     "model": True,
 }
 
@@ -121,22 +117,11 @@ class RobotConfig:
     joints: tuple[JointSpec, ...]
     parts: tuple[PartConfig, ...]
     mapping: ModelMapping
-    safety: dict[str, Any] = field(default_factory=dict)  # parsed by wall_runtime.control.safety
+    # parsed by wall_runtime.control.safety; ``safe_pose`` (if any) normalised to a list in joint order
+    safety: dict[str, Any] = field(default_factory=dict)
     cameras: dict[str, Any] = field(default_factory=dict)  # parsed by wall_runtime.cameras.config
-    safe_pose: tuple[float, ...] | None = None  # joint order; the control loop's shutdown pose
     capabilities: frozenset[str] = frozenset()
     description: str = ""
-    # Things started on behalf of the caller (camera groups), stopped by close().
-    _started: list[Any] = field(default_factory=list, init=False, compare=False, repr=False)
-
-    # -- what the control loop takes (wall_runtime.control.commands.load_control_setup) -----------
-
-    @functools.cached_property
-    def adapter(self) -> RobotAdapter:
-        """The robot's adapter, built on first use (not connected: the control loop connects it)."""
-        from wall_runtime.adapters.registry import build_adapter
-
-        return build_adapter(self)
 
     @property
     def joint_dims(self) -> tuple[int, ...]:
@@ -144,71 +129,10 @@ class RobotConfig:
         return self.mapping.action_index
 
     @property
-    def cameras_config(self) -> Any:
-        """The ``cameras:`` block parsed by the camera layer (``CamerasConfig``), or None."""
-        if not self.cameras:
-            return None
-        from wall_runtime.cameras.config import CamerasConfig
-
-        return CamerasConfig.from_dict(self.cameras)
-
-    def renderers(self) -> dict[str, Callable[[], np.ndarray]]:
-        """Render callables of the simulated cameras, by camera name (the MJCF camera's name)."""
-        cams = self.cameras_config
-        render = getattr(self.adapter, "render", None)
-        if cams is None or render is None:
-            return {}
-        known = set(getattr(self.adapter, "camera_names", ()))
-        out: dict[str, Callable[[], np.ndarray]] = {}
-        for cam in cams.cameras:
-            if cam.type == "simulated":
-                if cam.name not in known:
-                    raise RobotConfigError(
-                        f"cameras.devices.{cam.name}: the simulated robot has no camera of that name"
-                    )
-                out[cam.name] = functools.partial(render, cam.name, cam.width, cam.height)
-        return out
-
-    def observer(self, instruction: str) -> Callable[[RobotState, float], Observation | None]:
-        """Start the cameras and return ``(state, now) -> Observation | None`` in the model's layout.
-
-        ``None`` when the camera group refuses a snapshot (a frame too old, cameras too far apart).
-        """
-        from wall_runtime.cameras.factory import make_group
-        from wall_runtime.cameras.group import SnapshotError
-
-        cams = self.cameras_config
-        if cams is None:
-            raise RobotConfigError("cameras: this robot has no cameras, so it cannot make observations")
-        group = make_group(cams, renderers=self.renderers(), base_dir=self.root)
-        group.start()
-        self._started.append(group)
-        views, mapping = cams.views, self.mapping
-        dof_mask, state_mask = mapping.dof_mask, mapping.state_mask
-
-        def observe(state: RobotState, now: float) -> Observation | None:
-            try:
-                snap = group.snapshot(now)
-            except SnapshotError:
-                return None
-            return Observation(
-                stamp=snap.stamp,
-                images=snap.images(views),
-                state=mapping.state_vector(state.position),
-                instruction=instruction,
-                state_mask=state_mask,
-                dof_mask=dof_mask,
-                norm_key=mapping.norm_key,
-            )
-
-        return observe
-
-    def close(self) -> None:
-        """Stop what ``observer`` started and disconnect the adapter if it was built."""
-        while self._started:
-            self._started.pop().stop()
-        if "adapter" in self.__dict__ and self.adapter.is_connected:
-            self.adapter.disconnect()
+    def safe_pose(self) -> tuple[float, ...] | None:
+        """``safety.safe_pose`` in joint order: where the control loop parks the robot on shutdown."""
+        pose = self.safety.get("safe_pose")
+        return None if pose is None else tuple(float(v) for v in pose)
 
     @property
     def root(self) -> Path:
@@ -331,11 +255,12 @@ def parse_robot(raw: Any, path: Path) -> RobotConfig:
             raise _fail(f"joint_limits.{extra}", "names no joint in `joints`")
 
     parts = _parse_parts(doc["parts"], names)
-    safety = _require_mapping(doc.get("safety") or {}, "safety")
-    _validate_safety(safety, joints)
+    safety = dict(_require_mapping(doc.get("safety") or {}, "safety"))
+    if "safe_pose" in safety:
+        safety["safe_pose"] = list(_parse_safe_pose(safety["safe_pose"], joints))
+    _validate_safety({k: v for k, v in safety.items() if k != "safe_pose"}, joints)
     cameras = _require_mapping(doc.get("cameras") or {}, "cameras")
     _validate_cameras(cameras)
-    safe_pose = _parse_safe_pose(doc.get("safe_pose"), joints)
     mapping = _parse_model(doc["model"], joints, action_type)
     return RobotConfig(
         name=name,
@@ -346,9 +271,8 @@ def parse_robot(raw: Any, path: Path) -> RobotConfig:
         joints=joints,
         parts=parts,
         mapping=mapping,
-        safety=dict(safety),
+        safety=safety,
         cameras=dict(cameras),
-        safe_pose=safe_pose,
         capabilities=capabilities,
         description=str(doc.get("description", "")),
     )
@@ -379,30 +303,37 @@ def _validate_cameras(cameras: dict[str, Any]) -> None:
         raise RobotConfigError(str(exc)) from None
 
 
-def _parse_safe_pose(raw: Any, joints: tuple[JointSpec, ...]) -> tuple[float, ...] | None:
-    if raw is None:
-        return None
-    block = _require_mapping(raw, "safe_pose")
+def _parse_safe_pose(raw: Any, joints: tuple[JointSpec, ...]) -> tuple[float, ...]:
+    """``safety.safe_pose``: one value per joint, as a list in joint order or a ``{joint: value}``
+    mapping; inside the limits; base joints 0 (standing still)."""
     names = [j.name for j in joints]
-    for jn in block:
-        if jn not in names:
-            raise _fail(f"safe_pose.{jn}", "names no joint in `joints`")
+    if isinstance(raw, list):
+        if len(raw) != len(joints):
+            raise _fail("safety.safe_pose", f"expected {len(joints)} values (one per joint), got {len(raw)}")
+        block = dict(zip(names, raw, strict=True))
+    else:
+        block = _require_mapping(raw, "safety.safe_pose")
+        for jn in block:
+            if jn not in names:
+                raise _fail(f"safety.safe_pose.{jn}", "names no joint in `joints`")
     pose = []
     for j in joints:
         if j.is_velocity:
             if block.get(j.name, 0.0) != 0.0:
-                raise _fail(f"safe_pose.{j.name}", "a base joint's safe pose is standing still (0)")
+                raise _fail(f"safety.safe_pose.{j.name}", "a base joint's safe pose is standing still (0)")
             pose.append(0.0)
             continue
         if j.name not in block:
-            raise _fail(f"safe_pose.{j.name}", "missing: the safe pose names every position joint")
+            raise _fail(f"safety.safe_pose.{j.name}", "missing: the safe pose names every position joint")
         v = block[j.name]
         if (
             isinstance(v, bool)
             or not isinstance(v, (int, float))
             or not j.limits.lower <= v <= j.limits.upper
         ):
-            raise _fail(f"safe_pose.{j.name}", f"{v!r} is not inside [{j.limits.lower}, {j.limits.upper}]")
+            raise _fail(
+                f"safety.safe_pose.{j.name}", f"{v!r} is not inside [{j.limits.lower}, {j.limits.upper}]"
+            )
         pose.append(float(v))
     return tuple(pose)
 

@@ -33,8 +33,12 @@ def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:
 class TorchPolicy(Policy):
     """``Policy`` over :class:`wall_runtime.model.pipeline.WallOSS`."""
 
-    def __init__(self, model, seed: int | None = None):
+    def __init__(self, model, seed: int | None = None, noise_knots: int | None = None):
         self.model = model
+        if noise_knots is not None and not 2 <= noise_knots <= model.cfg.net.action_horizon:
+            raise ValueError(f"noise_knots must be in [2, {model.cfg.net.action_horizon}], got {noise_knots}")
+        self.noise_knots = noise_knots
+        self._rng = np.random.default_rng(seed)
         cfg = model.cfg
         self.metadata = PolicyMetadata(
             model="wall-oss-flow" if cfg.variant == "flow" else "wall-oss-0.5",
@@ -57,11 +61,15 @@ class TorchPolicy(Policy):
         device: str = "cpu",
         dtype: torch.dtype | str | None = None,
         norm_key: str | None = None,
-        seed: int | None = None,
+        seed: int | str | None = None,
+        noise_knots: int | str | None = None,
         **config_options: Any,
     ) -> TorchPolicy:
-        """Options: ``device``, ``dtype``, ``norm_key`` (default embodiment), ``seed`` (noise RNG), and
+        """Options: ``device``, ``dtype``, ``norm_key`` (default embodiment), ``seed`` (noise RNG),
+        ``noise_knots`` (see :meth:`smooth_noise`; for random-weight demo checkpoints only), and
         config overrides ``num_steps``, ``action_attention``, ``dof_override``."""
+        seed = None if seed is None else int(seed)
+        noise_knots = None if noise_knots is None else int(noise_knots)
         from wall_runtime.model.pipeline import WallOSS
 
         if path is None:
@@ -71,14 +79,35 @@ class TorchPolicy(Policy):
         model = WallOSS.from_checkpoint(
             path, device=device, dtype=_dtype(dtype), norm_key=norm_key, **config_options
         )
-        return cls(model, seed=seed)
+        return cls(model, seed=seed, noise_knots=noise_knots)
 
     def infer(
         self,
         observations: Sequence[Observation],
         noise: Sequence[np.ndarray | None] | None = None,
     ) -> list[PolicyResult]:
+        if self.noise_knots is not None:
+            given = list(noise) if noise is not None else [None] * len(observations)
+            noise = [n if n is not None else self.smooth_noise() for n in given]
         return self.model.infer(observations, noise=noise, generator=self._generator)
+
+    def smooth_noise(self) -> np.ndarray:
+        """Unit-variance initial noise that is smooth along the horizon: Gaussian values at
+        ``noise_knots`` points, interpolated linearly and rescaled.
+
+        Not what the reference samples (i.i.d. noise): a trained model turns i.i.d. noise into a
+        smooth chunk, a random-weight one cannot, so the demo's tiny random checkpoint uses this to
+        give the robot chunks that are smooth within themselves and differ between chunks.
+        """
+        H, D = self.model.cfg.net.action_horizon, self.model.cfg.net.action_dim
+        knots = self._rng.standard_normal((self.noise_knots, D))
+        x = np.linspace(0.0, self.noise_knots - 1, H)
+        lo = np.floor(x).astype(int).clip(0, self.noise_knots - 2)
+        w = (x - lo)[:, None]
+        curve = (1 - w) * knots[lo] + w * knots[lo + 1]
+        # linear interpolation shrinks the variance between knots; restore unit variance per step
+        curve /= np.sqrt((1 - w) ** 2 + w**2)
+        return curve.astype(np.float32)
 
     def close(self) -> None:
         self.model = None

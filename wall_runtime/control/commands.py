@@ -2,10 +2,8 @@
 
 The robot side (adapter, cameras → observations, joint mapping, ``safety:`` block) comes from
 ``robots/<name>/robot.yaml`` through :func:`load_control_setup`, and the policy side from the
-transport client through :func:`connect_policy`. Both are integration points: they need
-``wall_runtime.adapters.config.load_robot`` and ``wall_runtime.transport.client``, written in
-parallel; until they land, the command says so clearly and ``--dry-run`` runs the whole loop
-(safety, watchdog, e-stop sources, run log) against a simulated arm and a simulated policy.
+ZeroMQ client through :func:`connect_policy`. ``--dry-run`` runs the whole loop (safety,
+watchdog, e-stop sources, run log) against a first-order simulated arm and a simulated policy.
 """
 
 from __future__ import annotations
@@ -32,14 +30,11 @@ from wall_runtime.control.safety import FILTERS, SafetyConfig
 from wall_runtime.control.scheduler import SchedulerConfig
 from wall_runtime.control.smoothing import SMOOTHERS
 from wall_runtime.robot import JointSpec, RobotAdapter, RobotSpec
+from wall_runtime.transport.errors import TransportError
 from wall_runtime.types import Observation, RobotState
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
-
-
-class IntegrationMissing(RuntimeError):
-    """A part this command needs is not on this branch yet."""
 
 
 @dataclass
@@ -56,52 +51,42 @@ class ControlSetup:
 
 
 def load_control_setup(robot_yaml: Path, instruction: str) -> ControlSetup:
-    """INTEGRATION POINT: build the robot side from ``robot.yaml``.
+    """The robot side from ``robot.yaml``: adapter (connected), cameras (started), observations."""
+    from wall_runtime.e2e.robot_side import load_robot_side
 
-    Expects ``wall_runtime.adapters.config.load_robot(path)`` to return an object with
-    ``adapter`` (a connected-on-enter RobotAdapter), ``safety`` (the raw ``safety:`` mapping, parsed
-    here with :meth:`SafetyConfig.from_dict` against the adapter's joints), ``joint_dims`` (action
-    dim per joint), ``safe_pose`` (optional) and ``observer(instruction)`` returning a non-blocking
-    ``(state, now) -> Observation | None`` over the latest camera frames.
-    """
-    try:
-        from wall_runtime.adapters.config import load_robot  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise IntegrationMissing(
-            "wall_runtime.adapters.config.load_robot is not available on this branch; "
-            "`wall-runtime run --dry-run` runs the loop against a simulated robot and policy"
-        ) from exc
-    robot = load_robot(robot_yaml)
-    adapter = robot.adapter
-    safety = SafetyConfig.from_dict(getattr(robot, "safety", None), adapter.spec.joints)
-    return ControlSetup(
-        adapter=adapter,
-        observe=robot.observer(instruction),
-        safety=safety,
-        control_hz=adapter.spec.control_hz,
-        joint_dims=getattr(robot, "joint_dims", None),
-        safe_pose=getattr(robot, "safe_pose", None),
-        close=getattr(robot, "close", lambda: None),
+    side = load_robot_side(robot_yaml)
+    side.start()
+    setup = ControlSetup(
+        adapter=side.adapter,
+        observe=side.observer(instruction),
+        safety=side.safety,
+        control_hz=side.config.control_hz,
+        joint_dims=side.joint_dims,
+        safe_pose=side.safe_pose,
+        close=lambda: side.cameras.stop() if side.cameras is not None else None,
     )
+    setup.side = side  # type: ignore[attr-defined]
+    return setup
 
 
-def connect_policy(server: str) -> ChunkSource:
-    """INTEGRATION POINT: a non-blocking chunk source on the ZeroMQ client.
+def connect_policy(
+    server: str, setup: ControlSetup, server_key: Path | None, client_key: Path | None
+) -> ChunkSource:
+    """A non-blocking chunk source on the ZeroMQ client, after the handshake with ``server``."""
+    from wall_runtime.e2e.policy_link import ClientChunkSource
+    from wall_runtime.e2e.session import check_fit, describe_robot
+    from wall_runtime.transport.client import PolicyClient
 
-    Expects ``wall_runtime.transport.client`` to offer an object with ``request(observation)``
-    (returns at once) and ``poll() -> ActionChunk | None``; see :class:`ChunkSource`.
-    """
-    try:
-        from wall_runtime.transport import client  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise IntegrationMissing(
-            "wall_runtime.transport.client is not available on this branch; "
-            "`wall-runtime run --dry-run` runs the loop against a simulated policy"
-        ) from exc
-    factory = getattr(client, "AsyncChunkClient", None) or getattr(client, "connect", None)
-    if factory is None:
-        raise IntegrationMissing("wall_runtime.transport.client has no AsyncChunkClient or connect()")
-    return factory(server)
+    side = setup.side  # type: ignore[attr-defined]
+    client = PolicyClient(
+        server, describe_robot(side, side.config.name), server_key=server_key, client_key=client_key
+    )
+    meta = client.connect(timeout=30.0)
+    check_fit(meta, side)
+    console.print(
+        f"policy: {meta.model} ({meta.backend}), horizon {meta.action_horizon}, {meta.num_steps} steps"
+    )
+    return ClientChunkSource(client, deadline_s=meta.action_horizon / side.config.control_hz)
 
 
 # -- the dry run: a simulated arm, gripper and base, and a simulated policy --------------------
@@ -213,6 +198,8 @@ def register(app: typer.Typer) -> None:
         log_json: Path | None = typer.Option(None, help="write the run summary and events here"),
         plot: Path | None = typer.Option(None, help="write a plot of the commanded trajectory here"),
         dry_run: bool = typer.Option(False, help="simulated robot and policy (no robot.yaml, no server)"),
+        server_key: Path | None = typer.Option(None, help="the server's public .key file (CURVE)"),
+        client_key: Path | None = typer.Option(None, help="this host's .key_secret file (CURVE)"),
     ) -> None:
         """Run a robot from a served policy: chunk scheduling, smoothing, safety, watchdog, e-stop."""
         if smoother not in SMOOTHERS:
@@ -225,8 +212,8 @@ def register(app: typer.Typer) -> None:
                 if robot is None or server is None:
                     raise typer.BadParameter("--robot and --server are required (or --dry-run)")
                 setup = load_control_setup(robot, instruction)
-                source = connect_policy(server)
-        except IntegrationMissing as exc:
+                source = connect_policy(server, setup, server_key, client_key)
+        except (OSError, ValueError, RuntimeError, TransportError) as exc:  # bad robot.yaml, no server
             console.print(f"[red]cannot run:[/] {exc}")
             raise typer.Exit(2) from None
 
@@ -279,6 +266,9 @@ def register(app: typer.Typer) -> None:
         finally:
             stop.close()
             setup.close()
+            close_source = getattr(source, "close", None)
+            if close_source is not None and not dry_run:
+                close_source()
             adapter.disconnect()
         _print_summary(summary)
         if log_json is not None:

@@ -91,6 +91,10 @@ class SafetyConfig:
         block = {} if block is None else block
         if not isinstance(block, Mapping):
             raise SafetyConfigError(f"safety: expected a mapping, got {type(block).__name__}")
+        if "max_relative_target" in block:  # LeRobot's name for the same per-tick step cap
+            if "max_step" in block:
+                raise SafetyConfigError("safety: give max_step or max_relative_target, not both")
+            block = {("max_step" if k == "max_relative_target" else k): v for k, v in block.items()}
         known = {
             "max_step",
             "position_margin",

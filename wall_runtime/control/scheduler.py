@@ -152,6 +152,12 @@ class ChunkScheduler:
             before, at, after = (self._total(merged, t) for t in (t_from - h, t_from, t_from + h))
             offset0 = self.last_output - at
             velocity0 = last_velocity - (after - before) / (2 * h)
+            if self.config.blend_velocity is not None:
+                # neither curve can be followed faster than the velocity limit, so neither can
+                # their difference: an unclipped mismatch from a jittery chunk (slopes of tens of
+                # units/s between noisy waypoints) would make the glide wander far past the plan
+                limit = np.asarray(self.config.blend_velocity, dtype=np.float64)
+                velocity0 = np.clip(velocity0, -limit, limit)
             duration = self._blend_duration(np.abs(offset0), np.abs(velocity0))
             if duration > 0:
                 self._blends.append((t_from, offset0, velocity0, duration))

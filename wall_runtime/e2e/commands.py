@@ -1,9 +1,121 @@
-"""Command-line commands of this package (registered by wall_runtime.cli)."""
+"""``wall-runtime demo`` and ``wall-runtime replay``."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def _options(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--option {pair!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
 
 
 def register(app: typer.Typer) -> None:
-    """Add this package's commands to ``app``."""
+    @app.command("demo")
+    def demo(
+        robot: Path | None = typer.Option(None, help="robot.yaml (default: the simulated arm)"),
+        checkpoint: Path | None = typer.Option(
+            None, help="checkpoint (default: a tiny one shaped for the robot)"
+        ),
+        variant: str = typer.Option("flow", help="tiny checkpoint generation: flow | 0.5"),
+        backend: str = typer.Option("torch", help="torch | onnxruntime | tensorrt"),
+        option: list[str] = typer.Option([], "--option", "-o", help="backend option KEY=VALUE"),
+        server: str | None = typer.Option(None, help="use a running policy server instead of starting one"),
+        duration: float = typer.Option(20.0, help="seconds to run (0: until Ctrl-C)"),
+        instruction: str = typer.Option(
+            "pick up the red cube and place it in the bowl", "--instruction", "-i"
+        ),
+        smoother: str = typer.Option("crossfade", help="none | crossfade | ensemble | rtc"),
+        report: Path | None = typer.Option(None, help="report folder (default: runs/demo-<time>)"),
+        live: bool = typer.Option(True, help="live status table in the terminal"),
+    ) -> None:
+        """Server, simulated robot with rendered cameras, control loop with smoothing and safety: closed loop."""
+        from wall_runtime.e2e.demo import DEFAULT_ROBOT, DemoOptions, run_demo
+
+        if variant not in ("flow", "0.5"):
+            raise typer.BadParameter(f"--variant {variant!r}: choose flow or 0.5")
+        opts = DemoOptions(
+            robot=robot or DEFAULT_ROBOT,
+            checkpoint=checkpoint,
+            variant=variant,
+            backend=backend,
+            server=server,
+            duration=None if duration <= 0 else duration,
+            instruction=instruction,
+            smoother=smoother,
+            report=report,
+            live=live,
+        )
+        if option:
+            opts.backend_options = {**opts.backend_options, **_options(option)}
+        if checkpoint is not None:
+            opts.backend_options.pop("noise_knots", None)  # a real checkpoint samples as the reference does
+        summary = run_demo(opts, console)
+        counters = summary["counters"]
+        console.print(
+            f"chunks received {counters['chunks_received']} / requested {counters['requests']}; "
+            f"interventions {sum(summary['interventions'].values())}; report {summary['report']}"
+        )
+        if counters["chunks_received"] == 0:
+            console.print("[red]no chunk reached the robot[/]")
+            raise typer.Exit(1)
+
+    @app.command("replay")
+    def replay(
+        episode: Path = typer.Argument(..., help="an episode folder (a report's episode/)"),
+        robot: Path | None = typer.Option(None, help="robot.yaml, if not the one the recording names"),
+        drive: bool = typer.Option(
+            False, help="drive the robot (its adapter) with the recorded chunks in real time"
+        ),
+        json_out: Path | None = typer.Option(None, "--json", help="write the result here"),
+    ) -> None:
+        """Play a recording back through the same scheduler, smoother and safety chain, without a model.
+
+        By default a dry run on the recorded clock and measurements: it must reproduce the recorded
+        commands exactly. With --drive, the recorded chunks drive the robot (e.g. the simulator)."""
+        from wall_runtime.e2e.recording import Episode
+        from wall_runtime.e2e.replay import replay_dry
+
+        ep = Episode.load(episode)
+        if not drive:
+            result = replay_dry(ep, robot)
+            record = {
+                "ticks": result.ticks,
+                "chunks": result.chunks,
+                "max_abs_diff": result.max_abs_diff,
+                "nan_mismatches": result.nan_mismatches,
+                "identical": result.identical,
+            }
+            console.print(
+                f"replayed {result.ticks} ticks, {result.chunks} chunks: "
+                + (
+                    "[green]identical commands[/]"
+                    if result.identical
+                    else f"[red]differs by {result.max_abs_diff:.3g}[/]"
+                )
+            )
+            if json_out:
+                json_out.write_text(json.dumps(record, indent=2))
+            if not result.identical:
+                raise typer.Exit(1)
+            return
+        from wall_runtime.e2e.replay import drive_with_recording
+
+        summary = drive_with_recording(ep, robot)
+        console.print(
+            f"drove {summary['robot']} for {summary['counters']['ticks']} ticks; "
+            f"interventions {sum(summary['interventions'].values())}"
+        )
+        if json_out:
+            json_out.write_text(json.dumps(summary, indent=2, default=str))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -181,7 +182,34 @@ SIZES: dict[str, dict] = {
 }
 
 
-def tiny_config_files(variant: Variant, tokenizer_len: int, size: str = "tiny") -> tuple[dict, dict]:
+@dataclass(frozen=True)
+class TinyLayout:
+    """A robot's own action/state layout, views and ranges, for a tiny model that fits that robot
+    (the demo writes one for the simulated arm): the real dims are normalised over their ranges."""
+
+    dof_config: dict[str, int]
+    agent_pos_config: dict[str, int]
+    views: tuple[str, ...]
+    horizon: int
+    action_range: tuple[np.ndarray, np.ndarray]  # q01, q99 of the real (non-padding) action dims
+    state_range: tuple[np.ndarray, np.ndarray]
+
+
+def _apply_layout(variant: Variant, yml: dict, layout: TinyLayout, resolution: int) -> None:
+    task = yml if variant == "flow" else yml["task"]
+    task["dof_config"] = dict(layout.dof_config)
+    task["agent_pos_config"] = dict(layout.agent_pos_config)
+    if variant == "flow":
+        yml["data"]["action_horizon"] = layout.horizon
+    else:
+        task["action_horizon"] = task["action_horizon_flow"] = layout.horizon
+        yml["data"].pop("key_mappings", None)
+    yml["data"]["resolution"] = dict.fromkeys(layout.views, resolution)
+
+
+def tiny_config_files(
+    variant: Variant, tokenizer_len: int, size: str = "tiny", layout: TinyLayout | None = None
+) -> tuple[dict, dict]:
     """``(config.json, config.yml)`` contents of a tiny (or small) model of ``variant``."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
@@ -303,6 +331,8 @@ def tiny_config_files(variant: Variant, tokenizer_len: int, size: str = "tiny") 
                 "resolution": dict.fromkeys(("face_view", "right_wrist_view"), z["resolution"][variant]),
             },
         }
+    if layout is not None:
+        _apply_layout(variant, yml, layout, z["resolution"][variant])
     return cfg, yml
 
 
@@ -340,6 +370,7 @@ def write_tiny_checkpoint(
     normalizers: Literal["json", "pth", "both"] = "json",
     norm_key: str = "tiny_robot",
     size: str = "tiny",
+    layout: TinyLayout | None = None,
 ) -> Path:
     """Write the tiny checkpoint into ``out_dir`` (created; existing files are overwritten)."""
     if variant not in ("flow", "0.5"):
@@ -352,7 +383,7 @@ def write_tiny_checkpoint(
     (root / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(tok), indent=2))
     tokenizer_len = tok.get_vocab_size(with_added_tokens=True) + len(ADDED_TOKENS)
 
-    cfg_json, cfg_yml = tiny_config_files(variant, tokenizer_len, size)
+    cfg_json, cfg_yml = tiny_config_files(variant, tokenizer_len, size, layout)
     for token, key in (
         ("<|endoftext|>", "bos_token_id"),
         ("<|im_end|>", "eos_token_id"),
@@ -372,8 +403,11 @@ def write_tiny_checkpoint(
     sd = fuse_state_dict(sd, published_fused_names(wall_cfg, form))
     write_state_dict(sd, root, max_shard_bytes=max_shard_bytes)
 
-    action_stats = _norm_stats(wall_cfg.data.dof_config, seed, "action")
-    state_stats = _norm_stats(wall_cfg.data.agent_pos_config, seed, "state")
+    if layout is not None:
+        action_stats, state_stats = layout.action_range, layout.state_range
+    else:
+        action_stats = _norm_stats(wall_cfg.data.dof_config, seed, "action")
+        state_stats = _norm_stats(wall_cfg.data.agent_pos_config, seed, "state")
     if normalizers in ("json", "both"):
         write_norm_stats_json(root / "norm_stats.json", action_stats, state_stats)
     if normalizers in ("pth", "both"):

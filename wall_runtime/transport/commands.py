@@ -1,9 +1,193 @@
-"""Command-line commands of this package (registered by wall_runtime.cli)."""
+"""`wall-runtime serve`, `wall-runtime keys generate`, `wall-runtime metrics`."""
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import signal
+from pathlib import Path
+from typing import Any
+
 import typer
+
+log = logging.getLogger(__name__)
+
+
+def _parse_options(options: list[str]) -> dict[str, Any]:
+    import yaml
+
+    parsed: dict[str, Any] = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--option takes KEY=VALUE, got {item!r}")
+        parsed[key] = yaml.safe_load(value)  # numbers, booleans and lists come out typed
+    return parsed
+
+
+def _host_port(value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise typer.BadParameter(f"--metrics-http takes HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def serve(
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Checkpoint folder (the echo backend needs none)."
+    ),
+    backend: str = typer.Option("torch", "--backend", help="torch | onnxruntime | tensorrt | echo"),
+    bind: str = typer.Option(
+        "tcp://127.0.0.1:5555", "--bind", help="ZeroMQ endpoint; port * picks a free one."
+    ),
+    max_batch: int = typer.Option(8, "--max-batch", min=1, help="Most observations per policy call."),
+    max_wait_ms: float = typer.Option(
+        2.0, "--max-wait-ms", min=0, help="Longest a request waits for a batch."
+    ),
+    heartbeat: float = typer.Option(1.0, "--heartbeat", min=0.01, help="Ping interval told to clients (s)."),
+    session_timeout: float = typer.Option(
+        10.0, "--session-timeout", help="Forget robots silent this long (s)."
+    ),
+    max_message_mb: float = typer.Option(32.0, "--max-message-mb", help="Largest accepted message."),
+    server_key: Path | None = typer.Option(
+        None, "--server-key", help="Server .key_secret file (turns CURVE on)."
+    ),
+    allow: Path | None = typer.Option(None, "--allow", help="Folder of allowed client public .key files."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback bind without CURVE."),
+    metrics_http: str | None = typer.Option(None, "--metrics-http", help="HOST:PORT serving /metrics."),
+    endpoint_file: Path | None = typer.Option(None, "--endpoint-file", help="Write the bound endpoint here."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Backend option KEY=VALUE (repeatable)."),
+) -> None:
+    """Serve a policy to robots over ZeroMQ until SIGINT/SIGTERM."""
+    from wall_runtime.backends import load_policy
+    from wall_runtime.transport.auth import SecurityError
+    from wall_runtime.transport.server import PolicyServer, ServerConfig
+
+    config = ServerConfig(
+        bind=bind,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        heartbeat_interval=heartbeat,
+        session_timeout=session_timeout,
+        max_message_bytes=int(max_message_mb * 1024 * 1024),
+        server_key=server_key,
+        allow_dir=allow,
+        insecure=insecure,
+        metrics_http=_host_port(metrics_http),
+    )
+    policy = load_policy(checkpoint, backend, **_parse_options(option))
+    try:
+        server = PolicyServer(policy, config)
+    except SecurityError as exc:
+        policy.close()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    def _stop(signum: int, _frame: Any) -> None:
+        log.info("received %s; finishing the batch in compute and shutting down", signal.Signals(signum).name)
+        server.stop()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    if endpoint_file is not None:
+        # The endpoint is only known once bound; a watcher thread writes it then.
+        import threading
+
+        def _write_endpoint() -> None:
+            endpoint = server.wait_bound(30)
+            if endpoint:
+                endpoint_file.write_text(endpoint + "\n")
+
+        threading.Thread(target=_write_endpoint, daemon=True).start()
+    try:
+        server.serve_forever()
+    except Exception as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        policy.close()
+
+
+keys_app = typer.Typer(
+    help="CURVE key files for `serve --server-key/--allow` and clients.", no_args_is_help=True
+)
+
+
+@keys_app.command("generate")
+def keys_generate(
+    directory: Path = typer.Argument(..., help="Folder to write NAME.key (public) and NAME.key_secret."),
+    name: list[str] = typer.Option(["server", "client"], "--name", "-n", help="Key pair name (repeatable)."),
+) -> None:
+    """Write CURVE key pairs; copy client .key files into the server's --allow folder."""
+    from wall_runtime.transport.auth import generate_keys
+
+    for n in name:
+        try:
+            public, secret = generate_keys(directory, n)
+        except FileExistsError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"{n}: public {public}  secret {secret} (keep it on this host)")
+
+
+def metrics(
+    connect: str = typer.Option("tcp://127.0.0.1:5555", "--connect", help="The server's endpoint."),
+    server_key: Path | None = typer.Option(None, "--server-key", help="Server public .key (CURVE servers)."),
+    client_key: Path | None = typer.Option(None, "--client-key", help="This client's .key_secret (CURVE)."),
+    fmt: str = typer.Option("table", "--format", help="table | prometheus | json"),
+    timeout: float = typer.Option(3.0, "--timeout"),
+) -> None:
+    """Read a running server's metrics."""
+    from wall_runtime.transport.client import fetch_stats
+    from wall_runtime.transport.errors import TransportError
+    from wall_runtime.transport.metrics import histogram_quantile, render_prometheus
+
+    try:
+        stats = fetch_stats(connect, server_key, client_key, timeout)
+    except TransportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    snap = stats["metrics"]
+    if fmt == "prometheus":
+        typer.echo(render_prometheus(snap), nl=False)
+        return
+    if fmt == "json":
+        typer.echo(json.dumps(stats, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    meta = stats.get("metadata", {})
+    console.print(
+        f"[bold]{connect}[/] session {stats.get('session')}: {meta.get('model')} ({meta.get('backend')})"
+    )
+    counters = Table("counter", "labels", "value")
+    for c in snap["counters"]:
+        counters.add_row(c["name"], ",".join(f"{k}={v}" for k, v in c["labels"].items()), f"{c['value']:g}")
+    console.print(counters)
+    hists = Table("histogram", "count", "mean", "p50 ≤", "p99 ≤")
+    for h in snap["histograms"]:
+        mean = h["sum"] / h["count"] if h["count"] else math.nan
+        hists.add_row(
+            h["name"],
+            str(h["count"]),
+            f"{mean:.3f}",
+            f"{histogram_quantile(h, 0.5):g}",
+            f"{histogram_quantile(h, 0.99):g}",
+        )
+    console.print(hists)
+    robots = Table("robot", "embodiment", "observe", "chunk", "error")
+    for s in stats.get("sessions", []):
+        robots.add_row(s["robot_id"], s["embodiment"], str(s["observe"]), str(s["chunk"]), str(s["error"]))
+    console.print(robots)
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
+    app.command("serve")(serve)
+    app.command("metrics")(metrics)
+    app.add_typer(keys_app, name="keys")

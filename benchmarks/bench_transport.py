@@ -1,0 +1,490 @@
+"""Transport round trip with the model replaced by the echo policy: p50/p99 latency and CPU cost.
+
+Three transports carry the same observation (3 x 224x224x3 uint8 images + float32 state + prompt)
+and return a 32x20 float32 chunk, each server in its own process on loopback:
+
+  ours    wall_runtime PolicyServer / PolicyClient (ROUTER/DEALER, msgpack header + raw frames,
+          two leader/follower threads on the server, background I/O thread on the client);
+          the caller blocks on each future (``submit(obs).result()``)
+  ours_callback  the same client used event-driven: each chunk's callback submits the next
+          observation (no thread waits on a future; the robot host's normal use)
+  openpi  built the way openpi serves: an asyncio ``websockets`` server (compression off,
+          max_size None) packing with openpi_client.msgpack_numpy, metadata sent on connect; the
+          client is the installed ``openpi-client`` package's WebsocketClientPolicy
+  floor   raw ZeroMQ DEALER/ROUTER in one thread each: the client sends exactly the frames our
+          protocol sends, the server answers with exactly the frames our chunk reply has, without
+          decoding, validating or calling a policy. No transport over ZeroMQ can beat it.
+
+Both policy-serving transports use the same EchoPolicy with ``image_digest=False`` (so the policy
+costs microseconds and the transport is what is measured). Configurations run interleaved in
+rounds so load from other processes on a shared machine spreads over all three.
+
+    python benchmarks/bench_transport.py [--rounds 10 --per-round 150 --out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CAMERAS = ("face_view", "left_wrist_view", "right_wrist_view")
+STATE_DIM = 14
+HORIZON, ACTION_DIM = 32, 20
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _policy():
+    from wall_runtime.backends.echo import EchoPolicy
+
+    return EchoPolicy.from_checkpoint(
+        None, cameras=CAMERAS, action_horizon=HORIZON, action_dim=ACTION_DIM, state_dim=20, image_digest=False
+    )
+
+
+def _observation(stamp: float, rng: np.random.Generator):
+    from wall_runtime.types import Observation
+
+    return Observation(
+        stamp=stamp,
+        images={c: rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for c in CAMERAS},
+        state=rng.standard_normal(STATE_DIM).astype(np.float32),
+        instruction="pick up the red cup and put it in the sink",
+    )
+
+
+# ------------------------------------------------------------------------------------- servers
+
+
+def serve_ours(ready: mp.Queue) -> None:
+    from wall_runtime.transport.server import PolicyServer, ServerConfig
+
+    server = PolicyServer(_policy(), ServerConfig(bind="tcp://127.0.0.1:*", max_batch=8, max_wait_ms=2.0))
+    ready.put(server.start())
+    while True:
+        time.sleep(3600)
+
+
+def serve_openpi(ready: mp.Queue) -> None:
+    import websockets
+    import websockets.asyncio.server
+    from openpi_client import msgpack_numpy
+
+    from wall_runtime.types import Observation
+
+    policy = _policy()
+    packer = msgpack_numpy.Packer()
+
+    async def handler(ws) -> None:
+        await ws.send(packer.pack(policy.metadata.to_dict()))
+        prev_total = None
+        while True:
+            t0 = time.monotonic()
+            try:
+                obs = msgpack_numpy.unpackb(await ws.recv())
+            except websockets.ConnectionClosed:  # as openpi's server: the client went away
+                return
+            t_infer = time.monotonic()
+            observation = Observation(
+                stamp=obs["stamp"], images=obs["images"], state=obs["state"], instruction=obs["prompt"]
+            )
+            result = policy.infer([observation])[0]
+            out = {
+                "actions": result.actions,
+                "server_timing": {"infer_ms": (time.monotonic() - t_infer) * 1000},
+            }
+            if prev_total is not None:
+                out["server_timing"]["prev_total_ms"] = prev_total
+            await ws.send(packer.pack(out))
+            prev_total = (time.monotonic() - t0) * 1000
+
+    async def main() -> None:
+        async with websockets.asyncio.server.serve(
+            handler, "127.0.0.1", 0, compression=None, max_size=None
+        ) as server:
+            ready.put(server.sockets[0].getsockname()[1])
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def serve_floor(ready: mp.Queue, reply_frames: list[bytes]) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind("tcp://127.0.0.1:*")
+    ready.put(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    while True:
+        frames = sock.recv_multipart(copy=False)
+        sock.send_multipart([frames[0], *reply_frames], copy=False)
+
+
+# ------------------------------------------------------------------------------------- clients
+
+
+class OursClient:
+    name = "ours"
+
+    def __init__(self, endpoint: str) -> None:
+        from wall_runtime.transport.client import PolicyClient
+        from wall_runtime.transport.protocol import RobotDescription
+
+        desc = RobotDescription(self.name, "bench_arm", {c: (224, 224, 3) for c in CAMERAS}, STATE_DIM, 0.02)
+        self.client = PolicyClient(endpoint, desc, default_deadline=2.0)
+        self.client.connect(timeout=10)
+
+    def call(self, obs) -> np.ndarray:
+        return self.client.submit(obs).result(timeout=5).actions
+
+    def run(self, observations: list, n: int) -> list[float]:
+        return _timed_calls(self, observations, n)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class OursCallbackClient(OursClient):
+    """Our client used through callbacks: each chunk's callback (on the client's I/O thread)
+    records the latency and submits the next observation, as an event-driven robot host would;
+    no thread waits on a future."""
+
+    name = "ours_callback"
+
+    def run(self, observations: list, n: int) -> list[float]:
+        lat: list[float] = []
+        finished = threading.Event()
+        errors: list[BaseException] = []
+        state = {"i": 0, "t0": 0.0}
+
+        def on_done(future) -> None:
+            lat.append((time.perf_counter() - state["t0"]) * 1000.0)
+            if future.exception() is not None:
+                errors.append(future.exception())
+                finished.set()
+                return
+            state["i"] += 1
+            if state["i"] >= n:
+                finished.set()
+                return
+            state["t0"] = time.perf_counter()
+            self.client.submit(observations[state["i"] % len(observations)], callback=on_done)
+
+        state["t0"] = time.perf_counter()
+        self.client.submit(observations[0], callback=on_done)
+        if not finished.wait(120) or errors:
+            raise RuntimeError(f"callback chain failed: {errors or 'timed out'}")
+        return lat
+
+
+class OpenpiClient:
+    name = "openpi"
+
+    def __init__(self, port: int) -> None:
+        from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+        self.client = WebsocketClientPolicy(host="127.0.0.1", port=port)
+
+    def call(self, obs) -> np.ndarray:
+        request = {"images": obs.images, "state": obs.state, "prompt": obs.instruction, "stamp": obs.stamp}
+        return self.client.infer(request)["actions"]
+
+    def run(self, observations: list, n: int) -> list[float]:
+        return _timed_calls(self, observations, n)
+
+    def close(self) -> None:
+        self.client._ws.close()
+
+
+class FloorClient:
+    name = "floor"
+
+    def __init__(self, endpoint: str) -> None:
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(endpoint)
+
+    def call(self, obs) -> np.ndarray:
+        from wall_runtime.transport.protocol import encode_observe
+
+        self.sock.send_multipart(encode_observe(obs, 1, 2000.0), copy=False)
+        frames = self.sock.recv_multipart(copy=False)
+        return np.frombuffer(frames[1].buffer, np.float32).reshape(HORIZON, ACTION_DIM)
+
+    def run(self, observations: list, n: int) -> list[float]:
+        return _timed_calls(self, observations, n)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+# ------------------------------------------------------------------------------------ measuring
+
+
+def _timed_calls(client, observations: list, n: int) -> list[float]:
+    """Blocking calls in a loop, as a synchronous robot host makes them."""
+    lat = []
+    for i in range(n):
+        obs = observations[i % len(observations)]
+        t0 = time.perf_counter()
+        client.call(obs)
+        lat.append((time.perf_counter() - t0) * 1000.0)
+    return lat
+
+
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+
+
+def _machine() -> dict:
+    import msgpack
+    import websockets
+    import zmq
+
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in ln
+        ),
+        platform.processor(),
+    )
+    mem_kb = int(
+        next(
+            ln.split()[1]
+            for ln in Path("/proc/meminfo").read_text().splitlines()
+            if ln.startswith("MemTotal")
+        )
+    )
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024**2, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "msgpack": ".".join(map(str, msgpack.version)),
+        "websockets": websockets.__version__,
+        "load_avg_1m_at_start": os.getloadavg()[0],
+        "niceness": os.getpriority(os.PRIO_PROCESS, 0),
+        "note": "shared machine with other jobs running (see load averages); loopback TCP",
+    }
+
+
+def _summary(lat_ms: list[float], client_cpu_s: float, server_cpu_s: float, n: int, rounds: int) -> dict:
+    a = np.asarray(lat_ms)
+    per_round = a.reshape(rounds, -1)
+    return {
+        "n": n,
+        "p50_ms": float(np.percentile(a, 50)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+        "max_ms": float(a.max()),
+        # robust to a load spike from other jobs landing in one configuration's round
+        "p99_median_of_rounds_ms": float(np.median(np.percentile(per_round, 99, axis=1))),
+        "client_cpu_ms_per_request": client_cpu_s * 1000 / n,
+        "server_cpu_ms_per_request": server_cpu_s * 1000 / n,
+        "total_cpu_ms_per_request": (client_cpu_s + server_cpu_s) * 1000 / n,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--per-round", type=int, default=150)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", default="transport", help="Result file stem.")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="Change the niceness of the benchmark and its servers (e.g. -10 on a shared machine, "
+        "so other jobs preempt all three transports less; every configuration gets the same).",
+    )
+    args = parser.parse_args()
+    if args.nice:
+        os.nice(args.nice)  # inherited by the spawned server processes
+
+    from rich.progress import Progress
+
+    from wall_runtime.transport.protocol import encode_chunk
+    from wall_runtime.types import ActionChunk
+
+    rng = np.random.default_rng(0)
+    observations = [_observation(float(i), rng) for i in range(8)]
+    chunk_reply = [
+        bytes(f)
+        for f in encode_chunk(
+            ActionChunk(np.zeros((HORIZON, ACTION_DIM), np.float32), 0.0, 0.02, 1, {"server_total": 0.1})
+        )
+    ]
+    payload_bytes = sum(v.nbytes for v in observations[0].images.values()) + observations[0].state.nbytes
+
+    ctx = mp.get_context("spawn")
+    procs: dict[str, mp.Process] = {}
+    clients = {}
+    try:
+        for name, target, extra in (
+            ("ours", serve_ours, ()),
+            # its own server: with two robots on one server, a lone request would wait max_wait_ms
+            # for a batch partner, which is batching policy, not transport cost
+            ("ours_callback", serve_ours, ()),
+            ("openpi", serve_openpi, ()),
+            ("floor", serve_floor, (chunk_reply,)),
+        ):
+            ready = ctx.Queue()
+            procs[name] = ctx.Process(target=target, args=(ready, *extra), daemon=True)
+            procs[name].start()
+            address = ready.get(timeout=60)
+            kinds = {"ours": OursClient, "ours_callback": OursCallbackClient, "openpi": OpenpiClient}
+            clients[name] = kinds.get(name, FloorClient)(address)
+
+        expected = _policy().expected_actions(observations[0])
+        for name in ("ours", "ours_callback", "openpi"):
+            np.testing.assert_array_equal(clients[name].call(observations[0]), expected)
+        lat: dict[str, list[float]] = {k: [] for k in clients}
+        cpu_client = dict.fromkeys(clients, 0.0)
+        cpu_server = dict.fromkeys(clients, 0.0)
+        for client in clients.values():
+            client.run(observations, args.warmup)
+        total = args.rounds * len(clients) * args.per_round
+        with Progress() as progress:
+            task = progress.add_task("round trips", total=total)
+            for r in range(args.rounds):
+                order = list(clients) if r % 2 == 0 else list(reversed(list(clients)))
+                for name in order:
+                    client = clients[name]
+                    pid = procs[name].pid
+                    c0, s0 = time.process_time(), _proc_cpu_s(pid)
+                    lat[name].extend(client.run(observations, args.per_round))
+                    cpu_client[name] += time.process_time() - c0
+                    cpu_server[name] += _proc_cpu_s(pid) - s0
+                    progress.advance(task, args.per_round)
+    finally:
+        for client in clients.values():
+            client.close()
+        for p in procs.values():
+            p.terminate()
+            p.join(5)
+
+    n = args.rounds * args.per_round
+    results = {name: _summary(lat[name], cpu_client[name], cpu_server[name], n, args.rounds) for name in lat}
+    ratios = {
+        "openpi_p99_over_ours_p99": results["openpi"]["p99_ms"] / results["ours"]["p99_ms"],
+        "ours_p99_over_floor_p99": results["ours"]["p99_ms"] / results["floor"]["p99_ms"],
+        "openpi_p50_over_ours_p50": results["openpi"]["p50_ms"] / results["ours"]["p50_ms"],
+        "ours_p50_over_floor_p50": results["ours"]["p50_ms"] / results["floor"]["p50_ms"],
+        "openpi_over_ours_p99_median_of_rounds": results["openpi"]["p99_median_of_rounds_ms"]
+        / results["ours"]["p99_median_of_rounds_ms"],
+        "ours_over_floor_p99_median_of_rounds": results["ours"]["p99_median_of_rounds_ms"]
+        / results["floor"]["p99_median_of_rounds_ms"],
+        "openpi_p99_over_ours_callback_p99": results["openpi"]["p99_ms"] / results["ours_callback"]["p99_ms"],
+        "ours_callback_p99_over_floor_p99": results["ours_callback"]["p99_ms"] / results["floor"]["p99_ms"],
+        "ours_callback_p50_over_floor_p50": results["ours_callback"]["p50_ms"] / results["floor"]["p50_ms"],
+    }
+    targets = {
+        "p99_at_least_3x_lower_than_openpi": ratios["openpi_p99_over_ours_p99"] >= 3.0,
+        "p99_within_1.5x_of_raw_floor": ratios["ours_p99_over_floor_p99"] <= 1.5,
+    }
+    machine = _machine()
+    machine["load_avg_1m_at_end"] = os.getloadavg()[0]
+    report = {
+        "benchmark": "transport round trip, echo policy",
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine,
+        "payload": {
+            "images": "3 x 224x224x3 uint8",
+            "state": f"float32[{STATE_DIM}]",
+            "request_array_bytes": payload_bytes,
+            "reply": f"float32[{HORIZON},{ACTION_DIM}] chunk",
+        },
+        "method": {
+            "rounds": args.rounds,
+            "per_round": args.per_round,
+            "warmup": args.warmup,
+            "interleaved": True,
+            "latency": "client submit to result in hand, perf_counter",
+            "cpu": "client: process_time of the benchmark process (all threads); server: utime+stime of its process",
+        },
+        "results": results,
+        "ratios": ratios,
+        "targets_met": targets,
+        "raw_latencies_ms": {k: [round(x, 4) for x in v] for k, v in lat.items()},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    _plot(report, args.out / f"{args.name}.png")
+    for name, r in results.items():
+        print(
+            f"{name:7s} p50 {r['p50_ms']:7.3f} ms  p99 {r['p99_ms']:7.3f} ms  "
+            f"cpu {r['total_cpu_ms_per_request']:6.3f} ms/req (client {r['client_cpu_ms_per_request']:.3f}, "
+            f"server {r['server_cpu_ms_per_request']:.3f})"
+        )
+    print(json.dumps({"ratios": ratios, "targets_met": targets}, indent=2))
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["floor", "ours_callback", "ours", "openpi"]
+    colors = {"floor": "tab:gray", "ours_callback": "tab:cyan", "ours": "tab:blue", "openpi": "tab:orange"}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in names:
+        a = np.sort(report["raw_latencies_ms"][name])
+        q = np.arange(1, len(a) + 1) / len(a)
+        r = report["results"][name]
+        ax1.plot(a, q, color=colors[name], label=f"{name}: p50 {r['p50_ms']:.2f}, p99 {r['p99_ms']:.2f} ms")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("round-trip latency (ms, log)")
+    ax1.set_ylabel("fraction of requests")
+    ax1.axhline(0.99, color="k", lw=0.5, ls=":")
+    ax1.legend(loc="lower right", fontsize=8)
+    ax1.set_title("Echo-policy round trip, 3x224x224 RGB + state")
+    x = np.arange(len(names))
+    client = [report["results"][n]["client_cpu_ms_per_request"] for n in names]
+    server = [report["results"][n]["server_cpu_ms_per_request"] for n in names]
+    ax2.bar(x, client, color="tab:green", label="client")
+    ax2.bar(x, server, bottom=client, color="tab:purple", label="server")
+    ax2.set_xticks(x, [n.replace("_", "\n") for n in names])
+    ax2.set_ylabel("CPU ms per request")
+    ax2.set_title("CPU cost")
+    ax2.legend()
+    m = report["machine"]
+    fig.suptitle(
+        f"{m['cpu']} ({m['logical_cores']} cores), nice {m['niceness']}, load {m['load_avg_1m_at_start']:.1f}, "
+        f"{report['date_utc']}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

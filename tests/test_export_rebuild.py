@@ -1,0 +1,79 @@
+"""The exported graphs are rebuilt when the checkpoint, the shapes or the step count change, and when a
+cached file was tampered with; otherwise they are reused (through the real export path and CLI)."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+from typer.testing import CliRunner
+
+from wall_runtime.cli import app
+from wall_runtime.export.artifacts import onnx_artifacts
+from wall_runtime.export.cache import EngineCache
+from wall_runtime.export.graph_policy import load_model_for_export
+from wall_runtime.export.static_batch import resolve_shapes
+from wall_runtime.model.tiny_checkpoint import write_tiny_checkpoint
+
+
+def _export(ck, cache, steps=2, frames=None):
+    model = load_model_for_export(ck, num_steps=steps)
+    shapes = resolve_shapes(model, frames, 1, 16)
+    return onnx_artifacts(model, ck, shapes, cache)
+
+
+def _weights(path):
+    return {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+def test_checkpoint_shape_step_and_tamper_changes_rebuild(tmp_path):
+    ck = write_tiny_checkpoint(tmp_path / "ckpt", "flow", seed=0)
+    cache = EngineCache(tmp_path / "cache")
+    first = _export(ck, cache)
+    assert not first.entry.reused
+    assert _export(ck, cache).entry.reused
+
+    # new weights in the same directory: a new key, a new export carrying the new weights
+    write_tiny_checkpoint(ck, "flow", seed=1)
+    second = _export(ck, cache)
+    assert not second.entry.reused and second.entry.path != first.entry.path
+    w1, w2 = _weights(first.denoise), _weights(second.denoise)
+    assert any((w1[n] != w2[n]).any() for n in w1.keys() & w2.keys())
+
+    # another camera frame size (another image grid) and another step count: rebuilt each
+    wide = {"face_view": (720, 1280), "right_wrist_view": (480, 640)}  # 16:9 gives another grid
+    third = _export(ck, cache, frames=wide)
+    assert not third.entry.reused and third.shapes.grid_thw != second.shapes.grid_thw
+    fourth = _export(ck, cache, steps=3)
+    assert not fourth.entry.reused and fourth.entry.key.steps == 3
+
+    # a cached graph edited on disk is never used: rebuilt under the same key
+    second.denoise.write_bytes(second.denoise.read_bytes()[:-10])
+    again = _export(ck, cache)
+    assert not again.entry.reused and again.entry.path == second.entry.path
+    onnx.checker.check_model(str(again.denoise))
+
+
+def test_export_command_writes_and_then_reuses(tmp_path):
+    ck = write_tiny_checkpoint(tmp_path / "ckpt", "0.5")
+    args = ["export", "--checkpoint", str(ck), "--backend", "onnx", "--steps", "2", "--text-tokens", "16"]
+    args += [
+        "--camera",
+        "face_view=640x480",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    runner = CliRunner()
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "built onnx" in first.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["key"]["steps"] == 2 and manifest["key"]["extra"]["cameras"] == "face_view=480x640"
+    for name in manifest["files"]:
+        assert (tmp_path / "out" / name).is_file()
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0 and "reused onnx" in second.output
+    bad = runner.invoke(app, [*args[:-4], "--camera", "no_such_view=640x480"])
+    assert bad.exit_code == 2 and "unknown camera" in bad.output

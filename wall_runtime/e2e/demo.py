@@ -1,0 +1,190 @@
+"""``wall-runtime demo``: the whole runtime, closed loop, in one command.
+
+A policy server (a tiny WALL-OSS checkpoint shaped for the robot, the torch backend on CPU by
+default) on loopback, the simulated arm with its rendered cameras, and the control loop with
+smoothing and safety, for a set time or until interrupted, with a live status line and a report.
+The same session code drives a physical robot (``wall-runtime run``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from wall_runtime.control.estop import EStop, SignalSource
+from wall_runtime.control.loop import ControlLoop
+from wall_runtime.e2e.robot_side import load_robot_side
+from wall_runtime.e2e.session import Session, SessionOptions
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_ROBOT = REPO_ROOT / "robots" / "sim_arm" / "robot.yaml"
+
+
+@dataclass
+class DemoOptions:
+    robot: Path = DEFAULT_ROBOT
+    checkpoint: Path | None = None  # default: the robot's tiny demo checkpoint
+    variant: str = "flow"
+    backend: str = "torch"
+    # the demo's random-weight checkpoint gets smooth initial noise (TorchPolicy.smooth_noise)
+    backend_options: dict[str, Any] = field(default_factory=lambda: {"noise_knots": 3})
+    server: str | None = None  # an external server; default: one in this process on loopback
+    duration: float | None = 20.0
+    instruction: str = "pick up the red cube and place it in the bowl"
+    smoother: str = "crossfade"
+    report: Path | None = None
+    record_images: bool = True
+    live: bool = True
+
+
+def _status_table(loop: ControlLoop, session: Session, started: float) -> Table:
+    c = loop.counters
+    elapsed = max(time.monotonic() - started, 1e-9)
+    stages = session.stages.percentiles()
+    table = Table(title=f"wall-runtime demo: {loop.spec.name}", show_header=False, expand=False)
+    table.add_row(
+        "time",
+        f"{elapsed:5.1f} s   control {c['ticks'] / elapsed:5.1f} Hz (target {loop.config.control_hz:g})",
+    )
+    table.add_row(
+        "chunks",
+        f"requested {c['requests']}  received {c['chunks_received']}  errors {dict(session.link.errors) or 0}",
+    )
+    for stage in ("preprocess", "vision", "prefix", "denoise", "postprocess", "capture_to_chunk"):
+        if stage in stages:
+            s = stages[stage]
+            table.add_row(stage, f"p50 {s['p50']:7.1f} ms   p95 {s['p95']:7.1f} ms")
+    table.add_row("interventions", str(dict(loop.safety.counts) or "none"))
+    seams = loop.log.seams(loop.period)
+    if seams:
+        worst = max(seams, key=lambda s: s.jerk)
+        table.add_row("seams", f"{len(seams)}  worst jump {worst.jump:.4f}  jerk {worst.jerk:.1f}")
+    table.add_row("watchdog / e-stop", f"{loop.watchdog.trips} / {loop.estop.triggers}")
+    return table
+
+
+@contextlib.contextmanager
+def policy_server_process(
+    checkpoint: Path, backend: str, backend_options: dict[str, Any], timeout: float = 120.0
+) -> Iterator[str]:
+    """``wall-runtime serve`` on loopback in its own process, as on a real GPU host: the policy's
+    compute never competes with the control loop for the interpreter lock."""
+    with tempfile.TemporaryDirectory(prefix="wall-runtime-serve-") as tmp:
+        endpoint_file = Path(tmp) / "endpoint"
+        cmd = [
+            sys.executable,
+            "-m",
+            "wall_runtime",
+            "serve",
+            "--checkpoint",
+            str(checkpoint),
+            "--backend",
+            backend,
+            "--bind",
+            "tcp://127.0.0.1:*",
+            "--endpoint-file",
+            str(endpoint_file),
+        ]
+        for key, value in backend_options.items():
+            cmd += ["-o", f"{key}={value}"]
+        log_file = open(Path(tmp) / "server.log", "w+")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while not endpoint_file.exists() or not endpoint_file.read_text().strip():
+                if proc.poll() is not None:
+                    log_file.seek(0)
+                    raise RuntimeError(
+                        f"the policy server exited ({proc.returncode}):\n{log_file.read()[-3000:]}"
+                    )
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the policy server did not come up within {timeout:.0f} s")
+                time.sleep(0.05)
+            yield endpoint_file.read_text().strip()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log_file.close()
+
+
+def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, Any]:
+    """Run the demo; returns the run summary (with ``report`` set to the report folder)."""
+    console = console or Console(stderr=True)
+    side = load_robot_side(options.robot)
+    stack = contextlib.ExitStack()
+    with stack:
+        endpoint = options.server
+        checkpoint = options.checkpoint
+        if endpoint is None:
+            from wall_runtime.e2e.demo_checkpoint import demo_checkpoint
+
+            if checkpoint is None:
+                checkpoint = demo_checkpoint(side.config, options.variant)
+            console.print(f"policy: {checkpoint} ({options.backend})")
+            endpoint = stack.enter_context(
+                policy_server_process(checkpoint, options.backend, options.backend_options)
+            )
+        console.print(f"robot: {side.config.name} ({options.robot}); server {endpoint}")
+        side.start()
+        stack.callback(side.close)
+        estop = EStop()
+        estop.add(SignalSource())
+        stack.callback(estop.close)
+        session = Session(
+            side,
+            endpoint,
+            SessionOptions(
+                instruction=options.instruction,
+                smoother=options.smoother,
+                record_images=options.record_images,
+            ),
+            estop=estop,
+        )
+        stack.callback(session.close)
+        started = time.monotonic()
+        live = Live(console=console, refresh_per_second=4, transient=False) if options.live else None
+        last = [0.0]
+
+        def on_tick(loop: ControlLoop) -> None:
+            now = time.monotonic()
+            if live is not None and now - last[0] > 0.25:
+                last[0] = now
+                live.update(_status_table(loop, session, started))
+
+        if live is not None:
+            live.start()
+        try:
+            summary = session.run(options.duration, on_tick=on_tick)
+        finally:
+            if live is not None:
+                live.update(_status_table(session.loop, session, started))
+                live.stop()
+        report = options.report or REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
+        meta = {
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "backend": options.backend,
+            "server": options.server,
+            "command": "demo",
+        }
+        summary["report"] = str(session.write_report(report, summary, meta))
+        console.print(f"report: {summary['report']}")
+        return summary

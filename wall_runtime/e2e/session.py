@@ -1,0 +1,186 @@
+"""One closed-loop session: a robot side, a policy link, the control loop, reports.
+
+Shared by ``wall-runtime demo`` (which also starts a policy server in-process) and by
+``wall-runtime run --robot ... --server ...`` on a physical robot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wall_runtime.backends.base import PolicyMetadata
+from wall_runtime.control.estop import EStop
+from wall_runtime.control.loop import ControlLoop, LoopConfig
+from wall_runtime.e2e.policy_link import ClientChunkSource
+from wall_runtime.e2e.recording import EpisodeRecorder
+from wall_runtime.e2e.robot_side import RobotSide
+from wall_runtime.transport.client import PolicyClient
+from wall_runtime.transport.protocol import RobotDescription
+from wall_runtime.types import ActionChunk
+
+log = logging.getLogger(__name__)
+
+
+class SessionError(RuntimeError):
+    """The robot and the policy do not fit together, or a part did not come up."""
+
+
+def describe_robot(side: RobotSide, robot_id: str, timeout: float = 10.0) -> RobotDescription:
+    """The hello for this robot: its views with the shapes its cameras actually deliver."""
+    cameras: dict[str, tuple[int, int, int]] = {}
+    if side.cameras is not None:
+        snap = side.cameras.wait_snapshot(timeout=timeout)
+        for view, image in snap.images(side.cameras.views).items():
+            cameras[view] = (int(image.shape[0]), int(image.shape[1]), 3)
+    mapping = side.config.mapping
+    return RobotDescription(
+        robot_id=robot_id,
+        embodiment=mapping.norm_key,
+        cameras=cameras,
+        state_dim=mapping.state_dim,
+        action_period=1.0 / side.config.control_hz,
+    )
+
+
+def check_fit(meta: PolicyMetadata, side: RobotSide) -> None:
+    mapping = side.config.mapping
+    if meta.action_dim != mapping.action_dim:
+        raise SessionError(
+            f"the policy's action vector has {meta.action_dim} dims but {side.config.path} maps the robot "
+            f"onto {mapping.action_dim} (model.action_dim)"
+        )
+    views = set(side.cameras.views.values()) if side.cameras is not None else set()
+    missing = [c for c in meta.cameras if c not in views]
+    if missing:
+        log.warning("the policy expects views %s that %s does not provide", missing, side.config.name)
+
+
+class StageStats:
+    """Per-stage latency samples (ms) from the chunks' timing, plus the round trip seen by the robot."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = defaultdict(list)
+
+    def add(self, chunk: ActionChunk, received_at: float) -> None:
+        for stage, ms in chunk.timing_ms.items():
+            self.samples[stage].append(float(ms))
+        self.samples["capture_to_chunk"].append((received_at - chunk.stamp) * 1e3)
+
+    def percentiles(self) -> dict[str, dict[str, float]]:
+        return {
+            k: {
+                "p50": float(np.percentile(v, 50)),
+                "p95": float(np.percentile(v, 95)),
+                "p99": float(np.percentile(v, 99)),
+                "n": len(v),
+            }
+            for k, v in self.samples.items()
+            if v
+        }
+
+
+class _TimedSource:
+    """Notes when each chunk reached the control loop, for the stage statistics."""
+
+    def __init__(self, inner: Any, stats: StageStats, clock: Callable[[], float]) -> None:
+        self.inner = inner
+        self.stats = stats
+        self.clock = clock
+
+    def request(self, observation: Any) -> None:
+        self.inner.request(observation)
+
+    def poll(self) -> ActionChunk | None:
+        chunk = self.inner.poll()
+        if chunk is not None:
+            self.stats.add(chunk, self.clock())
+        return chunk
+
+
+@dataclass
+class SessionOptions:
+    instruction: str
+    smoother: str = "crossfade"
+    deadline_s: float | None = None  # per request; default: the chunk's own duration
+    robot_id: str = ""
+    record: bool = True
+    record_images: bool = True
+    safe_pose: bool = True
+    disabled_filters: frozenset[str] = field(default_factory=frozenset)
+
+
+class Session:
+    """Connects a started robot side to a policy server and runs the control loop."""
+
+    def __init__(self, side: RobotSide, endpoint: str, options: SessionOptions, estop: EStop | None = None):
+        self.side = side
+        self.options = options
+        self.description = describe_robot(side, options.robot_id or side.config.name)
+        self.client = PolicyClient(endpoint, self.description)
+        self.metadata = self.client.connect(timeout=30.0)
+        check_fit(self.metadata, side)
+        chunk_s = self.metadata.action_horizon * self.description.action_period
+        self.link = ClientChunkSource(self.client, deadline_s=options.deadline_s or chunk_s)
+        self.stages = StageStats()
+        self.recorder = EpisodeRecorder(record_images=options.record_images) if options.record else None
+        source: Any = _TimedSource(self.link, self.stages, time.monotonic)
+        observe = side.observer(options.instruction)
+        if self.recorder is not None:
+            source = self.recorder.wrap_source(source)
+            observe = self.recorder.wrap_observe(observe)
+        safety = side.safety
+        if options.disabled_filters:
+            import dataclasses
+
+            safety = dataclasses.replace(safety, disabled=safety.disabled | set(options.disabled_filters))
+        cfg = LoopConfig(
+            control_hz=side.config.control_hz,
+            smoother=options.smoother,
+            watchdog_timeout=side.config.watchdog_timeout_s,
+            safe_pose=side.safe_pose if options.safe_pose else None,
+        )
+        self.loop = ControlLoop(
+            side.adapter, source, observe, cfg, safety, joint_dims=side.joint_dims, estop=estop or EStop()
+        )
+        if self.recorder is not None:
+            self.recorder.bind(self.loop)
+
+    def run(
+        self,
+        duration: float | None,
+        should_stop: Callable[[], bool] | None = None,
+        on_tick: Callable[[ControlLoop], Any] | None = None,
+    ) -> dict[str, Any]:
+        summary = self.loop.run(
+            duration=duration if duration is not None else float("inf"),
+            should_stop=should_stop,
+            on_tick=on_tick,
+        )
+        summary["policy"] = self.metadata.to_dict()
+        summary["stages_ms"] = self.stages.percentiles()
+        summary["link_errors"] = dict(self.link.errors)
+        summary["camera_refusals"] = dict(self.side.camera_refusals)
+        return summary
+
+    def write_report(self, folder: str | Path, summary: dict[str, Any], meta: dict[str, Any]) -> Path:
+        from wall_runtime.e2e.report import write_report
+
+        root = write_report(Path(folder), self.loop, summary, self.stages)
+        if self.recorder is not None:
+            self.recorder.save(
+                root / "episode",
+                self.loop,
+                {"robot_yaml": str(self.side.config.path), "summary": summary, **meta},
+            )
+        return root
+
+    def close(self) -> None:
+        self.client.close()

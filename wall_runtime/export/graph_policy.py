@@ -1,0 +1,173 @@
+"""A ``Policy`` that runs the exported prefix and fused-denoise graphs; shared by onnxruntime and TensorRT.
+
+Preprocessing (images, prompt, state, masks, noise) and postprocessing (un-normalisation) are the
+torch pipeline's own (``WallOSS.preprocess`` and the normalisers); only the two model calls differ.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wall_runtime.backends.base import Policy, PolicyMetadata
+from wall_runtime.export.onnx_export import GraphShapes
+from wall_runtime.export.static_batch import (
+    DEFAULT_TEXT_TOKENS,
+    check_cameras,
+    denoise_feeds,
+    pad_observations,
+    prefix_feeds,
+)
+from wall_runtime.types import Observation, PolicyResult
+
+# a graph runner: named inputs -> named outputs (numpy arrays, or device tensors the next runner takes)
+Runner = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+def parse_cameras(cameras: Mapping[str, Any] | Sequence[str] | None) -> dict[str, tuple[int, int]] | None:
+    """``{"face_view": (480, 640)}`` or ``["face_view=640x480", ...]`` (W×H, as cameras are quoted)
+    → view -> (height, width)."""
+    if cameras is None:
+        return None
+    if isinstance(cameras, Mapping):
+        return {str(k): (int(v[0]), int(v[1])) for k, v in cameras.items()}
+    if isinstance(cameras, str):  # "face_view=640x480,right_wrist_view=640x480" (serve -o cameras=...)
+        cameras = [c for c in cameras.split(",") if c.strip()]
+    out: dict[str, tuple[int, int]] = {}
+    for spec in cameras:
+        name, sep, size = str(spec).strip().partition("=")
+        w, x, h = size.lower().partition("x")
+        if not sep or not x or not w.isdigit() or not h.isdigit():
+            raise ValueError(f"camera {spec!r}: expected NAME=WIDTHxHEIGHT, e.g. face_view=640x480")
+        out[name] = (int(h), int(w))
+    return out
+
+
+def load_model_for_export(
+    checkpoint: str | Path, norm_key: str | None = None, num_steps: int | None = None, **config
+):
+    """The checkpoint as an fp32 CPU pipeline: what the export traces and what preprocessing uses."""
+    from wall_runtime.model.pipeline import WallOSS
+
+    if checkpoint is None:
+        raise ValueError("this backend needs a checkpoint directory")
+    if num_steps is not None:
+        config["num_steps"] = int(num_steps)
+    return WallOSS.from_checkpoint(checkpoint, device="cpu", norm_key=norm_key, **config)
+
+
+def common_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Pop the options every exported-graph backend takes (the rest are backend-specific)."""
+    return {
+        "cameras": parse_cameras(options.pop("cameras", None)),
+        "batch": int(options.pop("batch", 1)),
+        "text_tokens": int(options.pop("text_tokens", DEFAULT_TEXT_TOKENS)),
+        "num_steps": options.pop("num_steps", None),
+        "norm_key": options.pop("norm_key", None),
+        "seed": options.pop("seed", None),
+        "cache_dir": options.pop("cache_dir", None),
+    }
+
+
+class GraphPolicy(Policy):
+    """Preprocess → ``run_prefix`` → ``run_denoise`` → un-normalise, in groups of the exported batch size."""
+
+    def __init__(
+        self,
+        model,
+        shapes: GraphShapes,
+        run_prefix: Runner,
+        run_denoise: Runner,
+        backend: str,
+        seed: int | None = None,
+        to_numpy: Callable[[Any], np.ndarray] = np.asarray,
+    ) -> None:
+        import torch
+
+        self.model = model
+        self.shapes = shapes
+        self.run_prefix = run_prefix
+        self.run_denoise = run_denoise
+        self._to_numpy = to_numpy
+        self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        cfg = model.cfg
+        self.metadata = PolicyMetadata(
+            model="wall-oss-flow" if cfg.variant == "flow" else "wall-oss-0.5",
+            variant=cfg.variant,
+            backend=backend,
+            action_horizon=cfg.net.action_horizon,
+            action_dim=cfg.net.action_dim,
+            state_dim=cfg.net.state_dim,
+            num_steps=model.settings.num_steps,
+            cameras=tuple(shapes.cameras),
+            norm_keys=tuple(model.normalizers.keys),
+        )
+
+    def stages(self, observations: Sequence[Observation], noise: np.ndarray) -> dict[str, Any]:
+        """One group of exactly ``shapes.batch`` observations through both graphs, every intermediate kept
+        (for ``verify``): the prepared batch, the prefix feeds, ``k``, ``v`` and the normalised chunk."""
+        batch = self.model.preprocess(observations)
+        feeds = prefix_feeds(batch, self.shapes, self.model.tokenizer)
+        kv = self.run_prefix(feeds)
+        chunk = self.run_denoise(denoise_feeds(batch, self.shapes, noise, feeds["attention_mask"]) | kv)
+        return {
+            "batch": batch,
+            "prefix_feeds": feeds,
+            "k": kv["k"],
+            "v": kv["v"],
+            "actions": chunk["actions"],
+        }
+
+    def infer(
+        self,
+        observations: Sequence[Observation],
+        noise: Sequence[np.ndarray | None] | None = None,
+    ) -> list[PolicyResult]:
+        if any(obs.inpaint is not None for obs in observations):
+            raise ValueError(
+                f"inpainting hints (RTC guidance) need gradients through the network; the {self.metadata.backend} "
+                "backend runs a fused forward-only graph. Use the torch backend for guided inference"
+            )
+        if noise is not None and len(noise) != len(observations):
+            raise ValueError(f"{len(noise)} noise arrays for {len(observations)} observations")
+        check_cameras(observations, self.shapes)
+        results: list[PolicyResult] = []
+        b = self.shapes.batch
+        for g, group in enumerate(pad_observations(observations, self.shapes)):
+            real = min(b, len(observations) - g * b)
+            t0 = time.perf_counter()
+            batch = self.model.preprocess(group)
+            given = list(noise[g * b : g * b + real]) if noise is not None else [None] * real
+            x0 = self.model.make_noise(b, given + [None] * (b - real), self._generator).cpu().numpy()
+            feeds = prefix_feeds(batch, self.shapes, self.model.tokenizer)
+            t1 = time.perf_counter()
+            kv = self.run_prefix(feeds)
+            t2 = time.perf_counter()
+            out = self.run_denoise(denoise_feeds(batch, self.shapes, x0, feeds["attention_mask"]) | kv)
+            chunk = np.asarray(self._to_numpy(out["actions"]), dtype=np.float32)
+            t3 = time.perf_counter()
+            group_results = []
+            for i in range(real):
+                actions = self.model.normalizers.action.unnormalize(chunk[i], batch.norm_keys[i])
+                group_results.append(PolicyResult(actions=actions, actions_normalized=chunk[i].copy()))
+            t4 = time.perf_counter()
+            timing = {
+                "preprocess": (t1 - t0) * 1e3,
+                "prefix": (t2 - t1) * 1e3,  # vision tower + prefill: one graph
+                "denoise": (t3 - t2) * 1e3,
+                "postprocess": (t4 - t3) * 1e3,
+                "total": (t4 - t0) * 1e3,
+            }
+            for r in group_results:
+                r.timing_ms = dict(timing)
+            results += group_results
+        return results
+
+    def close(self) -> None:
+        """Drop the sessions / engines (and their weights)."""
+        self.run_prefix = None
+        self.run_denoise = None

@@ -1,0 +1,471 @@
+"""Policy client for the robot host: a ZeroMQ DEALER that never blocks the control loop.
+
+``submit()`` encodes the observation and hands it to ZeroMQ without blocking (a non-blocking send
+under a short lock, ``SharedSocket``), then returns a ``concurrent.futures.Future`` at once; a
+background I/O thread receives, pings the server, runs the timeouts and resolves futures. A future ends in exactly one of: an ``ActionChunk``,
+``SupersededError`` / ``DeadlineExceededError`` / ``ServerError`` (the server said so),
+``RequestTimeout`` (no answer in time), ``ConnectionLost`` (heartbeats stopped) or ``NotConnected``
+(no handshake in place when it was submitted).
+
+Heartbeats: the client pings every ``heartbeat_interval``; when nothing has been heard for
+``heartbeat_timeout`` it reports the loss (``on_connection_change("lost", reason)``), fails what is
+in flight, throws the socket away (so no stale observation is delivered late) and keeps trying a
+fresh handshake; a new welcome is reported as ``"connected"``. A server that restarted answers the
+old connection ``not_registered``, which also triggers a fresh handshake.
+
+Arrays of a submitted observation are sent without copying: do not write into them until its
+future is done (camera frames normally are fresh arrays anyway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from wall_runtime.backends.base import PolicyMetadata
+from wall_runtime.transport import auth, protocol
+from wall_runtime.transport.codec import decode, encode
+from wall_runtime.transport.errors import (
+    ConnectionLost,
+    ErrorCode,
+    NotConnected,
+    ProtocolError,
+    RequestTimeout,
+    ServerError,
+    TransportError,
+    server_error,
+)
+from wall_runtime.transport.shared_socket import SharedSocket
+from wall_runtime.types import Observation
+
+log = logging.getLogger(__name__)
+
+ConnectionCallback = Callable[[str, str], None]
+HELLO_RETRY_S = 0.5  # a queued hello is delivered once connected; retries cover a lost one
+REFUSED_RETRY_S = 5.0  # after a refused hello (e.g. wrong cameras), retry only now and then
+
+
+@dataclass
+class _InFlight:
+    future: Future
+    expires: float  # perf_counter
+    kind: str
+
+
+def _resolve(future: Future, result: Any = None, error: BaseException | None = None) -> None:
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:  # the caller cancelled it
+        pass
+
+
+class PolicyClient:
+    def __init__(
+        self,
+        endpoint: str,
+        robot: protocol.RobotDescription,
+        *,
+        server_key: str | Path | None = None,
+        client_key: str | Path | None = None,
+        default_deadline: float = 0.5,
+        timeout_grace: float = 0.25,
+        heartbeat_interval: float | None = None,
+        heartbeat_timeout: float | None = None,
+        on_connection_change: ConnectionCallback | None = None,
+        max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        """``server_key``: the server's public ``.key`` file; ``client_key``: this host's ``.key_secret``.
+
+        ``default_deadline`` (s) is sent with each observation unless ``submit`` gives one; a future
+        times out ``timeout_grace`` s after its deadline. Heartbeat settings default to the
+        server's advertised interval and three times that.
+        """
+        if (server_key is None) != (client_key is None):
+            raise auth.SecurityError("CURVE needs both the server's public key and this client's secret key")
+        self.endpoint = endpoint
+        self.robot = robot
+        self.default_deadline = default_deadline
+        self.timeout_grace = timeout_grace
+        self.max_message_bytes = max_message_bytes
+        self._hb_interval_override = heartbeat_interval
+        self._hb_timeout_override = heartbeat_timeout
+        self._on_change = on_connection_change
+        self._curve = (
+            (auth.load_secret(client_key), auth.load_public(server_key)) if server_key is not None else None
+        )
+        self.metadata: PolicyMetadata | None = None
+        self.session: str | None = None
+        self._connected = threading.Event()
+        self._refused: ServerError | None = None
+        self._seq = itertools.count(1)
+        self._ctx = zmq.Context()
+        self._io: SharedSocket | None = None  # created by start(); the DEALER and its lock
+        self._inflight: dict[int, _InFlight] = {}
+        self._done: list[tuple[Future, Any, BaseException | None]] = []  # resolved outside the lock
+        self._events: list[tuple[str, str]] = []  # connection events, reported outside the lock
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.heartbeats_lost = 0  # how many times the link was declared lost
+
+    # ------------------------------------------------------------------------- public API
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        """Start the I/O thread; it handshakes (and re-handshakes) on its own."""
+        if self._thread is None:
+            self._advertised_interval = 1.0
+            now = time.perf_counter()
+            self._last_heard = self._last_ping = now
+            self._last_hello = 0.0
+            self._io = SharedSocket(self._new_socket())
+            self._thread = threading.Thread(target=self._run, name="policy-client-io", daemon=True)
+            self._thread.start()
+
+    def connect(self, timeout: float = 10.0) -> PolicyMetadata:
+        """Start and wait for the handshake; return the policy's metadata."""
+        self.start()
+        deadline = time.monotonic() + timeout
+        while not self._connected.wait(0.05):
+            if self._refused is not None:
+                raise self._refused
+            if time.monotonic() > deadline:
+                raise NotConnected(f"no handshake with {self.endpoint} within {timeout:.1f} s")
+        assert self.metadata is not None
+        return self.metadata
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def submit(
+        self,
+        observation: Observation,
+        deadline: float | None = None,
+        callback: Callable[[Future], None] | None = None,
+    ) -> Future:
+        """Queue ``observation`` and return at once; the future resolves to an ``ActionChunk``.
+
+        ``deadline`` (s): the server computes the request only if it can start before then.
+        ``callback(future)`` runs on the I/O thread when the future is done: keep it short.
+        """
+        deadline = self.default_deadline if deadline is None else deadline
+        future: Future = Future()
+        if callback is not None:
+            future.add_done_callback(callback)
+        seq = next(self._seq)
+        try:
+            frames = protocol.encode_observe(observation, seq, deadline * 1000.0)
+        except ProtocolError as exc:
+            _resolve(future, error=exc)
+            return future
+        self._post(protocol.OBSERVE, seq, frames, future, deadline + self.timeout_grace)
+        return future
+
+    def reset(self, timeout: float = 1.0) -> Future:
+        """Cancel this robot's waiting request on the server (e.g. at an episode boundary)."""
+        future: Future = Future()
+        seq = next(self._seq)
+        self._post(protocol.RESET, seq, encode(protocol.simple_header(protocol.RESET, seq)), future, timeout)
+        return future
+
+    def stats(self, timeout: float = 2.0) -> Future:
+        """The server's metrics snapshot and sessions (a dict)."""
+        future: Future = Future()
+        seq = next(self._seq)
+        self._post(protocol.STATS, seq, encode(protocol.simple_header(protocol.STATS, seq)), future, timeout)
+        return future
+
+    def close(self) -> None:
+        if self._thread is not None and self._io is not None:
+            self._closing.set()
+            self._io.kick()
+            self._thread.join(5.0)
+            self._io.sock.close(linger=200)  # lets the goodbye reach the server
+            self._io.close()
+        self._ctx.term()
+
+    def __enter__(self) -> PolicyClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _post(self, kind: str, seq: int, frames: list[Any], future: Future, timeout: float) -> None:
+        io = self._io
+        if io is None or self._closing.is_set():
+            _resolve(future, error=NotConnected("client is not started"))
+            return
+        with io.lock:
+            if not self.connected and kind != protocol.STATS:
+                error: BaseException | None = NotConnected(f"no handshake with {self.endpoint} in place")
+            else:
+                try:
+                    io.send(frames)
+                    self._inflight[seq] = _InFlight(future, time.perf_counter() + timeout, kind)
+                    error = None
+                except zmq.ZMQError:
+                    error = NotConnected(f"cannot send to {self.endpoint}: not connected or queue full")
+        if error is not None:
+            _resolve(future, error=error)
+
+    # -------------------------------------------------------------------------- I/O thread
+
+    def _new_socket(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        # Not ZMQ_IMMEDIATE: with it libzmq discards replies that arrived but were not yet read when
+        # the server closes the connection (e.g. its last `shutting_down` errors). Submissions are
+        # refused anyway while no handshake is in place, and a socket is replaced on heartbeat loss.
+        sock.sndhwm = sock.rcvhwm = 16
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        sock.reconnect_ivl = 100
+        sock.reconnect_ivl_max = 1000
+        if self._curve is not None:
+            client, server_public = self._curve
+            auth.apply_client_curve(sock, client, server_public)
+        sock.connect(self.endpoint)
+        return sock
+
+    def _hb_interval(self) -> float:
+        return self._hb_interval_override or self._advertised_interval
+
+    def _hb_timeout(self) -> float:
+        return self._hb_timeout_override or 3.0 * self._hb_interval()
+
+    def _run(self) -> None:
+        io = self._io
+        assert io is not None
+        timeout_ms = 0
+        try:
+            while not self._closing.is_set():
+                io.wait(timeout_ms)
+                with io.lock:
+                    for frames in io.recv_ready(64):
+                        self._on_message(frames)
+                    now = time.perf_counter()
+                    self._expire(now)
+                    self._heartbeat(now)
+                    # Next wake-up computed now: after resolving futures this thread goes straight
+                    # back to waiting, without touching the lock the woken caller is about to take.
+                    timeout_ms = self._timer_ms(now)
+                    done, self._done = self._done, []
+                    events, self._events = self._events, []
+                self._report(done, events)
+        finally:
+            with io.lock:
+                was_connected = self.connected
+                self._connected.clear()
+                for item in self._inflight.values():
+                    self._done.append((item.future, None, NotConnected("client closed")))
+                self._inflight.clear()
+                if was_connected:
+                    # lets the server forget this robot now rather than after its session timeout
+                    with contextlib.suppress(zmq.ZMQError):
+                        io.send(encode(protocol.simple_header(protocol.BYE)))
+                done, self._done = self._done, []
+                events, self._events = self._events, []
+            self._report(done, events)
+
+    def _report(
+        self, done: list[tuple[Future, Any, BaseException | None]], events: list[tuple[str, str]]
+    ) -> None:
+        """Resolve futures and report events outside the lock (callbacks may call ``submit``)."""
+        for state, detail in events:
+            self._notify(state, detail)
+        for future, result, error in done:
+            _resolve(future, result, error)
+
+    def _timer_ms(self, now: float) -> int:
+        interval = self._hb_interval()
+        nxt = (self._last_ping + interval) if self.connected else (self._last_hello + HELLO_RETRY_S)
+        nxt = min(nxt, self._last_heard + self._hb_timeout())
+        cap = 100.0
+        if self._inflight:
+            # submit() does not wake this thread, so expiry is checked at least every 20 ms
+            nxt = min(nxt, min(i.expires for i in self._inflight.values()))
+            cap = 20.0
+        return max(0, min(int(cap), int((nxt - now) * 1000.0) + 1))
+
+    def _on_message(self, frames: list[Any]) -> None:
+        """Handle one server message (with the lock held)."""
+        self._last_heard = time.perf_counter()
+        try:
+            msg = decode(frames, self.max_message_bytes)
+            protocol.check_version(msg.header)
+        except ProtocolError as exc:
+            log.warning("dropped an undecodable message from the server: %s", exc)
+            return
+        h = msg.header
+        kind = h["type"]
+        seq = protocol.seq_of(h)
+        if kind == protocol.WELCOME:
+            self._on_welcome(h)
+        elif kind == protocol.CHUNK:
+            item = self._inflight.pop(seq, None) if seq is not None else None
+            if item is None:
+                log.debug("late chunk for seq %s dropped", seq)
+                return
+            try:
+                chunk = protocol.decode_chunk(msg, self.metadata)
+            except ProtocolError as exc:
+                self._done.append((item.future, None, exc))
+                return
+            self._done.append((item.future, chunk, None))
+        elif kind == protocol.ERROR:
+            code = str(h.get("code"))
+            message = str(h.get("message"))
+            item = self._inflight.pop(seq, None) if seq is not None else None
+            if item is not None:
+                self._done.append((item.future, None, server_error(code, message)))
+            if code == ErrorCode.NOT_REGISTERED.value:
+                self._lose(f"server does not know this connection ({message})", report=self.connected)
+                self._send_hello()
+            elif (
+                item is None
+                and not self.connected
+                and code
+                in (
+                    ErrorCode.BAD_HELLO.value,
+                    ErrorCode.UNSUPPORTED_VERSION.value,
+                    ErrorCode.BAD_MESSAGE.value,
+                )
+            ):
+                if self._refused is None:  # report once; retries continue, slowly
+                    log.error("server refused the handshake: %s: %s", code, message)
+                    self._events.append(("refused", f"{code}: {message}"))
+                self._refused = ServerError(code, message)
+            elif item is None:
+                log.warning("server error: %s: %s", code, message)
+        elif kind in (protocol.PONG, protocol.ACK, protocol.STATS):
+            if kind == protocol.PONG and h.get("session") not in (None, self.session):
+                self._lose("server restarted (new session)", report=self.connected)
+                self._send_hello()
+            item = self._inflight.pop(seq, None) if seq is not None else None
+            if item is not None:
+                self._done.append((item.future, dict(h) if kind == protocol.STATS else None, None))
+        else:
+            log.warning("dropped a server message of unknown type %r", kind)
+        return
+
+    def _on_welcome(self, h: dict[str, Any]) -> None:
+        meta = protocol.metadata_from_dict(h.get("metadata") or {})
+        interval = h.get("heartbeat_interval")
+        if isinstance(interval, (int, float)) and 0 < interval <= 60:
+            self._advertised_interval = float(interval)
+        previous = self.session
+        self.metadata = meta
+        self.session = str(h.get("session"))
+        self._refused = None
+        self._last_ping = time.perf_counter()
+        self._connected.set()
+        detail = f"session {self.session}" + (f" (was {previous})" if previous else "")
+        log.info("connected to %s: %s %s, %s", self.endpoint, meta.model, meta.backend, detail)
+        self._events.append(("connected", detail))
+
+    def _send_hello(self) -> None:
+        assert self._io is not None
+        self._last_hello = time.perf_counter()
+        # zmq.Again: no connection yet; retried on the next timer tick
+        with contextlib.suppress(zmq.Again):
+            self._io.send(encode(self.robot.to_header()))
+
+    def _lose(self, reason: str, report: bool = True) -> None:
+        was = self.connected
+        self._connected.clear()
+        self._handshake_started = time.perf_counter()
+        for item in self._inflight.values():
+            self._done.append((item.future, None, ConnectionLost(reason)))
+        self._inflight.clear()
+        if was and report:
+            self.heartbeats_lost += 1
+            log.warning("lost the policy server at %s: %s", self.endpoint, reason)
+            self._events.append(("lost", reason))
+
+    def _notify(self, state: str, detail: str) -> None:
+        if self._on_change is None:
+            return
+        try:
+            self._on_change(state, detail)
+        except Exception:
+            log.exception("on_connection_change callback raised")
+
+    def _expire(self, now: float) -> None:
+        for seq, item in list(self._inflight.items()):
+            if item.expires <= now:
+                del self._inflight[seq]
+                error = RequestTimeout(f"no answer to {item.kind} seq {seq} in time")
+                self._done.append((item.future, None, error))
+
+    def _heartbeat(self, now: float) -> None:
+        """Ping, detect silence, retry the handshake on a fresh socket when the link is lost."""
+        assert self._io is not None
+        if now - self._last_heard > self._hb_timeout():
+            silent = now - self._last_heard
+            self._lose(f"no message from the server for {silent:.1f} s")
+            self._last_heard = now  # next check one timeout from now
+            # a fresh socket: nothing queued on the dead link is delivered late
+            self._io.replace(self._new_socket()).close(0)
+            self._send_hello()
+            return
+        if self.connected:
+            if now - self._last_ping >= self._hb_interval():
+                self._last_ping = now
+                with contextlib.suppress(zmq.Again):  # a missing pong will tell
+                    self._io.send(encode(protocol.simple_header(protocol.PING, 0)))
+        elif now - self._last_hello >= (HELLO_RETRY_S if self._refused is None else REFUSED_RETRY_S):
+            self._send_hello()
+
+
+__all__ = [
+    "ConnectionLost",
+    "NotConnected",
+    "PolicyClient",
+    "RequestTimeout",
+    "ServerError",
+    "TransportError",
+    "fetch_stats",
+]
+
+
+def fetch_stats(
+    endpoint: str,
+    server_key: str | Path | None = None,
+    client_key: str | Path | None = None,
+    timeout: float = 3.0,
+) -> dict[str, Any]:
+    """One ``stats`` request on a throw-away socket (no handshake needed): the CLI's metrics reader."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        if server_key is not None:
+            if client_key is None:
+                raise auth.SecurityError("a CURVE server needs --client-key as well")
+            auth.apply_client_curve(sock, auth.load_secret(client_key), auth.load_public(server_key))
+        sock.connect(endpoint)
+        sock.send_multipart(encode(protocol.simple_header(protocol.STATS, 1)))
+        if not sock.poll(int(timeout * 1000)):
+            raise RequestTimeout(f"no stats reply from {endpoint} within {timeout:.1f} s")
+        msg = decode(sock.recv_multipart(), protocol.DEFAULT_MAX_MESSAGE_BYTES)
+        if msg.type == protocol.ERROR:
+            raise server_error(str(msg.header.get("code")), str(msg.header.get("message")))
+        return msg.header
+    finally:
+        sock.close(0)
+        ctx.term()

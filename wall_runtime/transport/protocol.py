@@ -1,0 +1,359 @@
+"""The message schema (protocol version 1), shared by server and client. ``docs/protocol.md`` is its
+human-readable form; keep the two in step and bump ``PROTOCOL_VERSION`` on any incompatible change.
+
+Every message is ``codec.encode(header, arrays)``: a msgpack header with ``v`` (protocol version)
+and ``type``, then raw array frames. This module builds and checks headers field by field, and
+converts observations and chunks to and from messages, validating them against the handshake.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wall_runtime.backends.base import PolicyMetadata
+from wall_runtime.transport.codec import Message, encode
+from wall_runtime.transport.errors import ErrorCode, ProtocolError
+from wall_runtime.types import ActionChunk, InpaintHint, Observation
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+# Message types.
+HELLO, WELCOME = "hello", "welcome"
+OBSERVE, CHUNK, ERROR = "observe", "chunk", "error"
+PING, PONG = "ping", "pong"
+RESET, ACK = "reset", "ack"
+BYE = "bye"
+STATS = "stats"
+CLIENT_TYPES = frozenset({HELLO, OBSERVE, PING, RESET, BYE, STATS})
+SERVER_TYPES = frozenset({WELCOME, CHUNK, ERROR, PONG, ACK, STATS})
+
+IMAGE_PREFIX = "image/"
+MAX_IMAGE_SIDE = 4096
+MAX_NAME_LEN = 64
+MAX_INSTRUCTION_LEN = 4096
+
+
+def _bad(message: str, code: ErrorCode = ErrorCode.BAD_MESSAGE) -> ProtocolError:
+    return ProtocolError(code, message)
+
+
+def require(
+    header: Mapping[str, Any], name: str, kind: type | tuple[type, ...], optional: bool = False
+) -> Any:
+    """``header[name]`` checked to be of ``kind`` (bool is never taken for int)."""
+    if name not in header or header[name] is None:
+        if optional:
+            return None
+        raise _bad(f"'{header.get('type')}' message lacks field '{name}'")
+    value = header[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise _bad(f"field '{name}' must be {'/'.join(k.__name__ for k in kinds)}, got bool")
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kinds):
+        raise _bad(
+            f"field '{name}' must be {'/'.join(k.__name__ for k in kinds)}, got {type(value).__name__}"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _bad(f"field '{name}' must be finite, got {value}", ErrorCode.BAD_VALUE)
+    return value
+
+
+def check_version(header: Mapping[str, Any]) -> None:
+    v = header.get("v")
+    if v != PROTOCOL_VERSION:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"protocol version {v!r} is not supported; this server speaks version {PROTOCOL_VERSION}",
+        )
+
+
+def seq_of(header: Mapping[str, Any]) -> int | None:
+    """The request's sequence number if it has a usable one (for addressing error replies)."""
+    seq = header.get("seq")
+    if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63:
+        return seq
+    return None
+
+
+def _seq(header: Mapping[str, Any]) -> int:
+    seq = require(header, "seq", int)
+    if not 0 <= seq < 2**63:
+        raise _bad(f"seq must be in [0, 2**63), got {seq}")
+    return seq
+
+
+# ----------------------------------------------------------------------------------------- hello
+
+
+@dataclass(frozen=True)
+class RobotDescription:
+    """What a robot announces in ``hello``; every later observation is checked against it."""
+
+    robot_id: str
+    embodiment: str
+    cameras: dict[str, tuple[int, int, int]]  # model view name -> (H, W, 3)
+    state_dim: int
+    action_period: float  # seconds between actions; becomes each chunk's ``dt``
+
+    def to_header(self) -> dict[str, Any]:
+        return {
+            "v": PROTOCOL_VERSION,
+            "type": HELLO,
+            "robot_id": self.robot_id,
+            "embodiment": self.embodiment,
+            "cameras": {k: list(v) for k, v in self.cameras.items()},
+            "state_dim": self.state_dim,
+            "action_period": self.action_period,
+        }
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> RobotDescription:
+        robot_id = require(header, "robot_id", str)
+        embodiment = require(header, "embodiment", str)
+        for name, value in (("robot_id", robot_id), ("embodiment", embodiment)):
+            if not 0 < len(value) <= MAX_NAME_LEN:
+                raise _bad(f"{name} must be 1..{MAX_NAME_LEN} characters", ErrorCode.BAD_HELLO)
+        cams = require(header, "cameras", dict)
+        if not 0 < len(cams) <= 8:
+            raise _bad("cameras must describe 1..8 views", ErrorCode.BAD_HELLO)
+        cameras: dict[str, tuple[int, int, int]] = {}
+        for name, shape in cams.items():
+            ok = (
+                isinstance(name, str)
+                and 0 < len(name) <= MAX_NAME_LEN
+                and isinstance(shape, list)
+                and len(shape) == 3
+                and all(isinstance(n, int) and not isinstance(n, bool) for n in shape)
+                and 0 < shape[0] <= MAX_IMAGE_SIDE
+                and 0 < shape[1] <= MAX_IMAGE_SIDE
+                and shape[2] == 3
+            )
+            if not ok:
+                raise _bad(f"camera {name!r}: shape must be [H, W, 3], got {shape!r}", ErrorCode.BAD_HELLO)
+            cameras[name] = (shape[0], shape[1], shape[2])
+        state_dim = require(header, "state_dim", int)
+        action_period = require(header, "action_period", float)
+        if not 0 < state_dim <= 1024:
+            raise _bad(f"state_dim must be in 1..1024, got {state_dim}", ErrorCode.BAD_HELLO)
+        if not 0 < action_period <= 10:
+            raise _bad(f"action_period must be in (0, 10] s, got {action_period}", ErrorCode.BAD_HELLO)
+        return cls(robot_id, embodiment, cameras, state_dim, action_period)
+
+    def check_fits(self, meta: PolicyMetadata) -> None:
+        """Refuse at the handshake a robot whose observations the policy could not take."""
+        unknown = sorted(set(self.cameras) - set(meta.cameras))
+        if unknown:
+            raise _bad(
+                f"cameras {unknown} are not views of this policy (it takes {list(meta.cameras)})",
+                ErrorCode.BAD_HELLO,
+            )
+        if self.state_dim > meta.state_dim:
+            raise _bad(
+                f"state_dim {self.state_dim} exceeds the policy's state dim {meta.state_dim}",
+                ErrorCode.BAD_HELLO,
+            )
+
+    def expected_bytes(self, meta: PolicyMetadata) -> int:
+        """Largest well-formed observe message (arrays + header allowance) for this robot."""
+        images = sum(h * w * c for h, w, c in self.cameras.values())
+        floats = self.state_dim + meta.state_dim + meta.action_dim
+        floats += meta.action_horizon * (meta.action_dim + 1)
+        return images + 4 * floats + 16 * 1024
+
+
+def metadata_from_dict(d: Mapping[str, Any]) -> PolicyMetadata:
+    try:
+        return PolicyMetadata(
+            model=str(d["model"]),
+            variant=str(d["variant"]),
+            backend=str(d["backend"]),
+            action_horizon=int(d["action_horizon"]),
+            action_dim=int(d["action_dim"]),
+            state_dim=int(d["state_dim"]),
+            num_steps=int(d["num_steps"]),
+            cameras=tuple(d["cameras"]),
+            norm_keys=tuple(d.get("norm_keys", ())),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _bad(f"welcome carries unusable policy metadata: {exc}") from None
+
+
+def welcome_header(
+    session: str, meta: PolicyMetadata, heartbeat_interval: float, max_message_bytes: int
+) -> dict[str, Any]:
+    return {
+        "v": PROTOCOL_VERSION,
+        "type": WELCOME,
+        "session": session,
+        "metadata": meta.to_dict(),
+        "heartbeat_interval": heartbeat_interval,
+        "max_message_bytes": max_message_bytes,
+    }
+
+
+def error_header(code: ErrorCode | str, message: str, seq: int | None) -> dict[str, Any]:
+    return {
+        "v": PROTOCOL_VERSION,
+        "type": ERROR,
+        "seq": seq,
+        "code": getattr(code, "value", code),
+        "message": message[:2000],
+    }
+
+
+def simple_header(kind: str, seq: int | None = None, **extra: Any) -> dict[str, Any]:
+    h: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": kind}
+    if seq is not None:
+        h["seq"] = seq
+    h.update(extra)
+    return h
+
+
+# --------------------------------------------------------------------------------------- observe
+
+
+@dataclass
+class ObserveRequest:
+    seq: int
+    deadline_ms: float  # budget from the server's receipt of the message
+    observation: Observation
+
+
+def encode_observe(obs: Observation, seq: int, deadline_ms: float) -> list[Any]:
+    header: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "type": OBSERVE,
+        "seq": seq,
+        "deadline_ms": float(deadline_ms),
+        "stamp": float(obs.stamp),
+        "instruction": obs.instruction,
+    }
+    if obs.norm_key is not None:
+        header["norm_key"] = obs.norm_key
+    arrays: dict[str, np.ndarray] = {IMAGE_PREFIX + k: v for k, v in obs.images.items()}
+    arrays["state"] = np.asarray(obs.state, dtype=np.float32)
+    if obs.state_mask is not None:
+        arrays["state_mask"] = np.asarray(obs.state_mask, dtype=np.float32)
+    if obs.dof_mask is not None:
+        arrays["dof_mask"] = np.asarray(obs.dof_mask, dtype=np.float32)
+    if obs.inpaint is not None:
+        header["max_guidance"] = float(obs.inpaint.max_guidance)
+        arrays["inpaint/actions"] = np.asarray(obs.inpaint.actions, dtype=np.float32)
+        arrays["inpaint/weights"] = np.asarray(obs.inpaint.weights, dtype=np.float32)
+    return encode(header, arrays)
+
+
+def _array(msg: Message, name: str, dtype: str, shape: tuple[int, ...], optional: bool = False):
+    arr = msg.arrays.get(name)
+    if arr is None:
+        if optional:
+            return None
+        raise _bad(f"observe lacks array '{name}'", ErrorCode.BAD_SHAPE)
+    if arr.dtype.str != dtype:
+        raise _bad(f"array '{name}' must be {np.dtype(dtype)}, got {arr.dtype}", ErrorCode.BAD_DTYPE)
+    if arr.shape != shape:
+        raise _bad(
+            f"array '{name}' must have shape {list(shape)} (from the handshake), got {list(arr.shape)}",
+            ErrorCode.BAD_SHAPE,
+        )
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise _bad(f"array '{name}' holds NaN or Inf", ErrorCode.BAD_VALUE)
+    return arr
+
+
+def _unit_interval(name: str, arr: np.ndarray | None) -> None:
+    if arr is not None and ((arr < 0).any() or (arr > 1).any()):
+        raise _bad(f"array '{name}' must lie in [0, 1]", ErrorCode.BAD_VALUE)
+
+
+def decode_observe(msg: Message, robot: RobotDescription, meta: PolicyMetadata) -> ObserveRequest:
+    """Validate an ``observe`` message against the robot's hello and the policy; build the request."""
+    h = msg.header
+    seq = _seq(h)
+    deadline_ms = require(h, "deadline_ms", float)
+    stamp = require(h, "stamp", float)
+    instruction = require(h, "instruction", str)
+    if len(instruction) > MAX_INSTRUCTION_LEN:
+        raise _bad(f"instruction longer than {MAX_INSTRUCTION_LEN} characters", ErrorCode.BAD_VALUE)
+    norm_key = require(h, "norm_key", str, optional=True)
+    if norm_key is not None and meta.norm_keys and norm_key not in meta.norm_keys:
+        raise _bad(f"norm_key {norm_key!r} is not one of {list(meta.norm_keys)}", ErrorCode.BAD_VALUE)
+    expected = {IMAGE_PREFIX + k for k in robot.cameras} | {"state"}
+    expected |= {"state_mask", "dof_mask", "inpaint/actions", "inpaint/weights"}
+    unexpected = sorted(set(msg.arrays) - expected)
+    if unexpected:
+        raise _bad(f"observe carries unexpected arrays {unexpected}", ErrorCode.BAD_SHAPE)
+    images = {cam: _array(msg, IMAGE_PREFIX + cam, "|u1", shape) for cam, shape in robot.cameras.items()}
+    state = _array(msg, "state", "<f4", (robot.state_dim,))
+    state_mask = _array(msg, "state_mask", "<f4", (meta.state_dim,), optional=True)
+    dof_mask = _array(msg, "dof_mask", "<f4", (meta.action_dim,), optional=True)
+    _unit_interval("state_mask", state_mask)
+    _unit_interval("dof_mask", dof_mask)
+    inpaint = None
+    hint_actions = _array(
+        msg, "inpaint/actions", "<f4", (meta.action_horizon, meta.action_dim), optional=True
+    )
+    hint_weights = _array(msg, "inpaint/weights", "<f4", (meta.action_horizon,), optional=True)
+    if (hint_actions is None) != (hint_weights is None):
+        raise _bad("inpaint needs both 'inpaint/actions' and 'inpaint/weights'", ErrorCode.BAD_SHAPE)
+    if hint_actions is not None:
+        _unit_interval("inpaint/weights", hint_weights)
+        max_guidance = require(h, "max_guidance", float)
+        if not 0 <= max_guidance <= 1000:
+            raise _bad(f"max_guidance must be in [0, 1000], got {max_guidance}", ErrorCode.BAD_VALUE)
+        inpaint = InpaintHint(actions=hint_actions, weights=hint_weights, max_guidance=max_guidance)
+    obs = Observation(
+        stamp=stamp,
+        images=images,
+        state=state,
+        instruction=instruction,
+        state_mask=state_mask,
+        dof_mask=dof_mask,
+        norm_key=norm_key,
+        inpaint=inpaint,
+    )
+    return ObserveRequest(seq=seq, deadline_ms=deadline_ms, observation=obs)
+
+
+# ----------------------------------------------------------------------------------------- chunk
+
+
+def encode_chunk(chunk: ActionChunk) -> list[Any]:
+    header = {
+        "v": PROTOCOL_VERSION,
+        "type": CHUNK,
+        "seq": chunk.seq,
+        "stamp": chunk.stamp,
+        "dt": chunk.dt,
+        "timing_ms": {k: float(v) for k, v in chunk.timing_ms.items()},
+    }
+    return encode(header, {"actions": np.asarray(chunk.actions, dtype=np.float32)})
+
+
+def decode_chunk(msg: Message, meta: PolicyMetadata | None = None) -> ActionChunk:
+    h = msg.header
+    seq = _seq(h)
+    stamp = require(h, "stamp", float)
+    dt = require(h, "dt", float)
+    timing = require(h, "timing_ms", dict, optional=True) or {}
+    actions = msg.arrays.get("actions")
+    if actions is None or actions.dtype.str != "<f4" or actions.ndim != 2:
+        raise _bad("chunk must carry float32 'actions' [H, D]", ErrorCode.BAD_SHAPE)
+    if meta is not None and actions.shape != (meta.action_horizon, meta.action_dim):
+        raise _bad(
+            f"chunk actions {list(actions.shape)} differ from the handshake's "
+            f"[{meta.action_horizon}, {meta.action_dim}]",
+            ErrorCode.BAD_SHAPE,
+        )
+    if not np.isfinite(actions).all():
+        raise _bad("chunk actions hold NaN or Inf", ErrorCode.BAD_VALUE)
+    timing_ms = {str(k): float(v) for k, v in timing.items() if isinstance(v, (int, float))}
+    return ActionChunk(actions=actions, stamp=stamp, dt=dt, seq=seq, timing_ms=timing_ms)
