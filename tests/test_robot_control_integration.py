@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from wall_runtime.adapters.config import load_robot
+from wall_runtime.adapters.registry import build_adapter
 from wall_runtime.control.safety import SafetyChain, SafetyConfig
 
 ROBOTS = Path(__file__).resolve().parents[1] / "robots"
@@ -20,13 +21,13 @@ def test_scripted_motion_through_the_safety_chain_stays_within_limits() -> None:
     robot.yaml (joint_limits + safety) sits between them and the simulated arm, as in the control
     loop, and the arm's *measured* positions never leave the limits."""
     cfg = load_robot(ROBOTS / "sim_arm")
-    robot = cfg.adapter
+    robot = build_adapter(cfg)
     robot.connect()
     try:
         spec = robot.spec
         chain = SafetyChain(
             spec.joints,
-            SafetyConfig.from_dict(cfg.safety, spec.joints),
+            SafetyConfig.from_dict({k: v for k, v in cfg.safety.items() if k != "safe_pose"}, spec.joints),
             spec.period_s,
             robot.forward_kinematics,
         )
