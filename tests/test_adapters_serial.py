@@ -181,7 +181,8 @@ def test_dynamixel_hardware_alert_reads_the_hardware_error_status() -> None:
             robot.disconnect()
 
 
-@pytest.mark.parametrize("name", ["so100", "koch"])
+# koch: tests/test_robot_walkthrough.py runs the same kit on it, from the doc's robot.yaml
+@pytest.mark.parametrize("name", ["so100"])
 def test_bus_arms_pass_check_robot_on_the_emulator(name: str) -> None:
     with emulated(load_robot(ROBOTS / name)) as (cfg, _):
         results = run_checks(build_adapter(cfg))
@@ -210,3 +211,28 @@ def test_real_bus_arm_passes_check_robot_at_reduced_speed(name: str, env: str) -
     cfg = replace(cfg, parts=(replace(cfg.parts[0], connection={**cfg.parts[0].connection, "port": port}),))
     results = run_checks(build_adapter(cfg), CheckOptions(speed_scale=0.25, hardware=True, settle_s=3.0))
     assert not [(r.name, r.detail) for r in results if not r.passed]
+
+
+def test_dynamixel_puts_a_servo_left_in_velocity_mode_back_into_position_mode() -> None:
+    with emulated(load_robot(ROBOTS / "koch")) as (cfg, emulators):
+        bus = emulators["arm"]
+        bus.poke(2, 11, 1, 1)  # another program left servo 2 in velocity mode
+        robot = build_adapter(cfg)
+        robot.connect()
+        try:
+            assert bus.register(2, 11, 1) == 3
+            target = robot.read_state().position
+            target[1] = 0.3
+            robot.command(target)
+            assert _wait_until(lambda: abs(robot.read_state().position[1] - 0.3) < 2 * TICK)
+        finally:
+            robot.disconnect()
+
+
+def _wait_until(pred, timeout: float = 2.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False

@@ -39,7 +39,9 @@ def test_sim_arm_loads_with_the_model_mapping_the_tiny_checkpoint_needs() -> Non
     assert cfg.mapping.action_index == tuple(range(7))
     np.testing.assert_array_equal(cfg.mapping.dof_mask, [1] * 7 + [0] * 13)
     assert list(cfg.cameras["devices"]) == ["face_view", "left_wrist_view"]
-    assert cfg.safety["max_relative_target"] == 0.3
+    assert cfg.safety["max_step"]["gripper"] == 0.01
+    assert cfg.safe_pose == (0.0, 0.0, 0.8, 0.0, 0.6, 0.0, 0.02)
+    assert cfg.joint_dims == tuple(range(7))
     spec = cfg.spec()
     assert spec.control_hz == 30 and spec.dof == 7
     assert spec.upper[6] == pytest.approx(0.04) and spec.lower[2] == pytest.approx(-0.2)
@@ -108,7 +110,25 @@ _DELETE = object()
             "model.action_dims.gripper: dim 3 is already used by 'forearm_roll'",
         ),
         (["model", "action_dims", "gripper"], 20, r"model.action_dims.gripper: must be in \[0, 20\)"),
-        (["cameras", "devices", "face_view", "fsp"], 30, r"cameras.devices.face_view: unknown key .fsp."),
+        (
+            ["cameras", "devices", "face_view", "fsp"],
+            10,
+            r"cameras.devices.face_view: unknown key 'fsp' \(did you mean 'fps'\?\)",
+        ),
+        (
+            ["cameras", "devices", "left_wrist_view", "view"],
+            "face_view",
+            r"model view\(s\) \['face_view'\] fed by more than one camera",
+        ),
+        (["safety", "max_steps"], 0.2, "safety.max_steps: unknown field"),
+        (["safety", "max_step"], -1, "safety.max_step"),
+        (["safety", "safe_pose", "elbow"], 3.0, r"safety.safe_pose.elbow: 3.0 is not inside \[-0.2, 2.5\]"),
+        (["safety", "safe_pose", "waist"], _DELETE, "safety.safe_pose.waist: missing"),
+        (
+            ["safety", "safe_pose"],
+            [0.0, 0.1],
+            r"safety.safe_pose: expected 7 values \(one per joint\), got 2",
+        ),
         (["watchdog_timeout_s"], 0.001, "watchdog_timeout_s: .* shorter than one control period"),
     ],
 )

@@ -70,43 +70,6 @@ def test_the_wrist_view_moves_with_the_arm(sim_arm) -> None:
     assert np.abs(after - before).mean() > 2.0
 
 
-def test_scripted_motion_through_the_limit_clamp_stays_within_limits(sim_arm) -> None:
-    """A motion that asks for twice each joint's range, limited per its ros2_control limits.
-
-    The full safety chain (wall_runtime.control) goes between the policy and ``command``; here
-    the JointLimits alone are applied the way ros2_control's joint limiter does (position clamp,
-    velocity and acceleration limits, braking distance before a position limit), then the
-    adapter's own clamp, and what the simulated robot actually does is measured.
-    """
-    spec = sim_arm.spec
-    lower, upper = spec.lower, spec.upper
-    vmax = np.array([j.limits.max_velocity for j in spec.joints])
-    amax = np.array([j.limits.max_acceleration for j in spec.joints])
-    tol = np.array([0.01 if j.unit == "rad" else 0.001 for j in spec.joints])
-    centre, half = (lower + upper) / 2, (upper - lower) / 2
-    dt = spec.period_s
-    last = sim_arm.read_state().position
-    last_v = np.zeros(spec.dof)
-    worst = np.zeros(spec.dof)
-    n = 90
-    freq = np.array([1, 1.3, 0.7, 1.1, 0.9, 1.5, 2.0])
-    for k in range(n):
-        wish = centre + 2.0 * half * np.sin(2 * np.pi * k / n * freq)
-        v = (np.clip(wish, lower, upper) - last) / dt
-        v = np.clip(v, -vmax, vmax)
-        v = np.clip(v, last_v - amax * dt, last_v + amax * dt)
-        # brake in time: never faster than what can stop before the limit
-        v = np.clip(v, -np.sqrt(2 * amax * (last - lower)), np.sqrt(2 * amax * (upper - last)))
-        target = np.clip(last + v * dt, lower, upper)
-        sim_arm.command(target)
-        last_v, last = (target - last) / dt, target
-        time.sleep(dt)
-        pos = sim_arm.read_state().position
-        worst = np.maximum(worst, np.maximum(pos - upper, lower - pos))
-    over = {j.name: float(w) for j, w, t in zip(spec.joints, worst, tol, strict=False) if w > t}
-    assert not over, f"measured position went past a limit: {over}"
-
-
 def test_out_of_range_command_is_clamped_by_the_adapter(sim_arm) -> None:
     target = sim_arm.spec.upper + 1.0
     for _ in range(45):

@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -65,3 +66,30 @@ def test_a_broken_robot_yaml_is_reported_with_the_field(tmp_path: Path) -> None:
     assert "joint_limits.elbow_flex: min_position must be below max_position" in result.output.replace(
         "\n", ""
     )
+
+
+def test_hardware_checks_need_explicit_confirmation() -> None:
+    # Declining the prompt ends the command before anything is built or moved.
+    result = CliRunner().invoke(
+        app, ["check-robot", str(ROOT / "robots" / "so100"), "--hardware"], input="n\n"
+    )
+    assert result.exit_code == 1
+    assert "This moves the real robot" in result.output and "Proceed?" in result.output
+    assert "checking" not in result.output
+    both = CliRunner().invoke(app, ["check-robot", str(ROOT / "robots" / "so100"), "--hardware", "--emulate"])
+    assert both.exit_code == 2
+
+
+def test_check_robot_on_the_simulator_writes_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "sim_base.json"
+    result = CliRunner().invoke(
+        app, ["check-robot", str(ROOT / "robots" / "sim_base" / "robot.yaml"), "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["passed"] and not report["hardware"]
+    figures = {c["name"]: c["figures"] for c in report["checks"]}
+    assert figures["command"]["base_linear_measured"] == pytest.approx(
+        figures["command"]["base_linear_commanded"], rel=0.5
+    )
+    assert figures["watchdog"]["time_to_rest_after_last_command_s"] <= 0.5 + 0.5

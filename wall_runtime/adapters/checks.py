@@ -167,10 +167,8 @@ class _Kit:
                 )
             if not np.all(np.isfinite(state.position)):
                 return CheckResult("read", False, "position is not finite")
-        t = time.perf_counter()
         for _ in range(self.o.timing_samples):
             self.read()
-        del t
         diffs = np.diff([s for s, _ in stamps])
         if np.any(diffs < 0):
             return CheckResult("read", False, "state stamps go backwards")
@@ -207,9 +205,16 @@ class _Kit:
         goal = np.clip(start + direction * step, lower, upper)
         figures: dict[str, float] = {}
         if np.any(~self.vel):
-            self.move_to(goal, extra_s=self.o.settle_s)
-            reached = self.read()
-            err = np.where(self.vel, 0.0, np.abs(reached - goal))
+            self.move_to(goal)
+            # keep commanding the goal until it is reached (or settle_s runs out)
+            t_end = time.monotonic() + self.o.settle_s
+            while True:
+                self.command(np.where(self.vel, 0.0, goal))
+                reached = self.read()
+                err = np.where(self.vel, 0.0, np.abs(reached - goal))
+                if np.all(err <= 0.5 * self.tol) or time.monotonic() > t_end:
+                    break
+                time.sleep(self.period)
             figures["tracking_error_max"] = float(err.max())
             bad = np.flatnonzero(err > self.tol)
             if bad.size:

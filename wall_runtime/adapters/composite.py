@@ -50,18 +50,18 @@ class CompositeRobot(RobotAdapter):
         states = [adapter.read_state() for _, adapter in self.parts]
         dof = self.spec.dof
         position = np.zeros(dof)
-        velocity: np.ndarray | None = np.zeros(dof)
-        effort: np.ndarray | None = np.zeros(dof)
-        for idx, st in zip(self._slices, states, strict=False):
+        for idx, st in zip(self._slices, states, strict=True):
             position[idx] = st.position
-            if velocity is not None:
-                velocity = None if st.velocity is None else velocity
-                if velocity is not None:
-                    velocity[idx] = st.velocity
-            if effort is not None:
-                effort = None if st.effort is None else effort
-                if effort is not None:
-                    effort[idx] = st.effort
+        # velocity / effort only where every part reports them
+        velocity = effort = None
+        if all(st.velocity is not None for st in states):
+            velocity = np.zeros(dof)
+            for idx, st in zip(self._slices, states, strict=True):
+                velocity[idx] = st.velocity
+        if all(st.effort is not None for st in states):
+            effort = np.zeros(dof)
+            for idx, st in zip(self._slices, states, strict=True):
+                effort[idx] = st.effort
         # The oldest part's stamp: the state is no fresher than its stalest member.
         return RobotState(
             stamp=min(s.stamp for s in states),

@@ -117,12 +117,22 @@ class RobotConfig:
     joints: tuple[JointSpec, ...]
     parts: tuple[PartConfig, ...]
     mapping: ModelMapping
+    # parsed by wall_runtime.control.safety; ``safe_pose`` (if any) normalised to a list in joint order
     safety: dict[str, Any] = field(default_factory=dict)
-    cameras: dict[str, Any] = field(
-        default_factory=dict
-    )  # the ``cameras:`` block (wall_runtime.cameras.config)
+    cameras: dict[str, Any] = field(default_factory=dict)  # parsed by wall_runtime.cameras.config
     capabilities: frozenset[str] = frozenset()
     description: str = ""
+
+    @property
+    def joint_dims(self) -> tuple[int, ...]:
+        """The model action dim each joint (in robot order) is driven by."""
+        return self.mapping.action_index
+
+    @property
+    def safe_pose(self) -> tuple[float, ...] | None:
+        """``safety.safe_pose`` in joint order: where the control loop parks the robot on shutdown."""
+        pose = self.safety.get("safe_pose")
+        return None if pose is None else tuple(float(v) for v in pose)
 
     @property
     def root(self) -> Path:
@@ -245,16 +255,12 @@ def parse_robot(raw: Any, path: Path) -> RobotConfig:
             raise _fail(f"joint_limits.{extra}", "names no joint in `joints`")
 
     parts = _parse_parts(doc["parts"], names)
-    safety = _require_mapping(doc.get("safety") or {}, "safety")
-    _check_safety(safety, joints)
-    cameras = doc.get("cameras") or {}
-    if cameras:
-        from wall_runtime.cameras.config import CameraConfigError, CamerasConfig
-
-        try:  # checked here so a bad block fails at load, naming its field
-            CamerasConfig.from_dict(cameras)
-        except CameraConfigError as exc:
-            raise RobotConfigError(str(exc)) from None
+    safety = dict(_require_mapping(doc.get("safety") or {}, "safety"))
+    if "safe_pose" in safety:
+        safety["safe_pose"] = list(_parse_safe_pose(safety["safe_pose"], joints))
+    _validate_safety({k: v for k, v in safety.items() if k != "safe_pose"}, joints)
+    cameras = _require_mapping(doc.get("cameras") or {}, "cameras")
+    _validate_cameras(cameras)
     mapping = _parse_model(doc["model"], joints, action_type)
     return RobotConfig(
         name=name,
@@ -265,28 +271,71 @@ def parse_robot(raw: Any, path: Path) -> RobotConfig:
         joints=joints,
         parts=parts,
         mapping=mapping,
-        safety=dict(safety),
+        safety=safety,
         cameras=dict(cameras),
         capabilities=capabilities,
         description=str(doc.get("description", "")),
     )
 
 
-def _check_safety(safety: dict[str, Any], joints: tuple[JointSpec, ...]) -> None:
-    """The ``safety:`` block is parsed by the control layer; checked here so it fails at load."""
-    from wall_runtime.control.safety import SafetyConfig, SafetyConfigError
-
-    pose = safety.get("safe_pose")
-    if pose is not None and (
-        not isinstance(pose, list)
-        or len(pose) != len(joints)
-        or not all(isinstance(v, int | float) for v in pose)
-    ):
-        raise _fail("safety.safe_pose", f"expected a list of {len(joints)} numbers (one per joint)")
+def _validate_safety(safety: dict[str, Any], joints: tuple[JointSpec, ...]) -> None:
+    """The control loop's parser, run at load so a bad block fails here, naming its field."""
     try:
-        SafetyConfig.from_dict({k: v for k, v in safety.items() if k != "safe_pose"}, joints)
-    except SafetyConfigError as exc:
+        from wall_runtime.control.safety import SafetyConfig
+    except ImportError:  # the control package is optional for loading a robot
+        return
+    try:
+        SafetyConfig.from_dict(safety, joints)
+    except ValueError as exc:
         raise RobotConfigError(str(exc)) from None
+
+
+def _validate_cameras(cameras: dict[str, Any]) -> None:
+    if not cameras:
+        return
+    try:
+        from wall_runtime.cameras.config import CamerasConfig
+    except ImportError:
+        return
+    try:
+        CamerasConfig.from_dict(cameras)
+    except ValueError as exc:
+        raise RobotConfigError(str(exc)) from None
+
+
+def _parse_safe_pose(raw: Any, joints: tuple[JointSpec, ...]) -> tuple[float, ...]:
+    """``safety.safe_pose``: one value per joint, as a list in joint order or a ``{joint: value}``
+    mapping; inside the limits; base joints 0 (standing still)."""
+    names = [j.name for j in joints]
+    if isinstance(raw, list):
+        if len(raw) != len(joints):
+            raise _fail("safety.safe_pose", f"expected {len(joints)} values (one per joint), got {len(raw)}")
+        block = dict(zip(names, raw, strict=True))
+    else:
+        block = _require_mapping(raw, "safety.safe_pose")
+        for jn in block:
+            if jn not in names:
+                raise _fail(f"safety.safe_pose.{jn}", "names no joint in `joints`")
+    pose = []
+    for j in joints:
+        if j.is_velocity:
+            if block.get(j.name, 0.0) != 0.0:
+                raise _fail(f"safety.safe_pose.{j.name}", "a base joint's safe pose is standing still (0)")
+            pose.append(0.0)
+            continue
+        if j.name not in block:
+            raise _fail(f"safety.safe_pose.{j.name}", "missing: the safe pose names every position joint")
+        v = block[j.name]
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not j.limits.lower <= v <= j.limits.upper
+        ):
+            raise _fail(
+                f"safety.safe_pose.{j.name}", f"{v!r} is not inside [{j.limits.lower}, {j.limits.upper}]"
+            )
+        pose.append(float(v))
+    return tuple(pose)
 
 
 def _parse_joints(raw: Any, limits_block: dict[str, Any]) -> tuple[JointSpec, ...]:

@@ -14,6 +14,7 @@ from wall_runtime.adapters.config import Connection
 from wall_runtime.adapters.servo_bus import ServoBusArm, port_with_margin
 from wall_runtime.robot import RobotLinkError, RobotSpec
 
+ADDR_OPERATING_MODE = 11
 ADDR_TORQUE_ENABLE = 64
 ADDR_HARDWARE_ERROR = 70
 ADDR_GOAL_POSITION = 116
@@ -46,6 +47,18 @@ class DynamixelArm(ServoBusArm):
         self._port = None
         self._ph = None
         self._hw_errors: dict[int, int] = {}
+        # 3 = position control, 4 = extended position, 5 = current-based position (Koch grippers)
+        modes = connection.raw("operating_modes", None)
+        names = spec.joint_names
+        if modes is None:
+            self.operating_modes = {n: 3 for n in names}
+        else:
+            self.operating_modes = connection.per_joint("operating_modes", names, int)
+        for jn, mode in self.operating_modes.items():
+            if mode not in (3, 4, 5):
+                raise ValueError(
+                    f"connection.operating_modes.{jn}: {mode} is not a position mode (3, 4 or 5)"
+                )
 
     def _open(self) -> None:
         sdk = self._sdk
@@ -134,6 +147,23 @@ class DynamixelArm(ServoBusArm):
                 f"{self.spec.name}: servo {self.joint_of(servo_id)} (id {servo_id}) did not answer torque enable"
             )
         return error
+
+    def _configure(self) -> None:
+        # Torque is off at this point (the servo refuses mode changes with torque on): a servo left
+        # in velocity or PWM mode by another program would otherwise ignore goal positions.
+        for name, mode in self.operating_modes.items():
+            sid = self.ids[name]
+            try:
+                current, result, _ = self._ph.read1ByteTxRx(self._port, sid, ADDR_OPERATING_MODE)
+            except IndexError:
+                result = -1
+            if result != self._sdk.COMM_SUCCESS:
+                raise RobotLinkError(
+                    f"{self.spec.name}: servo {name} (id {sid}) did not answer an operating-mode read"
+                )
+            if current != mode:
+                self._write_torque(sid, False)
+                self._ph.write1ByteTxRx(self._port, sid, ADDR_OPERATING_MODE, mode)
 
     def describe_error(self, error: int) -> str:
         # Low byte: the status packet's error byte; the next byte: Hardware Error Status (if read).

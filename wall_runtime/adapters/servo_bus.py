@@ -119,6 +119,9 @@ class ServoBusArm(RobotAdapter):
     @abc.abstractmethod
     def describe_error(self, error: int) -> str: ...
 
+    def _configure(self) -> None:
+        """Per-family set-up written while torque is still off (operating mode, ...)."""
+
     # -- contract --------------------------------------------------------------------------------
 
     def connect(self) -> None:
@@ -143,6 +146,7 @@ class ServoBusArm(RobotAdapter):
                         f"{self.spec.name}: no answer on {self.port_name} from servo(s) {', '.join(missing)}"
                     )
                 self._connected = True
+                self._configure()
                 # Goal := present before torque on, so enabling torque never jumps the arm.
                 position = self._read_locked().position
                 self._sync_write_goal(

@@ -169,6 +169,8 @@ class BusEmulator:
                 reply = getattr(servo, attr)
             elif op == "register":
                 reply = servo.read_int(attr, value, signed=value == 4)
+            elif op == "poke":  # attr: address, value: [size, integer]
+                servo.write_int(attr, value[0], value[1])
         self._reply(reply)
         return True
 
@@ -228,6 +230,10 @@ class EmulatorProcess:
 
     def register(self, servo_id: int, addr: int, size: int) -> int:
         return int(self._call("register", servo_id, addr, size))
+
+    def poke(self, servo_id: int, addr: int, size: int, value: int) -> None:
+        """Write a control-table register behind the adapter's back (another program did it)."""
+        self._call("poke", servo_id, addr, [size, value])
 
     def stop(self) -> None:
         if self._proc.poll() is None:

@@ -89,8 +89,14 @@ class Instruction:
 
 
 class DynamixelServo(EmulatedServo):
-    def __init__(self, id: int, position: float = 2048.0, **kw) -> None:
+    def __init__(self, id: int, position: float = 2048.0, operating_mode: int = 3, **kw) -> None:
         super().__init__(id=id, model=XL430, position=position, **kw)
+        self.table[11] = operating_mode  # 1 velocity, 3 position, 4 extended position, 16 PWM
+
+    @property
+    def torque(self) -> bool:
+        # goal positions only drive the servo in a position mode
+        return bool(self.table[64]) and self.table[11] in (3, 4, 5)
 
     def encode_present(self, ticks: int, velocity: float) -> None:
         self.write_int(132, 4, ticks)
@@ -177,6 +183,8 @@ class DynamixelBusEmulator(BusEmulator):
     def _write(self, servo: EmulatedServo, addr: int, data: bytes) -> None:
         if addr == 64 and data[:1] == b"\x01" and servo.table[70]:
             return  # torque stays off until the hardware error is cleared (reboot)
+        if addr < 64 and servo.table[64]:
+            return  # EEPROM area (operating mode, limits...) is locked while torque is on
         servo.table[addr : addr + len(data)] = data
 
 
