@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wall_runtime.cameras import CameraGroup, ImageTransform, SnapshotError
 from wall_runtime.cameras.opencv import OpenCVCamera
 from wall_runtime.cameras.simulated import SimulatedCamera
+from wall_runtime.machine import describe_machine
 
 RESULTS = Path(__file__).parent / "results"
 W, H, FPS, RESIZE = 640, 480, 30, (224, 224)
@@ -124,15 +123,7 @@ def run(kind: str, seconds: float, tmp: Path) -> dict[str, object]:
 
 
 def machine() -> dict[str, object]:
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "opencv": cv2.__version__,
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "note": "shared 2-core machine with other jobs running; no GPU",
-    }
+    return describe_machine("cv2", note="shared 2-core machine with other jobs running; no GPU")
 
 
 def main() -> None:

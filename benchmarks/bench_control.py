@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from wall_runtime.control.safety import SafetyChain, SafetyConfig, joint_step_li
 from wall_runtime.control.scheduler import ChunkScheduler, SchedulerConfig
 from wall_runtime.control.seams import seam_metrics, summarize
 from wall_runtime.control.smoothing import SMOOTHERS, make_smoother
+from wall_runtime.machine import describe_machine
 from wall_runtime.robot import JointSpec, RobotSpec
 from wall_runtime.types import ActionChunk, Observation, RobotState
 
@@ -68,22 +67,9 @@ SAFETY = {"max_step": 0.03, "position_margin": 0.02, "gripper": {"min": 0.0, "ma
 
 
 def machine() -> dict[str, object]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_average_at_start": os.getloadavg(),
-        "note": "shared 2-core machine with other jobs running; timings include their interference",
-    }
+    return describe_machine(
+        note="shared 2-core machine with other jobs running; timings include their interference"
+    )
 
 
 def wave(t: np.ndarray) -> np.ndarray:

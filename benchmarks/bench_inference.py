@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from wall_runtime.machine import describe_machine
 from wall_runtime.model.pipeline import WallOSS
 from wall_runtime.model.tiny_checkpoint import write_tiny_checkpoint
 from wall_runtime.types import Observation
@@ -58,43 +58,11 @@ console = Console()
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        # the machine may be shared: a load average above the core count inflates every figure
-        "load_average_1min_at_start": os.getloadavg()[0],
-    }
-    try:
+    info = describe_machine("onnxruntime", "tensorrt")
+    if info["onnxruntime"]:
         import onnxruntime
 
-        info["onnxruntime"] = onnxruntime.__version__
         info["onnxruntime_providers"] = onnxruntime.get_available_providers()
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["cuda"] = torch.version.cuda
-    try:
-        import tensorrt
-
-        info["tensorrt"] = tensorrt.__version__
-    except ImportError:
-        pass
     return info
 
 

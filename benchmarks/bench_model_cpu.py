@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from wall_runtime.machine import describe_machine
 from wall_runtime.model.pipeline import WallOSS
 from wall_runtime.model.tiny_checkpoint import write_tiny_checkpoint
 from wall_runtime.types import Observation
@@ -36,25 +34,7 @@ STAGES = ("preprocess", "vision", "prefix", "denoise", "postprocess")
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        # the machine is shared: a load average above the core count inflates every figure
-        "load_average_1min": os.getloadavg()[0],
-    }
+    return describe_machine()
 
 
 def observation(seed: int = 0) -> Observation:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from rich.progress import track
 from wall_runtime.adapters.config import load_robot
 from wall_runtime.adapters.emulators import emulated
 from wall_runtime.adapters.registry import build_adapter
+from wall_runtime.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -102,14 +102,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MUJOCO_GL", "osmesa")
     results = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "load_average_at_start": list(os.getloadavg()),
-            "note": "shared 2-core machine with other jobs running; timings include their interference",
-        },
+        "machine": describe_machine(
+            "mujoco", note="shared 2-core machine with other jobs running; timings include their interference"
+        ),
         "robots": {name: measure(name, args.samples) for name in ROBOTS},
     }
     RESULTS.mkdir(exist_ok=True)

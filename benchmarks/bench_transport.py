@@ -29,13 +29,14 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import platform
 import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from wall_runtime.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -254,40 +255,16 @@ def _proc_cpu_s(pid: int) -> float:
 
 
 def _machine() -> dict:
-    import msgpack
-    import websockets
     import zmq
 
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in ln
-        ),
-        platform.processor(),
+    return describe_machine(
+        "zmq",
+        "msgpack",
+        "websockets",
+        libzmq=zmq.zmq_version(),
+        niceness=os.getpriority(os.PRIO_PROCESS, 0),
+        note="shared machine with other jobs running (see load averages); loopback TCP",
     )
-    mem_kb = int(
-        next(
-            ln.split()[1]
-            for ln in Path("/proc/meminfo").read_text().splitlines()
-            if ln.startswith("MemTotal")
-        )
-    )
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "memory_gib": round(mem_kb / 1024**2, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pyzmq": zmq.__version__,
-        "libzmq": zmq.zmq_version(),
-        "msgpack": ".".join(map(str, msgpack.version)),
-        "websockets": websockets.__version__,
-        "load_avg_1m_at_start": os.getloadavg()[0],
-        "niceness": os.getpriority(os.PRIO_PROCESS, 0),
-        "note": "shared machine with other jobs running (see load averages); loopback TCP",
-    }
 
 
 def _summary(lat_ms: list[float], client_cpu_s: float, server_cpu_s: float, n: int, rounds: int) -> dict:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import platform
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from wall_runtime.e2e.demo import REPO_ROOT, policy_server_process
 from wall_runtime.e2e.demo_checkpoint import demo_checkpoint
 from wall_runtime.e2e.robot_side import load_robot_side
 from wall_runtime.e2e.session import Session, SessionOptions
+from wall_runtime.machine import describe_machine
 
 log = logging.getLogger(__name__)
 
@@ -68,29 +68,7 @@ class BenchConfig:
 
 
 def machine() -> dict[str, Any]:
-    import os
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    with contextlib.suppress(ImportError):
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    return info
+    return describe_machine("onnxruntime", "tensorrt")
 
 
 class _Timed:

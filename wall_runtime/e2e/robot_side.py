@@ -42,8 +42,8 @@ class RobotSide:
 
     @property
     def safe_pose(self) -> list[float] | None:
-        pose = self.config.safety.get("safe_pose") if isinstance(self.config.safety, dict) else None
-        return None if pose is None else [float(v) for v in pose]
+        pose = self.config.safe_pose
+        return None if pose is None else list(pose)
 
     def start(self) -> None:
         """Connect the robot, then start the cameras (a simulated camera renders the connected sim)."""
