@@ -87,9 +87,11 @@ def test_group_aligns_unsynchronised_cameras_from_their_rings():
     """At 20 fps the newest frames can be up to 50 ms apart; picking from the rings pairs them closer."""
     cams = {n: SimulatedCamera(n, Renderer(), fps=20) for n in ("a", "b", "c")}
     group = CameraGroup(cams, max_age=0.2, max_skew=0.03, views={"a": "face_view", "b": "left", "c": "right"})
+    # start phases 0, 10, 20 ms: the best triple is 20 ms wide, inside max_skew with margin for
+    # thread-start jitter (phases 17 ms apart would make the best triple 33 ms wide: no valid answer)
     for cam in cams.values():
         cam.start()
-        time.sleep(0.017)
+        time.sleep(0.010)
     try:
         time.sleep(0.2)
         snap = group.wait_snapshot(timeout=2.0)
