@@ -28,9 +28,12 @@ class Renderer:
         self.calls = 0
         self.gate = threading.Event()
         self.gate.set()
+        self.hung = threading.Event()  # set once a call is blocked on the closed gate
         self.delay_once = 0.0
 
     def __call__(self) -> np.ndarray:
+        if not self.gate.is_set():
+            self.hung.set()
         self.gate.wait()
         if self.delay_once:
             time.sleep(self.delay_once)
@@ -46,8 +49,8 @@ def test_stalled_camera_is_reported():
     try:
         assert cam.latest().image.shape == (48, 64, 3)
         r.gate.clear()
-        time.sleep(0.05)
-        last = cam.latest().index  # the renderer hangs, like a driver stuck in select()
+        assert r.hung.wait(2.0)  # the renderer hangs, like a driver stuck in select()
+        last = cam.latest().index
         time.sleep(0.25)
         with pytest.raises(StaleFrameError, match="stalled"):
             cam.latest()
@@ -56,7 +59,10 @@ def test_stalled_camera_is_reported():
             group.snapshot()
         assert e.value.reason == "stale" and group.counters["refused_stale"] == 1
         r.gate.set()
-        held = cam.wait_for(last, timeout=1.0)
+        cam.wait_for(last, timeout=1.0)
+        # the frame after `last` is the one whose render hung (a loaded machine may wake this thread
+        # after newer frames arrived, so it is looked up in the ring rather than taken as newest)
+        held = next(f for f in cam.frames() if f.index == last + 1)
         # the frame whose render hung is stamped when it started: honest, and old
         assert held.received - held.stamp > 0.2
         fresh = cam.wait_for(held.index, timeout=1.0)
