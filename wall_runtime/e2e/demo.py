@@ -65,10 +65,16 @@ def _status_table(loop: ControlLoop, session: Session, started: float) -> Table:
         "chunks",
         f"requested {c['requests']}  received {c['chunks_received']}  errors {dict(session.link.errors) or 0}",
     )
-    for stage in ("preprocess", "vision", "prefix", "denoise", "postprocess", "capture_to_chunk"):
+    for stage in (
+        "policy_preprocess",
+        "policy_vision",
+        "policy_prefix",
+        "policy_denoise",
+        "capture_to_chunk",
+    ):
         if stage in stages:
             s = stages[stage]
-            table.add_row(stage, f"p50 {s['p50']:7.1f} ms   p95 {s['p95']:7.1f} ms")
+            table.add_row(stage.removeprefix("policy_"), f"p50 {s['p50']:7.1f} ms   p95 {s['p95']:7.1f} ms")
     table.add_row("interventions", str(dict(loop.safety.counts) or "none"))
     seams = loop.log.seams(loop.period)
     if seams:
