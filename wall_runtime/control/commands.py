@@ -81,8 +81,12 @@ def connect_policy(
     client = PolicyClient(
         server, describe_robot(side, side.config.name), server_key=server_key, client_key=client_key
     )
-    meta = client.connect(timeout=30.0)
-    check_fit(meta, side)
+    try:
+        meta = client.connect(timeout=30.0)
+        check_fit(meta, side)
+    except BaseException:
+        client.close()
+        raise
     console.print(
         f"policy: {meta.model} ({meta.backend}), horizon {meta.action_horizon}, {meta.num_steps} steps"
     )
@@ -212,7 +216,13 @@ def register(app: typer.Typer) -> None:
                 if robot is None or server is None:
                     raise typer.BadParameter("--robot and --server are required (or --dry-run)")
                 setup = load_control_setup(robot, instruction)
-                source = connect_policy(server, setup, server_key, client_key)
+                try:
+                    source = connect_policy(server, setup, server_key, client_key)
+                except BaseException:
+                    # the robot is connected and its cameras run: release them before leaving
+                    setup.close()
+                    setup.adapter.disconnect()
+                    raise
         except (OSError, ValueError, RuntimeError, TransportError) as exc:  # bad robot.yaml, no server
             console.print(f"[red]cannot run:[/] {exc}")
             raise typer.Exit(2) from None

@@ -125,8 +125,12 @@ class Session:
         self.options = options
         self.description = describe_robot(side, options.robot_id or side.config.name)
         self.client = PolicyClient(endpoint, self.description)
-        self.metadata = self.client.connect(timeout=30.0)
-        check_fit(self.metadata, side)
+        try:
+            self.metadata = self.client.connect(timeout=30.0)
+            check_fit(self.metadata, side)
+        except BaseException:
+            self.client.close()
+            raise
         chunk_s = self.metadata.action_horizon * self.description.action_period
         self.link = ClientChunkSource(self.client, deadline_s=options.deadline_s or chunk_s)
         self.stages = StageStats()
