@@ -30,4 +30,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(
                 pytest.mark.skip(reason="hardware test: set WALL_RUNTIME_HARDWARE=1 with the robot attached")
             )
-
