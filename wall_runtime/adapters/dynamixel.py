@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wall_runtime.adapters.config import Connection
-from wall_runtime.adapters.servo_bus import ServoBusArm, port_with_margin
+from wall_runtime.adapters.servo_bus import ServoBusArm
 from wall_runtime.robot import RobotLinkError, RobotSpec
 
 ADDR_OPERATING_MODE = 11
@@ -39,13 +39,13 @@ HARDWARE_ERRORS = {
 
 
 class DynamixelArm(ServoBusArm):
+    packet_handler_arg = 2.0  # Protocol 2.0
+
     def __init__(self, spec: RobotSpec, connection: Connection, root: Path) -> None:
         super().__init__(spec, connection, root)
         import dynamixel_sdk  # lazy: only robots with a Dynamixel bus need it
 
         self._sdk = dynamixel_sdk
-        self._port = None
-        self._ph = None
         self._hw_errors: dict[int, int] = {}
         # 3 = position control, 4 = extended position, 5 = current-based position (Koch grippers)
         modes = connection.raw("operating_modes", None)
@@ -59,37 +59,6 @@ class DynamixelArm(ServoBusArm):
                 raise ValueError(
                     f"connection.operating_modes.{jn}: {mode} is not a position mode (3, 4 or 5)"
                 )
-
-    def _open(self) -> None:
-        sdk = self._sdk
-        self._port = port_with_margin(sdk.PortHandler, self.timeout_margin_ms)(self.port_name)
-        self._ph = sdk.PacketHandler(2.0)
-        try:
-            opened = self._port.openPort() and self._port.setBaudRate(self.baudrate)
-        except Exception as exc:
-            raise RobotLinkError(f"{self.spec.name}: cannot open {self.port_name}: {exc}") from None
-        if not opened:
-            raise RobotLinkError(f"{self.spec.name}: cannot open {self.port_name} at {self.baudrate} baud")
-        # The SDK polls a non-blocking port in a tight loop; a 1 ms read timeout lets it sleep in
-        # the kernel instead (same packet timeouts, no core burnt while the servos answer).
-        self._port.ser.timeout = 0.001
-
-    def _close(self) -> None:
-        if self._port is not None and self._port.is_open:
-            self._port.closePort()
-
-    def _ensure_open(self) -> None:
-        if self._port is None or not self._port.is_open:
-            raise RobotLinkError(
-                f"{self.spec.name}: {self.port_name} is closed (link dropped); call connect()"
-            )
-
-    def _ping(self, servo_id: int) -> tuple[bool, int, int]:
-        try:
-            model, result, error = self._ph.ping(self._port, servo_id)
-        except IndexError:  # the SDK indexes into a truncated packet: line noise, not an answer
-            return False, 0, 0
-        return result == self._sdk.COMM_SUCCESS, model, error
 
     def _sync_read_state(self) -> dict[int, tuple[int | None, int, float]]:
         self._ensure_open()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wall_runtime.adapters.config import Connection
-from wall_runtime.adapters.servo_bus import ServoBusArm, port_with_margin
+from wall_runtime.adapters.servo_bus import ServoBusArm
 from wall_runtime.robot import RobotLinkError, RobotSpec
 
 ADDR_TORQUE_ENABLE = 40
@@ -31,44 +31,13 @@ def _from_sign_magnitude(value: int, bit: int) -> int:
 
 
 class FeetechArm(ServoBusArm):
+    packet_handler_arg = 0  # STS series: little-endian words
+
     def __init__(self, spec: RobotSpec, connection: Connection, root: Path) -> None:
         super().__init__(spec, connection, root)
         import scservo_sdk  # lazy: only robots with a Feetech bus need it
 
         self._sdk = scservo_sdk
-        self._port = None
-        self._ph = None
-
-    def _open(self) -> None:
-        sdk = self._sdk
-        self._port = port_with_margin(sdk.PortHandler, self.timeout_margin_ms)(self.port_name)
-        self._ph = sdk.PacketHandler(0)  # STS series: little-endian words
-        try:
-            opened = self._port.openPort() and self._port.setBaudRate(self.baudrate)
-        except Exception as exc:  # pyserial raises SerialException for a missing device
-            raise RobotLinkError(f"{self.spec.name}: cannot open {self.port_name}: {exc}") from None
-        if not opened:
-            raise RobotLinkError(f"{self.spec.name}: cannot open {self.port_name} at {self.baudrate} baud")
-        # The SDK polls a non-blocking port in a tight loop; a 1 ms read timeout lets it sleep in
-        # the kernel instead (same packet timeouts, no core burnt while the servos answer).
-        self._port.ser.timeout = 0.001
-
-    def _close(self) -> None:
-        if self._port is not None and self._port.is_open:
-            self._port.closePort()
-
-    def _ensure_open(self) -> None:
-        if self._port is None or not self._port.is_open:
-            raise RobotLinkError(
-                f"{self.spec.name}: {self.port_name} is closed (link dropped); call connect()"
-            )
-
-    def _ping(self, servo_id: int) -> tuple[bool, int, int]:
-        try:
-            model, result, error = self._ph.ping(self._port, servo_id)
-        except IndexError:  # the SDK indexes into a truncated packet: line noise, not an answer
-            return False, 0, 0
-        return result == self._sdk.COMM_SUCCESS, model, error
 
     def _sync_read_state(self) -> dict[int, tuple[int | None, int, float]]:
         self._ensure_open()

@@ -16,6 +16,7 @@ import math
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,17 +94,48 @@ class ServoBusArm(RobotAdapter):
     def joint_of(self, servo_id: int) -> str:
         return next(n for n, i in self.ids.items() if i == servo_id)
 
-    # -- protocol hooks (one vendor SDK each) ----------------------------------------------------
+    # -- the port (both vendor SDKs share the PortHandler / PacketHandler design) ---------------
 
-    @abc.abstractmethod
-    def _open(self) -> None: ...
+    #: the vendor SDK module (``scservo_sdk`` / ``dynamixel_sdk``), set by the subclass
+    _sdk: Any = None
+    _port: Any = None
+    _ph: Any = None
+    #: what the SDK's PacketHandler is built with (protocol version or byte order)
+    packet_handler_arg: float = 2.0
 
-    @abc.abstractmethod
-    def _close(self) -> None: ...
+    def _open(self) -> None:
+        sdk = self._sdk
+        self._port = port_with_margin(sdk.PortHandler, self.timeout_margin_ms)(self.port_name)
+        self._ph = sdk.PacketHandler(self.packet_handler_arg)
+        try:
+            opened = self._port.openPort() and self._port.setBaudRate(self.baudrate)
+        except Exception as exc:  # pyserial raises SerialException for a missing device
+            raise RobotLinkError(f"{self.spec.name}: cannot open {self.port_name}: {exc}") from None
+        if not opened:
+            raise RobotLinkError(f"{self.spec.name}: cannot open {self.port_name} at {self.baudrate} baud")
+        # The SDK polls a non-blocking port in a tight loop; a 1 ms read timeout lets it sleep in
+        # the kernel instead (same packet timeouts, no core burnt while the servos answer).
+        self._port.ser.timeout = 0.001
 
-    @abc.abstractmethod
+    def _close(self) -> None:
+        if self._port is not None and self._port.is_open:
+            self._port.closePort()
+
+    def _ensure_open(self) -> None:
+        if self._port is None or not self._port.is_open:
+            raise RobotLinkError(
+                f"{self.spec.name}: {self.port_name} is closed (link dropped); call connect()"
+            )
+
     def _ping(self, servo_id: int) -> tuple[bool, int, int]:
         """(answered, model number, error byte)."""
+        try:
+            model, result, error = self._ph.ping(self._port, servo_id)
+        except IndexError:  # the SDK indexes into a truncated packet: line noise, not an answer
+            return False, 0, 0
+        return result == self._sdk.COMM_SUCCESS, model, error
+
+    # -- protocol hooks (one vendor SDK each) ----------------------------------------------------
 
     @abc.abstractmethod
     def _sync_read_state(self) -> dict[int, tuple[int | None, int, float]]:
