@@ -48,6 +48,7 @@ class ControlSetup:
     joint_dims: Sequence[int] | None = None  # action dim driving each joint (None: the first dof dims)
     safe_pose: Sequence[float] | None = None
     close: Callable[[], None] = field(default=lambda: None)
+    side: Any = None  # the robot.yaml side (wall_runtime.e2e.robot_side.RobotSide); None in a dry run
 
 
 def load_control_setup(robot_yaml: Path, instruction: str) -> ControlSetup:
@@ -56,7 +57,7 @@ def load_control_setup(robot_yaml: Path, instruction: str) -> ControlSetup:
 
     side = load_robot_side(robot_yaml)
     side.start()
-    setup = ControlSetup(
+    return ControlSetup(
         adapter=side.adapter,
         observe=side.observer(instruction),
         safety=side.safety,
@@ -64,33 +65,22 @@ def load_control_setup(robot_yaml: Path, instruction: str) -> ControlSetup:
         joint_dims=side.joint_dims,
         safe_pose=side.safe_pose,
         close=lambda: side.cameras.stop() if side.cameras is not None else None,
+        side=side,
     )
-    setup.side = side  # type: ignore[attr-defined]
-    return setup
 
 
 def connect_policy(
     server: str, setup: ControlSetup, server_key: Path | None, client_key: Path | None
 ) -> ChunkSource:
     """A non-blocking chunk source on the ZeroMQ client, after the handshake with ``server``."""
-    from wall_runtime.e2e.policy_link import ClientChunkSource
-    from wall_runtime.e2e.session import check_fit, describe_robot
-    from wall_runtime.transport.client import PolicyClient
+    from wall_runtime.e2e.session import open_policy_link
 
-    side = setup.side  # type: ignore[attr-defined]
-    client = PolicyClient(
-        server, describe_robot(side, side.config.name), server_key=server_key, client_key=client_key
-    )
-    try:
-        meta = client.connect(timeout=30.0)
-        check_fit(meta, side)
-    except BaseException:
-        client.close()
-        raise
+    link = open_policy_link(setup.side, server, server_key=server_key, client_key=client_key)
+    meta = link.client.metadata
     console.print(
         f"policy: {meta.model} ({meta.backend}), horizon {meta.action_horizon}, {meta.num_steps} steps"
     )
-    return ClientChunkSource(client, deadline_s=meta.action_horizon / side.config.control_hz)
+    return link
 
 
 # -- the dry run: a simulated arm, gripper and base, and a simulated policy --------------------

@@ -63,6 +63,28 @@ def check_fit(meta: PolicyMetadata, side: RobotSide) -> None:
         log.warning("the policy expects views %s that %s does not provide", missing, side.config.name)
 
 
+def open_policy_link(
+    side: RobotSide,
+    endpoint: str,
+    *,
+    robot_id: str | None = None,
+    server_key: Path | None = None,
+    client_key: Path | None = None,
+    deadline_s: float | None = None,
+) -> ClientChunkSource:
+    """Handshake with the server as this robot and check the policy fits it; the client is closed
+    again if either fails. Requests default to a deadline of one chunk's duration."""
+    description = describe_robot(side, robot_id or side.config.name)
+    client = PolicyClient(endpoint, description, server_key=server_key, client_key=client_key)
+    try:
+        meta = client.connect(timeout=30.0)
+        check_fit(meta, side)
+    except BaseException:
+        client.close()
+        raise
+    return ClientChunkSource(client, deadline_s=deadline_s or meta.action_horizon * description.action_period)
+
+
 class StageStats:
     """Per-stage latency samples (ms) from the chunks' timing, plus the round trip seen by the robot."""
 
@@ -123,16 +145,12 @@ class Session:
     def __init__(self, side: RobotSide, endpoint: str, options: SessionOptions, estop: EStop | None = None):
         self.side = side
         self.options = options
-        self.description = describe_robot(side, options.robot_id or side.config.name)
-        self.client = PolicyClient(endpoint, self.description)
-        try:
-            self.metadata = self.client.connect(timeout=30.0)
-            check_fit(self.metadata, side)
-        except BaseException:
-            self.client.close()
-            raise
-        chunk_s = self.metadata.action_horizon * self.description.action_period
-        self.link = ClientChunkSource(self.client, deadline_s=options.deadline_s or chunk_s)
+        self.link = open_policy_link(
+            side, endpoint, robot_id=options.robot_id or None, deadline_s=options.deadline_s
+        )
+        self.client = self.link.client
+        assert self.client.metadata is not None  # set by the handshake
+        self.metadata = self.client.metadata
         self.stages = StageStats()
         self.recorder = EpisodeRecorder(record_images=options.record_images) if options.record else None
         source: Any = _TimedSource(self.link, self.stages, time.monotonic)
