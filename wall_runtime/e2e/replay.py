@@ -100,7 +100,7 @@ def _robot_setup(episode: Episode) -> tuple[RobotSpec, SafetyConfig, Callable | 
     needs the same kinematics as the run; the adapter is built but never connected)."""
     from wall_runtime.adapters.config import load_robot
     from wall_runtime.adapters.registry import build_adapter
-    from wall_runtime.e2e.robot_side import robot_spec_and_safety
+    from wall_runtime.e2e.robot_side import safety_config
 
     robot_yaml = episode.meta.get("robot_yaml")
     if not robot_yaml or not Path(robot_yaml).exists():
@@ -108,9 +108,9 @@ def _robot_setup(episode: Episode) -> tuple[RobotSpec, SafetyConfig, Callable | 
             f"{episode.root}: the recording names robot.yaml {robot_yaml!r}, which is not there; "
             "pass --robot to say which robot it was"
         )
-    spec, safety = robot_spec_and_safety(robot_yaml)
-    adapter = build_adapter(load_robot(robot_yaml))
-    return spec, safety, adapter.forward_kinematics
+    config = load_robot(robot_yaml)
+    spec = config.spec()
+    return spec, safety_config(config, spec), build_adapter(config).forward_kinematics
 
 
 def replay_dry(episode: Episode, robot_yaml: str | Path | None = None) -> DryReplay:

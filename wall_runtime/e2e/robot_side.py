@@ -110,16 +110,10 @@ def camera_group(config: RobotConfig, adapter: RobotAdapter) -> CameraGroup | No
 def load_robot_side(path: str | Path) -> RobotSide:
     config = load_robot(path)
     adapter = build_adapter(config)
-    safety = SafetyConfig.from_dict(_safety_block(config), adapter.spec.joints)
+    safety = safety_config(config, adapter.spec)
     return RobotSide(config=config, adapter=adapter, cameras=camera_group(config, adapter), safety=safety)
 
 
-def _safety_block(config: RobotConfig) -> dict[str, Any]:
-    return {k: v for k, v in config.safety.items() if k != "safe_pose"}
-
-
-def robot_spec_and_safety(path: str | Path) -> tuple[RobotSpec, SafetyConfig]:
-    """The robot's spec and safety settings alone (nothing connects): for replays and reports."""
-    config = load_robot(path)
-    spec = config.spec()
-    return spec, SafetyConfig.from_dict(_safety_block(config), spec.joints)
+def safety_config(config: RobotConfig, spec: RobotSpec) -> SafetyConfig:
+    """The control loop's safety settings from the ``safety:`` block (``safe_pose`` is the loop's)."""
+    return SafetyConfig.from_dict({k: v for k, v in config.safety.items() if k != "safe_pose"}, spec.joints)
