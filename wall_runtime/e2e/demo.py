@@ -132,6 +132,15 @@ def policy_server_process(
             log_file.close()
 
 
+def _safe_status(session: Session, started: float) -> Any:
+    """The status table; the log it reads grows on the control thread meanwhile, so a render that
+    catches it mid-append shows a note instead of ending rich's refresh thread."""
+    try:
+        return _status_table(session.loop, session, started)
+    except (ValueError, IndexError) as exc:
+        return f"(status not available this refresh: {exc})"
+
+
 def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, Any]:
     """Run the demo; returns the run summary (with ``report`` set to the report folder)."""
     console = console or Console(stderr=True)
@@ -167,22 +176,24 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
         )
         stack.callback(session.close)
         started = time.monotonic()
-        live = Live(console=console, refresh_per_second=4, transient=False) if options.live else None
-        last = [0.0]
-
-        def on_tick(loop: ControlLoop) -> None:
-            now = time.monotonic()
-            if live is not None and now - last[0] > 0.25:
-                last[0] = now
-                live.update(_status_table(loop, session, started))
-
+        # rich renders the table from its own refresh thread: the control loop's thread never
+        # builds it (the seam metrics it shows are computed over the whole run log)
+        live = (
+            Live(
+                get_renderable=lambda: _safe_status(session, started),
+                console=console,
+                refresh_per_second=4,
+                transient=False,
+            )
+            if options.live
+            else None
+        )
         if live is not None:
             live.start()
         try:
-            summary = session.run(options.duration, on_tick=on_tick)
+            summary = session.run(options.duration)
         finally:
             if live is not None:
-                live.update(_status_table(session.loop, session, started))
                 live.stop()
         report = options.report or REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
         meta = {
