@@ -103,6 +103,16 @@ class RealSenseCamera(Camera):
             if self.depth:
                 cfg.enable_stream(rs.stream.depth, w, h, rs.format.z16, f)
         pipeline = rs.pipeline()
+        if self.playback is not None:
+            # checked on the resolved profile, before anything streams: stopping a playback
+            # pipeline straight after starting it can abort inside librealsense
+            try:
+                recorded = cfg.resolve(rs.pipeline_wrapper(pipeline)).get_stream(rs.stream.color)
+            except RuntimeError as e:
+                raise CameraError(
+                    f"camera {self.name!r}: recording {self.playback} has no colour stream: {e}"
+                ) from e
+            self._check_recorded_size(recorded.as_video_stream_profile())
         try:
             profile = pipeline.start(cfg)
         except RuntimeError as e:
@@ -126,7 +136,6 @@ class RealSenseCamera(Camera):
         if self.playback is not None:
             self._playback_dev = device.as_playback()
             self._playback_dev.set_real_time(self.realtime)
-            self._check_recorded_size(color)
             self.fps = self.fps or color.fps()
         else:
             self._configure_sensors(rs, device)
@@ -145,7 +154,6 @@ class RealSenseCamera(Camera):
         got = (color.width(), color.height())
         want = (self.width or got[0], self.height or got[1])
         if got != want:
-            self._pipeline.stop()
             raise CameraError(
                 f"camera {self.name!r}: recording {self.playback} is {got[0]}x{got[1]}, config says {want[0]}x{want[1]}"
             )
