@@ -35,7 +35,7 @@ def euler_to_matrix(euler: np.ndarray) -> np.ndarray:
     cr, sr = np.cos(e[..., 0]), np.sin(e[..., 0])
     cp, sp = np.cos(e[..., 1]), np.sin(e[..., 1])
     cy, sy = np.cos(e[..., 2]), np.sin(e[..., 2])
-    r = np.empty(e.shape[:-1] + (3, 3))
+    r = np.empty((*e.shape[:-1], 3, 3))
     r[..., 0, 0] = cy * cp
     r[..., 0, 1] = cy * sp * sr - sy * cr
     r[..., 0, 2] = cy * sp * cr + sy * sr
@@ -68,7 +68,7 @@ def matrix_to_6d(r: np.ndarray) -> np.ndarray:
     r = np.asarray(r, dtype=np.float64)
     if r.shape[-2:] != (3, 3):
         raise ValueError(f"rotation matrices need shape [..., 3, 3], got {r.shape}")
-    return r[..., :2, :].reshape(r.shape[:-2] + (6,))
+    return r[..., :2, :].reshape((*r.shape[:-2], 6))
 
 
 def sixd_to_matrix(d6: np.ndarray) -> np.ndarray:
