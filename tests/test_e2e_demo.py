@@ -37,7 +37,11 @@ def test_chunks_flowed_and_the_loop_kept_time(demo_run: tuple[dict, Path]) -> No
         "policy_denoise",
         "capture_to_chunk",
     ):
-        assert summary["stages_ms"][stage]["n"] == counters["chunks_received"]
+        # the model edge takes each chunk off the link, converts it (IK) on its own thread and hands
+        # it on: one may still be in conversion when the run ends, and a dropped one never arrives
+        n = summary["stages_ms"][stage]["n"]
+        dropped = summary["model_edge"]["interventions"].get("chunks_dropped", 0)
+        assert counters["chunks_received"] <= n <= counters["chunks_received"] + dropped + 1
     assert summary["watchdog_trips"] == 0
 
 

@@ -141,7 +141,7 @@ class ModelEdge:
             ("action", self.actions, m.action_dim),
             ("state", self.state, m.state_dim),
         ):
-            if layout.dim != dim:
+            if dim is not None and layout.dim != dim:
                 raise FitError(
                     f"model.{name}_dim: the robot is configured for {dim} but the checkpoint's "
                     f"{layout.name} has {layout.dim} dims"

@@ -3,9 +3,9 @@
 ::
 
     model:
-      action_dim: 20                # the checkpoint's vector sizes (the hello carries state_dim)
-      state_dim: 20
       norm_key: so101               # the checkpoint's normalisation statistics key
+      # action_dim: 20              # optional: pin the checkpoint's vector sizes (checked)
+      # state_dim: 20
       arms:
         left:                       # the checkpoint's follow_left_* slots
           arm: arm                  # an arm of the top-level `kinematics:` block
@@ -65,9 +65,9 @@ class ArmSlot:
 
 @dataclass(frozen=True)
 class SlotMapping:
-    action_dim: int
-    state_dim: int
     norm_key: str
+    action_dim: int | None = None  # the checkpoint's sizes, when the robot pins them (else: its own)
+    state_dim: int | None = None
     arms: tuple[ArmSlot, ...] = ()
     head: tuple[str, ...] = ()
     height: str | None = None
@@ -139,11 +139,10 @@ def parse_slot_mapping(raw: Any, joints: Sequence[JointSpec], relative_joints: b
             "(model.arms / head / height / base / joint_slots; docs/action-spaces.md)",
         )
     _known(doc, "model", known)
-    for key in ("action_dim", "state_dim", "norm_key"):
-        if key not in doc:
-            raise _fail(f"model.{key}", "missing (required)")
-    action_dim = _int(doc["action_dim"], "model.action_dim", 1, 4096)
-    state_dim = _int(doc["state_dim"], "model.state_dim", 1, 4096)
+    if "norm_key" not in doc:
+        raise _fail("model.norm_key", "missing (required)")
+    action_dim = _int(doc["action_dim"], "model.action_dim", 1, 4096) if "action_dim" in doc else None
+    state_dim = _int(doc["state_dim"], "model.state_dim", 1, 4096) if "state_dim" in doc else None
     norm_key = doc["norm_key"]
     if not isinstance(norm_key, str) or not norm_key:
         raise _fail("model.norm_key", f"expected a non-empty string, got {norm_key!r}")

@@ -74,7 +74,9 @@ class EdgeSource:
             rows = np.concatenate([rows, np.repeat(rows[-1:], pad, axis=0)])
             weights = np.concatenate([weights, np.zeros(pad, np.float32)])
         return InpaintHint(
-            actions=rows[:horizon].astype(np.float32), weights=weights[:horizon], max_guidance=hint.max_guidance
+            actions=rows[:horizon].astype(np.float32),
+            weights=weights[:horizon],
+            max_guidance=hint.max_guidance,
         )
 
     # -- in -----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -28,11 +28,16 @@ class PolicyMetadata:
     num_steps: int
     cameras: tuple[str, ...]  # model view names the policy expects, in prompt order
     norm_keys: tuple[str, ...] = ()
+    # the checkpoint's layouts by key name (spec §11): the robot side maps its parts onto them
+    dof_config: dict[str, int] = field(default_factory=dict)
+    agent_pos_config: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["cameras"] = list(self.cameras)
         d["norm_keys"] = list(self.norm_keys)
+        d["dof_config"] = dict(self.dof_config)
+        d["agent_pos_config"] = dict(self.agent_pos_config)
         return d
 
 

@@ -1,6 +1,6 @@
 """``wall-runtime run``: drive a robot from a served policy through the control loop.
 
-The robot side (adapter, cameras → observations, joint mapping, ``safety:`` block) comes from
+The robot side (adapter, cameras, the model edge's slot mapping, ``safety:`` block) comes from
 ``robots/<name>/robot.yaml`` through :func:`load_control_setup`, and the policy side from the
 ZeroMQ client through :func:`connect_policy`. ``--dry-run`` runs the whole loop (safety,
 watchdog, e-stop sources, run log) against a first-order simulated arm and a simulated policy.
@@ -8,30 +8,33 @@ watchdog, e-stop sources, run log) against a first-order simulated arm and a sim
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from wall_runtime.action_space.source import EdgeSource
 from wall_runtime.control.dryrun import FirstOrderRobot, ThreadedPolicySource
 from wall_runtime.control.estop import EStop, KeySource, SignalSource, SocketSource, TriggerFileSource
 from wall_runtime.control.limits import parse_joint_limits
-from wall_runtime.control.loop import ChunkSource, ControlLoop, LoopConfig, ObservationProvider
+from wall_runtime.control.loop import ChunkSource, ObservationProvider
 from wall_runtime.control.safety import FILTERS, SafetyConfig
-from wall_runtime.control.scheduler import SchedulerConfig
 from wall_runtime.control.smoothing import SMOOTHERS
+from wall_runtime.e2e.assemble import LoopOptions, assemble_loop
 from wall_runtime.robot import JointSpec, RobotAdapter, RobotSpec
 from wall_runtime.transport.errors import TransportError
 from wall_runtime.types import Observation, RobotState
+
+if TYPE_CHECKING:
+    from wall_runtime.e2e.robot_side import RobotSide
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -42,27 +45,23 @@ class ControlSetup:
     """Everything the loop needs from the robot side."""
 
     adapter: RobotAdapter
-    observe: ObservationProvider
+    observe: ObservationProvider | None  # None: the policy link's edge builds observations
     safety: SafetyConfig
-    control_hz: float
-    joint_dims: Sequence[int] | None = None  # action dim driving each joint (None: the first dof dims)
     safe_pose: Sequence[float] | None = None
     close: Callable[[], None] = field(default=lambda: None)
-    side: Any = None  # the robot.yaml side (wall_runtime.e2e.robot_side.RobotSide); None in a dry run
+    side: RobotSide | None = None  # the robot.yaml side; None in a dry run
 
 
-def load_control_setup(robot_yaml: Path, instruction: str) -> ControlSetup:
-    """The robot side from ``robot.yaml``: adapter (connected), cameras (started), observations."""
+def load_control_setup(robot_yaml: Path) -> ControlSetup:
+    """The robot side from ``robot.yaml``: adapter (connected), cameras (started)."""
     from wall_runtime.e2e.robot_side import load_robot_side
 
     side = load_robot_side(robot_yaml)
     side.start()
     return ControlSetup(
         adapter=side.adapter,
-        observe=side.observer(instruction),
+        observe=None,
         safety=side.safety,
-        control_hz=side.config.control_hz,
-        joint_dims=side.joint_dims,
         safe_pose=side.safe_pose,
         close=lambda: side.cameras.stop() if side.cameras is not None else None,
         side=side,
@@ -70,17 +69,21 @@ def load_control_setup(robot_yaml: Path, instruction: str) -> ControlSetup:
 
 
 def connect_policy(
-    server: str, setup: ControlSetup, server_key: Path | None, client_key: Path | None
-) -> ChunkSource:
-    """A non-blocking chunk source on the ZeroMQ client, after the handshake with ``server``."""
+    server: str, setup: ControlSetup, instruction: str, server_key: Path | None, client_key: Path | None
+) -> EdgeSource:
+    """A non-blocking chunk source on the ZeroMQ client behind the model edge, after the handshake
+    with ``server`` (a policy whose layout does not fit the robot is refused here)."""
     from wall_runtime.e2e.session import open_policy_link
 
+    assert setup.side is not None
     link = open_policy_link(setup.side, server, server_key=server_key, client_key=client_key)
-    meta = link.client.metadata
+    meta = link.metadata
     console.print(
         f"policy: {meta.model} ({meta.backend}), horizon {meta.action_horizon}, {meta.num_steps} steps"
     )
-    return link
+    source = EdgeSource(link.edge, link.source)
+    setup.observe = setup.side.observer(instruction, source)
+    return source
 
 
 # -- the dry run: a simulated arm, gripper and base, and a simulated policy --------------------
@@ -104,7 +107,7 @@ def dry_run_setup(instruction: str, latency: float = 0.08) -> tuple[ControlSetup
     ]
     grip = parse_joint_limits("gripper", {"min_position": 0.0, "max_position": 0.08, "max_velocity": 0.2})
     joints += [JointSpec("gripper", "gripper", "m", grip), JointSpec("base_x", "base_linear", "m/s")]
-    spec = RobotSpec("dry_run", tuple(joints), DRY_HZ)
+    spec = RobotSpec("dry_run", tuple(joints), DRY_HZ, watchdog_timeout_s=0.25)
     safety = SafetyConfig.from_dict(
         {
             "max_step": 0.02,
@@ -134,7 +137,6 @@ def dry_run_setup(instruction: str, latency: float = 0.08) -> tuple[ControlSetup
         adapter=robot,
         observe=observe,
         safety=safety,
-        control_hz=DRY_HZ,
         safe_pose=[0.0, 0.0, 0.0, 0.04, 0.0],
         close=source.close,
     )
@@ -205,9 +207,9 @@ def register(app: typer.Typer) -> None:
             else:
                 if robot is None or server is None:
                     raise typer.BadParameter("--robot and --server are required (or --dry-run)")
-                setup = load_control_setup(robot, instruction)
+                setup = load_control_setup(robot)
                 try:
-                    source = connect_policy(server, setup, server_key, client_key)
+                    source = connect_policy(server, setup, instruction, server_key, client_key)
                 except BaseException:
                     # the robot is connected and its cameras run: release them before leaving
                     setup.close()
@@ -217,15 +219,12 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]cannot run:[/] {exc}")
             raise typer.Exit(2) from None
 
-        safety = setup.safety
         for name in unsafe_disable_filter:
             if name not in FILTERS or name == "finite":
                 raise typer.BadParameter(
                     f"--unsafe-disable-filter {name!r}: not a filter that can be disabled"
                 )
             console.print(f"[bold red]WARNING: safety filter {name!r} is DISABLED for this run[/]")
-        if unsafe_disable_filter:
-            safety = dataclasses.replace(safety, disabled=safety.disabled | set(unsafe_disable_filter))
 
         stop = EStop()
         stop.add(SignalSource())
@@ -239,19 +238,22 @@ def register(app: typer.Typer) -> None:
             stop.close()
             raise typer.Exit(2)
 
-        cfg = LoopConfig(
-            control_hz=setup.control_hz,
-            smoother=smoother,
-            scheduler=SchedulerConfig(),
-            watchdog_timeout=safety.watchdog_timeout,
-            safe_pose=setup.safe_pose if safe_pose else None,
-        )
         adapter = setup.adapter
-        if not getattr(adapter, "connected", False):
+        if not adapter.is_connected:  # load_control_setup connected it: never open a bus twice
             adapter.connect()
-        loop = ControlLoop(
-            adapter, source, setup.observe, cfg, safety, joint_dims=setup.joint_dims, estop=stop
+        assert setup.observe is not None
+        loop = assemble_loop(
+            adapter,
+            source,
+            setup.observe,
+            setup.safety,
+            LoopOptions(
+                smoother=smoother, safe_pose=safe_pose, disabled_filters=frozenset(unsafe_disable_filter)
+            ),
+            safe_pose=setup.safe_pose,
+            estop=stop,
         )
+        cfg = loop.config
         console.print(
             f"running {adapter.spec.name} at {cfg.control_hz:.0f} Hz ({smoother}); "
             f"e-stop: Ctrl-C, `touch {estop_file}`"

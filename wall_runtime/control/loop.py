@@ -9,6 +9,10 @@ arrived or ``None``), and observations from a callable that returns the latest c
 ``None`` — both must not block; a slow camera or a dead server shows as a missing target, which is
 the watchdog's business, never as a late tick.
 
+Chunks arrive in the robot's joint order and units: the model edge (``wall_runtime.action_space``)
+converts the checkpoint's layout before the loop sees it, so the scheduler, smoothers, seam metrics
+and the safety chain all speak the robot's joints.
+
 Deadlines are ``t0 + k * period`` on ``time.monotonic``, so the rate does not drift; a tick that
 overruns skips the deadlines it missed (counted) rather than bunching ticks to catch up.
 """
@@ -125,7 +129,6 @@ class ControlLoop:
         observe: ObservationProvider,
         config: LoopConfig,
         safety_config: SafetyConfig | None = None,
-        joint_dims: Sequence[int] | None = None,
         estop: EStop | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -147,11 +150,6 @@ class ControlLoop:
             log.warning(
                 "safety.workspace is set but %s has no forward kinematics: box not enforced", self.spec.name
             )
-        self.joint_dims = (
-            np.arange(self.spec.dof) if joint_dims is None else np.asarray(joint_dims, dtype=int)
-        )
-        if self.joint_dims.shape != (self.spec.dof,):
-            raise ValueError(f"joint_dims must name one action dim per joint ({self.spec.dof})")
         self.scheduler = ChunkScheduler(
             make_smoother(config.smoother, **config.smoother_options), config.scheduler
         )
@@ -190,38 +188,29 @@ class ControlLoop:
         self.safety.reset(None)
 
     def _anchor(self, chunk: ActionChunk, state: RobotState, now: float) -> None:
-        """Start the plan from where the robot is: the chunk's value for now, with the driven dims
-        replaced by the last command (or the measured state), so the first splice cannot jump."""
+        """Start the plan from where the robot is: the last command (or the measured state; base
+        velocities at rest), so the first splice cannot jump. Chunks arrive in the robot's joints
+        (the model edge converted them), so every dim here is a joint."""
         actions = np.asarray(chunk.actions, dtype=np.float64)
-        if actions.ndim != 2 or not np.all(np.isfinite(actions)) or not chunk.dt > 0:
+        if actions.ndim != 2 or actions.shape[1] != self.spec.dof or not chunk.dt > 0:
             return  # the scheduler rejects it and says why
-        i = int(np.clip(round((now - chunk.stamp) / chunk.dt), 0, len(actions) - 1))
-        anchor = actions[i].copy()
-        if self.joint_dims.max() >= anchor.size:
-            return
         last = self.safety.last_command
         joints = last if last is not None else np.asarray(state.position, dtype=np.float64)
         is_base = np.array([j.kind in BASE_KINDS for j in self.spec.joints])
-        anchor[self.joint_dims] = np.where(is_base & (last is None), 0.0, joints)
-        self._set_scheduler_limits(anchor.size)
+        anchor = np.where(is_base & (last is None), 0.0, joints)
+        self._set_scheduler_limits()
         self.scheduler.anchor(anchor, now - self.period)
 
-    def _set_scheduler_limits(self, action_dim: int) -> None:
-        """The joint limits, per action dim, for the scheduler's splice blend and guard."""
-
-        def spread(per_joint: np.ndarray) -> np.ndarray:
-            out = np.full(action_dim, math.inf)
-            out[self.joint_dims] = per_joint
-            return out
-
+    def _set_scheduler_limits(self) -> None:
+        """The joint limits for the scheduler's splice blend and guard."""
         chain = self.safety
         # a base velocity joint's "position" is a velocity: its blend speed is the base acceleration
         velocity = np.where(chain.is_base, chain.base_acc, self._joint_step / self.period)
         self.scheduler.set_limits(
-            max_step=spread(self._joint_step),
-            velocity=spread(velocity),
-            acceleration=spread(np.where(chain.is_base, math.inf, chain.max_acc)),
-            jerk=spread(np.where(chain.is_base, math.inf, chain.max_jerk)),
+            max_step=self._joint_step,
+            velocity=velocity,
+            acceleration=np.where(chain.is_base, math.inf, chain.max_acc),
+            jerk=np.where(chain.is_base, math.inf, chain.max_jerk),
         )
 
     def tick(self, now: float) -> None:
@@ -263,7 +252,7 @@ class ControlLoop:
                     self.log.splices.append((self._tick - 1, event))
             target = self.scheduler.target(now)
             if target is not None:
-                target_joints = target[self.joint_dims]
+                target_joints = target
                 # after an overrun the command follows a longer interval than one period
                 elapsed = now - self._last_command_time
                 late = elapsed > 1.5 * self.period and elapsed < 10 * self.period

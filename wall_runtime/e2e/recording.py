@@ -85,13 +85,21 @@ class EpisodeRecorder:
             status=np.asarray(log.status[:n], dtype="U8"),
         )
         if self.chunks:
+            # joint chunks as the loop got them (float64, after the model edge); the edge may cut a
+            # chunk short, so rows past each chunk's length are NaN padding
+            lengths = np.array([len(c.actions) for _, c in self.chunks], dtype=np.int64)
+            width = np.asarray(self.chunks[0][1].actions).shape[1]
+            actions = np.full((len(self.chunks), int(lengths.max()), width), np.nan)
+            for i, (_, c) in enumerate(self.chunks):
+                actions[i, : lengths[i]] = np.asarray(c.actions, dtype=np.float64)
             np.savez_compressed(
                 root / "chunks.npz",
                 tick=np.array([t for t, _ in self.chunks], dtype=np.int64),
                 stamp=np.array([c.stamp for _, c in self.chunks], dtype=np.float64),
                 dt=np.array([c.dt for _, c in self.chunks], dtype=np.float64),
                 seq=np.array([c.seq for _, c in self.chunks], dtype=np.int64),
-                actions=np.stack([np.asarray(c.actions, dtype=np.float32) for _, c in self.chunks]),
+                length=lengths,
+                actions=actions,
             )
         if self.observations:
             arrays: dict[str, np.ndarray] = {
@@ -116,7 +124,6 @@ class EpisodeRecorder:
             "smoother_options": loop.config.smoother_options,
             "watchdog_timeout": loop.config.watchdog_timeout,
             "max_observation_age": loop.config.max_observation_age,
-            "joint_dims": [int(d) for d in loop.joint_dims],
             "instruction": first_instruction(self.observations),
             **meta,
         }
@@ -175,10 +182,14 @@ class Episode:
         out: dict[int, list[ActionChunk]] = {}
         if not self.chunks:
             return out
+        lengths = self.chunks.get("length")
         for i, tick in enumerate(self.chunks["tick"]):
+            actions = self.chunks["actions"][i]
+            if lengths is not None:
+                actions = actions[: int(lengths[i])]
             out.setdefault(int(tick), []).append(
                 ActionChunk(
-                    actions=self.chunks["actions"][i],
+                    actions=actions,
                     stamp=float(self.chunks["stamp"][i]),
                     dt=float(self.chunks["dt"][i]),
                     seq=int(self.chunks["seq"][i]),

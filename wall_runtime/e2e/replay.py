@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wall_runtime.control.estop import EStop
-from wall_runtime.control.loop import ControlLoop, LoopConfig
+from wall_runtime.control.loop import ControlLoop
 from wall_runtime.control.safety import SafetyConfig
+from wall_runtime.e2e.assemble import LoopOptions, assemble_loop
 from wall_runtime.e2e.recording import Episode
 from wall_runtime.robot import RobotAdapter, RobotSpec
 from wall_runtime.types import ActionChunk, Observation, RobotState
@@ -124,23 +124,24 @@ def replay_dry(episode: Episode, robot_yaml: str | Path | None = None) -> DryRep
     recorded_obs = dict(
         zip(episode.observations.get("tick", []).tolist(), episode.observations_in_order(), strict=True)
     )
-    cfg = LoopConfig(
-        control_hz=float(episode.meta["control_hz"]),
+    options = LoopOptions(
         smoother=episode.meta["smoother"],
         smoother_options=dict(episode.meta.get("smoother_options") or {}),
-        watchdog_timeout=float(episode.meta["watchdog_timeout"]),
-        max_observation_age=float(episode.meta["max_observation_age"]),
+        safe_pose=False,
+        overrides={
+            "control_hz": float(episode.meta["control_hz"]),
+            "watchdog_timeout": float(episode.meta["watchdog_timeout"]),
+            "max_observation_age": float(episode.meta["max_observation_age"]),
+        },
     )
     holder: dict[str, ControlLoop] = {}
     source = _TickSource(episode.chunks_by_tick(), lambda: holder["loop"].counters["ticks"])
-    loop = ControlLoop(
+    loop = assemble_loop(
         robot,
         source,
         lambda state, now: recorded_obs.get(holder["loop"].counters["ticks"]),
-        cfg,
         safety,
-        joint_dims=episode.meta["joint_dims"],
-        estop=EStop(),
+        options,
     )
     holder["loop"] = loop
     loop.watchdog.arm(float(ticks["deadline"][0]))
@@ -206,15 +207,13 @@ def drive_with_recording(episode: Episode, robot_yaml: str | Path | None = None)
     side.adapter.connect()
     try:
         source = ReplaySource(episode)
-        cfg = LoopConfig(
-            control_hz=side.config.control_hz,
+        options = LoopOptions(
             smoother=episode.meta["smoother"],
             smoother_options=dict(episode.meta.get("smoother_options") or {}),
-            watchdog_timeout=side.config.watchdog_timeout_s,
+            safe_pose=False,
         )
-        loop = ControlLoop(
-            side.adapter, source, lambda state, now: None, cfg, side.safety, joint_dims=side.joint_dims
-        )
+        # the recording holds joint chunks (recorded after the model edge): no edge here
+        loop = assemble_loop(side.adapter, source, lambda state, now: None, side.safety, options)
         horizon_s = (
             float(episode.chunks["actions"].shape[1] * episode.chunks["dt"][-1]) if episode.chunks else 0.0
         )

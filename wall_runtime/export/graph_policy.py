@@ -105,6 +105,8 @@ class GraphPolicy(Policy):
             num_steps=model.settings.num_steps,
             cameras=tuple(shapes.cameras),
             norm_keys=tuple(model.normalizers.keys),
+            dof_config=dict(cfg.data.dof_config),
+            agent_pos_config=dict(cfg.data.agent_pos_config),
         )
 
     def stages(self, observations: Sequence[Observation], noise: np.ndarray) -> dict[str, Any]:
