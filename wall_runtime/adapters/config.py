@@ -407,12 +407,21 @@ def _parse_parts(raw: Any, joint_names: list[str]) -> tuple[PartConfig, ...]:
 def _check_model_arms(mapping: SlotMapping, kinematics: Any) -> None:
     """Every arm the model block names is an arm of the kinematics block (loaded later)."""
     arms = set((kinematics or {}).keys()) if isinstance(kinematics, dict) else set()
+    direct = mapping.joints_used()
     for slot in mapping.arms:
         if slot.arm not in arms:
             raise _fail(
                 f"model.arms.{slot.slot}.arm",
                 f"{slot.arm!r} is not an arm of the kinematics: block (it has {sorted(arms) or 'none'})",
             )
+        block = kinematics[slot.arm]
+        chain = block.get("joints") or [] if isinstance(block, dict) else []
+        for joint in chain:
+            if joint in direct:
+                raise _fail(
+                    f"model.arms.{slot.slot}",
+                    f"joint {joint!r} of arm {slot.arm!r} also fills another slot of the model block",
+                )
 
 
 class Connection:
