@@ -13,11 +13,27 @@ from wall_runtime.e2e.demo import DEFAULT_ROBOT
 from wall_runtime.transport.server import PolicyServer, ServerConfig
 
 
-def _server(action_dim: int) -> PolicyServer:
+# a FLOW checkpoint's layout (spec §11): the echo answers each observation's EE state plus a
+# small ramp, so the sim arm moves through the model edge (FK state, IK per waypoint)
+FLOW = {
+    "follow_left_ee_cartesian_pos": 3,
+    "follow_left_ee_rotation": 3,
+    "follow_left_gripper": 1,
+    "follow_right_ee_cartesian_pos": 3,
+    "follow_right_ee_rotation": 3,
+    "follow_right_gripper": 1,
+    "head_actions": 2,
+    "height": 1,
+    "velocity_decomposed": 3,
+}
+
+
+def _server(layout: dict[str, int]) -> PolicyServer:
     policy = EchoPolicy.from_checkpoint(
         None,
-        action_dim=action_dim,
-        state_dim=20,
+        dof_config=layout,
+        agent_pos_config=layout,
+        step=0.0005,  # the EE drifts ~2 cm/s per axis: inside the reach for the run
         cameras=("face_view", "left_wrist_view"),
         norm_keys=("sim_arm",),
     )
@@ -25,7 +41,7 @@ def _server(action_dim: int) -> PolicyServer:
 
 
 def test_run_drives_the_sim_arm_from_a_served_policy(tmp_path: Path) -> None:
-    with _server(20) as server:
+    with _server(FLOW) as server:
         endpoint = server.start()
         out = tmp_path / "run.json"
         result = CliRunner().invoke(
@@ -50,10 +66,12 @@ def test_run_drives_the_sim_arm_from_a_served_policy(tmp_path: Path) -> None:
     summary = json.loads(out.read_text())
     assert summary["counters"]["chunks_received"] >= 2
     assert summary["watchdog_trips"] == 0
+    assert summary["counters"]["chunks_received"] >= 2
 
 
-def test_run_refuses_a_policy_of_another_shape(tmp_path: Path) -> None:
-    with _server(12) as server:
+def test_run_refuses_a_policy_whose_slots_the_robot_does_not_fit(tmp_path: Path) -> None:
+    no_gripper = {k: v for k, v in FLOW.items() if k != "follow_left_gripper"}
+    with _server(no_gripper) as server:
         endpoint = server.start()
         result = CliRunner().invoke(
             app,
@@ -71,7 +89,9 @@ def test_run_refuses_a_policy_of_another_shape(tmp_path: Path) -> None:
             ],
         )
     assert result.exit_code == 2
-    assert "12 dims" in result.output and "model.action_dim" in result.output
+    # the robot maps a gripper the checkpoint has no slot for: refused at the handshake, by name
+    assert "model.arms.left.gripper" in result.output
+    assert "follow_left_gripper" in result.output
 
 
 def test_run_with_a_broken_robot_yaml_names_the_field(tmp_path: Path) -> None:
