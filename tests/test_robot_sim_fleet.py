@@ -93,10 +93,8 @@ def test_a_mobile_manipulator_composes_an_arm_and_a_base() -> None:
         "joints": base["joints"] + arm["joints"],
         "parts": arm["parts"] + base["parts"],
         "joint_limits": {**arm["joint_limits"], **base["joint_limits"]},
-        "model": {
-            **arm["model"],
-            "action_dims": {**arm["model"]["action_dims"], **base["model"]["action_dims"]},
-        },
+        # the arm in the checkpoint's left-arm slots, the base in velocity_decomposed
+        "model": {**arm["model"], "base": base["model"]["base"]},
     }
     cfg = parse_robot(raw, ROBOTS / "sim_arm" / "robot.yaml")  # relative paths resolve from sim_arm/
     robot = build_adapter(cfg)
