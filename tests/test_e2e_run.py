@@ -12,7 +12,6 @@ from wall_runtime.cli import app
 from wall_runtime.e2e.demo import DEFAULT_ROBOT
 from wall_runtime.transport.server import PolicyServer, ServerConfig
 
-
 # a FLOW checkpoint's layout (spec §11): the echo answers each observation's EE state plus a
 # small ramp, so the sim arm moves through the model edge (FK state, IK per waypoint)
 FLOW = {
