@@ -213,13 +213,15 @@ def test_ee_speed_is_capped_per_step(sim_arm):
 def test_a_mapping_that_does_not_fit_is_refused_naming_the_slot(sim_arm):
     cfg, kin = sim_arm
     no_gripper = {k: v for k, v in FLOW.items() if k != "follow_left_gripper"}
-    with pytest.raises(FitError, match=re.escape("model.arms.left.gripper: the checkpoint has no follow_left_gripper")):
+    with pytest.raises(
+        FitError, match=re.escape("model.arms.left.gripper: the checkpoint has no follow_left_gripper")
+    ):
         build_edge(cfg.joints, cfg.mapping, no_gripper, no_gripper, kin)
     right_only = {k.replace("left", "right"): v for k, v in no_gripper.items() if "left" in k}
     with pytest.raises(FitError, match=re.escape("model.arms.left: the checkpoint has no follow_left_")):
         build_edge(cfg.joints, cfg.mapping, right_only, right_only, kin)
     with pytest.raises(
-        FitError, match=re.escape("model.arms: arm\\(s\\) \\["arm"\\] have no entry in the robot"s kinematics")
+        FitError, match=re.escape("model.arms: arm(s) ['arm'] have no entry in the robot's kinematics")
     ):
         build_edge(cfg.joints, cfg.mapping, FLOW, FLOW, {})
     with pytest.raises(FitError, match=re.escape("dof_config.follow_left_ee_quat: unknown key")):
@@ -229,7 +231,9 @@ def test_a_mapping_that_does_not_fit_is_refused_naming_the_slot(sim_arm):
     )
     with pytest.raises(
         FitError,
-        match=re.escape("model.action_dim: the robot is configured for 20 but the checkpoint"s dof_config has 22"),
+        match=re.escape(
+            "model.action_dim: the robot is configured for 20 but the checkpoint's dof_config has 22"
+        ),
     ):
         build_edge(cfg.joints, pinned, FLOW, FLOW, kin)
 
