@@ -292,7 +292,8 @@ class ModelEdge:
         for slot, arm in self.arms.items():
             if self.actions.arm_convention(slot)[0] is None:
                 continue
-            p, r = self.ee_waypoints(actions, ctx, slot)
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN / inf rows: refused just below
+                p, r = self.ee_waypoints(actions, ctx, slot)
             p, r, n = check_ee_waypoints(slot, p, r, ctx.poses[slot], dt, self.limits, self.counts)
             n = self._solve(arm, p[:n], r[:n], ctx, out)
             valid = min(valid, n)
