@@ -119,18 +119,17 @@ def bench_chunks(arm, chunks: int, rng: np.random.Generator) -> dict:
     return summarise(results, wall, cpu)
 
 
-def check_solutions(arm, n: int, rng: np.random.Generator) -> float:
+def check_solutions(arm, n: int, rng: np.random.Generator) -> dict[str, float]:
     """Independent of the solver's own report: FK of the returned joints against the target."""
-    worst = 0.0
+    worst_pos = worst_ori = 0.0
     for _ in range(n):
         q = rng.uniform(arm.lower, arm.upper)
         target = arm.fk(q)
         res = arm.ik(target, np.clip(q + rng.normal(0.0, SEED_SIGMA, q.shape), arm.lower, arm.upper))
         got = arm.fk(res.q)
-        worst = max(worst, float(np.linalg.norm(got.position - target.position)))
-        if not arm.position_only:
-            worst = max(worst, rotation_angle(got.rotation, target.rotation))
-    return worst
+        worst_pos = max(worst_pos, float(np.linalg.norm(got.position - target.position)))
+        worst_ori = max(worst_ori, rotation_angle(got.rotation, target.rotation))
+    return {"position_m": worst_pos, "orientation_rad": worst_ori}
 
 
 def plot(report: dict, path: Path) -> None:

@@ -315,4 +315,6 @@ def test_bench_ik_smoke(tmp_path: Path) -> None:
     )
     for name, entry in report["arms"].items():
         assert entry["chunk"]["ok_rate"] == 1.0, name
-        assert entry["fk_check_worst"] <= 1e-3, name
+        assert entry["fk_check_worst"]["position_m"] <= 1e-3, name
+        if not entry["position_only"]:
+            assert entry["fk_check_worst"]["orientation_rad"] <= np.radians(0.5), name

@@ -31,15 +31,20 @@ from wall_runtime.kinematics.config import ArmKinematicsConfig, KinematicsConfig
 from wall_runtime.kinematics.model import build_chain_model, chain_dofs_between, frame_pose
 
 MAX_ITERATIONS = 40
+# Iterate until the errors are below this fraction of the tolerances: a margin, so a converged
+# solution is never within a rounding error of failing.
+CONVERGED = 0.5
 NO_PROGRESS_ITERATIONS = 6  # stop when the error has not shrunk by 1% for this many iterations
 POSITION_POLISH_ITERATIONS = 20
 # A solve that stalls short of the tolerance (a joint limit or a near-singular stretch in the way)
-# is retried from other starts: halfway to the middle of the range, then random starts. Rare (well
-# under 1% of random poses), so it costs the tail, not the median.
+# is retried from other starts near the seed. Rare (well under 1% of random poses), so it costs the
+# tail, not the median.
 # Only near misses are retried: a target centimetres away is unreachable, and retrying it would
 # only cost time.
-RESTARTS = 3
-RESTART_WITHIN_M = 0.02
+RESTARTS = 4
+MAX_STEP_RAD = 0.5  # per joint per iteration (slide joints: metres)
+RESTART_SPREAD_RAD = 0.4
+RESTART_WITHIN_M = 0.25
 LM_DAMPING = 1e-3
 SOLVER = "daqp"
 
@@ -149,7 +154,13 @@ class ArmKinematics:
         )
         self._posture_task = mink.PostureTask(model, cost=cfg.posture_weight)
         self._tasks = [self._frame_task, self._posture_task] if cfg.posture_weight > 0 else [self._frame_task]
+        # Joint limits as hard QP constraints, and a cap on each iteration's step: near a
+        # singularity (a UR's wrist at wrist_2 = 0 or pi) an undamped Gauss-Newton step can throw
+        # the arm into another branch metres away; capped steps stay on the seed's branch.
         self._limits = [mink.ConfigurationLimit(model, gain=1.0)] if model.jnt_limited.any() else []
+        self._limits.append(
+            mink.VelocityLimit(model, {model.joint(i).name: MAX_STEP_RAD for i in range(model.njnt)})
+        )
 
     def copy(self) -> ArmKinematics:
         """An independent instance on the same model (for another thread)."""
@@ -206,8 +217,8 @@ class ArmKinematics:
         it = 0
         best, since_best = math.inf, 0
         while it < max_iter and not (
-            pos_err <= 0.1 * self.position_tolerance
-            and (self.position_only or ori_err <= 0.1 * self.orientation_tolerance)
+            pos_err <= CONVERGED * self.position_tolerance
+            and (self.position_only or ori_err <= CONVERGED * self.orientation_tolerance)
         ):
             # build_ik + DAQP directly: mink.solve_ik would also re-check the limits each call.
             problem = mink.build_ik(cfg, self._tasks, 1.0, damping=1e-9, limits=self._limits)
@@ -262,13 +273,14 @@ class ArmKinematics:
         return replace(best, iterations=total)
 
     def _restarts(self, seed: np.ndarray):
+        """Other starts for a near miss: the seed shaken (a limit or a singular stretch between
+        the seed and the answer is usually passed by starting elsewhere nearby), then halfway to
+        the middle of the range. Deterministic, so a target and seed always give the same answer."""
+        rng = np.random.default_rng(0)
+        for _ in range(RESTARTS - 1):
+            yield np.clip(seed + rng.normal(0.0, RESTART_SPREAD_RAD, seed.shape), self.lower, self.upper)
         mid = np.where(np.isfinite(self.lower + self.upper), 0.5 * (self.lower + self.upper), 0.0)
         yield 0.5 * (seed + mid)
-        rng = np.random.default_rng(0)  # deterministic: the same target and seed give the same answer
-        lo = np.where(np.isfinite(self.lower), self.lower, -np.pi)
-        hi = np.where(np.isfinite(self.upper), self.upper, np.pi)
-        for _ in range(RESTARTS - 1):
-            yield rng.uniform(lo, hi)
 
     def _solve_from(self, start: np.ndarray, T_site_target: np.ndarray) -> IKResult:
         self._configuration.update(start)
