@@ -23,11 +23,13 @@ def test_passes_check_robot(name: str) -> None:
     assert not [(r.name, r.detail) for r in results if not r.passed]
 
 
-def test_bimanual_follows_the_dual_arm_layout_and_renders_three_views() -> None:
+def test_bimanual_fills_both_arm_slots_and_renders_three_views() -> None:
     cfg = load_robot(ROBOTS / "sim_bimanual")
-    assert cfg.mapping.action_index == tuple(range(14))
+    assert [(a.slot, a.arm, a.gripper.joint) for a in cfg.mapping.arms] == [
+        ("left", "left", "left_gripper"),
+        ("right", "right", "right_gripper"),
+    ]
     assert cfg.joint_names[6] == "left_gripper" and cfg.joint_names[13] == "right_gripper"
-    np.testing.assert_array_equal(cfg.mapping.dof_mask, [1] * 14 + [0] * 6)
     robot = build_adapter(cfg)
     robot.connect()
     try:
