@@ -178,7 +178,7 @@ class ModelEdge:
                 raise FitError(f"model.{what}: the checkpoint has no {kind} slot")
         for s in self.actions.slots:
             if s.arm is not None and s.kind != "joints" and s.arm not in self.arms:
-                log.info("%s: no robot arm fills the checkpoint's %s slot: masked", self.actions.name, s.key)
+                log.debug("%s: no robot arm fills the checkpoint's %s slot: masked", self.actions.name, s.key)
 
     # -- observation --------------------------------------------------------------------------
 
