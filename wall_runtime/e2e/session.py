@@ -256,4 +256,5 @@ class Session:
         return root
 
     def close(self) -> None:
-        self.edge.close()  # stops the edge's thread and closes the client
+        self.edge.close()  # stops the edge's thread
+        self.client.close()
