@@ -65,7 +65,9 @@ def test_run_drives_the_sim_arm_from_a_served_policy(tmp_path: Path) -> None:
     summary = json.loads(out.read_text())
     assert summary["counters"]["chunks_received"] >= 2
     assert summary["watchdog_trips"] == 0
-    assert summary["counters"]["chunks_received"] >= 2
+    # every chunk went through the model edge: IK for each waypoint, nothing dropped near the start
+    assert summary["model_edge"]["interventions"].get("chunks_dropped", 0) == 0
+    assert summary["model_edge"]["orientation_residual_max_rad"] < 0.05
 
 
 def test_run_refuses_a_policy_whose_slots_the_robot_does_not_fit(tmp_path: Path) -> None:
