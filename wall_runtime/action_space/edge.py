@@ -20,6 +20,7 @@ observation (the server normalises it).
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -319,7 +320,16 @@ class ModelEdge:
         from wall_runtime.kinematics import Pose
 
         targets = [Pose(position=p[i], rotation=r[i]) for i in range(len(p))]
-        results = arm.ik.ik_chain(targets, ctx.q[arm.index])
+        # one waypoint at a time, yielding the interpreter between them: IK runs on the edge's
+        # thread and must not keep the control thread waiting for the GIL for a whole chunk
+        results = []
+        seed = ctx.q[arm.index]
+        for target in targets:
+            res = arm.ik.ik(target, seed)
+            results.append(res)
+            if res.ok:
+                seed = res.q
+            time.sleep(0)
         lim = self.limits
         for i, res in enumerate(results):
             # the edge's tolerances rule (safety.ee), not the solver's convergence flag: a
