@@ -87,6 +87,11 @@ def rotation_angle(Ra: np.ndarray, Rb: np.ndarray) -> float:
     return float(math.atan2(s, c))
 
 
+def _is_rotation(R: np.ndarray, tol: float = 1e-6) -> bool:
+    """Orthonormal and right-handed (an unnormalised or reflected matrix is not an orientation)."""
+    return bool(np.max(np.abs(R.T @ R - np.eye(3))) <= tol and np.linalg.det(R) > 0)
+
+
 def _inv(T: np.ndarray) -> np.ndarray:
     out = np.eye(4)
     R = T[:3, :3]
@@ -245,13 +250,16 @@ class ArmKinematics:
     def ik(self, target: Pose, seed: np.ndarray) -> IKResult:
         """Joint positions whose FK is ``target`` (base frame), starting from ``seed`` (the measured
         joints, or the previous waypoint's solution). Never raises for an unreachable target: the
-        result says how far it got and ``ok`` is False."""
+        result says how far it got and ``ok`` is False. A target that is not a pose (non-finite,
+        or a rotation that is not orthonormal and right-handed) returns the seed, ``ok`` False and
+        infinite errors. Raises ValueError only for a seed of the wrong shape or not finite."""
         mink = self._mink
         seed = self._check_q(seed, "seed")
         seed = np.clip(seed, self.lower, self.upper)
         pos = np.asarray(target.position, dtype=np.float64).reshape(3)
         rot = np.asarray(target.rotation, dtype=np.float64).reshape(3, 3)
-        if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(rot))):
+        if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(rot))) or not _is_rotation(rot):
+            # Not a pose: nothing to solve; the seed comes back, marked failed.
             return IKResult(q=seed.copy(), position_error=math.inf, orientation_error=math.inf, ok=False)
         T_target = np.eye(4)
         T_target[:3, :3], T_target[:3, 3] = rot, pos
