@@ -43,6 +43,8 @@ def test_walkthrough_from_the_doc_alone(tmp_path: Path) -> None:
     # 2-3. write the file the doc shows
     _, body = _doc_yaml()
     (robot_dir / "robot.yaml").write_text(body)
+    # 3. the kinematic model next to it, as the doc's `kinematics` bullet says
+    shutil.copy(ROOT / "robots" / "koch" / "koch_kinematics.xml", robot_dir)
     # 4. wall-runtime check-robot robots/koch/robot.yaml --emulate
     out = tmp_path / "koch.json"
     result = CliRunner().invoke(

@@ -510,3 +510,64 @@ def run_checks(
         with contextlib.suppress(Exception):
             adapter.disconnect()
     return results
+
+
+def check_kinematics(config, samples: int = 200, seed: int = 0) -> CheckResult:
+    """FK/IK consistency of every arm in robot.yaml's ``kinematics:`` block, on the models alone
+    (no robot moves): for ``samples`` random joint positions q inside each arm's limits, IK of
+    FK(q), seeded from q perturbed by N(0, 0.2 rad), must return q' whose FK matches FK(q) within
+    the arm's tolerances (position only for position-only arms; their orientation residual is
+    reported). Catches a model that does not load, a chain that does not match the joints, limits
+    that leave no room, and IK that does not converge. It cannot see calibration: whether the real
+    arm's joint zeros and signs match the model is for a measurement with the robot."""
+    from wall_runtime.kinematics import load_robot_kinematics, rotation_angle
+
+    name = "kinematics"
+    if not getattr(config, "kinematics", None):
+        return CheckResult(name, True, "no kinematics block: skipped", skipped=True)
+    try:
+        arms = load_robot_kinematics(config)
+    except (ValueError, ImportError) as exc:
+        return CheckResult(name, False, f"cannot load the kinematic models: {exc}")
+    rng = np.random.default_rng(seed)
+    figures: dict[str, float] = {}
+    details: list[str] = []
+    passed = True
+    for arm_name, arm in arms.items():
+        fails, worst_pos, worst_ori, ms = 0, 0.0, 0.0, []
+        for _ in range(samples):
+            q = rng.uniform(arm.lower, arm.upper)
+            target = arm.fk(q)
+            start = np.clip(q + rng.normal(0.0, 0.2, q.shape), arm.lower, arm.upper)
+            t = time.perf_counter()
+            res = arm.ik(target, start)
+            ms.append((time.perf_counter() - t) * 1e3)
+            got = arm.fk(res.q)  # recomputed: the solver's own report is not trusted here
+            pos = float(np.linalg.norm(got.position - target.position))
+            ori = rotation_angle(got.rotation, target.rotation)
+            inside = bool(np.all(res.q >= arm.lower - 1e-9) and np.all(res.q <= arm.upper + 1e-9))
+            if not (
+                inside
+                and pos <= arm.position_tolerance
+                and (arm.position_only or ori <= arm.orientation_tolerance)
+            ):
+                fails += 1
+            else:
+                worst_pos, worst_ori = max(worst_pos, pos), max(worst_ori, ori)
+        rate = 1.0 - fails / samples
+        # A few near-singular samples may miss; more than 1% means the model or limits are wrong.
+        ok = rate >= 0.99
+        passed &= ok
+        figures |= {
+            f"{arm_name}.ik_success_rate": rate,
+            f"{arm_name}.worst_position_error_mm": worst_pos * 1e3,
+            f"{arm_name}.worst_orientation_error_deg": math.degrees(worst_ori),
+            f"{arm_name}.ik_ms_p50": float(np.percentile(ms, 50)),
+            f"{arm_name}.ik_ms_p99": float(np.percentile(ms, 99)),
+        }
+        kind = "position-only, orientation residual" if arm.position_only else "orientation"
+        details.append(
+            f"{arm_name}: {rate:.1%} of {samples} IK(FK(q)) within tolerance, worst {worst_pos * 1e3:.2f} mm, "
+            f"{kind} {math.degrees(worst_ori):.2f}°, p50 {np.percentile(ms, 50):.2f} ms"
+        )
+    return CheckResult(name, passed, "; ".join(details), figures)

@@ -69,7 +69,7 @@ def check_robot(
 
 
 def _run(console, config, options, hardware: bool, emulate: bool) -> list:
-    from wall_runtime.adapters.checks import CheckResult, run_checks
+    from wall_runtime.adapters.checks import CheckResult, check_kinematics, run_checks
     from wall_runtime.adapters.config import RobotConfigError
     from wall_runtime.adapters.registry import build_adapter
 
@@ -92,7 +92,12 @@ def _run(console, config, options, hardware: bool, emulate: bool) -> list:
     target = "hardware" if hardware else "protocol emulator" if emulate else "simulator"
     console.print(f"checking {config.name} ({target})")
     with console.status("running checks"):
-        return run_checks(adapter, options, on_result=show)
+        results = run_checks(adapter, options, on_result=show)
+        if config.kinematics:
+            kin = check_kinematics(config)
+            show(kin)
+            results.append(kin)
+    return results
 
 
 def _report(console, config, results: list, hardware: bool, json_out: Path | None) -> None:

@@ -28,6 +28,7 @@ _TOP_LEVEL = {
     "capabilities": False,
     "joints": True,
     "parts": True,
+    "kinematics": False,
     "joint_limits": True,
     "safety": False,
     "cameras": False,
@@ -120,6 +121,8 @@ class RobotConfig:
     # parsed by wall_runtime.control.safety; ``safe_pose`` (if any) normalised to a list in joint order
     safety: dict[str, Any] = field(default_factory=dict)
     cameras: dict[str, Any] = field(default_factory=dict)  # parsed by wall_runtime.cameras.config
+    # validated by wall_runtime.kinematics.config; models load with wall_runtime.kinematics
+    kinematics: dict[str, Any] = field(default_factory=dict)
     capabilities: frozenset[str] = frozenset()
     description: str = ""
 
@@ -261,6 +264,9 @@ def parse_robot(raw: Any, path: Path) -> RobotConfig:
     _validate_safety({k: v for k, v in safety.items() if k != "safe_pose"}, joints)
     cameras = _require_mapping(doc.get("cameras") or {}, "cameras")
     _validate_cameras(cameras)
+    kinematics = doc.get("kinematics")
+    if kinematics is not None:
+        _validate_kinematics(kinematics, names)
     mapping = _parse_model(doc["model"], joints, action_type)
     return RobotConfig(
         name=name,
@@ -273,6 +279,7 @@ def parse_robot(raw: Any, path: Path) -> RobotConfig:
         mapping=mapping,
         safety=safety,
         cameras=dict(cameras),
+        kinematics=dict(kinematics or {}),
         capabilities=capabilities,
         description=str(doc.get("description", "")),
     )
@@ -287,6 +294,16 @@ def _validate_safety(safety: dict[str, Any], joints: tuple[JointSpec, ...]) -> N
     try:
         SafetyConfig.from_dict(safety, joints)
     except ValueError as exc:
+        raise RobotConfigError(str(exc)) from None
+
+
+def _validate_kinematics(block: Any, joint_names: list[str]) -> None:
+    """The block's schema only (no model is loaded here: that needs MuJoCo and the model files)."""
+    from wall_runtime.kinematics.config import KinematicsConfigError, parse_kinematics_block
+
+    try:
+        parse_kinematics_block(block, joint_names)
+    except KinematicsConfigError as exc:
         raise RobotConfigError(str(exc)) from None
 
 
