@@ -21,6 +21,10 @@ onnxruntime-gpu is installed) and TensorRT (when tensorrt is installed).
 
     python benchmarks/bench_inference.py [--repeats 20] [--out benchmarks/results]
     python benchmarks/bench_inference.py --mode gpu --repeats 50
+    python benchmarks/bench_inference.py --smoke --out /tmp/bench   # tiny config, one call per point
+
+In GPU mode a backend whose package or execution provider is missing is recorded as skipped, with
+the reason, before anything is exported for it.
 
 Writes ``inference_<mode>.json`` (figures and the machine) and ``inference_<mode>.png``.
 """
@@ -277,19 +281,37 @@ def strategies(ck: Path, views: int, steps: int, repeats: int, warmup: int, cach
 # ----------------------------------------------------------------------------------------- backends × stages
 
 
+def unavailable(backend: str, device: str) -> str | None:
+    """Why ``backend`` cannot run on ``device`` here (None when it can), checked before any export:
+    at full size an ONNX export or an engine build takes minutes, wasted if the runtime is missing."""
+    import importlib.util
+
+    if backend == "torch_cuda_graph" and device != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if backend == "onnxruntime":
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed"
+        if device == "cuda":
+            import onnxruntime
+
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                return "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    if backend == "tensorrt":
+        if device != "cuda":
+            return "TensorRT needs a CUDA device"
+        if importlib.util.find_spec("tensorrt") is None:
+            return "tensorrt is not installed"
+    return None
+
+
 def make_policy(backend: str, ck: Path, views: int, steps: int, cache: Path, device: str):
     cameras = {c: (480, 640) for c in CAMERAS[:views]}
-    if backend == "torch":
+    if backend in ("torch", "torch_cuda_graph"):
         from wall_runtime.backends.torch_backend import TorchPolicy
 
-        return TorchPolicy.from_checkpoint(ck, device=device, num_steps=steps, seed=0)
-    if backend == "torch_cuda_graph":
-        from wall_runtime.backends.cuda_graph import use_cuda_graph
-        from wall_runtime.backends.torch_backend import TorchPolicy
-
-        policy = TorchPolicy.from_checkpoint(ck, device=device, num_steps=steps, seed=0)
-        use_cuda_graph(policy.model)
-        return policy
+        # on CUDA the torch backend captures the denoise loop by default: "torch" is the eager baseline
+        graphs = backend == "torch_cuda_graph"
+        return TorchPolicy.from_checkpoint(ck, device=device, num_steps=steps, seed=0, cuda_graph=graphs)
     if backend == "onnxruntime":
         from wall_runtime.backends.onnxruntime_backend import OnnxRuntimePolicy
 
@@ -449,9 +471,10 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("ms")
         ax.set_title(f"Policy.infer vs {label} ({fixed_key}={fixed}; band to p99)")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     m = result["machine"]
-    fig.suptitle(f"{result['config']} on {m.get('gpu') or m['cpu']} ({m['usable_cpus']} cpus)", fontsize=10)
+    fig.suptitle(f"{result['config']} on {m.get('gpu') or m['cpu']} ({m['usable_cores']} cpus)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -474,7 +497,14 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="where checkpoints and the engine cache go")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--tag", default="", help="suffix of the result file names")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check the script runs: tiny config (also in GPU mode), 1 and 2 steps at 1 view, one timed call",
+    )
     args = ap.parse_args()
+    if args.smoke:
+        args.size, args.repeats, args.warmup = "tiny", args.repeats or 1, 0
 
     gpu = args.mode == "gpu"
     if args.threads:
@@ -490,7 +520,9 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-inference-"))
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "cache"
-    if args.full_grid:
+    if args.smoke:
+        configs = [(1, 1), (1, 2)]
+    elif args.full_grid:
         configs = [(v, s) for v in VIEWS_SWEEP for s in STEPS_SWEEP]
     elif gpu:
         configs = [
@@ -501,10 +533,18 @@ def main() -> None:
     else:
         configs = [(1, s) for s in STEPS_SWEEP] + [(v, 10) for v in VIEWS_SWEEP if v != 1]
 
+    skipped = {b: why for b in backends if (why := unavailable(b, device))}
+    backends = [b for b in backends if b not in skipped]
+    for b, why in skipped.items():
+        console.print(f"[yellow]{b}: skipped ({why})")
+    full_size = gpu and not args.smoke
     with console.status("writing the checkpoint"):
-        ck = full_size_checkpoint(work) if gpu else small_checkpoint(work, args.variant, args.size)
+        ck = full_size_checkpoint(work) if full_size else small_checkpoint(work, args.variant, args.size)
+    dtype = "bf16" if gpu else "fp32"
     config = (
-        "Wall-OSS-0.5 shape, random weights, bf16" if gpu else f"'{args.size}' {args.variant} config (fp32)"
+        "Wall-OSS-0.5 shape, random weights, bf16"
+        if full_size
+        else f"'{args.size}' {args.variant} config ({dtype})"
     )
     result: dict = {
         "mode": args.mode,
@@ -514,15 +554,20 @@ def main() -> None:
         "repeats": repeats,
         "warmup": args.warmup,
         "machine": machine(),
+        "skipped_backends": skipped,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     with Progress(console=console) as progress:
         if not args.skip_strategies:
             t = progress.add_task("denoise strategies", total=None)
-            views = 3 if gpu else 1
-            result["strategies"] = strategies(ck, views, 10, repeats, args.warmup, cache, device)
+            views = 3 if full_size else 1
+            steps = 2 if args.smoke else 10
+            result["strategies"] = strategies(ck, views, steps, repeats, args.warmup, cache, device)
             progress.remove_task(t)
-        exported = None if (args.full_grid or not gpu) else [(3, 10)]
+        if args.smoke:
+            exported = [(1, 2)]
+        else:
+            exported = None if (args.full_grid or not gpu) else [(3, 10)]
         result["backends"] = (
             []
             if args.skip_sweep
