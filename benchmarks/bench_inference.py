@@ -168,13 +168,15 @@ def full_size_checkpoint(root: Path) -> Path:
     (ck / "config.json").write_text(json.dumps(cfg, indent=2))
     _three_cameras(ck, 448, horizon=32)
     wall_cfg = build_config(cfg, yaml.safe_load((ck / "config.yml").read_text()), vocab_size=151667)
-    g = torch.Generator().manual_seed(0)
+    # ~4 B random values: drawn on the GPU where there is one (seconds, not a minute of CPU time)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(device).manual_seed(0)
     sd = {}
     for name, shape in unfused_weight_shapes(wall_cfg).items():
         if "norm" in name and len(shape) == 1:
             sd[name] = torch.ones(shape, dtype=torch.bfloat16)
         else:
-            sd[name] = (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)
+            sd[name] = (torch.randn(shape, generator=g, device=device) * 0.02).to(torch.bfloat16).cpu()
     sd = fuse_state_dict(sd, published_fused_names(wall_cfg, "published"))
     write_state_dict(sd, ck, max_shard_bytes=4 << 30)
     return ck
@@ -357,6 +359,7 @@ def sweep(
     device: str,
     progress,
     exported_configs=None,
+    on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """``exported_configs`` (if given) limits the exported backends, each of whose points is an export
     and, for TensorRT, an engine build (minutes each at full size)."""
@@ -381,8 +384,20 @@ def sweep(
         except (RuntimeError, ImportError) as e:
             rows.append({"backend": backend, "views": views, "steps": steps, "error": str(e)})
             console.print(f"[yellow]{backend} {views} view(s) {steps} step(s): {e}")
+        if on_row is not None:
+            on_row(rows[-1])
         progress.advance(task)
     return rows
+
+
+def _point(text: str) -> tuple[int, int]:
+    try:
+        views, steps = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--points {text!r}: write VIEWSxSTEPS, e.g. 3x10") from None
+    if views not in VIEWS_SWEEP or steps < 1:
+        raise SystemExit(f"--points {text!r}: views must be 1, 2 or 3 and steps >= 1")
+    return views, steps
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -491,12 +506,24 @@ def main() -> None:
         "--full-grid", action="store_true", help="every (steps, views) pair, not one factor at a time"
     )
     ap.add_argument("--backends", nargs="*", default=None)
+    ap.add_argument(
+        "--points",
+        nargs="*",
+        default=None,
+        metavar="VIEWSxSTEPS",
+        help="only these (views, steps) points for every backend, e.g. 3x10 (default: the sweep)",
+    )
     ap.add_argument("--skip-strategies", action="store_true")
     ap.add_argument("--skip-sweep", action="store_true", help="only the denoise strategies")
     ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads")
     ap.add_argument("--workdir", type=Path, default=None, help="where checkpoints and the engine cache go")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--tag", default="", help="suffix of the result file names")
+    ap.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a backend that ran failed (skipped ones do not count)",
+    )
     ap.add_argument(
         "--smoke",
         action="store_true",
@@ -520,7 +547,9 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-inference-"))
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "cache"
-    if args.smoke:
+    if args.points:
+        configs = [_point(p) for p in args.points]
+    elif args.smoke:
         configs = [(1, 1), (1, 2)]
     elif args.full_grid:
         configs = [(v, s) for v in VIEWS_SWEEP for s in STEPS_SWEEP]
@@ -557,6 +586,15 @@ def main() -> None:
         "skipped_backends": skipped,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"inference_{args.mode}{'_' + args.tag if args.tag else ''}"
+
+    def save(row: dict | None = None) -> None:
+        """Write what is measured so far: a run stopped by a time box still leaves its figures."""
+        if row is not None:
+            result["backends"].append(row)
+        (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+
     with Progress(console=console) as progress:
         if not args.skip_strategies:
             t = progress.add_task("denoise strategies", total=None)
@@ -564,22 +602,26 @@ def main() -> None:
             steps = 2 if args.smoke else 10
             result["strategies"] = strategies(ck, views, steps, repeats, args.warmup, cache, device)
             progress.remove_task(t)
-        if args.smoke:
+            save()
+        if args.points:
+            exported = configs
+        elif args.smoke:
             exported = [(1, 2)]
         else:
             exported = None if (args.full_grid or not gpu) else [(3, 10)]
-        result["backends"] = (
-            []
-            if args.skip_sweep
-            else sweep(backends, ck, configs, repeats, args.warmup, cache, device, progress, exported)
-        )
+        result["backends"] = []
+        if not args.skip_sweep:
+            sweep(backends, ck, configs, repeats, args.warmup, cache, device, progress, exported, save)
     result["load_average_1min_at_end"] = os.getloadavg()[0]
     print_tables(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"inference_{args.mode}{'_' + args.tag if args.tag else ''}"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    save()
     plot(result, args.out / f"{stem}.png")
     console.print(f"wrote {args.out / stem}.json and .png")
+    failed = [r for r in result["backends"] if "error" in r]
+    if args.strict and failed:
+        raise SystemExit(
+            f"{len(failed)} backend point(s) failed: " + "; ".join(r["error"][:200] for r in failed)
+        )
 
 
 if __name__ == "__main__":
