@@ -63,6 +63,12 @@ CASES = {
         {"machine", "robots"},
         ["robot_adapters.png"],
     ),
+    "bench_wire.py": (
+        ["benchmarks/bench_wire.py"],
+        "wire_bytes.json",
+        {"machine", "observation", "calls", "links"},
+        ["wire_bytes.png"],
+    ),
     "wall-runtime bench": (
         ["-m", "wall_runtime", "bench"],
         "e2e-cpu.json",
@@ -90,7 +96,24 @@ def _transport_measured(record: dict) -> None:
         assert record["results"][name]["p50_ms"] > 0
 
 
-CHECKS = {"bench_inference.py": _inference_measured, "bench_transport.py": _transport_measured}
+def _wire_measured(record: dict) -> None:
+    """Model-sized frames are under half the bytes; every link measured both ways (the shaped links
+    where this machine lets the test create a network namespace, else the reason is recorded)."""
+    links = record["links"]
+    expected = {"loopback_unshaped"} | (set() if "shaping_unavailable" in record else {"1gbit", "100mbit"})
+    assert set(links) == expected
+    for link in links.values():
+        b = link["bytes_per_observation"]
+        assert b["model_sized"] < 0.5 * b["camera_sized"]
+        assert link["frame_shapes"]["model_sized"] == [336, 448, 3]
+        assert all(link["round_trip"][m]["n"] == 2 for m in ("camera_sized", "model_sized"))
+
+
+CHECKS = {
+    "bench_inference.py": _inference_measured,
+    "bench_transport.py": _transport_measured,
+    "bench_wire.py": _wire_measured,
+}
 
 
 def _run_smoke(args: list[str], out: Path) -> subprocess.CompletedProcess:

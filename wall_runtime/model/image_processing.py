@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -199,6 +199,18 @@ def _pool() -> ThreadPoolExecutor:
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="preprocess")
     return _POOL
+
+
+def shrink_all_for_wire(
+    images: Mapping[str, np.ndarray], resolutions: Mapping[str, int]
+) -> dict[str, np.ndarray]:
+    """:func:`shrink_for_wire` for every view with a resolution (others unchanged), the views on the
+    thread pool (Pillow releases the GIL while it resizes)."""
+    names = [n for n in images if n in resolutions]
+    resized = dict(
+        zip(names, _pool().map(lambda n: shrink_for_wire(images[n], resolutions[n]), names), strict=True)
+    )
+    return {n: resized.get(n, image) for n, image in images.items()}
 
 
 def preprocess_images(

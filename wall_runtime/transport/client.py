@@ -34,7 +34,7 @@ from typing import Any
 import zmq
 
 from wall_runtime.backends.base import PolicyMetadata
-from wall_runtime.model.image_processing import shrink_for_wire
+from wall_runtime.model.image_processing import shrink_all_for_wire
 from wall_runtime.transport import auth, protocol
 from wall_runtime.transport.codec import decode, encode
 from wall_runtime.transport.errors import (
@@ -178,7 +178,9 @@ class PolicyClient:
         seq = next(self._seq)
         meta = self.metadata
         if self.resize_images and meta is not None and meta.resolutions:
-            observation = _resized(observation, meta.resolutions)
+            # the views on a thread pool, on the caller's thread: the I/O thread never resizes
+            images = shrink_all_for_wire(observation.images, meta.resolutions)
+            observation = dataclasses.replace(observation, images=images)
         try:
             frames = protocol.encode_observe(observation, seq, deadline * 1000.0)
         except ProtocolError as exc:
@@ -452,15 +454,6 @@ __all__ = [
     "TransportError",
     "fetch_stats",
 ]
-
-
-def _resized(observation: Observation, resolutions: dict[str, int]) -> Observation:
-    """``observation`` with each view the policy announced a resolution for shrunk to it."""
-    images = {
-        name: shrink_for_wire(image, resolutions[name]) if name in resolutions else image
-        for name, image in observation.images.items()
-    }
-    return dataclasses.replace(observation, images=images)
 
 
 def fetch_stats(
