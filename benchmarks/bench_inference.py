@@ -16,8 +16,10 @@ three 640×480 cameras at resolution 448):
    (1, 2, 4, 10 at 1 view) and the camera views (1, 2, 3 at 10 steps); ``--full-grid`` for all pairs.
 
 GPU mode (``--mode gpu``, for an H100): the Wall-OSS-0.5 shape with random weights (3 views at
-448×336, 10 steps, bf16), backends torch eager, torch + CUDA graph, onnxruntime CUDA (when
-onnxruntime-gpu is installed) and TensorRT (when tensorrt is installed).
+448×336, 10 steps, bf16), backends torch eager (``torch``), torch with the denoise loop in a CUDA
+graph (``torch_cuda_graph``), torch with the whole call in two CUDA graphs (``cuda_graph``: prefix =
+vision + prefill, and the fused denoise), onnxruntime CUDA (when onnxruntime-gpu is installed) and
+TensorRT (when tensorrt is installed).
 
     python benchmarks/bench_inference.py [--repeats 20] [--out benchmarks/results]
     python benchmarks/bench_inference.py --mode gpu --repeats 50
@@ -288,7 +290,7 @@ def unavailable(backend: str, device: str) -> str | None:
     at full size an ONNX export or an engine build takes minutes, wasted if the runtime is missing."""
     import importlib.util
 
-    if backend == "torch_cuda_graph" and device != "cuda":
+    if backend in ("torch_cuda_graph", "cuda_graph") and device != "cuda":
         return "CUDA graphs need a CUDA device"
     if backend == "onnxruntime":
         if importlib.util.find_spec("onnxruntime") is None:
@@ -314,6 +316,11 @@ def make_policy(backend: str, ck: Path, views: int, steps: int, cache: Path, dev
         # on CUDA the torch backend captures the denoise loop by default: "torch" is the eager baseline
         graphs = backend == "torch_cuda_graph"
         return TorchPolicy.from_checkpoint(ck, device=device, num_steps=steps, seed=0, cuda_graph=graphs)
+    if backend == "cuda_graph":
+        from wall_runtime.backends.cuda_graph import CudaGraphPolicy
+
+        # the whole call in two CUDA graphs (prefix = vision + prefill; fused denoise), static shapes
+        return CudaGraphPolicy.from_checkpoint(ck, num_steps=steps, cameras=cameras, seed=0)
     if backend == "onnxruntime":
         from wall_runtime.backends.onnxruntime_backend import OnnxRuntimePolicy
 
@@ -542,7 +549,9 @@ def main() -> None:
     device = "cuda" if gpu else "cpu"
     repeats = args.repeats or (50 if gpu else 10)
     backends = args.backends or (
-        ["torch", "torch_cuda_graph", "onnxruntime", "tensorrt"] if gpu else ["torch", "onnxruntime"]
+        ["torch", "torch_cuda_graph", "cuda_graph", "onnxruntime", "tensorrt"]
+        if gpu
+        else ["torch", "onnxruntime"]
     )
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-inference-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,11 @@
 #   setup             wheels from .whl/ and the project (pip --no-index --no-deps)
 #   env               GPU, torch / CUDA, optional runtimes; the GPU paths import without pyzmq
 #   parity            bf16 on the GPU vs fp32 on the CPU, both generations, tiny and small
-#   cuda-graph        CUDA-graph replay equals eager (denoise loop, whole pipeline)
+#   cuda-graph        CUDA-graph replay equals eager: the denoise loop, and the whole call in two graphs
+#                     (prefix = vision + prefill, fused denoise) with no host sync in a replayed call
 #   bench             bench_inference.py --mode gpu at the Wall-OSS-0.5 shape (random weights, 3 views
-#                     at 448x336, 10 steps): torch eager and torch + CUDA graphs (and onnxruntime-CUDA /
-#                     TensorRT when present)
+#                     at 448x336, 10 steps): torch eager, torch + denoise graph, torch with prefix and
+#                     denoise graphs (cuda_graph), and onnxruntime-CUDA / TensorRT when present
 #   onnxruntime-cuda  the exported graphs on onnxruntime's CUDA provider   (skipped without onnxruntime-gpu)
 #   tensorrt          engines built and verified against torch fp32        (skipped without tensorrt)
 #
@@ -72,9 +73,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then $PYTHON -m pip install -q --no-index --no
 && $PYTHON -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir -e ."
   "env|45|||$PYTHON scripts/gpu_env.py --json $RESULTS/gpu_env_\$GPU_SLUG.json"
   "parity|120|||$PYTEST tests/test_gpu_parity.py"
-  "cuda-graph|90|||$PYTEST tests/test_gpu_cuda_graph.py"
+  "cuda-graph|120|||$PYTEST tests/test_gpu_cuda_graph.py"
   "bench|300|||$PYTHON benchmarks/bench_inference.py --mode gpu --repeats $BENCH_REPEATS --warmup 3 --points 3x10 \
---backends torch torch_cuda_graph onnxruntime tensorrt --strict --out $RESULTS --tag \$GPU_SLUG --workdir /tmp/wall-runtime-bench"
+--backends torch torch_cuda_graph cuda_graph onnxruntime tensorrt --strict --out $RESULTS --tag \$GPU_SLUG --workdir /tmp/wall-runtime-bench"
   "onnxruntime-cuda|90|$PYTHON -c 'import onnxruntime,sys; sys.exit(\"CUDAExecutionProvider\" not in onnxruntime.get_available_providers())'|\
 onnxruntime has no CUDA execution provider (onnxruntime-gpu is not installed)|$PYTEST tests/test_gpu_onnxruntime.py"
   "tensorrt|180|$PYTHON -c 'import tensorrt'|TensorRT's Python package is not installed|$PYTEST tests/test_gpu_tensorrt.py"

@@ -38,7 +38,7 @@ def test_dry_run_prints_every_stage_and_its_command():
     for stage in STAGES:
         assert f" {stage} " in out, f"stage {stage} missing from the plan"
     assert "bench_inference.py --mode gpu" in out and "--points 3x10" in out
-    assert "torch torch_cuda_graph" in out
+    assert "torch torch_cuda_graph cuda_graph" in out
     assert "tests/test_gpu_parity.py" in out and "tests/test_gpu_cuda_graph.py" in out
     assert "all files the plan needs are present" in out
 
