@@ -155,6 +155,9 @@ def test_whole_call_graphs_equal_eager_bf16_and_match_fp32(tmp_path, variant):
             assert compare_stage("chunk", fp32, got, "bf16").passed
     # one static shape: one graph per stage, however often it ran
     assert len(graphed.run_prefix._graphs) == 1 and len(graphed.run_denoise._graphs) == 1
+    # stage times are the graphs' GPU times (a replay returns at launch), within the call's wall time
+    t = graphed.infer([obs], [noise])[0].timing_ms
+    assert t["prefix"] > 0 and t["denoise"] > 0 and t["prefix"] + t["denoise"] <= t["total"]
 
 
 @pytest.mark.gpu

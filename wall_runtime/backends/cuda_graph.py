@@ -234,6 +234,20 @@ class GraphedRunner:
         self.warmup = warmup
         self._graphs: OrderedDict[tuple, _Entry] = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle() if self.capture else None
+        # GPU time of the last call (input copies + replay), read once the caller has synchronised
+        self._events = (
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            if self.capture
+            else ()
+        )
+        self._timed = False
+
+    def last_gpu_ms(self) -> float | None:
+        """GPU milliseconds of the last replayed call; call it after the result was read back (that read
+        synchronised), else it waits for the GPU. None before a replay, or when running eagerly."""
+        if not self._timed:
+            return None
+        return float(self._events[0].elapsed_time(self._events[1]))
 
     def _named(self, out: Tensor | tuple[Tensor, ...]) -> dict[str, Tensor]:
         out = (out,) if isinstance(out, Tensor) else tuple(out)
@@ -249,6 +263,7 @@ class GraphedRunner:
             with torch.no_grad():
                 return self._named(self.module(**{n: self._device_tensor(inputs[n]) for n in names}))
         key = tuple((n, tuple(inputs[n].shape), str(inputs[n].dtype)) for n in names)
+        self._events[0].record()
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._capture(key, {n: inputs[n] for n in names})
@@ -260,6 +275,8 @@ class GraphedRunner:
             self._load(entry, inputs)
         assert entry.graph is not None
         entry.graph.replay()
+        self._events[1].record()
+        self._timed = True
         return self._named(entry.outputs)
 
     def _load(self, entry: _Entry, inputs) -> None:
@@ -367,6 +384,16 @@ class CudaGraphPolicy(GraphPolicy):
         )
         policy.dtype = dtype
         return policy
+
+    def infer(self, observations, noise=None):
+        results = super().infer(observations, noise)
+        # the graph calls return at launch; the chunk's read-back synchronised, so the GPU times of the
+        # two stages are known now (for a single group, the usual case: one robot, batch 1)
+        prefix_ms, denoise_ms = self.run_prefix.last_gpu_ms(), self.run_denoise.last_gpu_ms()
+        if prefix_ms is not None and denoise_ms is not None and len(results) <= self.shapes.batch:
+            for r in results:
+                r.timing_ms |= {"prefix": prefix_ms, "denoise": denoise_ms}
+        return results
 
     def close(self) -> None:
         super().close()
