@@ -17,7 +17,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu-check.sh"
-STAGES = ("setup", "env", "parity", "cuda-graph", "bench", "onnxruntime-cuda", "tensorrt")
+STAGES = ("setup", "env", "parity", "cuda-graph", "bench", "onnxruntime-cuda", "tensorrt", "bench-compile")
 
 
 def _run(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess:

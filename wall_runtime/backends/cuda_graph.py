@@ -333,7 +333,8 @@ class CudaGraphPolicy(GraphPolicy):
     def from_checkpoint(cls, path: str | Path | None, **options: Any) -> CudaGraphPolicy:
         """Options: ``cameras``, ``batch``, ``text_tokens``, ``num_steps``, ``norm_key``, ``seed`` (as the
         exported backends), ``device`` ("cuda"), ``dtype`` ("bf16"; "fp32"), ``capture`` (False: the same
-        two modules run eagerly, the reference), ``max_graphs`` (per stage, default 4)."""
+        two modules run eagerly, the reference), ``compile`` (``torch.compile`` both modules before
+        capture; minutes of compilation at full size), ``max_graphs`` (per stage, default 4)."""
         from wall_runtime.backends.torch_backend import _dtype
         from wall_runtime.export.onnx_export import (
             DENOISE_INPUTS,
@@ -355,6 +356,7 @@ class CudaGraphPolicy(GraphPolicy):
             torch.bfloat16 if device.type == "cuda" else torch.float32
         )
         capture = str(options.pop("capture", True)).lower() not in ("0", "false", "no")
+        compile_ = str(options.pop("compile", False)).lower() not in ("0", "false", "no")
         max_graphs = int(options.pop("max_graphs", 4))
         # preprocessing (and the noise) stay on the CPU; only the network moves to the device
         model = load_model_for_export(path, common["norm_key"], common["num_steps"], **options)
@@ -363,8 +365,15 @@ class CudaGraphPolicy(GraphPolicy):
         if dtype != torch.float32:
             net.to_inference_dtype(dtype)
         prefix_inputs = PREFIX_INPUTS + (STATE_INPUTS if shapes.state_token else ())
+        prefix_module: torch.nn.Module = PrefixGraph(net, net.visual, shapes.grid_thw, shapes.state_token)
+        denoise_module: torch.nn.Module = DenoiseModule(net, model.settings)
+        if compile_:
+            # Inductor kernels (fused elementwise work, Triton matmuls where they win), compiled during
+            # the runner's warm-up and then captured in the CUDA graph like eager kernels
+            prefix_module = torch.compile(prefix_module, dynamic=False)
+            denoise_module = torch.compile(denoise_module, dynamic=False)
         prefix = GraphedRunner(
-            PrefixGraph(net, net.visual, shapes.grid_thw, shapes.state_token),
+            prefix_module,
             prefix_inputs,
             PREFIX_OUTPUTS,
             device,
@@ -372,7 +381,7 @@ class CudaGraphPolicy(GraphPolicy):
             max_graphs=max_graphs,
         )
         denoise = GraphedRunner(
-            DenoiseModule(net, model.settings),
+            denoise_module,
             DENOISE_INPUTS,
             DENOISE_OUTPUTS,
             device,
