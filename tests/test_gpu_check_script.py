@@ -92,3 +92,19 @@ def test_gpu_stage_modules_import_without_pyzmq():
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the failure path on a machine without a GPU")
+def test_an_optional_stage_failing_does_not_fail_the_check(tmp_path):
+    proc = _run(
+        GPU_CHECK_FORCE_RUN="1",
+        GPU_CHECK_STAGES="bench-compile",
+        GPU_CHECK_RESULTS=str(tmp_path / "results"),
+        GPU_CHECK_LOGS=str(tmp_path / "logs"),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads((tmp_path / "results" / "gpu_check_no-gpu.json").read_text())
+    (stage,) = record["stages"]
+    assert stage["stage"] == "bench-compile" and stage["status"] == "failed-optional"
+    assert "needs a CUDA GPU" in stage["note"]
+    assert record["passed"] is True
