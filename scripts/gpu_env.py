@@ -31,12 +31,33 @@ GPU_STAGE_MODULES = (
 )
 
 
+# absent from the GPU image: pyzmq, and the robot side's simulators, cameras and vendor SDKs
+BLOCKED = (
+    "zmq",
+    "mujoco",
+    "pyrealsense2",
+    "serial",
+    "can",
+    "dynamixel_sdk",
+    "scservo_sdk",
+    "piper_sdk",
+    "rtde_control",
+    "rtde_receive",
+    "xarm",
+    "websockets",
+    "openpi_client",
+    "lerobot",
+)
+
+
 def import_without_zmq(modules: tuple[str, ...] = GPU_STAGE_MODULES) -> dict[str, str]:
-    """Import ``modules`` with zmq blocked; ``{module: error}`` for those that fail."""
-    saved = {k: v for k, v in sys.modules.items() if k == "zmq" or k.startswith("zmq.")}
+    """Import ``modules`` with zmq (and the other packages in ``BLOCKED``) unimportable; ``{module: error}``
+    for those that fail."""
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in BLOCKED}
     for k in saved:
         del sys.modules[k]
-    sys.modules["zmq"] = None  # type: ignore[assignment]  # `import zmq` now raises ImportError
+    for name in BLOCKED:
+        sys.modules[name] = None  # type: ignore[assignment]  # `import name` now raises ImportError
     failures = {}
     try:
         for name in modules:
@@ -51,7 +72,8 @@ def import_without_zmq(modules: tuple[str, ...] = GPU_STAGE_MODULES) -> dict[str
         except ImportError as e:
             failures["benchmarks/bench_inference.py"] = str(e)
     finally:
-        del sys.modules["zmq"]
+        for name in BLOCKED:
+            del sys.modules[name]
         sys.modules.update(saved)
     return failures
 
