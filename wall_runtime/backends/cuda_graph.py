@@ -407,5 +407,6 @@ class CudaGraphPolicy(GraphPolicy):
     def close(self) -> None:
         super().close()
         self.run_denoise = None
+        self.model.net = None  # the graphs and the network's weights go with the runners
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
