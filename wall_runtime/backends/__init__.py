@@ -15,6 +15,8 @@ BACKENDS: dict[str, str] = {
     "torch": "wall_runtime.backends.torch_backend:TorchPolicy",
     "onnxruntime": "wall_runtime.backends.onnxruntime_backend:OnnxRuntimePolicy",
     "tensorrt": "wall_runtime.backends.tensorrt_backend:TensorRTPolicy",
+    # torch with the prefix and the denoise loop each in one CUDA graph, at static shapes (GPU)
+    "cuda_graph": "wall_runtime.backends.cuda_graph:CudaGraphPolicy",
 }
 
 

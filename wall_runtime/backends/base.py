@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -28,11 +28,15 @@ class PolicyMetadata:
     num_steps: int
     cameras: tuple[str, ...]  # model view names the policy expects, in prompt order
     norm_keys: tuple[str, ...] = ()
+    # view -> longest side of the reference's first (Pillow bicubic) resize; a client may do that
+    # resize itself and send model-sized frames (the model input is the same, bit for bit)
+    resolutions: dict[str, int] = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["cameras"] = list(self.cameras)
         d["norm_keys"] = list(self.norm_keys)
+        d["resolutions"] = dict(self.resolutions)
         return d
 
 

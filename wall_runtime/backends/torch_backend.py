@@ -50,6 +50,7 @@ class TorchPolicy(Policy):
             num_steps=model.settings.num_steps,
             cameras=tuple(cfg.data.cameras),
             norm_keys=tuple(model.normalizers.keys),
+            resolutions={v: int(cfg.data.resolution[v]) for v in cfg.data.cameras},
         )
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
 

@@ -128,10 +128,17 @@ def register(app: typer.Typer) -> None:
         seconds: float = typer.Option(8.0, help="closed-loop seconds per configuration"),
         variant: str = typer.Option("flow", help="tiny checkpoint generation: flow | 0.5"),
         out: Path = typer.Option(Path("benchmarks/results"), help="folder for JSON, Markdown table and plot"),
+        smoke: bool = typer.Option(
+            False,
+            "--smoke",
+            help="check the benchmark runs: torch, 1 step, 1 view, 3 s (sweep options ignored)",
+        ),
     ) -> None:
         """End-to-end latency, stage by stage (capture → actuation), sweeping backends, steps and views."""
         from wall_runtime.e2e.bench import VIEW_ROBOTS, markdown_table, run_bench
 
+        if smoke:
+            backend, steps, views, seconds = ["torch"], [1], [1], 3.0
         bad = [v for v in views if v not in VIEW_ROBOTS]
         if bad:
             raise typer.BadParameter(f"--views {bad}: choose among {sorted(VIEW_ROBOTS)}")

@@ -105,6 +105,7 @@ class GraphPolicy(Policy):
             num_steps=model.settings.num_steps,
             cameras=tuple(shapes.cameras),
             norm_keys=tuple(model.normalizers.keys),
+            resolutions={v: int(cfg.data.resolution[v]) for v in shapes.cameras},
         )
 
     def stages(self, observations: Sequence[Observation], noise: np.ndarray) -> dict[str, Any]:
@@ -134,7 +135,7 @@ class GraphPolicy(Policy):
             )
         if noise is not None and len(noise) != len(observations):
             raise ValueError(f"{len(noise)} noise arrays for {len(observations)} observations")
-        check_cameras(observations, self.shapes)
+        check_cameras(observations, self.shapes, self.model.cfg.data.resolution)
         results: list[PolicyResult] = []
         b = self.shapes.batch
         for g, group in enumerate(pad_observations(observations, self.shapes)):
