@@ -19,9 +19,12 @@ def load_cameras_block(robot: str | None, config: Path | None) -> tuple[dict | N
     """The ``cameras:`` block of robots/<robot>/robot.yaml (or of ``config``) and its folder."""
     if (robot is None) == (config is None):
         raise typer.BadParameter("give exactly one of --robot NAME or --config PATH/TO/robot.yaml")
-    path = config if config is not None else Path("robots") / str(robot) / "robot.yaml"
-    if not path.is_file():
-        raise typer.BadParameter(f"{path}: no such robot.yaml")
+    from wall_runtime.robot_files import RobotNotFoundError, resolve_robot
+
+    try:
+        path = resolve_robot(config if config is not None else str(robot))
+    except RobotNotFoundError as exc:
+        raise typer.BadParameter(str(exc)) from None
     doc = yaml.safe_load(path.read_text()) or {}
     if not isinstance(doc, dict):
         raise typer.BadParameter(f"{path}: expected a mapping at the top level")
@@ -61,7 +64,9 @@ def register(app: typer.Typer) -> None:
 
     @cameras.command("snapshot")
     def snapshot(
-        robot: str = typer.Option(None, "--robot", help="Robot name: reads robots/<name>/robot.yaml."),
+        robot: str = typer.Option(
+            None, "--robot", help="Robot name (./robots/NAME or a shipped robot) or its robot.yaml."
+        ),
         config: Path = typer.Option(None, "--config", help="A robot.yaml to read instead."),
         out: Path = typer.Option(Path("snapshot.png"), "--out", help="Mosaic PNG to write."),
         seconds: float = typer.Option(2.0, "--seconds", help="Capture this long to measure rates."),

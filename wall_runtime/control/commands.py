@@ -51,7 +51,7 @@ class ControlSetup:
     side: Any = None  # the robot.yaml side (wall_runtime.e2e.robot_side.RobotSide); None in a dry run
 
 
-def load_control_setup(robot_yaml: Path, instruction: str) -> ControlSetup:
+def load_control_setup(robot_yaml: str | Path, instruction: str) -> ControlSetup:
     """The robot side from ``robot.yaml``: adapter (connected), cameras (started), observations."""
     from wall_runtime.e2e.robot_side import load_robot_side
 
@@ -175,7 +175,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("run")
     def run(
-        robot: Path | None = typer.Option(None, "--robot", help="robots/<name>/robot.yaml"),
+        robot: str | None = typer.Option(
+            None, "--robot", help="robot name (./robots/NAME or a shipped robot), folder or robot.yaml"
+        ),
         server: str | None = typer.Option(None, "--server", help="policy server, e.g. tcp://gpu-host:5555"),
         instruction: str = typer.Option("", "--instruction", "-i", help="the task, in words"),
         smoother: str = typer.Option("crossfade", help=f"chunk smoother: {', '.join(SMOOTHERS)}"),

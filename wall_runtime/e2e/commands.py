@@ -24,7 +24,9 @@ def _options(pairs: list[str]) -> dict[str, str]:
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        robot: Path | None = typer.Option(None, help="robot.yaml (default: the simulated arm)"),
+        robot: str = typer.Option(
+            "sim_arm", help="robot name (./robots/NAME or a shipped robot), folder or robot.yaml"
+        ),
         checkpoint: Path | None = typer.Option(
             None, help="checkpoint (default: a tiny one shaped for the robot)"
         ),
@@ -37,16 +39,16 @@ def register(app: typer.Typer) -> None:
             "pick up the red cube and place it in the bowl", "--instruction", "-i"
         ),
         smoother: str = typer.Option("crossfade", help="none | crossfade | ensemble | rtc"),
-        report: Path | None = typer.Option(None, help="report folder (default: runs/demo-<time>)"),
+        report: Path | None = typer.Option(None, help="report folder (default: ./runs/demo-<time>)"),
         live: bool = typer.Option(True, help="live status table in the terminal"),
     ) -> None:
         """Server, simulated robot with rendered cameras, control loop with smoothing and safety: closed loop."""
-        from wall_runtime.e2e.demo import DEFAULT_ROBOT, DemoOptions, run_demo
+        from wall_runtime.e2e.demo import DemoOptions, run_demo
 
         if variant not in ("flow", "0.5"):
             raise typer.BadParameter(f"--variant {variant!r}: choose flow or 0.5")
         opts = DemoOptions(
-            robot=robot or DEFAULT_ROBOT,
+            robot=robot,
             checkpoint=checkpoint,
             variant=variant,
             backend=backend,
@@ -127,10 +129,15 @@ def register(app: typer.Typer) -> None:
         views: list[int] = typer.Option([1, 2, 3], help="camera views to sweep: 1, 2 or 3 (repeatable)"),
         seconds: float = typer.Option(8.0, help="closed-loop seconds per configuration"),
         variant: str = typer.Option("flow", help="tiny checkpoint generation: flow | 0.5"),
-        out: Path = typer.Option(Path("benchmarks/results"), help="folder for JSON, Markdown table and plot"),
+        out: Path | None = typer.Option(
+            None, help="folder for JSON, Markdown table and plot (default: ./runs/bench-<time>)"
+        ),
     ) -> None:
         """End-to-end latency, stage by stage (capture → actuation), sweeping backends, steps and views."""
         from wall_runtime.e2e.bench import VIEW_ROBOTS, markdown_table, run_bench
+        from wall_runtime.e2e.demo import default_report_dir
+
+        out = out or default_report_dir("bench")
 
         bad = [v for v in views if v not in VIEW_ROBOTS]
         if bad:

@@ -28,16 +28,23 @@ from wall_runtime.control.estop import EStop, SignalSource
 from wall_runtime.control.loop import ControlLoop
 from wall_runtime.e2e.robot_side import load_robot_side
 from wall_runtime.e2e.session import Session, SessionOptions
+from wall_runtime.robot_files import bundled_robots_dir
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_ROBOT = REPO_ROOT / "robots" / "sim_arm" / "robot.yaml"
+DEFAULT_ROBOT_NAME = "sim_arm"
+# the shipped simulated arm's robot.yaml (package data; the checkout's robots/ when run from source)
+DEFAULT_ROBOT = (bundled_robots_dir() or Path("robots")) / DEFAULT_ROBOT_NAME / "robot.yaml"
+
+
+def default_report_dir(command: str) -> Path:
+    """``./runs/<command>-<time>`` under the current directory, wherever the package lives."""
+    return Path.cwd() / "runs" / time.strftime(f"{command}-%Y%m%d-%H%M%S")
 
 
 @dataclass
 class DemoOptions:
-    robot: Path = DEFAULT_ROBOT
+    robot: str | Path = DEFAULT_ROBOT_NAME  # a name (``./robots/NAME`` or shipped), folder or robot.yaml
     checkpoint: Path | None = None  # default: the robot's tiny demo checkpoint
     variant: str = "flow"
     backend: str = "torch"
@@ -158,7 +165,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
             endpoint = stack.enter_context(
                 policy_server_process(checkpoint, options.backend, options.backend_options)
             )
-        console.print(f"robot: {side.config.name} ({options.robot}); server {endpoint}")
+        console.print(f"robot: {side.config.name} ({side.config.path}); server {endpoint}")
         side.start()
         stack.callback(side.close)
         estop = EStop()
@@ -195,7 +202,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
         finally:
             if live is not None:
                 live.stop()
-        report = options.report or REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
+        report = options.report or default_report_dir("demo")
         meta = {
             "checkpoint": str(checkpoint) if checkpoint else None,
             "backend": options.backend,
