@@ -22,7 +22,9 @@ def _options(pairs: list[str]) -> dict[str, str]:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("demo")
+    from wall_runtime.backends.options import options_epilog
+
+    @app.command("demo", epilog=options_epilog())
     def demo(
         robot: str = typer.Option(
             "sim_arm", help="robot name (./robots/NAME or a shipped robot), folder or robot.yaml"
@@ -32,7 +34,9 @@ def register(app: typer.Typer) -> None:
         ),
         variant: str = typer.Option("flow", help="tiny checkpoint generation: flow | 0.5"),
         backend: str = typer.Option("torch", help="torch | onnxruntime | tensorrt"),
-        option: list[str] = typer.Option([], "--option", "-o", help="backend option KEY=VALUE"),
+        option: list[str] = typer.Option(
+            [], "--option", "-o", help="backend option KEY=VALUE (repeatable; the keys are listed below)"
+        ),
         server: str | None = typer.Option(None, help="use a running policy server instead of starting one"),
         duration: float = typer.Option(20.0, help="seconds to run (0: until Ctrl-C)"),
         instruction: str = typer.Option(
@@ -63,6 +67,12 @@ def register(app: typer.Typer) -> None:
             opts.backend_options = {**opts.backend_options, **_options(option)}
         if checkpoint is not None:
             opts.backend_options.pop("noise_knots", None)  # a real checkpoint samples as the reference does
+        from wall_runtime.backends.options import BackendOptionError, parse_options
+
+        try:  # checked here, before a server process starts and fails on it
+            parse_options(backend, opts.backend_options)
+        except BackendOptionError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--option' / '-o'") from None
         summary = run_demo(opts, console)
         counters = summary["counters"]
         console.print(

@@ -91,6 +91,27 @@ def _status_table(loop: ControlLoop, session: Session, started: float) -> Table:
     return table
 
 
+def graph_cameras(config: Any) -> str:
+    """``view=WxH,...``: the model views and the image sizes the robot's cameras deliver, the static
+    shapes an exported-graph backend (onnxruntime, tensorrt) is built for."""
+    from wall_runtime.cameras import CamerasConfig
+
+    specs = []
+    for cam in CamerasConfig.from_dict(config.cameras).cameras:
+        if cam.width is None or cam.height is None:
+            raise ValueError(f"cameras.devices.{cam.name}: width and height are needed to size the graphs")
+        w, h = cam.transform.output_size(cam.width, cam.height)
+        specs.append(f"{cam.view}={w}x{h}")
+    return ",".join(specs)
+
+
+def with_graph_cameras(backend: str, options: dict[str, Any], config: Any) -> dict[str, Any]:
+    """``options`` with ``cameras`` sized for the robot when the backend runs exported graphs."""
+    if backend in ("onnxruntime", "tensorrt") and "cameras" not in options:
+        return {**options, "cameras": graph_cameras(config)}
+    return options
+
+
 @contextlib.contextmanager
 def policy_server_process(
     checkpoint: Path, backend: str, backend_options: dict[str, Any], timeout: float = 120.0
@@ -162,8 +183,9 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
             if checkpoint is None:
                 checkpoint = demo_checkpoint(side.config, options.variant)
             console.print(f"policy: {checkpoint} ({options.backend})")
+            backend_options = with_graph_cameras(options.backend, options.backend_options, side.config)
             endpoint = stack.enter_context(
-                policy_server_process(checkpoint, options.backend, options.backend_options)
+                policy_server_process(checkpoint, options.backend, backend_options)
             )
         console.print(f"robot: {side.config.name} ({side.config.path}); server {endpoint}")
         side.start()

@@ -14,15 +14,15 @@ import typer
 log = logging.getLogger(__name__)
 
 
-def _parse_options(options: list[str]) -> dict[str, Any]:
-    import yaml
-
-    parsed: dict[str, Any] = {}
+def _parse_options(options: list[str]) -> dict[str, str]:
+    """``-o KEY=VALUE`` pairs; the backend's typed options check keys and values
+    (wall_runtime.backends.options)."""
+    parsed: dict[str, str] = {}
     for item in options:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"--option takes KEY=VALUE, got {item!r}")
-        parsed[key] = yaml.safe_load(value)  # numbers, booleans and lists come out typed
+        parsed[key] = value
     return parsed
 
 
@@ -59,7 +59,9 @@ def serve(
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback bind without CURVE."),
     metrics_http: str | None = typer.Option(None, "--metrics-http", help="HOST:PORT serving /metrics."),
     endpoint_file: Path | None = typer.Option(None, "--endpoint-file", help="Write the bound endpoint here."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Backend option KEY=VALUE (repeatable)."),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="Backend option KEY=VALUE (repeatable; the keys are listed below)."
+    ),
 ) -> None:
     """Serve a policy to robots over ZeroMQ until SIGINT/SIGTERM."""
     from wall_runtime.backends import load_policy
@@ -78,7 +80,13 @@ def serve(
         insecure=insecure,
         metrics_http=_host_port(metrics_http),
     )
-    policy = load_policy(checkpoint, backend, **_parse_options(option))
+    from wall_runtime.backends.options import BackendOptionError, parse_options
+
+    try:
+        backend_options = parse_options(backend, _parse_options(option))
+    except BackendOptionError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--option' / '-o'") from None
+    policy = load_policy(checkpoint, backend, backend_options)
     try:
         server = PolicyServer(policy, config)
     except SecurityError as exc:
@@ -188,6 +196,8 @@ def metrics(
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
-    app.command("serve")(serve)
+    from wall_runtime.backends.options import options_epilog
+
+    app.command("serve", epilog=options_epilog(("torch", "onnxruntime", "tensorrt", "echo")))(serve)
     app.command("metrics")(metrics)
     app.add_typer(keys_app, name="keys")
