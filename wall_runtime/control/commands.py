@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +197,9 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, help="simulated robot and policy (no robot.yaml, no server)"),
         server_key: Path | None = typer.Option(None, help="the server's public .key file (CURVE)"),
         client_key: Path | None = typer.Option(None, help="this host's .key_secret file (CURVE)"),
+        first_chunk_timeout: float = typer.Option(
+            30.0, help="stop and exit 1 when no chunk has arrived this many seconds after the start"
+        ),
     ) -> None:
         """Run a robot from a served policy: chunk scheduling, smoothing, safety, watchdog, e-stop."""
         if smoother not in SMOOTHERS:
@@ -261,8 +265,15 @@ def register(app: typer.Typer) -> None:
             + (f", 'estop' to {estop_socket}" if estop_socket else "")
             + "; a second Ctrl-C exits"
         )
+        started = time.monotonic()
+
+        def no_chunk_in_time() -> bool:
+            return loop.counters["chunks_received"] == 0 and time.monotonic() - started > first_chunk_timeout
+
         try:
-            summary = loop.run(duration=duration if duration is not None else math.inf)
+            summary = loop.run(
+                duration=duration if duration is not None else math.inf, should_stop=no_chunk_in_time
+            )
         except KeyboardInterrupt:
             summary = loop.summary()
         finally:
@@ -283,4 +294,8 @@ def register(app: typer.Typer) -> None:
             plot_run(loop, plot)
         if stop.engaged:
             console.print(f"[red]stopped by e-stop: {stop.reason}[/]")
+            raise typer.Exit(1)
+        if summary["counters"]["chunks_received"] == 0:
+            reason = getattr(source, "last_error", None) or "no reply from the server"
+            console.print(f"[red]no chunk arrived within {first_chunk_timeout:g} s[/] (last error: {reason})")
             raise typer.Exit(1)
