@@ -26,12 +26,12 @@ def _parse_options(options: list[str]) -> dict[str, str]:
     return parsed
 
 
-def _host_port(value: str | None) -> tuple[str, int] | None:
+def _host_port(value: str | None, option: str = "--metrics-http") -> tuple[str, int] | None:
     if value is None:
         return None
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
-        raise typer.BadParameter(f"--metrics-http takes HOST:PORT, got {value!r}")
+        raise typer.BadParameter(f"{option} takes HOST:PORT, got {value!r}")
     return host or "127.0.0.1", int(port)
 
 
@@ -62,8 +62,16 @@ def serve(
     option: list[str] = typer.Option(
         [], "--option", "-o", help="Backend option KEY=VALUE (repeatable; the keys are listed below)."
     ),
+    openpi: str | None = typer.Option(
+        None,
+        "--openpi",
+        help="Also serve openpi's websocket protocol on HOST:PORT (openpi-client, wall-x serving names).",
+    ),
+    openpi_token_file: Path | None = typer.Option(
+        None, "--openpi-token-file", help="File holding the token openpi clients must send (Api-Key)."
+    ),
 ) -> None:
-    """Serve a policy to robots over ZeroMQ until SIGINT/SIGTERM."""
+    """Serve a policy to robots over ZeroMQ (and openpi's websocket protocol) until SIGINT/SIGTERM."""
     from wall_runtime.backends import load_policy
     from wall_runtime.transport.auth import SecurityError
     from wall_runtime.transport.server import PolicyServer, ServerConfig
@@ -86,13 +94,34 @@ def serve(
         backend_options = parse_options(backend, _parse_options(option))
     except BackendOptionError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--option' / '-o'") from None
+    openpi_config = None
+    if openpi is not None:
+        from wall_runtime.transport.openpi_ws import OpenpiConfig
+
+        host, port = _host_port(openpi, "--openpi")
+        token = openpi_token_file.read_text().strip() if openpi_token_file is not None else None
+        openpi_config = OpenpiConfig(
+            host=host,
+            port=port,
+            token=token or None,
+            insecure=insecure,
+            max_message_bytes=config.max_message_bytes,
+        )
     policy = load_policy(checkpoint, backend, backend_options)
+    openpi_server = None
     try:
+        if openpi_config is not None:
+            from wall_runtime.transport.openpi_ws import OpenpiServer, SharedPolicy
+
+            policy = SharedPolicy(policy)  # both endpoints call it; one call at a time
+            openpi_server = OpenpiServer(policy, openpi_config)
         server = PolicyServer(policy, config)
     except SecurityError as exc:
         policy.close()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if openpi_server is not None:
+        openpi_server.start()
 
     def _stop(signum: int, _frame: Any) -> None:
         log.info("received %s; finishing the batch in compute and shutting down", signal.Signals(signum).name)
@@ -116,6 +145,8 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     finally:
+        if openpi_server is not None:
+            openpi_server.stop()
         policy.close()
 
 
