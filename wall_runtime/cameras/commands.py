@@ -77,13 +77,30 @@ def register(app: typer.Typer) -> None:
         from wall_runtime.cameras.mosaic import Tile, mosaic
 
         block, base = load_cameras_block(robot, config)
+        side = None
         try:
             cfg = CamerasConfig.from_dict(block)
             if not cfg.cameras:
                 raise CameraConfigError("cameras.devices: the robot.yaml has no cameras")
-            group = make_group(cfg, base_dir=base)
-            group.start()
-        except (CameraConfigError, CameraError) as e:
+            if any(c.type == "simulated" for c in cfg.cameras):
+                # simulated cameras render the robot's simulator: bring the (simulated) robot up with them
+                from wall_runtime.e2e.robot_side import load_robot_side
+                from wall_runtime.robot_files import resolve_robot
+
+                side = load_robot_side(resolve_robot(config if config is not None else str(robot)))
+                if any(p.type != "mujoco" for p in side.config.parts):
+                    raise CameraConfigError(
+                        "cameras.devices: simulated cameras on a robot with hardware parts; "
+                        "snapshot renders simulated robots only"
+                    )
+                side.start()
+                group = side.cameras
+            else:
+                group = make_group(cfg, base_dir=base)
+                group.start()
+        except (CameraConfigError, CameraError, ValueError) as e:
+            if side is not None:
+                side.close()
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from e
         tiles: list[Tile] = []
@@ -114,7 +131,10 @@ def register(app: typer.Typer) -> None:
                 )
                 tiles.append(Tile(title, lines, frame.image, ok=name in frames))
         finally:
-            group.stop()
+            if side is not None:
+                side.close()  # its cameras, then the simulator
+            else:
+                group.stop()
         out.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(out), cv2.cvtColor(mosaic(tiles), cv2.COLOR_RGB2BGR))
         console.print(sync)
