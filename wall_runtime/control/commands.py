@@ -200,10 +200,21 @@ def register(app: typer.Typer) -> None:
         first_chunk_timeout: float = typer.Option(
             30.0, help="stop and exit 1 when no chunk has arrived this many seconds after the start"
         ),
+        metrics_http: str | None = typer.Option(
+            None, help="serve the robot side's Prometheus metrics on HOST:PORT (/metrics)"
+        ),
     ) -> None:
         """Run a robot from a served policy: chunk scheduling, smoothing, safety, watchdog, e-stop."""
         if smoother not in SMOOTHERS:
             raise typer.BadParameter(f"unknown smoother {smoother!r} (known: {', '.join(SMOOTHERS)})")
+        metrics_address = None
+        if metrics_http is not None:
+            from wall_runtime.e2e.robot_metrics import parse_host_port
+
+            try:
+                metrics_address = parse_host_port(metrics_http)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
         source: ChunkSource
         try:
             if dry_run:
@@ -265,6 +276,12 @@ def register(app: typer.Typer) -> None:
             + (f", 'estop' to {estop_socket}" if estop_socket else "")
             + "; a second Ctrl-C exits"
         )
+        metrics_server = None
+        if metrics_address is not None:
+            from wall_runtime.e2e.robot_metrics import RobotMetricsServer
+
+            metrics_server = RobotMetricsServer(loop, adapter.spec.name, *metrics_address)
+            console.print(f"metrics: http://{metrics_address[0]}:{metrics_server.port}/metrics")
         started = time.monotonic()
 
         def no_chunk_in_time() -> bool:
@@ -277,6 +294,8 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:
             summary = loop.summary()
         finally:
+            if metrics_server is not None:
+                metrics_server.close()
             stop.close()
             setup.close()
             close_source = getattr(source, "close", None)

@@ -21,6 +21,15 @@ def _options(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _metrics_address(value: str | None) -> tuple[str, int] | None:
+    from wall_runtime.e2e.robot_metrics import parse_host_port
+
+    try:
+        return None if value is None else parse_host_port(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def register(app: typer.Typer) -> None:
     from wall_runtime.backends.options import options_epilog
 
@@ -45,6 +54,9 @@ def register(app: typer.Typer) -> None:
         smoother: str = typer.Option("crossfade", help="none | crossfade | ensemble | rtc"),
         report: Path | None = typer.Option(None, help="report folder (default: ./runs/demo-<time>)"),
         live: bool = typer.Option(True, help="live status table in the terminal"),
+        metrics_http: str | None = typer.Option(
+            None, help="serve the robot side's Prometheus metrics on HOST:PORT (/metrics)"
+        ),
     ) -> None:
         """Server, simulated robot with rendered cameras, control loop with smoothing and safety: closed loop."""
         from wall_runtime.e2e.demo import DemoOptions, run_demo
@@ -62,6 +74,7 @@ def register(app: typer.Typer) -> None:
             smoother=smoother,
             report=report,
             live=live,
+            metrics_http=_metrics_address(metrics_http),
         )
         if option:
             opts.backend_options = {**opts.backend_options, **_options(option)}

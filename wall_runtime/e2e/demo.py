@@ -57,6 +57,7 @@ class DemoOptions:
     report: Path | None = None
     record_images: bool = True
     live: bool = True
+    metrics_http: tuple[str, int] | None = None  # serve the robot side's Prometheus metrics here
 
 
 def _status_table(loop: ControlLoop, session: Session, started: float) -> Table:
@@ -204,6 +205,12 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
             estop=estop,
         )
         stack.callback(session.close)
+        if options.metrics_http is not None:
+            from wall_runtime.e2e.robot_metrics import RobotMetricsServer
+
+            metrics = RobotMetricsServer(session.loop, side.config.name, *options.metrics_http)
+            stack.callback(metrics.close)
+            console.print(f"metrics: http://{options.metrics_http[0]}:{metrics.port}/metrics")
         started = time.monotonic()
         # rich renders the table from its own refresh thread: the control loop's thread never
         # builds it (the seam metrics it shows are computed over the whole run log)
