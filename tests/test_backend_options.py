@@ -110,3 +110,30 @@ def test_smooth_noise_is_unit_variance_and_smooth() -> None:
     assert abs(float(noise.std()) - 1.0) < 0.05
     # neighbouring rows are strongly correlated (i.i.d. noise would give ~0)
     assert float(np.corrcoef(noise[10], noise[11])[0, 1]) > 0.9
+
+
+@pytest.mark.slow
+def test_demo_runs_on_onnxruntime(tmp_path, monkeypatch) -> None:
+    """`demo --backend onnxruntime` (listed in the README) crashed on the demo's noise_knots option;
+    the graphs are now sized from the robot's cameras and take the smooth demo noise too."""
+    monkeypatch.setenv("WALL_RUNTIME_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    result = CliRunner().invoke(
+        app,
+        [
+            "demo",
+            "--backend",
+            "onnxruntime",
+            "--duration",
+            "4",
+            "--no-live",
+            "--report",
+            str(tmp_path / "report"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    import json
+
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["policy"]["backend"] == "onnxruntime"
+    assert summary["counters"]["chunks_received"] >= 1
