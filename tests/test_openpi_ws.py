@@ -223,3 +223,13 @@ def test_wallx_request_names_map_onto_the_model_layout() -> None:
             client.infer({"state": {"follow3_pos": [0] * 7}})
         with pytest.raises(RuntimeError, match=r"state.follow1_pos' must be \[7\]"):
             client.infer({"state": {"follow1_pos": [0] * 6}})
+
+
+def test_serve_refuses_an_exposed_openpi_endpoint_without_a_token(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from wall_runtime.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--backend", "echo", "--openpi", "0.0.0.0:0"])
+    assert result.exit_code == 2
+    assert "without a token: give one (--openpi-token-file)" in " ".join(result.output.split())

@@ -96,7 +96,7 @@ def serve(
         raise typer.BadParameter(str(exc), param_hint="'--option' / '-o'") from None
     openpi_config = None
     if openpi is not None:
-        from wall_runtime.transport.openpi_ws import OpenpiConfig
+        from wall_runtime.transport.openpi_ws import OpenpiConfig, check_exposure
 
         host, port = _host_port(openpi, "--openpi")
         token = openpi_token_file.read_text().strip() if openpi_token_file is not None else None
@@ -107,6 +107,11 @@ def serve(
             insecure=insecure,
             max_message_bytes=config.max_message_bytes,
         )
+        try:
+            check_exposure(openpi_config)  # before the (slow) policy load
+        except SecurityError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     policy = load_policy(checkpoint, backend, backend_options)
     openpi_server = None
     try:

@@ -298,6 +298,15 @@ class OpenpiConfig:
     max_message_bytes: int = 32 * 1024 * 1024
 
 
+def check_exposure(config: OpenpiConfig) -> None:
+    """SecurityError for a non-loopback endpoint without a token (unless ``insecure``)."""
+    if not is_loopback(f"tcp://{config.host}:0") and not config.token and not config.insecure:
+        raise SecurityError(
+            f"the openpi endpoint on {config.host} would be reachable from other hosts without a "
+            "token: give one (--openpi-token-file), bind 127.0.0.1, or pass --insecure on a trusted network"
+        )
+
+
 class OpenpiServer:
     """The websocket endpoint, one thread per connection; its policy calls take turns on ``lock``.
     When the ZeroMQ server serves the same policy, wrap it in :class:`SharedPolicy` for both (and
@@ -312,15 +321,7 @@ class OpenpiServer:
     ) -> None:
         self.policy = policy
         self.config = config or OpenpiConfig()
-        if (
-            not is_loopback(f"tcp://{self.config.host}:0")
-            and not self.config.token
-            and not self.config.insecure
-        ):
-            raise SecurityError(
-                f"the openpi endpoint on {self.config.host} would be reachable from other hosts without a "
-                "token: give one (--openpi-token-file), bind 127.0.0.1, or pass --insecure on a trusted network"
-            )
+        check_exposure(self.config)
         self.lock = lock or threading.Lock()
         self.layout = dict(state_layout if state_layout is not None else _policy_state_layout(policy))
         self.counts: Counter[str] = Counter()
