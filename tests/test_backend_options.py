@@ -78,6 +78,13 @@ def test_load_policy_checks_options_before_loading() -> None:
     assert policy.metadata.cameras == ("face_view",)
 
 
+def test_defaults_agree_with_the_export_code() -> None:
+    from wall_runtime.backends.options import GraphOptions
+    from wall_runtime.export.static_batch import DEFAULT_TEXT_TOKENS
+
+    assert GraphOptions().text_tokens == DEFAULT_TEXT_TOKENS
+
+
 def test_every_backend_documents_every_option() -> None:
     for backend in OPTIONS:
         lines = options_help(backend)

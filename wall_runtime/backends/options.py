@@ -36,17 +36,9 @@ def option(default: Any, help: str) -> Any:
 def _cameras(value: Any) -> dict[str, tuple[int, int]]:
     """``face_view=640x480,right_wrist_view=640x480`` (W×H, as cameras are quoted) or a mapping
     view -> (height, width) → view -> (height, width)."""
-    if isinstance(value, Mapping):
-        return {str(k): (int(v[0]), int(v[1])) for k, v in value.items()}
-    specs = [c for c in value.split(",") if c.strip()] if isinstance(value, str) else list(value)
-    out: dict[str, tuple[int, int]] = {}
-    for spec in specs:
-        name, sep, size = str(spec).strip().partition("=")
-        w, x, h = size.lower().partition("x")
-        if not sep or not x or not w.isdigit() or not h.isdigit():
-            raise ValueError(f"camera {spec!r}: expected NAME=WIDTHxHEIGHT, e.g. face_view=640x480")
-        out[name] = (int(h), int(w))
-    return out
+    from wall_runtime.export.graph_policy import parse_cameras
+
+    return parse_cameras(value) or {}
 
 
 def _providers(value: Any) -> str | list[str]:
