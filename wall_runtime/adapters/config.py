@@ -209,12 +209,14 @@ def _require_int(value: Any, where: str, low: int, high: int) -> int:
 
 
 def load_robot(path: str | Path) -> RobotConfig:
-    """Read and validate ``robots/<name>/robot.yaml`` (or a folder holding one)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "robot.yaml"
-    if not path.is_file():
-        raise RobotConfigError(f"{path}: no such robot.yaml")
+    """Read and validate a robot.yaml: a path, a folder holding one, or a robot's name
+    (``sim_arm``: ``./robots/sim_arm`` or the one shipped with the package)."""
+    from wall_runtime.robot_files import RobotNotFoundError, resolve_robot
+
+    try:
+        path = resolve_robot(path)
+    except RobotNotFoundError as exc:
+        raise RobotConfigError(str(exc)) from None
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

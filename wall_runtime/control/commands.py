@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ class ControlSetup:
     side: Any = None  # the robot.yaml side (wall_runtime.e2e.robot_side.RobotSide); None in a dry run
 
 
-def load_control_setup(robot_yaml: Path, instruction: str) -> ControlSetup:
+def load_control_setup(robot_yaml: str | Path, instruction: str) -> ControlSetup:
     """The robot side from ``robot.yaml``: adapter (connected), cameras (started), observations."""
     from wall_runtime.e2e.robot_side import load_robot_side
 
@@ -175,7 +176,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("run")
     def run(
-        robot: Path | None = typer.Option(None, "--robot", help="robots/<name>/robot.yaml"),
+        robot: str | None = typer.Option(
+            None, "--robot", help="robot name (./robots/NAME or a shipped robot), folder or robot.yaml"
+        ),
         server: str | None = typer.Option(None, "--server", help="policy server, e.g. tcp://gpu-host:5555"),
         instruction: str = typer.Option("", "--instruction", "-i", help="the task, in words"),
         smoother: str = typer.Option("crossfade", help=f"chunk smoother: {', '.join(SMOOTHERS)}"),
@@ -194,10 +197,24 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, help="simulated robot and policy (no robot.yaml, no server)"),
         server_key: Path | None = typer.Option(None, help="the server's public .key file (CURVE)"),
         client_key: Path | None = typer.Option(None, help="this host's .key_secret file (CURVE)"),
+        first_chunk_timeout: float = typer.Option(
+            30.0, help="stop and exit 1 when no chunk has arrived this many seconds after the start"
+        ),
+        metrics_http: str | None = typer.Option(
+            None, help="serve the robot side's Prometheus metrics on HOST:PORT (/metrics)"
+        ),
     ) -> None:
         """Run a robot from a served policy: chunk scheduling, smoothing, safety, watchdog, e-stop."""
         if smoother not in SMOOTHERS:
             raise typer.BadParameter(f"unknown smoother {smoother!r} (known: {', '.join(SMOOTHERS)})")
+        metrics_address = None
+        if metrics_http is not None:
+            from wall_runtime.e2e.robot_metrics import parse_host_port
+
+            try:
+                metrics_address = parse_host_port(metrics_http)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
         source: ChunkSource
         try:
             if dry_run:
@@ -259,11 +276,26 @@ def register(app: typer.Typer) -> None:
             + (f", 'estop' to {estop_socket}" if estop_socket else "")
             + "; a second Ctrl-C exits"
         )
+        metrics_server = None
+        if metrics_address is not None:
+            from wall_runtime.e2e.robot_metrics import RobotMetricsServer
+
+            metrics_server = RobotMetricsServer(loop, adapter.spec.name, *metrics_address)
+            console.print(f"metrics: http://{metrics_address[0]}:{metrics_server.port}/metrics")
+        started = time.monotonic()
+
+        def no_chunk_in_time() -> bool:
+            return loop.counters["chunks_received"] == 0 and time.monotonic() - started > first_chunk_timeout
+
         try:
-            summary = loop.run(duration=duration if duration is not None else math.inf)
+            summary = loop.run(
+                duration=duration if duration is not None else math.inf, should_stop=no_chunk_in_time
+            )
         except KeyboardInterrupt:
             summary = loop.summary()
         finally:
+            if metrics_server is not None:
+                metrics_server.close()
             stop.close()
             setup.close()
             close_source = getattr(source, "close", None)
@@ -281,4 +313,8 @@ def register(app: typer.Typer) -> None:
             plot_run(loop, plot)
         if stop.engaged:
             console.print(f"[red]stopped by e-stop: {stop.reason}[/]")
+            raise typer.Exit(1)
+        if summary["counters"]["chunks_received"] == 0:
+            reason = getattr(source, "last_error", None) or "no reply from the server"
+            console.print(f"[red]no chunk arrived within {first_chunk_timeout:g} s[/] (last error: {reason})")
             raise typer.Exit(1)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from wall_runtime.robot import JointSpec
 from wall_runtime.types import RobotState
 
 log = logging.getLogger(__name__)
+SUMMARY_PERIOD_S = 5.0  # interventions are logged as one summary line at most this often
 
 FILTERS = ("finite", "position", "step", "velocity", "acceleration", "jerk", "workspace", "gripper", "base")
 # rows of the interval table, and the filter each row belongs to
@@ -256,7 +258,9 @@ class SafetyChain:
         self.events: deque[Intervention] = deque(maxlen=event_log_size)
         self.tick = 0
         self.last_tick_interventions: list[Intervention] = []
-        self._warned: set[tuple[str, str]] = set()
+        # interventions not yet logged, by (filter, joint): one summary line per SUMMARY_PERIOD_S
+        self._unlogged: Counter[tuple[str, str]] = Counter()
+        self._last_summary: float | None = None
         n = len(self.joints)
 
         kinds = np.array([j.kind for j in self.joints])
@@ -388,15 +392,29 @@ class SafetyChain:
             event = Intervention(self.tick, filt, name, float(requested[i]), float(commanded[i]))
             self.events.append(event)
             self.last_tick_interventions.append(event)
-            if (filt, name) not in self._warned:
-                self._warned.add((filt, name))
-                log.warning(
-                    "safety %s on %s: requested %.4g, commanded %.4g (further ones counted)",
-                    filt,
-                    name,
-                    requested[i],
-                    commanded[i],
-                )
+            self._unlogged[(filt, name)] += 1
+        self._summarise()
+
+    def _summarise(self, force: bool = False) -> None:
+        """One log line for the interventions since the last one (the first at once, then at most one
+        per ``SUMMARY_PERIOD_S``), instead of a warning per joint and filter."""
+        now = time.monotonic()
+        if not self._unlogged or not (
+            force or self._last_summary is None or now - self._last_summary >= SUMMARY_PERIOD_S
+        ):
+            return
+        by_filter: dict[str, list[str]] = {}
+        for (filt, name), n in sorted(self._unlogged.items()):
+            by_filter.setdefault(filt, []).append(f"{name} ×{n}")
+        since = "" if self._last_summary is None else f" in {now - self._last_summary:.1f} s"
+        log.warning(
+            "safety: %d intervention(s)%s: %s",
+            sum(self._unlogged.values()),
+            since,
+            "; ".join(f"{f} on {', '.join(names)}" for f, names in by_filter.items()),
+        )
+        self._unlogged.clear()
+        self._last_summary = now
 
     def filter(
         self, target: np.ndarray, state: RobotState | None = None, dt: float | None = None

@@ -21,32 +21,50 @@ def _options(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _metrics_address(value: str | None) -> tuple[str, int] | None:
+    from wall_runtime.e2e.robot_metrics import parse_host_port
+
+    try:
+        return None if value is None else parse_host_port(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("demo")
+    from wall_runtime.backends.options import options_epilog
+
+    @app.command("demo", epilog=options_epilog())
     def demo(
-        robot: Path | None = typer.Option(None, help="robot.yaml (default: the simulated arm)"),
+        robot: str = typer.Option(
+            "sim_arm", help="robot name (./robots/NAME or a shipped robot), folder or robot.yaml"
+        ),
         checkpoint: Path | None = typer.Option(
             None, help="checkpoint (default: a tiny one shaped for the robot)"
         ),
         variant: str = typer.Option("flow", help="tiny checkpoint generation: flow | 0.5"),
         backend: str = typer.Option("torch", help="torch | onnxruntime | tensorrt"),
-        option: list[str] = typer.Option([], "--option", "-o", help="backend option KEY=VALUE"),
+        option: list[str] = typer.Option(
+            [], "--option", "-o", help="backend option KEY=VALUE (repeatable; the keys are listed below)"
+        ),
         server: str | None = typer.Option(None, help="use a running policy server instead of starting one"),
         duration: float = typer.Option(20.0, help="seconds to run (0: until Ctrl-C)"),
         instruction: str = typer.Option(
             "pick up the red cube and place it in the bowl", "--instruction", "-i"
         ),
         smoother: str = typer.Option("crossfade", help="none | crossfade | ensemble | rtc"),
-        report: Path | None = typer.Option(None, help="report folder (default: runs/demo-<time>)"),
+        report: Path | None = typer.Option(None, help="report folder (default: ./runs/demo-<time>)"),
         live: bool = typer.Option(True, help="live status table in the terminal"),
+        metrics_http: str | None = typer.Option(
+            None, help="serve the robot side's Prometheus metrics on HOST:PORT (/metrics)"
+        ),
     ) -> None:
         """Server, simulated robot with rendered cameras, control loop with smoothing and safety: closed loop."""
-        from wall_runtime.e2e.demo import DEFAULT_ROBOT, DemoOptions, run_demo
+        from wall_runtime.e2e.demo import DemoOptions, run_demo
 
         if variant not in ("flow", "0.5"):
             raise typer.BadParameter(f"--variant {variant!r}: choose flow or 0.5")
         opts = DemoOptions(
-            robot=robot or DEFAULT_ROBOT,
+            robot=robot,
             checkpoint=checkpoint,
             variant=variant,
             backend=backend,
@@ -56,11 +74,18 @@ def register(app: typer.Typer) -> None:
             smoother=smoother,
             report=report,
             live=live,
+            metrics_http=_metrics_address(metrics_http),
         )
         if option:
             opts.backend_options = {**opts.backend_options, **_options(option)}
         if checkpoint is not None:
             opts.backend_options.pop("noise_knots", None)  # a real checkpoint samples as the reference does
+        from wall_runtime.backends.options import BackendOptionError, parse_options
+
+        try:  # checked here, before a server process starts and fails on it
+            parse_options(backend, opts.backend_options)
+        except BackendOptionError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--option' / '-o'") from None
         summary = run_demo(opts, console)
         counters = summary["counters"]
         console.print(
@@ -127,7 +152,9 @@ def register(app: typer.Typer) -> None:
         views: list[int] = typer.Option([1, 2, 3], help="camera views to sweep: 1, 2 or 3 (repeatable)"),
         seconds: float = typer.Option(8.0, help="closed-loop seconds per configuration"),
         variant: str = typer.Option("flow", help="tiny checkpoint generation: flow | 0.5"),
-        out: Path = typer.Option(Path("benchmarks/results"), help="folder for JSON, Markdown table and plot"),
+        out: Path | None = typer.Option(
+            None, help="folder for JSON, Markdown table and plot (default: ./runs/bench-<time>)"
+        ),
         smoke: bool = typer.Option(
             False,
             "--smoke",
@@ -136,6 +163,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """End-to-end latency, stage by stage (capture → actuation), sweeping backends, steps and views."""
         from wall_runtime.e2e.bench import VIEW_ROBOTS, markdown_table, run_bench
+        from wall_runtime.e2e.demo import default_report_dir
+
+        out = out or default_report_dir("bench")
 
         if smoke:
             backend, steps, views, seconds = ["torch"], [1], [1], 3.0

@@ -57,6 +57,17 @@ def check_fit(meta: PolicyMetadata, side: RobotSide) -> None:
             f"the policy's action vector has {meta.action_dim} dims but {side.config.path} maps the robot "
             f"onto {mapping.action_dim} (model.action_dim)"
         )
+    if meta.state_dim < mapping.state_dim:
+        raise SessionError(
+            f"the policy's state vector has {meta.state_dim} dims but {side.config.path} maps the robot "
+            f"onto {mapping.state_dim} (model.state_dim)"
+        )
+    if mapping.norm_key and meta.norm_keys and mapping.norm_key not in meta.norm_keys:
+        # the server would fail every request on it (its log says why, the robot would only wait)
+        raise SessionError(
+            f"{side.config.path}: model.norm_key {mapping.norm_key!r} is not a normalisation key of the "
+            f"policy {meta.model} (it has: {', '.join(meta.norm_keys)})"
+        )
     views = set(side.cameras.views.values()) if side.cameras is not None else set()
     missing = [c for c in meta.cameras if c not in views]
     if missing:

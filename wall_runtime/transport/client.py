@@ -153,9 +153,24 @@ class PolicyClient:
             if self._refused is not None:
                 raise self._refused
             if time.monotonic() > deadline:
-                raise NotConnected(f"no handshake with {self.endpoint} within {timeout:.1f} s")
+                raise NotConnected(
+                    f"no handshake with {self.endpoint} within {timeout:.1f} s: {self._no_handshake_hint()}"
+                )
         assert self.metadata is not None
         return self.metadata
+
+    def _no_handshake_hint(self) -> str:
+        """What to check when the server stays silent (a CURVE refusal is silent by design)."""
+        if self._curve is not None:
+            return (
+                "CURVE is on, and a server that refuses a key stays silent: check that --server-key is the "
+                "server's public key (the .key beside the server's --server-key .key_secret) and that this "
+                "host's public key (the .key beside --client-key) is in the server's --allow folder"
+            )
+        return (
+            "check that the server runs at that endpoint; a server with CURVE keys ignores clients "
+            "without them (pass --server-key and --client-key)"
+        )
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
