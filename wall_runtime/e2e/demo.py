@@ -48,7 +48,7 @@ class DemoOptions:
     instruction: str = "pick up the red cube and place it in the bowl"
     smoother: str = "crossfade"
     report: Path | None = None
-    record_images: bool = True
+    record: bool = True  # the run as a LeRobot v3 dataset episode, in <report>/dataset
     live: bool = True
 
 
@@ -164,13 +164,14 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
         estop = EStop()
         estop.add(SignalSource())
         stack.callback(estop.close)
+        report = options.report or REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
         session = Session(
             side,
             endpoint,
             SessionOptions(
                 instruction=options.instruction,
                 smoother=options.smoother,
-                record_images=options.record_images,
+                record_to=Path(report) / "dataset" if options.record else None,
             ),
             estop=estop,
         )
@@ -195,7 +196,6 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
         finally:
             if live is not None:
                 live.stop()
-        report = options.report or REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
         meta = {
             "checkpoint": str(checkpoint) if checkpoint else None,
             "backend": options.backend,

@@ -69,7 +69,7 @@ def declare_missing_ops(package_dir: Path) -> bool:
         return True
     except (AttributeError, RuntimeError):
         pass
-    _library = torch.library.Library("torchvision", "DEF")  # noqa: TOR901 - schemas only, on purpose
+    _library = torch.library.Library("torchvision", "DEF")  # schemas only, no kernels
     for schema in _SCHEMAS.values():
         _library.define(schema)
     _state.update(declared=True, reason=reason)
