@@ -145,3 +145,47 @@ def test_replay_notices_a_tampered_recording(demo_run: tuple[dict, Path], tmp_pa
     pq.write_table(table, path)
     result = replay_dry(Episode.load(copy))
     assert not result.identical and result.max_abs_diff > 1e-4
+
+
+def _legacy_npz(episode: Episode, folder: Path) -> Path:
+    """The recording in the npz layout older versions wrote (with pictures made up per observation)."""
+    folder.mkdir(parents=True)
+    t = episode.ticks
+    np.savez_compressed(folder / "ticks.npz", **t)
+    np.savez_compressed(folder / "chunks.npz", **episode.chunks)
+    obs = episode.observations
+    k = len(obs["tick"])
+    pictures = np.zeros((k, 48, 64, 3), dtype=np.uint8)
+    pictures[:] = (np.arange(k, dtype=np.uint8) * 20)[:, None, None, None]
+    np.savez_compressed(folder / "observations.npz", **obs, **{"image.face_view": pictures})
+    meta = {k: v for k, v in episode.meta.items() if k not in ("episode_index", "fps", "interventions")}
+    meta.update(format=1, robot="sim_arm", instruction=episode.meta["task"])
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_a_legacy_npz_recording_converts_to_a_dataset_episode(
+    demo_run: tuple[dict, Path], tmp_path: Path
+) -> None:
+    _, report = demo_run
+    recorded = Episode.load(report / "dataset")
+    legacy = _legacy_npz(recorded, tmp_path / "episode")
+    assert replay_dry(Episode.load(legacy)).identical
+    out = CliRunner().invoke(app, ["convert-recording", str(legacy), str(tmp_path / "converted")])
+    assert out.exit_code == 0, out.output
+    converted = Episode.load(tmp_path / "converted")
+    result = replay_dry(converted)
+    assert result.identical and result.max_abs_diff == 0.0
+    np.testing.assert_array_equal(converted.ticks["commanded"], recorded.ticks["commanded"])
+
+    from wall_runtime.interop import torchvision_cpu
+
+    torchvision_cpu.install()
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset("local/converted", root=tmp_path / "converted")
+    assert ds.num_frames == recorded.num_ticks and ds.meta.camera_keys == ["observation.images.face_view"]
+    # each frame shows the latest observation's picture: the last one here (value 20 * (k - 1))
+    last = ds[ds.num_frames - 1]["observation.images.face_view"]
+    k = len(recorded.observations["tick"])
+    assert abs(float(last.mean()) * 255 - 20 * (k - 1) % 256) < 3
