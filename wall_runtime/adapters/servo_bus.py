@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from wall_runtime.adapters.config import Connection
+from wall_runtime.adapters.config import Connection, RobotConfigError
 from wall_runtime.robot import (
     RobotAdapter,
     RobotFaultError,
@@ -62,10 +62,33 @@ class ServoBusArm(RobotAdapter):
                 raise ValueError(f"connection.ids.{jn}: servo id {sid} is outside 0..252")
         if len(set(self.ids.values())) != len(self.ids):
             raise ValueError("connection.ids: two joints share a servo id")
-        self.offsets = connection.per_joint(
-            "offsets", names, int, default={n: self.ticks_per_rev // 2 for n in names}
-        )
-        self.directions = connection.per_joint("directions", names, int, default={n: 1 for n in names})
+        # An arm calibrated with lerobot-calibrate: its JSON gives the offsets (and Feetech's
+        # software direction) and the homing offsets the servos must hold (checked on connect).
+        self.lerobot_calibration: dict[str, Any] | None = None
+        lerobot_file = connection.raw("lerobot_calibration")
+        if lerobot_file is not None:
+            from wall_runtime.interop import lerobot_calibration
+
+            where = f"{connection.where}.connection"
+            for key in ("offsets", "directions"):
+                if connection.raw(key) is not None:
+                    raise RobotConfigError(
+                        f"{where}.{key}: give either {key} or lerobot_calibration, not both"
+                    )
+            path = Path(lerobot_file).expanduser()
+            path = path if path.is_absolute() else root / path
+            try:
+                offsets, directions, cal = lerobot_calibration.for_joints(
+                    path, self.ids, self.software_drive_mode
+                )
+            except ValueError as exc:
+                raise RobotConfigError(f"{where}.lerobot_calibration: {exc}") from None
+            self.offsets, self.directions, self.lerobot_calibration = offsets, directions, cal
+        else:
+            self.offsets = connection.per_joint(
+                "offsets", names, int, default={n: self.ticks_per_rev // 2 for n in names}
+            )
+            self.directions = connection.per_joint("directions", names, int, default={n: 1 for n in names})
         for jn, d in self.directions.items():
             if d not in (1, -1):
                 raise ValueError(f"connection.directions.{jn}: must be 1 or -1, got {d}")
@@ -102,6 +125,29 @@ class ServoBusArm(RobotAdapter):
     _ph: Any = None
     #: what the SDK's PacketHandler is built with (protocol version or byte order)
     packet_handler_arg: float = 2.0
+    #: whether LeRobot reverses a ``drive_mode: 1`` motor in software (Feetech) rather than the
+    #: servo doing it through a register (Dynamixel)
+    software_drive_mode: bool = False
+
+    def _read_homing_offset(self, servo_id: int) -> int | None:
+        """The servo's Homing_Offset register (None where the family has none)."""
+        return None
+
+    def _check_homing(self) -> None:
+        """With a LeRobot calibration: each servo must hold the homing offset the file names, or
+        its positions are not the ones the file's range was measured in."""
+        if self.lerobot_calibration is None:
+            return
+        wrong = []
+        for joint, cal in self.lerobot_calibration.items():
+            held = self._read_homing_offset(cal.id)
+            if held is not None and held != cal.homing_offset:
+                wrong.append(f"{joint} (id {cal.id}) holds {held}, the file says {cal.homing_offset}")
+        if wrong:
+            raise RobotLinkError(
+                f"{self.spec.name}: homing offsets differ from the LeRobot calibration: {'; '.join(wrong)} "
+                "(calibrated with another file, or the servos were reset: run lerobot-calibrate again)"
+            )
 
     def _open(self) -> None:
         sdk = self._sdk
@@ -177,6 +223,7 @@ class ServoBusArm(RobotAdapter):
                     raise RobotLinkError(
                         f"{self.spec.name}: no answer on {self.port_name} from servo(s) {', '.join(missing)}"
                     )
+                self._check_homing()
                 self._connected = True
                 self._configure()
                 # Goal := present before torque on, so enabling torque never jumps the arm.
