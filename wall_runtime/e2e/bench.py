@@ -143,7 +143,7 @@ def run_config(config: BenchConfig, seconds: float, variant: str = "flow") -> di
         side.start()
         stack.callback(side.close)
         session = Session(
-            side, endpoint, SessionOptions(instruction="benchmark", record=False, safe_pose=False)
+            side, endpoint, SessionOptions(instruction="benchmark", safe_pose=False)
         )
         stack.callback(session.close)
         timed = _Timed(session)

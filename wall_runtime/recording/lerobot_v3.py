@@ -772,7 +772,8 @@ def loop_settings(config: Any, joint_dims: Any, robot_yaml: str | Path | None) -
         "smoother_options": dict(config.smoother_options),
         "watchdog_timeout": float(config.watchdog_timeout),
         "max_observation_age": float(config.max_observation_age),
-        "joint_dims": [int(d) for d in joint_dims],
+        # None: joint i drives action dim i (the loop's default)
+        "joint_dims": None if joint_dims is None else [int(d) for d in joint_dims],
     }
 
 
