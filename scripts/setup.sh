@@ -54,6 +54,9 @@ case ",$EXTRAS," in *,lerobot,*)
   # unguarded registrations in it then fail its import. The hook declares those two schemas first
   # (wall_runtime/interop/torchvision_cpu.py says why that is enough), in every process of .venv.
   site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  # draccus (LeRobot's config library) ships its own test suite as a top-level `tests` package,
+  # which would shadow this repository's tests/ (tests.camera_media, ...): not needed at run time
+  if grep -qs '^tests/__init__.py' "$site"/draccus-*.dist-info/RECORD; then rm -rf "$site/tests"; fi
   cp wall_runtime/interop/torchvision_cpu.py "$site/wall_runtime_torchvision_cpu.py"
   echo "import wall_runtime_torchvision_cpu; wall_runtime_torchvision_cpu.install()" \
     >"$site/wall_runtime_torchvision_cpu.pth"

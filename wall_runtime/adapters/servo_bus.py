@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -42,6 +43,23 @@ def port_with_margin(base: type, margin_ms: float) -> type:
             self.packet_timeout += margin_ms
 
     return _Port
+
+
+def joint_calibration_file(robot: str) -> Path | None:
+    """``calibration/<robot>/joints.yaml`` (the root: ``$WALL_RUNTIME_CALIBRATION``, else
+    ``calibration`` in the working directory), if it exists."""
+    root = Path(os.environ.get("WALL_RUNTIME_CALIBRATION", "calibration"))
+    path = root / robot / "joints.yaml"
+    return path if path.is_file() else None
+
+
+def calibrated_offsets(path: Path, joints: tuple[str, ...] | list[str]) -> dict[str, float]:
+    """The servo ticks at each joint's zero from a ``calibrate joints`` result (joints of this part
+    only; a joint the file has no ticks for keeps robot.yaml's offset)."""
+    from wall_runtime.calibration.joints import JointCalibration
+
+    cal = JointCalibration.load(path)
+    return {j: cal.offset_ticks[j] for j in joints if j in cal.offset_ticks}
 
 
 class ServoBusArm(RobotAdapter):
@@ -89,6 +107,11 @@ class ServoBusArm(RobotAdapter):
                 "offsets", names, int, default={n: self.ticks_per_rev // 2 for n in names}
             )
             self.directions = connection.per_joint("directions", names, int, default={n: 1 for n in names})
+            # `calibrate joints` results for this robot replace robot.yaml's offsets
+            self.calibration_file = joint_calibration_file(spec.name.split(".")[0])
+            if self.calibration_file is not None:
+                self.offsets = {**self.offsets, **calibrated_offsets(self.calibration_file, names)}
+                log.info("%s: joint offsets from %s", spec.name, self.calibration_file)
         for jn, d in self.directions.items():
             if d not in (1, -1):
                 raise ValueError(f"connection.directions.{jn}: must be 1 or -1, got {d}")
@@ -113,6 +136,18 @@ class ServoBusArm(RobotAdapter):
     def rad_to_ticks(self, rad: np.ndarray) -> np.ndarray:
         ticks = np.rint(self._offset + np.asarray(rad) / self._scale * self._dir)
         return np.clip(ticks, 0, self.ticks_per_rev - 1).astype(np.int64)
+
+    def ticks_at(self, rad: np.ndarray) -> dict[str, float]:
+        """The (unrounded) servo ticks at these joint positions: offsets in robot.yaml's units."""
+        ticks = self._offset + np.asarray(rad, dtype=np.float64) / self._scale * self._dir
+        return {n: float(t) for n, t in zip(self.spec.joint_names, ticks, strict=True)}
+
+    def torque_off(self) -> None:
+        """Every servo limp, so the arm can be moved by hand (calibration)."""
+        self._require()
+        with self._bus_lock:
+            for sid in self._id_list:
+                self._write_torque(sid, False)
 
     def joint_of(self, servo_id: int) -> str:
         return next(n for n, i in self.ids.items() if i == servo_id)
