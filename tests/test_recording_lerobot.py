@@ -87,3 +87,17 @@ def test_a_failing_recorder_never_blocks_the_loop_and_says_why(tmp_path: Path) -
         rec.on_tick(_tick(k))
     with pytest.raises(DatasetError, match=r"observation.images.front: image \(4, 4, 3\)"):
         rec.close()
+
+
+def test_replay_and_convert_name_what_is_wrong(tmp_path: Path) -> None:
+    def run(*args: str) -> tuple[int, str]:
+        out = CliRunner().invoke(app, list(args))
+        return out.exit_code, " ".join(out.output.split())  # rich wraps long lines
+
+    code, text = run("replay", str(tmp_path / "nothing"))
+    assert code == 2 and "not an episode recording" in text
+    _dry_run(tmp_path, tmp_path / "ds", "wave")
+    code, text = run("replay", str(tmp_path / "ds"), "--episode", "3")
+    assert code == 2 and "no episode 3 (it has 1)" in text
+    code, text = run("convert-recording", str(tmp_path / "ds"), str(tmp_path / "other"))
+    assert code == 2 and "already a LeRobot dataset" in text

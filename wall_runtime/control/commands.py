@@ -301,6 +301,13 @@ def register(app: typer.Typer) -> None:
             summary = loop.run(duration=duration if duration is not None else math.inf)
         except KeyboardInterrupt:
             summary = loop.summary()
+        except BaseException:
+            if recorder is not None:  # keep what was recorded up to the failure
+                try:
+                    recorder.close({"command": "run", "aborted": True})
+                except Exception as exc:
+                    console.print(f"[red]recording not saved:[/] {exc}")
+            raise
         finally:
             stop.close()
             setup.close()

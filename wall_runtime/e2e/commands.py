@@ -92,7 +92,11 @@ def register(app: typer.Typer) -> None:
         from wall_runtime.e2e.recording import Episode
         from wall_runtime.e2e.replay import replay_dry
 
-        ep = Episode.load(episode, index)
+        try:
+            ep = Episode.load(episode, index)
+        except (OSError, ValueError, KeyError) as exc:  # not a recording, no such episode, malformed
+            console.print(f"[red]cannot replay:[/] {exc}")
+            raise typer.Exit(2) from None
         if not drive:
             result = replay_dry(ep, robot)
             record = {
@@ -133,7 +137,11 @@ def register(app: typer.Typer) -> None:
         """Turn a legacy npz episode recording into an episode of a LeRobot v3 dataset."""
         from wall_runtime.recording.convert import convert_npz_episode
 
-        index = convert_npz_episode(episode, dataset)
+        try:
+            index = convert_npz_episode(episode, dataset)
+        except (OSError, ValueError, KeyError) as exc:
+            console.print(f"[red]cannot convert:[/] {exc}")
+            raise typer.Exit(2) from None
         console.print(f"{episode} -> {dataset} (episode {index})")
 
     @app.command("bench")
