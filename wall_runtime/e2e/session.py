@@ -206,7 +206,12 @@ class Session:
         from wall_runtime.e2e.report import write_report
 
         root = write_report(Path(folder), self.loop, summary, self.stages)
-        self.finish_recording({"summary": summary, **meta})
+        from wall_runtime.recording.lerobot_v3 import DatasetError
+
+        try:
+            self.finish_recording({"summary": summary, **meta})
+        except DatasetError as exc:  # the report stands without it; say why it is missing
+            log.error("recording not saved: %s", exc)
         return root
 
     def finish_recording(self, meta: dict[str, Any]) -> Path | None:
