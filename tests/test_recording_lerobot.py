@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from wall_runtime.cli import app
-from wall_runtime.recording.lerobot_v3 import DatasetError, DatasetLayout, LeRobotRecorder, read_episode
+from wall_runtime.recording.lerobot_v3 import DatasetError, DatasetLayout, read_episode
+from wall_runtime.recording.recorder import LeRobotRecorder
 from wall_runtime.recording.subscriber import TickRecord
 from wall_runtime.types import ActionChunk
 

@@ -88,7 +88,8 @@ def _recorder(
 ) -> Any:
     """The loop's LeRobot v3 recorder: one frame per tick, a video per camera view (the shapes
     announced to the policy server; a dry run has no cameras)."""
-    from wall_runtime.recording.lerobot_v3 import DatasetLayout, LeRobotRecorder, dataset_fps, loop_settings
+    from wall_runtime.recording.lerobot_v3 import DatasetLayout, dataset_fps
+    from wall_runtime.recording.recorder import LeRobotRecorder, loop_settings
 
     side = setup.side
     client = getattr(source, "client", None)

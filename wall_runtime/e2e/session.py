@@ -165,7 +165,7 @@ class Session:
         )
         self.recorder = None
         if options.record_to is not None:
-            from wall_runtime.recording.lerobot_v3 import LeRobotRecorder, loop_settings, recording_layout
+            from wall_runtime.recording.recorder import LeRobotRecorder, loop_settings, recording_layout
 
             self.recorder = LeRobotRecorder(
                 options.record_to,

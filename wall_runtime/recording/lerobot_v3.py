@@ -29,7 +29,8 @@ a size limit; its reader follows the indices either way). A frame is one control
 ``timestamp`` is ``frame_index / fps`` (LeRobot finds video frames by it); the true tick time is
 ``wall.deadline`` (ticks skipped after an overrun show there, not in ``timestamp``).
 
-:class:`LeRobotRecorder` is the control loop's recorder (``ControlLoop(recorder=...)``): the loop
+:class:`~wall_runtime.recording.recorder.LeRobotRecorder` is the control loop's recorder
+(``ControlLoop(recorder=...)``): the loop
 thread only queues rows and image references; a writer thread encodes the videos (PyAV) and
 writes the parquet row groups (pyarrow) as the episode runs, and ``close()`` writes the metadata.
 """
@@ -38,20 +39,18 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import queue
-import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from fractions import Fraction
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from wall_runtime.recording.stats import RunningStats, merge_stats
 from wall_runtime.recording.subscriber import TickRecord
-from wall_runtime.types import ActionChunk, Observation
+from wall_runtime.recording.video import VideoStream
+from wall_runtime.types import ActionChunk
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ ROWS_PER_GROUP = 256  # parquet row group: written as soon as this many ticks ar
 
 
 class DatasetError(ValueError):
-    """A dataset folder that is not what it claims (named in the message)."""
+    """A dataset folder that is not what it claims, or a frame that does not fit it (named in the message)."""
 
 
 def _chunk_file(episode_index: int) -> dict[str, int]:
@@ -125,147 +124,7 @@ class DatasetLayout:
         return feats
 
 
-# -- statistics ---------------------------------------------------------------------------------
-
-
-class _Stats:
-    """Running min / max / mean / std per feature (NaN entries ignored, as nothing was commanded)."""
-
-    def __init__(self) -> None:
-        self.n: dict[str, np.ndarray] = {}
-        self.sum: dict[str, np.ndarray] = {}
-        self.sq: dict[str, np.ndarray] = {}
-        self.min: dict[str, np.ndarray] = {}
-        self.max: dict[str, np.ndarray] = {}
-        self.rows: dict[str, int] = Counter()
-
-    def add(self, key: str, values: np.ndarray) -> None:
-        """``values``: [N, ...] rows (images: [N, 3] per-channel means etc. are added via add_image)."""
-        v = np.asarray(values, dtype=np.float64)
-        finite = np.isfinite(v)
-        z = np.where(finite, v, 0.0)
-        n, s, q = finite.sum(0), z.sum(0), (z * z).sum(0)
-        lo = np.where(finite, v, np.inf).min(0)
-        hi = np.where(finite, v, -np.inf).max(0)
-        if key not in self.n:
-            self.n[key], self.sum[key], self.sq[key], self.min[key], self.max[key] = n, s, q, lo, hi
-        else:
-            self.n[key] = self.n[key] + n
-            self.sum[key] = self.sum[key] + s
-            self.sq[key] = self.sq[key] + q
-            self.min[key] = np.minimum(self.min[key], lo)
-            self.max[key] = np.maximum(self.max[key], hi)
-        self.rows[key] += len(v)
-
-    def add_image(self, key: str, image: np.ndarray) -> None:
-        """One image (HxWx3 uint8) as LeRobot counts it: per channel, on [0, 1]."""
-        px = image.reshape(-1, 3).astype(np.float64) / 255.0
-        n = np.full(3, px.shape[0])
-        s, q = px.sum(0), (px * px).sum(0)
-        if key not in self.n:
-            self.n[key], self.sum[key], self.sq[key] = n, s, q
-            self.min[key], self.max[key] = px.min(0), px.max(0)
-        else:
-            self.n[key] = self.n[key] + n
-            self.sum[key] = self.sum[key] + s
-            self.sq[key] = self.sq[key] + q
-            self.min[key] = np.minimum(self.min[key], px.min(0))
-            self.max[key] = np.maximum(self.max[key], px.max(0))
-        self.rows[key] += 1
-
-    def result(self, image_keys: set[str]) -> dict[str, dict[str, list]]:
-        out: dict[str, dict[str, list]] = {}
-        for key, n in self.n.items():
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean = self.sum[key] / n
-                std = np.sqrt(np.maximum(self.sq[key] / n - mean * mean, 0.0))
-            entry = {"min": self.min[key], "max": self.max[key], "mean": mean, "std": std}
-            entry = {k: np.where(np.isfinite(v), v, 0.0) for k, v in entry.items()}
-            if key in image_keys:  # LeRobot keeps image stats as (3, 1, 1)
-                entry = {k: v.reshape(3, 1, 1) for k, v in entry.items()}
-            out[key] = {k: v.tolist() for k, v in entry.items()}
-            out[key]["count"] = [int(self.rows[key])]
-        return out
-
-
-def _merge_stats(a: dict[str, dict], b: dict[str, dict]) -> dict[str, dict]:
-    """Aggregate two stats dicts (weighted by count), as LeRobot's aggregate_stats does."""
-    out = dict(a)
-    for key, sb in b.items():
-        sa = a.get(key)
-        if sa is None:
-            out[key] = sb
-            continue
-        na, nb = float(sa["count"][0]), float(sb["count"][0])
-        ma, mb = np.asarray(sa["mean"]), np.asarray(sb["mean"])
-        va, vb = np.asarray(sa["std"]) ** 2, np.asarray(sb["std"]) ** 2
-        mean = (na * ma + nb * mb) / (na + nb)
-        var = (na * (va + (ma - mean) ** 2) + nb * (vb + (mb - mean) ** 2)) / (na + nb)
-        out[key] = {
-            "min": np.minimum(np.asarray(sa["min"]), np.asarray(sb["min"])).tolist(),
-            "max": np.maximum(np.asarray(sa["max"]), np.asarray(sb["max"])).tolist(),
-            "mean": mean.tolist(),
-            "std": np.sqrt(var).tolist(),
-            "count": [int(na + nb)],
-        }
-    return out
-
-
-# -- video --------------------------------------------------------------------------------------
-
-
-class _VideoStream:
-    """One camera view's mp4: frame ``i`` at ``pts = i`` on a ``1/fps`` time base, so LeRobot finds
-    frame ``i`` at ``timestamp = i / fps`` exactly."""
-
-    def __init__(self, path: Path, fps: int, height: int, width: int, codec: str) -> None:
-        import av
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.container = av.open(str(path), "w")
-        self.stream = self.container.add_stream(codec, rate=fps)
-        self.stream.width, self.stream.height = width, height
-        self.stream.pix_fmt = "yuv420p"
-        self.stream.time_base = Fraction(1, fps)
-        # a keyframe every 2 frames (LeRobot's default): a frame decodes without a long run-up
-        self.stream.options = {"g": "2", "crf": "23"} | (
-            {"preset": "ultrafast"} if codec == "libx264" else {}
-        )
-        self.shape = (height, width, 3)
-        self.frames = 0
-        self._last: tuple[int, Any] | None = None
-
-    def add(self, image: np.ndarray) -> None:
-        import av
-
-        if self._last is not None and self._last[0] == id(image):
-            frame = self._last[1]  # the camera had nothing new: the same picture again
-        else:
-            img = np.asarray(image)
-            if img.shape != self.shape or img.dtype != np.uint8:
-                raise DatasetError(
-                    f"{self.path.parent.parent.name}: image {img.shape} {img.dtype}, expected {self.shape} uint8"
-                )
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            self._last = (id(image), frame)
-        frame.pts = self.frames
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
-        self.frames += 1
-
-    def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
-
-
 # -- the writer ---------------------------------------------------------------------------------
-
-
-@dataclass
-class _Pending:
-    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 class EpisodeWriter:
@@ -295,13 +154,13 @@ class EpisodeWriter:
         self.task_index = self.tasks[task]
         self.meta = dict(meta or {})
         self.image_keys = {IMAGE_PREFIX + v for v in layout.views}
-        self.stats = _Stats()
+        self.stats = RunningStats()
         self.frames = 0
         self.pending: list[dict[str, Any]] = []
         self.chunks: list[dict[str, Any]] = []
         self.intervention_counts: Counter[str] = Counter()
         self.videos = {
-            view: _VideoStream(
+            view: VideoStream(
                 self.root
                 / VIDEO_PATH.format(video_key=IMAGE_PREFIX + view, **_chunk_file(self.episode_index)),
                 layout.fps,
@@ -549,7 +408,7 @@ class EpisodeWriter:
         pq.write_table(task_table, self.root / "meta" / "tasks.parquet")
         stats_path = self.root / "meta" / "stats.json"
         total = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-        stats_path.write_text(json.dumps(_merge_stats(total, stats), indent=2))
+        stats_path.write_text(json.dumps(merge_stats(total, stats), indent=2))
         self.info["total_episodes"] = ep + 1
         self.info["total_frames"] = self.global_start + self.frames
         self.info["total_tasks"] = len(self.tasks)
@@ -582,124 +441,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(value)
     return str(value)
-
-
-# -- the loop's recorder ------------------------------------------------------------------------
-
-
-class LeRobotRecorder:
-    """The control loop's recorder: one episode into a LeRobot v3 dataset folder.
-
-    ``images`` returns the newest image per view without blocking (or ``None`` when the cameras
-    have nothing yet); without it, each frame shows the latest observation sent to the policy.
-    Frames before the first image are left out of the video only if there are no views at all;
-    otherwise the first image seen is used for them (written when it arrives)."""
-
-    def __init__(
-        self,
-        root: str | Path,
-        layout: DatasetLayout,
-        task: str,
-        meta: Mapping[str, Any] | None = None,
-        images: Callable[[], Mapping[str, np.ndarray] | None] | None = None,
-    ) -> None:
-        self.root = Path(root)
-        self.layout = layout
-        self.task = task
-        self.meta = dict(meta or {})
-        self.images = images
-        self._queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
-        self._chunks_this_tick: dict[int, int] = Counter()
-        self._obs_stamp: dict[int, float] = {}
-        self._latest: dict[str, np.ndarray] = {}
-        self._waiting: list[TickRecord] = []  # ticks before any image, with their extras
-        self._waiting_extra: list[tuple[int, float]] = []
-        self.error: BaseException | None = None
-        self.episode_index: int | None = None
-        self.frames = 0
-        self._writer: EpisodeWriter | None = None
-        self._thread = threading.Thread(target=self._work, name="lerobot-recorder", daemon=True)
-        self._thread.start()
-
-    # -- called on the control thread: return at once --
-
-    def on_chunk(self, tick: int, chunk: ActionChunk) -> None:
-        self._chunks_this_tick[tick] += 1
-        self._queue.put(("chunk", (tick, chunk)))
-
-    def on_request(self, tick: int, observation: Observation) -> None:
-        self._obs_stamp[tick] = float(observation.stamp)
-        if self.images is None and observation.images:
-            self._latest = dict(observation.images)
-
-    def on_tick(self, record: TickRecord) -> None:
-        if self.images is not None:
-            try:
-                fresh = self.images()
-            except Exception as exc:  # a camera hiccup must not stop the loop
-                log.debug("recorder: no images this tick: %s", exc)
-                fresh = None
-            if fresh:
-                self._latest = {**self._latest, **fresh}
-        rec = TickRecord(
-            record.tick,
-            record.deadline,
-            record.measured.copy(),
-            record.target.copy(),
-            record.commanded.copy(),
-            record.status,
-            record.interventions,
-        )
-        extra = (self._chunks_this_tick.pop(record.tick, 0), self._obs_stamp.pop(record.tick, math.nan))
-        self._queue.put(("tick", (rec, extra, dict(self._latest))))
-
-    # -- the writer thread --
-
-    def _work(self) -> None:
-        backlog: list[tuple[TickRecord, tuple[int, float]]] = []
-        while True:
-            item = self._queue.get()
-            if item is None:
-                break
-            if self.error is not None:
-                continue  # keep draining, so the loop never blocks on a dead writer
-            kind, payload = item
-            try:
-                if kind == "chunk":
-                    self._ensure_writer().add_chunk(*payload)
-                    continue
-                rec, extra, images = payload
-                views = set(self.layout.views)
-                if views and not views <= set(images):
-                    backlog.append((rec, extra))  # no picture yet for some view
-                    continue
-                writer = self._ensure_writer()
-                for old, old_extra in backlog:  # the ticks before the first picture show it
-                    writer.add_frame(old, *old_extra, images)
-                backlog = []
-                writer.add_frame(rec, *extra, images)
-            except BaseException as exc:
-                self.error = exc
-                log.error("recording stopped: %s", exc)
-        if self.error is None and backlog:
-            log.warning("recorder: %d ticks had no camera image; not recorded", len(backlog))
-
-    def _ensure_writer(self) -> EpisodeWriter:
-        if self._writer is None:
-            self._writer = EpisodeWriter(self.root, self.layout, self.task, self.meta)
-            self.episode_index = self._writer.episode_index
-        return self._writer
-
-    def close(self, extra_meta: Mapping[str, Any] | None = None) -> Path:
-        """Wait for the writer to catch up and write the episode's metadata; returns the root."""
-        self._queue.put(None)
-        self._thread.join()
-        if self.error is not None:
-            raise DatasetError(f"{self.root}: recording failed: {self.error}") from self.error
-        writer = self._ensure_writer()
-        writer.meta.update(extra_meta or {})
-        self.frames = writer.frames
-        return writer.finish()
 
 
 # -- reading an episode back (for replay) -------------------------------------------------------
@@ -763,20 +504,6 @@ def read_episode(root: str | Path, episode: int | None = None) -> RecordedEpisod
     return RecordedEpisode(root, index, meta, frames, chunks)
 
 
-def loop_settings(config: Any, joint_dims: Any, robot_yaml: str | Path | None) -> dict[str, Any]:
-    """What replay needs to rebuild the loop (``config``: the run's ``LoopConfig``)."""
-    return {
-        "robot_yaml": None if robot_yaml is None else str(robot_yaml),
-        "control_hz": float(config.control_hz),
-        "smoother": config.smoother,
-        "smoother_options": dict(config.smoother_options),
-        "watchdog_timeout": float(config.watchdog_timeout),
-        "max_observation_age": float(config.max_observation_age),
-        # None: joint i drives action dim i (the loop's default)
-        "joint_dims": None if joint_dims is None else [int(d) for d in joint_dims],
-    }
-
-
 def dataset_fps(control_hz: float) -> int:
     """LeRobot datasets have a whole-number fps; one frame per tick needs the rate to be one."""
     fps = round(control_hz)
@@ -785,15 +512,3 @@ def dataset_fps(control_hz: float) -> int:
             f"control_hz {control_hz:g}: a LeRobot dataset needs a whole-number rate to record"
         )
     return int(fps)
-
-
-def recording_layout(side: Any, cameras: Mapping[str, tuple[int, ...]]) -> DatasetLayout:
-    """The dataset layout for a robot side (``RobotSide``) whose cameras deliver ``cameras``
-    (model view -> (H, W, 3), as announced to the policy server)."""
-    spec = side.adapter.spec
-    return DatasetLayout(
-        fps=dataset_fps(side.config.control_hz),
-        joint_names=tuple(spec.joint_names),
-        views={view: (int(shape[0]), int(shape[1])) for view, shape in cameras.items()},
-        robot_type=side.config.name,
-    )

@@ -1,7 +1,7 @@
 """What the control loop tells a recorder, tick by tick.
 
 The loop calls these from its own thread, so an implementation must return at once: hand the
-data to another thread (as :class:`~wall_runtime.recording.lerobot_v3.LeRobotRecorder` does) and
+data to another thread (as :class:`~wall_runtime.recording.recorder.LeRobotRecorder` does) and
 never block on disk or an encoder. ``tick`` is the loop's 1-based tick counter.
 """
 
