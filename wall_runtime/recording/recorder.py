@@ -45,8 +45,6 @@ class LeRobotRecorder:
         self._chunks_this_tick: dict[int, int] = Counter()
         self._obs_stamp: dict[int, float] = {}
         self._latest: dict[str, np.ndarray] = {}
-        self._waiting: list[TickRecord] = []  # ticks before any image, with their extras
-        self._waiting_extra: list[tuple[int, float]] = []
         self.error: BaseException | None = None
         self.episode_index: int | None = None
         self.frames = 0
