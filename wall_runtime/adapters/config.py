@@ -500,6 +500,11 @@ class Connection:
         self._where = where
         self._used: set[str] = set()
 
+    @property
+    def where(self) -> str:
+        """The part's path in robot.yaml, for error messages."""
+        return self._where
+
     def _get(self, key: str, default: Any) -> Any:
         self._used.add(key)
         if key not in self._block:

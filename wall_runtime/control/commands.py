@@ -84,6 +84,32 @@ def connect_policy(
     return link
 
 
+def _recorder(
+    folder: Path, setup: ControlSetup, source: Any, cfg: LoopConfig, task: str, robot_yaml: Path | None
+) -> Any:
+    """The loop's LeRobot v3 recorder: one frame per tick, a video per camera view (the shapes
+    announced to the policy server; a dry run has no cameras)."""
+    from wall_runtime.recording.lerobot_v3 import DatasetLayout, dataset_fps
+    from wall_runtime.recording.recorder import LeRobotRecorder, loop_settings
+
+    side = setup.side
+    client = getattr(source, "client", None)
+    cameras = dict(client.robot.cameras) if client is not None and side is not None else {}
+    layout = DatasetLayout(
+        fps=dataset_fps(cfg.control_hz),
+        joint_names=tuple(setup.adapter.spec.joint_names),
+        views={view: (int(shape[0]), int(shape[1])) for view, shape in cameras.items()},
+        robot_type=side.config.name if side is not None else setup.adapter.spec.name,
+    )
+    return LeRobotRecorder(
+        folder,
+        layout,
+        task,
+        meta=loop_settings(cfg, setup.joint_dims, robot_yaml),
+        images=side.latest_images if side is not None and cameras else None,
+    )
+
+
 # -- the dry run: a simulated arm, gripper and base, and a simulated policy --------------------
 
 DRY_HZ = 100.0
@@ -203,6 +229,9 @@ def register(app: typer.Typer) -> None:
         metrics_http: str | None = typer.Option(
             None, help="serve the robot side's Prometheus metrics on HOST:PORT (/metrics)"
         ),
+        record: Path | None = typer.Option(
+            None, help="record the run as the next episode of this LeRobot v3 dataset folder"
+        ),
     ) -> None:
         """Run a robot from a served policy: chunk scheduling, smoothing, safety, watchdog, e-stop."""
         if smoother not in SMOOTHERS:
@@ -266,8 +295,18 @@ def register(app: typer.Typer) -> None:
         adapter = setup.adapter
         if not getattr(adapter, "connected", False):
             adapter.connect()
+        recorder = None
+        if record is not None:
+            recorder = _recorder(record, setup, source, cfg, instruction or "dry run", robot)
         loop = ControlLoop(
-            adapter, source, setup.observe, cfg, safety, joint_dims=setup.joint_dims, estop=stop
+            adapter,
+            source,
+            setup.observe,
+            cfg,
+            safety,
+            joint_dims=setup.joint_dims,
+            estop=stop,
+            recorder=recorder,
         )
         console.print(
             f"running {adapter.spec.name} at {cfg.control_hz:.0f} Hz ({smoother}); "
@@ -293,6 +332,13 @@ def register(app: typer.Typer) -> None:
             )
         except KeyboardInterrupt:
             summary = loop.summary()
+        except BaseException:
+            if recorder is not None:  # keep what was recorded up to the failure
+                try:
+                    recorder.close({"command": "run", "aborted": True})
+                except Exception as exc:
+                    console.print(f"[red]recording not saved:[/] {exc}")
+            raise
         finally:
             if metrics_server is not None:
                 metrics_server.close()
@@ -303,6 +349,8 @@ def register(app: typer.Typer) -> None:
                 close_source()
             adapter.disconnect()
         _print_summary(summary)
+        if recorder is not None:
+            console.print(f"recorded: {recorder.close({'summary': summary, 'command': 'run'})}")
         if log_json is not None:
             from wall_runtime.control.report import write_summary
 

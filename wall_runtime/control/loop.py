@@ -30,6 +30,7 @@ from wall_runtime.control.scheduler import ChunkScheduler, SchedulerConfig, Spli
 from wall_runtime.control.seams import SeamRecord, seam_metrics, summarize
 from wall_runtime.control.smoothing import make_smoother
 from wall_runtime.control.watchdog import Watchdog
+from wall_runtime.recording.subscriber import LoopRecorder, TickRecord
 from wall_runtime.robot import RobotAdapter
 from wall_runtime.types import ActionChunk, Observation, RobotState
 
@@ -129,8 +130,11 @@ class ControlLoop:
         estop: EStop | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        recorder: LoopRecorder | None = None,
     ) -> None:
         self.adapter = adapter
+        # told about every chunk, request and tick (e.g. a LeRobot dataset being written)
+        self.recorder = recorder
         self.spec = adapter.spec
         self.source = source
         self.observe = observe
@@ -236,10 +240,14 @@ class ControlLoop:
                 break
             chunks.append(chunk)
         self.counters["chunks_received"] += len(chunks)
+        if self.recorder is not None:
+            for chunk in chunks:
+                self.recorder.on_chunk(self._tick, chunk)
 
         target_joints = self._nan_row
         commanded = self._nan_row
         status = "ok"
+        intervened: tuple[str, ...] = ()
         if self.estop.engaged:
             status = "estop"
             self.counters["chunks_discarded_estop"] += len(chunks)
@@ -272,6 +280,7 @@ class ControlLoop:
                 self.adapter.command(commanded)
                 row = self._tick - 1
                 self.log.interventions.extend((row, e) for e in self.safety.last_tick_interventions)
+                intervened = tuple(e.filter for e in self.safety.last_tick_interventions)
                 self.watchdog.feed(now)
                 self._held = False
             else:
@@ -289,6 +298,18 @@ class ControlLoop:
             self.log.commanded.append(np.array(commanded, dtype=np.float64))
             self.log.measured.append(np.asarray(state.position, dtype=np.float64).copy())
             self.log.status.append(status)
+        if self.recorder is not None:
+            self.recorder.on_tick(
+                TickRecord(
+                    self._tick,
+                    now,
+                    np.asarray(state.position, dtype=np.float64),
+                    np.asarray(target_joints, dtype=np.float64),
+                    np.asarray(commanded, dtype=np.float64),
+                    status,
+                    intervened,
+                )
+            )
 
     def _maybe_request(self, state: RobotState, now: float) -> None:
         if not self.scheduler.should_request(now):
@@ -312,6 +333,8 @@ class ControlLoop:
             return
         self.counters["requests"] += 1
         self.scheduler.note_request(obs.stamp, now)
+        if self.recorder is not None:
+            self.recorder.on_request(self._tick, obs)
 
     # -- the loop -----------------------------------------------------------------------------
 

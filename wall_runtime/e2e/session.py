@@ -20,7 +20,6 @@ from wall_runtime.backends.base import PolicyMetadata
 from wall_runtime.control.estop import EStop
 from wall_runtime.control.loop import ControlLoop, LoopConfig
 from wall_runtime.e2e.policy_link import ClientChunkSource
-from wall_runtime.e2e.recording import EpisodeRecorder
 from wall_runtime.e2e.robot_side import RobotSide
 from wall_runtime.transport.client import PolicyClient
 from wall_runtime.transport.protocol import RobotDescription
@@ -144,8 +143,7 @@ class SessionOptions:
     smoother: str = "crossfade"
     deadline_s: float | None = None  # per request; default: the chunk's own duration
     robot_id: str = ""
-    record: bool = True
-    record_images: bool = True
+    record_to: Path | None = None  # a LeRobot v3 dataset folder: this run becomes its next episode
     safe_pose: bool = True
     disabled_filters: frozenset[str] = field(default_factory=frozenset)
 
@@ -163,12 +161,8 @@ class Session:
         assert self.client.metadata is not None  # set by the handshake
         self.metadata = self.client.metadata
         self.stages = StageStats()
-        self.recorder = EpisodeRecorder(record_images=options.record_images) if options.record else None
         source: Any = _TimedSource(self.link, self.stages, time.monotonic)
         observe = side.observer(options.instruction)
-        if self.recorder is not None:
-            source = self.recorder.wrap_source(source)
-            observe = self.recorder.wrap_observe(observe)
         safety = side.safety
         if options.disabled_filters:
             import dataclasses
@@ -180,11 +174,27 @@ class Session:
             watchdog_timeout=side.config.watchdog_timeout_s,
             safe_pose=side.safe_pose if options.safe_pose else None,
         )
+        self.recorder = None
+        if options.record_to is not None:
+            from wall_runtime.recording.recorder import LeRobotRecorder, loop_settings, recording_layout
+
+            self.recorder = LeRobotRecorder(
+                options.record_to,
+                recording_layout(side, self.client.robot.cameras),
+                options.instruction,
+                meta=loop_settings(cfg, side.joint_dims, side.config.path),
+                images=side.latest_images,
+            )
         self.loop = ControlLoop(
-            side.adapter, source, observe, cfg, safety, joint_dims=side.joint_dims, estop=estop or EStop()
+            side.adapter,
+            source,
+            observe,
+            cfg,
+            safety,
+            joint_dims=side.joint_dims,
+            estop=estop or EStop(),
+            recorder=self.recorder,
         )
-        if self.recorder is not None:
-            self.recorder.bind(self.loop)
 
     def run(
         self,
@@ -207,13 +217,25 @@ class Session:
         from wall_runtime.e2e.report import write_report
 
         root = write_report(Path(folder), self.loop, summary, self.stages)
-        if self.recorder is not None:
-            self.recorder.save(
-                root / "episode",
-                self.loop,
-                {"robot_yaml": str(self.side.config.path), "summary": summary, **meta},
-            )
+        from wall_runtime.recording.lerobot_v3 import DatasetError
+
+        try:
+            self.finish_recording({"summary": summary, **meta})
+        except DatasetError as exc:  # the report stands without it; say why it is missing
+            log.error("recording not saved: %s", exc)
         return root
 
+    def finish_recording(self, meta: dict[str, Any]) -> Path | None:
+        """Write the recorded episode's metadata (once); the dataset folder, or None if not recording."""
+        if self.recorder is None:
+            return None
+        recorder, self.recorder = self.recorder, None
+        return recorder.close(meta)
+
     def close(self) -> None:
-        self.client.close()
+        try:
+            self.finish_recording({})  # a run that ended early still keeps what it recorded
+        except Exception as exc:
+            log.error("recording not saved: %s", exc)
+        finally:
+            self.client.close()
