@@ -57,8 +57,8 @@ from wall_runtime.robot import JointSpec
 _POS, _STEP, _VEL, _ACC, _JERK, _GRIP = range(6)
 _ROW_FILTER = (1, 2, 3, 4, 5, 7)  # indices into FILTERS
 _TOL = 1e-9
-_WS_SAMPLE = 0.05  # joint-space spacing of the forward-kinematics samples along a stopping path
-_WS_MAX_SAMPLES = 12
+_WS_SAMPLE = 0.1  # joint-space spacing of the forward-kinematics samples along a stopping path
+_WS_MAX_SAMPLES = 8
 _WS_BISECT = 12
 
 ForwardKinematics = Callable[[np.ndarray], "np.ndarray | None"]
@@ -162,6 +162,8 @@ class ChainState:
     v: np.ndarray
     a: np.ndarray
     last_request: np.ndarray  # the last finite target (for the approach shaping)
+    # the end effector stays in the workspace box while the last command brakes along its line
+    braking_verified: bool = False
 
     @classmethod
     def at_rest(cls, p: np.ndarray, v: np.ndarray | None = None) -> ChainState:
@@ -288,6 +290,7 @@ def _solve(
         lo_all = np.where(fits, lo2, lo_all)
         hi_all = np.where(fits, hi2, hi_all)
     requested = x
+    lo_lim, hi_lim = lo_all, hi_all  # the limits alone, before the approach shaping
     tol = _TOL * (1.0 + np.abs(x))
     outside = lim.is_pos & ((x < lo_all - tol) | (x > hi_all + tol))
     if outside.any():
@@ -311,8 +314,9 @@ def _solve(
     last_request = np.where(np.isfinite(requested), requested, p)
 
     # 7. workspace box on the forward kinematics, as a braking constraint
+    verified = False
     if lim.workspace_min is not None and fk is not None:
-        x = _workspace(lim, state, x, lo_all, hi_all, dt, fk, record)
+        x, verified = _workspace(lim, state, x, lo_lim, hi_lim, dt, fk, record)
 
     # 9. base velocity joints: speed and acceleration
     if "base" not in lim.disabled and lim.is_base.any():
@@ -329,7 +333,7 @@ def _solve(
 
     v_new = np.where(lim.is_pos, (x - p) / dt, 0.0)
     a_new = np.where(lim.is_pos, (v_new - v) / dt, 0.0)
-    return Step(x, ChainState(x.copy(), v_new, a_new, last_request), tuple(found))
+    return Step(x, ChainState(x.copy(), v_new, a_new, last_request, verified), tuple(found))
 
 
 def _approach_bounds(
@@ -377,7 +381,8 @@ def _workspace(
     dt: float,
     fk: ForwardKinematics,
     record: Callable[[str, np.ndarray, np.ndarray, np.ndarray], None],
-) -> np.ndarray:
+) -> tuple[np.ndarray, bool]:
+    """The command, and whether its stopping path was verified inside the box."""
     box_lo, box_hi = lim.workspace_min, lim.workspace_max
     assert box_lo is not None and box_hi is not None
     p = state.p
@@ -419,19 +424,24 @@ def _workspace(
     if e_here > 0.0:
         # already outside (e.g. started there): only moves that do not go further out
         if excess(ee(x)) <= e_here:
-            return x
+            return x, False
         out = np.where(lim.is_pos, np.clip(p, lo_all, hi_all), x)
         record("workspace_yielded", lim.is_pos & (np.abs(out - x) > 0), x, out)
-        return out
+        return out, False
     if viable(x):
-        return x
-    # the braking command: the previous step, shrunk at the common deceleration
+        return x, True
+    # the braking command: the previous step, shrunk at the common deceleration. Its stopping
+    # path is the rest of the previous command's, so where that was verified, so is this one
     prev_step = np.where(lim.is_pos, state.v * dt, 0.0)
     shrink = max(0.0, 1.0 - _line_brake(lim, prev_step, dt))
-    brake = np.where(lim.is_pos, np.clip(p + shrink * prev_step, lo_all, hi_all), x)
-    if not viable(brake):
+    on_line = p + shrink * prev_step
+    brake = np.where(lim.is_pos, np.clip(on_line, lo_all, hi_all), x)
+    inherited = state.braking_verified and bool(
+        np.all(np.abs(brake - on_line)[lim.is_pos] <= _TOL * (1.0 + np.abs(on_line[lim.is_pos])))
+    )
+    if not (inherited or viable(brake)):
         record("workspace_yielded", lim.is_pos & (np.abs(brake - x) > 0), x, brake)
-        return brake
+        return brake, False
     s_in, s_out = 0.0, 1.0
     for _ in range(_WS_BISECT):
         mid = 0.5 * (s_in + s_out)
@@ -441,4 +451,4 @@ def _workspace(
             s_out = mid
     out = brake + s_in * (x - brake)
     record("workspace", lim.is_pos & (np.abs(out - x) > _TOL * (1.0 + np.abs(x))), x, out)
-    return out
+    return out, True
