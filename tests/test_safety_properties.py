@@ -9,7 +9,6 @@ or shape. No limit may yield from such a start, and every changed command is cou
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,12 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wall_runtime.control.dryrun import FirstOrderRobot
 from wall_runtime.control.limits import parse_joint_limits
-from wall_runtime.control.loop import ControlLoop, LoopConfig
 from wall_runtime.control.safety import SafetyChain, SafetyConfig
-from wall_runtime.robot import JointSpec, RobotSpec
-from wall_runtime.types import ActionChunk, Observation, RobotState
+from wall_runtime.robot import JointSpec
+from wall_runtime.types import RobotState
 
 DT = 0.01
 REL = 1e-6  # relative tolerance on every limit (float rounding in the finite differences)
