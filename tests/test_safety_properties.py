@@ -9,6 +9,7 @@ or shape. No limit may yield from such a start, and every changed command is cou
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,10 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from wall_runtime.control.dryrun import FirstOrderRobot
 from wall_runtime.control.limits import parse_joint_limits
+from wall_runtime.control.loop import ControlLoop, LoopConfig
 from wall_runtime.control.safety import SafetyChain, SafetyConfig
-from wall_runtime.robot import JointSpec
-from wall_runtime.types import RobotState
+from wall_runtime.robot import JointSpec, RobotSpec
+from wall_runtime.types import ActionChunk, Observation, RobotState
 
 DT = 0.01
 REL = 1e-6  # relative tolerance on every limit (float rounding in the finite differences)
@@ -314,3 +317,162 @@ def test_the_first_command_after_a_gap_is_limited_from_rest(idle: int) -> None:
     v = (nxt[0] - x[0]) / DT
     assert 0 < v <= 20.0 * DT + 1e-9  # one tick of the acceleration limit from rest, no more
     assert chain.gaps == 1
+
+
+# -- a control loop fed chunks with abusive timing and shape ---------------------------------------
+
+LOOP_HZ = 100.0
+LOOP_JOINTS = (
+    _joint(
+        "j1",
+        "revolute",
+        "rad",
+        min_position=-1.0,
+        max_position=1.0,
+        max_velocity=2.0,
+        max_acceleration=20.0,
+        max_deceleration=30.0,
+    ),
+    _joint("j2", "revolute", "rad", min_position=-0.5, max_position=0.5, max_velocity=1.0, max_acceleration=10.0),
+    _joint(
+        "gripper", "gripper", "m", min_position=0.0, max_position=0.08, max_velocity=0.2, max_acceleration=2.0
+    ),
+)
+LOOP_SAFETY = {"max_step": {"default": 0.05, "gripper": 0.01}, "position_margin": 0.02, "gripper": {"min": 0.02, "max": 0.03}}
+
+abusive_dt = st.sampled_from(
+    [0.02, 0.01, 0.05, 1e9, 1e-9, 0.0, -0.02, math.nan, math.inf, -math.inf, 1e-4, 0.5, 2.0]
+)
+chunk_recipe = st.one_of(
+    st.none(),  # no answer: the watchdog's business
+    st.fixed_dictionaries(
+        {
+            "rows": st.integers(0, 8),
+            "dims": st.sampled_from([3, 3, 3, 2, 0]),
+            "dt": abusive_dt,
+            "stamp": st.sampled_from(["obs", "obs", "future", "nan", "old"]),
+            "value": st.one_of(st.floats(-2, 2), st.sampled_from([math.nan, math.inf, 1e300, 0.025])),
+            "slope": st.floats(-5, 5),
+        }
+    ),
+)
+
+
+class _ScriptedPolicy:
+    """Answers each request on the simulated clock with the next recipe's chunk."""
+
+    def __init__(self, clock: list[float], recipes: list, latency: float = 0.03) -> None:
+        self.clock, self.recipes, self.latency, self.queue, self.seq = clock, list(recipes), latency, [], 0
+
+    def request(self, observation: Observation) -> None:
+        self.seq += 1
+        recipe = self.recipes.pop(0) if self.recipes else None
+        if recipe is None:
+            return
+        rows, dims = recipe["rows"], recipe["dims"]
+        actions = recipe["value"] + recipe["slope"] * 0.02 * np.arange(rows)[:, None] * np.ones((rows, dims))
+        stamp = {
+            "obs": observation.stamp,
+            "future": observation.stamp + 5.0,
+            "nan": math.nan,
+            "old": observation.stamp - 100.0,
+        }[recipe["stamp"]]
+        self.queue.append((self.clock[0] + self.latency, ActionChunk(actions, stamp, recipe["dt"], self.seq)))
+
+    def poll(self) -> ActionChunk | None:
+        if self.queue and self.queue[0][0] <= self.clock[0]:
+            return self.queue.pop(0)[1]
+        return None
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(recipes=st.lists(chunk_recipe, min_size=1, max_size=25))
+def test_abusive_chunks_are_refused_and_the_commands_stay_within_every_limit(recipes) -> None:
+    clock = [1000.0]
+    spec = RobotSpec("abuse", LOOP_JOINTS, LOOP_HZ)
+    robot = FirstOrderRobot(spec, initial=np.array([0.0, 0.0, 0.025]), tau=0.03, clock=lambda: clock[0])
+    robot.connect()
+    policy = _ScriptedPolicy(clock, recipes)
+
+    def observe(state: RobotState, now: float) -> Observation:
+        return Observation(stamp=now, images={}, state=state.position.astype(np.float32), instruction="")
+
+    cfg = LoopConfig(control_hz=LOOP_HZ, watchdog_timeout=0.05)
+    loop = ControlLoop(
+        robot, policy, observe, cfg, SafetyConfig.from_dict(LOOP_SAFETY, LOOP_JOINTS), clock=lambda: clock[0]
+    )
+    loop.watchdog.arm(clock[0])
+    meter = Meter(loop.safety, 1.0 / LOOP_HZ)
+    had_command = False
+    for _ in range(250):
+        loop.tick(clock[0])  # never raises, whatever arrives
+        commanded = loop.log.commanded[-1]
+        if np.all(np.isfinite(commanded)):
+            if not had_command:  # the chain starts from the measured state after any pause
+                meter.anchor(loop.log.measured[-1])
+            meter.measure(commanded, loop.log.target[-1])
+            had_command = True
+        else:
+            had_command = False
+        clock[0] += 1.0 / LOOP_HZ
+    assert not meter.violations, meter.violations[:5]
+    rejected = sum(loop.scheduler.rejected.values()) - loop.scheduler.rejected.get("request_timeout", 0)
+    assert rejected + len(loop.log.splices) == loop.counters["chunks_received"]
+    # a chunk can never pin the plan: the loop keeps asking while it is answered with abuse
+    assert loop.counters["requests"] >= min(len(recipes), 2)
+
+    def timing_ok(r: dict) -> bool:
+        return math.isfinite(r["dt"]) and 0.1 / LOOP_HZ <= r["dt"] and r["rows"] * r["dt"] <= 10.0
+
+    if all(r is None or not timing_ok(r) for r in recipes):
+        assert loop.log.splices == [] and "ok" not in loop.log.status
+
+
+def _loop_with(chunk: ActionChunk) -> tuple[ControlLoop, FirstOrderRobot, list[float]]:
+    clock = [1000.0]
+    spec = RobotSpec("abuse", LOOP_JOINTS, LOOP_HZ)
+    robot = FirstOrderRobot(spec, initial=np.array([0.0, 0.0, 0.025]), clock=lambda: clock[0])
+    robot.connect()
+
+    class Once:
+        sent = False
+        requests = 0
+
+        def request(self, observation: Observation) -> None:
+            self.requests += 1
+
+        def poll(self) -> ActionChunk | None:
+            if self.sent:
+                return None
+            self.sent = True
+            return ActionChunk(chunk.actions, clock[0] - 0.001, chunk.dt, 1)
+
+    loop = ControlLoop(
+        robot,
+        Once(),
+        lambda s, now: Observation(stamp=now, images={}, state=s.position.astype(np.float32), instruction=""),
+        LoopConfig(control_hz=LOOP_HZ, watchdog_timeout=0.05),
+        SafetyConfig.from_dict(LOOP_SAFETY, LOOP_JOINTS),
+        clock=lambda: clock[0],
+    )
+    loop.watchdog.arm(clock[0])
+    for _ in range(30):
+        loop.tick(clock[0])
+        clock[0] += 1.0 / LOOP_HZ
+    return loop, robot, clock
+
+
+@pytest.mark.parametrize(
+    ("actions", "dt", "reason"),
+    [
+        (np.zeros((0, 3)), 0.02, "malformed"),  # raised IndexError out of ControlLoop.tick
+        (np.zeros((5, 3)), 1e9, "bad_dt"),  # was followed forever, nothing requested again
+        (np.zeros((5, 3)), 1e-7, "bad_dt"),
+        (np.full((5, 3), np.nan), 0.02, "non_finite"),
+    ],
+)
+def test_a_bad_chunk_is_refused_with_a_reason_and_the_robot_holds(actions, dt, reason) -> None:
+    loop, robot, _ = _loop_with(ActionChunk(actions, 0.0, dt, 1))
+    assert loop.scheduler.rejected[reason] == 1
+    assert robot.commands == [] and robot.holds  # nothing commanded; held by the watchdog
+    assert loop.counters["requests"] >= 1
