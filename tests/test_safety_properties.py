@@ -333,12 +333,18 @@ LOOP_JOINTS = (
         max_acceleration=20.0,
         max_deceleration=30.0,
     ),
-    _joint("j2", "revolute", "rad", min_position=-0.5, max_position=0.5, max_velocity=1.0, max_acceleration=10.0),
+    _joint(
+        "j2", "revolute", "rad", min_position=-0.5, max_position=0.5, max_velocity=1.0, max_acceleration=10.0
+    ),
     _joint(
         "gripper", "gripper", "m", min_position=0.0, max_position=0.08, max_velocity=0.2, max_acceleration=2.0
     ),
 )
-LOOP_SAFETY = {"max_step": {"default": 0.05, "gripper": 0.01}, "position_margin": 0.02, "gripper": {"min": 0.02, "max": 0.03}}
+LOOP_SAFETY = {
+    "max_step": {"default": 0.05, "gripper": 0.01},
+    "position_margin": 0.02,
+    "gripper": {"min": 0.02, "max": 0.03},
+}
 
 abusive_dt = st.sampled_from(
     [0.02, 0.01, 0.05, 1e9, 1e-9, 0.0, -0.02, math.nan, math.inf, -math.inf, 1e-4, 0.5, 2.0]
