@@ -54,7 +54,7 @@ def test_yaml_inf_and_bools_are_refused_as_yaml_gives_them() -> None:
     import yaml
 
     for text in ("max_velocity: .inf", "max_velocity: true", "max_velocity: '2'", "max_position: .nan"):
-        with pytest.raises(LimitsError, match="joint_limits.j."):
+        with pytest.raises(LimitsError, match=r"joint_limits\.j\."):
             parse_joint_limits("j", yaml.safe_load(text))
 
 
