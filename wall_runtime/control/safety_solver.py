@@ -59,7 +59,7 @@ _ROW_FILTER = (1, 2, 3, 4, 5, 7)  # indices into FILTERS
 _TOL = 1e-9
 _WS_SAMPLE = 0.1  # joint-space spacing of the forward-kinematics samples along a stopping path
 _WS_MAX_SAMPLES = 8
-_WS_BISECT = 12
+_WS_BISECT = 7
 
 ForwardKinematics = Callable[[np.ndarray], "np.ndarray | None"]
 
@@ -401,10 +401,21 @@ def _workspace(
         out = np.maximum(box_lo + slack - pts, 0.0) + np.maximum(pts - box_hi + slack, 0.0)
         return float(np.max(out, initial=0.0))
 
+    def margin(pts: np.ndarray) -> float:
+        return float(np.min(np.minimum(pts - box_lo, box_hi - pts), initial=np.inf))
+
     def viable(q: np.ndarray) -> bool:
         """The end effector stays in the box while the command brakes along its direction."""
         step = np.where(lim.is_pos, q - p, 0.0)
         travel = _travel_after(_line_brake(lim, step, dt))
+        here, start = ee(q), ee(p)
+        if here is None or start is None:
+            return True
+        # far from every face: the stopping path, extrapolated from this step's own end-effector
+        # motion, reaches less than half way (forward kinematics is costly on some adapters)
+        reach = float(np.max(np.linalg.norm(here - start, axis=1))) * (travel + 1.0)
+        if margin(here) > 2.0 * reach + 1e-6:
+            return True
         length = float(np.max(np.abs(step))) * travel
         k = min(_WS_MAX_SAMPLES, 1 + math.ceil(length / _WS_SAMPLE)) if length > 0 else 0
         pts = [ee(q)]
