@@ -158,7 +158,8 @@ def test_the_gripper_range_and_the_bounds_are_braked_for(start, targets, hold_ea
         for _ in range(hold_each):  # a target held for a while runs into the bounds at speed
             meter.measure(chain.filter(target, state), target)
     assert not meter.violations, meter.violations[:5]
-    assert sum(chain.counts.values()) == len(chain.events)
+    total = sum(chain.counts.values())
+    assert total == sum(chain.joint_counts.values()) and len(chain.events) == min(total, chain.events.maxlen)
 
 
 def test_a_narrow_gripper_range_is_reached_at_the_deceleration_limit_not_hit() -> None:
@@ -409,17 +410,19 @@ def test_abusive_chunks_are_refused_and_the_commands_stay_within_every_limit(rec
     )
     loop.watchdog.arm(clock[0])
     meter = Meter(loop.safety, 1.0 / LOOP_HZ)
-    had_command = False
+    had_command, held = False, True
     for _ in range(250):
         loop.tick(clock[0])  # never raises, whatever arrives
         commanded = loop.log.commanded[-1]
         if np.all(np.isfinite(commanded)):
-            if not had_command:  # the chain starts from the measured state after any pause
+            if held:  # after a hold the chain starts from the measured state
                 meter.anchor(loop.log.measured[-1])
+            elif not had_command:  # after idle ticks, from the last command, at rest
+                meter.anchor(meter.p)
             meter.measure(commanded, loop.log.target[-1])
-            had_command = True
+            had_command, held = True, False
         else:
-            had_command = False
+            had_command, held = False, held or loop.log.status[-1] in ("hold", "estop")
         clock[0] += 1.0 / LOOP_HZ
     assert not meter.violations, meter.violations[:5]
     rejected = sum(loop.scheduler.rejected.values()) - loop.scheduler.rejected.get("request_timeout", 0)

@@ -156,6 +156,7 @@ class ControlLoop:
             make_smoother(config.smoother, **config.smoother_options), config.scheduler
         )
         self.scheduler.set_control_period(self.period)
+        self.scheduler.min_action_dim = int(self.joint_dims.max()) + 1
         self._joint_step = joint_step_limits(self.spec.joints, self.safety_config, self.period)
         self.watchdog = Watchdog(config.watchdog_timeout)
         self.estop = estop if estop is not None else EStop()

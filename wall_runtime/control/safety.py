@@ -3,7 +3,7 @@
 1. ``finite``       NaN or inf anywhere → hold (arms keep the last safe command, bases brake to 0)
 2. ``position``     joint position limits, the soft limits and ``position_margin`` inside them
 3. ``step``         maximum change per tick relative to the last command (the first command after
-                    a reset or a gap is relative to the measured position)
+                    a reset is relative to the measured position)
 4. ``velocity``     ``max_velocity``
 5. ``acceleration`` ``max_acceleration`` (``max_deceleration`` while slowing down), plus the braking
                     distance to the position bounds so the joint can always stop inside them
@@ -156,12 +156,17 @@ class SafetyChain:
                 + "): refusing to command from an unknown pose"
             )
         p[bad] = 0.0  # base velocity readings only
-        v = np.zeros(n)
-        if state.velocity is not None:
-            measured = np.asarray(state.velocity, dtype=np.float64)
-            if measured.shape == (n,):
-                v = np.where(self.is_pos & np.isfinite(measured), measured, 0.0)
-        self._state = ChainState.at_rest(p, v)
+        self._state = ChainState.at_rest(p, self._measured_velocity(state))
+
+    def _measured_velocity(self, state: RobotState | None) -> np.ndarray:
+        """Position joints' measured velocity where the robot reports a finite one, else zero."""
+        n = len(self.joints)
+        if state is None or state.velocity is None:
+            return np.zeros(n)
+        measured = np.asarray(state.velocity, dtype=np.float64)
+        if measured.shape != (n,):
+            return np.zeros(n)
+        return np.where(self.is_pos & np.isfinite(measured), measured, 0.0)
 
     def filter(
         self, target: np.ndarray, state: RobotState | None = None, dt: float | None = None
@@ -169,10 +174,11 @@ class SafetyChain:
         """One tick: the command to send for ``target`` (joint order and units of the spec).
 
         ``dt`` is the time since the previous command, where the caller knows it. More than
-        ``GAP_PERIODS`` periods means a gap (idle ticks, an overrun): the robot was not following
-        the command stream, so the chain starts again from the measured ``state`` (position and
-        velocity) instead of extrapolating the velocity from before the gap. Every command is
-        limited over the nominal period, as the robot receives one per period."""
+        ``GAP_PERIODS`` periods means a gap (idle ticks, an overrun): the robot's setpoint stayed on
+        the last command meanwhile, so the chain starts again from there with the velocity
+        *measured* in ``state`` (zero where the robot reports none) and no acceleration, instead
+        of extrapolating the velocity from before the gap. Every command is limited over the
+        nominal period, as the robot receives one per period."""
         self.tick += 1
         self.last_tick_interventions = []
         target = np.asarray(target, dtype=np.float64)
@@ -180,15 +186,15 @@ class SafetyChain:
         if target.shape != (n,):
             raise ValueError(f"target has shape {target.shape}, the robot has {n} joints")
         gap = dt is not None and not dt <= GAP_PERIODS * self.dt  # NaN counts as a gap
-        if self._state is None or (gap and state is not None):
+        if self._state is None:
             if state is None:
                 raise RuntimeError("the safety chain needs a measured state for its first command")
-            if self._state is not None:
-                self.gaps += 1
             self.reset(state)
-        elif gap:  # nothing measured: start from the last command, at rest
+        elif gap:
+            # the robot's setpoint stayed on the last command through the gap: start from there,
+            # moving as the robot is measured to move (at rest where it reports no velocity)
             self.gaps += 1
-            self._state = ChainState.at_rest(self._state.p)
+            self._state = ChainState.at_rest(self._state.p, self._measured_velocity(state))
         assert self._state is not None
         step = solve(self.limits, self._state, target, self.dt, self.fk if self.workspace_active else None)
         self._state = step.state
