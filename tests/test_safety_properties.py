@@ -3,7 +3,7 @@
 Every command's finite differences (velocity, acceleration, jerk over the control period) are
 checked against the limits on every tick, from a start inside the limits: at the gripper range and
 the workspace box (which the chain must brake for, never hit), across idle gaps (after which the
-chain starts again from the measured state), and in a control loop fed chunks with abusive timing
+chain starts again at rest from the setpoint the robot held), and in a control loop fed chunks with abusive timing
 or shape. No limit may yield from such a start, and every changed command is counted.
 """
 
@@ -277,26 +277,27 @@ GAP_JOINTS = (
         st.tuples(
             st.tuples(st.floats(-2.5, 2.5), st.floats(-2.5, 2.5)),  # target
             st.integers(1, 30),  # ticks it is held for
-            st.integers(0, 9),  # then this many idle ticks
-            st.booleans(),  # the robot was measured moving after the gap
+            st.integers(0, 9),  # after this many idle ticks
         ),
         min_size=1,
         max_size=12,
     )
 )
-def test_after_an_idle_gap_the_chain_starts_from_the_measured_state(plan) -> None:
+def test_after_an_idle_gap_the_chain_starts_from_the_held_setpoint_at_rest(plan) -> None:
     chain = SafetyChain(GAP_JOINTS, SafetyConfig.from_dict({}, GAP_JOINTS), DT)
     meter = Meter(chain, DT)
     last = np.zeros(2)
     meter.anchor(last)
-    for target, ticks, idle, moving in plan:
+    meter.measure(chain.filter(last, RobotState(0.0, last)))  # the first command: from the robot
+    for target, ticks, idle in plan:
         target = np.array(target)
         for k in range(ticks):
             if k == 0 and idle > 0:
-                # the robot after the gap: at the last command, at rest or still drifting slowly
-                pos, vel = last.copy(), np.full(2, 0.5 if moving else 0.0)
-                x = chain.filter(target, RobotState(0.0, pos, velocity=vel), dt=(idle + 1) * DT)
-                meter.anchor(pos, vel)
+                # the robot's setpoint stayed on the last command through the gap, at rest; the
+                # robot is measured elsewhere (still catching up), which must not matter
+                measured = RobotState(0.0, last + 0.1, velocity=np.full(2, 1.5))
+                x = chain.filter(target, measured, dt=(idle + 1) * DT)
+                meter.anchor(last)
             else:
                 x = chain.filter(target, RobotState(0.0, last), dt=DT)
             meter.measure(x, target)

@@ -266,7 +266,7 @@ class ControlLoop:
             target = self.scheduler.target(now)
             if target is not None:
                 target_joints = target[self.joint_dims]
-                # after idle ticks or an overrun the chain starts again from the measured state
+                # after idle ticks or an overrun the chain starts again at rest (SafetyChain.filter)
                 elapsed = now - self._last_command_time
                 gap = math.isfinite(elapsed) and elapsed > 1.5 * self.period
                 commanded = self.safety.filter(target_joints, state, dt=elapsed if gap else None)

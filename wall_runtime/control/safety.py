@@ -16,7 +16,8 @@
 The parsing lives in :mod:`~wall_runtime.control.safety_config`, the solver — a pure function of
 (state, target, dt) — in :mod:`~wall_runtime.control.safety_solver`, which explains how the limits
 hold together. This module is the stateful shell the control loop holds: it keeps the state of the
-command stream between ticks, re-anchors it on the measured state after a reset or a gap, and
+command stream between ticks, re-anchors it at rest after a reset (on the measured position) or a
+gap in the stream (on the last command, where the robot's setpoint stayed), and
 counts every intervention per filter and joint in a bounded event log.
 
 When the limits cannot all hold (only from a state that was already outside them, e.g. a robot
@@ -61,8 +62,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-# a command later than this many periods after the previous one follows a gap: the robot has not
-# been following the command stream, so the chain starts again from the measured state
+# a command later than this many periods after the previous one follows a gap: the robot's
+# setpoint was held meanwhile, so the chain starts again at rest from the last command
 GAP_PERIODS = 1.5
 
 
@@ -139,8 +140,8 @@ class SafetyChain:
         return self._state
 
     def reset(self, state: RobotState | None) -> None:
-        """Anchor the chain on the measured state (at start, after a hold, an e-stop reset or a
-        gap): its position and, where measured, velocity; acceleration zero."""
+        """Anchor the chain on the measured position, at rest (at start, after a hold or an
+        e-stop reset)."""
         if state is None:
             self._state = None
             return
@@ -156,17 +157,7 @@ class SafetyChain:
                 + "): refusing to command from an unknown pose"
             )
         p[bad] = 0.0  # base velocity readings only
-        self._state = ChainState.at_rest(p, self._measured_velocity(state))
-
-    def _measured_velocity(self, state: RobotState | None) -> np.ndarray:
-        """Position joints' measured velocity where the robot reports a finite one, else zero."""
-        n = len(self.joints)
-        if state is None or state.velocity is None:
-            return np.zeros(n)
-        measured = np.asarray(state.velocity, dtype=np.float64)
-        if measured.shape != (n,):
-            return np.zeros(n)
-        return np.where(self.is_pos & np.isfinite(measured), measured, 0.0)
+        self._state = ChainState.at_rest(p)
 
     def filter(
         self, target: np.ndarray, state: RobotState | None = None, dt: float | None = None
@@ -175,10 +166,11 @@ class SafetyChain:
 
         ``dt`` is the time since the previous command, where the caller knows it. More than
         ``GAP_PERIODS`` periods means a gap (idle ticks, an overrun): the robot's setpoint stayed on
-        the last command meanwhile, so the chain starts again from there with the velocity
-        *measured* in ``state`` (zero where the robot reports none) and no acceleration, instead
-        of extrapolating the velocity from before the gap. Every command is limited over the
-        nominal period, as the robot receives one per period."""
+        the last command meanwhile, at rest, so the chain starts again from there with zero
+        velocity and acceleration instead of extrapolating the velocity from before the gap.
+        (Measured velocities are not used: recordings do not hold them, and a replay must
+        reproduce every command.) Every command is limited over the nominal period, as the robot
+        receives one per period."""
         self.tick += 1
         self.last_tick_interventions = []
         target = np.asarray(target, dtype=np.float64)
@@ -192,9 +184,9 @@ class SafetyChain:
             self.reset(state)
         elif gap:
             # the robot's setpoint stayed on the last command through the gap: start from there,
-            # moving as the robot is measured to move (at rest where it reports no velocity)
+            # at rest, as the robot's setpoint was
             self.gaps += 1
-            self._state = ChainState.at_rest(self._state.p, self._measured_velocity(state))
+            self._state = ChainState.at_rest(self._state.p)
         assert self._state is not None
         step = solve(self.limits, self._state, target, self.dt, self.fk if self.workspace_active else None)
         self._state = step.state
