@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -92,6 +92,8 @@ class ChainLimits:
     disabled: frozenset[str]
     workspace_min: np.ndarray | None
     workspace_max: np.ndarray | None
+    # per-period constants, derived once per dt (a memo: it changes no result)
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, joints: Sequence[JointSpec], config: SafetyConfig) -> ChainLimits:
@@ -199,11 +201,58 @@ class Step:
 def braking_step(room: np.ndarray, bdt2: np.ndarray, lag: np.ndarray | float = 0.0) -> np.ndarray:
     """The largest step per tick from which steps shrinking by ``bdt2`` a tick stop within ``room``
     (``u**2 / 2b + u <= room``, an upper bound on the discrete sum); ``inf`` where ``bdt2`` is.
-    ``lag`` ticks pass at full speed before the braking starts (``u * lag`` more room)."""
-    k = 1.0 + np.asarray(lag, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        u = bdt2 * (np.sqrt(k * k + 2.0 * np.maximum(room, 0.0) / bdt2) - k)
+    ``lag`` ticks pass at full speed before the braking starts (``u * lag`` more room). Call it
+    under ``np.errstate(invalid="ignore", divide="ignore")`` (``solve`` does)."""
+    k = 1.0 + lag
+    u = bdt2 * (np.sqrt(k * k + 2.0 * np.maximum(room, 0.0) / bdt2) - k)
     return np.where(np.isfinite(bdt2), u, np.inf)
+
+
+@dataclass(frozen=True)
+class _PerPeriod:
+    """What the rows need that depends on the period but not on the state."""
+
+    vel_dt: np.ndarray
+    adt: np.ndarray
+    ddt: np.ndarray
+    bdt2: np.ndarray
+    lag: np.ndarray
+    vcap: np.ndarray
+    jerk_any: bool
+    jerk_braking: np.ndarray
+    jdt2: np.ndarray
+    jdt3: np.ndarray
+
+
+def _per_period(lim: ChainLimits, dt: float) -> _PerPeriod:
+    cached = lim.cache.get(dt)
+    if cached is not None:
+        return cached
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        brake = lim.brake
+        # under a jerk limit the deceleration takes brake / jerk to build up: that long (plus a
+        # tick) at full speed is added to the stopping distance, so the braking starts earlier
+        jerk_on = np.isfinite(lim.max_jerk) & ("jerk" not in lim.disabled)
+        lag = np.where(
+            jerk_on & np.isfinite(brake), brake / np.where(jerk_on, lim.max_jerk, 1.0) / dt + 1.0, 0.0
+        )
+        vcap = np.minimum(lim.max_vel, lim.max_step / dt)
+        jerk_braking = jerk_on & np.isfinite(vcap)
+        out = _PerPeriod(
+            vel_dt=lim.max_vel * dt,
+            adt=lim.max_acc * dt,
+            ddt=lim.max_dec * dt,
+            bdt2=brake * dt * dt,
+            lag=lag,
+            vcap=vcap,
+            jerk_any=bool(np.isfinite(lim.max_jerk).any()),
+            jerk_braking=jerk_braking,
+            jdt2=np.where(jerk_braking, lim.max_jerk, 1.0) * dt * dt,
+            jdt3=lim.max_jerk * dt**3,
+        )
+    if len(lim.cache) < 8:
+        lim.cache[dt] = out
+    return out
 
 
 def _travel_after(b: float) -> float:
@@ -251,35 +300,27 @@ def _solve(
     lo[_POS], hi[_POS] = lim.lower, lim.upper
     lo[_GRIP], hi[_GRIP] = lim.lower, lim.upper
     lo[_STEP], hi[_STEP] = p - lim.max_step, p + lim.max_step
-    vel_dt = lim.max_vel * dt
-    lo[_VEL], hi[_VEL] = p - vel_dt, p + vel_dt
+    d = _per_period(lim, dt)
+    lo[_VEL], hi[_VEL] = p - d.vel_dt, p + d.vel_dt
     # acceleration while speeding up, deceleration while slowing down (a change of sign speeds up)
-    adt, ddt = lim.max_acc * dt, lim.max_dec * dt
-    v_lo = np.where(v > 0, np.maximum(v - ddt, np.minimum(0.0, v - adt)), v - adt)
-    v_hi = np.where(v < 0, np.minimum(v + ddt, np.maximum(0.0, v + adt)), v + adt)
+    v_lo = np.where(v > 0, np.maximum(v - d.ddt, np.minimum(0.0, v - d.adt)), v - d.adt)
+    v_hi = np.where(v < 0, np.minimum(v + d.ddt, np.maximum(0.0, v + d.adt)), v + d.adt)
     # ... and the braking distance to the bounds: the joint must always be able to stop inside
     # them at its deceleration, so the admissible speed shrinks near a bound
-    bdt2 = lim.brake * dt * dt
-    # under a jerk limit the deceleration takes brake / jerk to build up: that long (plus a tick)
-    # at full speed is added to the stopping distance, so the braking starts early enough
-    jerk_on = np.isfinite(lim.max_jerk) & ("jerk" not in lim.disabled)
-    lag = np.where(
-        jerk_on & np.isfinite(lim.brake), lim.brake / np.where(jerk_on, lim.max_jerk, 1.0) / dt + 1.0, 0.0
-    )
-    u_hi = braking_step(lim.upper - p, bdt2, lag)
-    u_lo = braking_step(p - lim.lower, bdt2, lag)
+    u_hi = braking_step(lim.upper - p, d.bdt2, d.lag)
+    u_lo = braking_step(p - lim.lower, d.bdt2, d.lag)
     lo[_ACC] = np.maximum(p + v_lo * dt, p - u_lo)
     hi[_ACC] = np.minimum(p + v_hi * dt, p + u_hi)
     # jerk, with the same idea one derivative up: the acceleration must be able to return to zero
     # (at the jerk limit) before the speed reaches its cap
-    vcap = np.minimum(lim.max_vel, lim.max_step / dt)
-    jerk_braking = np.isfinite(lim.max_jerk) & np.isfinite(vcap) & ("jerk" not in lim.disabled)
-    jdt2 = np.where(jerk_braking, lim.max_jerk, 1.0) * dt * dt
-    w_hi = np.where(jerk_braking, braking_step(vcap - v, jdt2), np.inf)
-    w_lo = np.where(jerk_braking, braking_step(v + vcap, jdt2), np.inf)
-    vdt, adt2, jdt3 = v * dt, a * dt * dt, lim.max_jerk * dt**3
-    lo[_JERK] = np.maximum(p + vdt + adt2 - jdt3, p + vdt - w_lo * dt)
-    hi[_JERK] = np.minimum(p + vdt + adt2 + jdt3, p + vdt + w_hi * dt)
+    vdt, adt2 = v * dt, a * dt * dt
+    if d.jerk_any:
+        w_hi = np.where(d.jerk_braking, braking_step(d.vcap - v, d.jdt2), np.inf)
+        w_lo = np.where(d.jerk_braking, braking_step(v + d.vcap, d.jdt2), np.inf)
+        lo[_JERK] = np.maximum(p + vdt + adt2 - d.jdt3, p + vdt - w_lo * dt)
+        hi[_JERK] = np.minimum(p + vdt + adt2 + d.jdt3, p + vdt + w_hi * dt)
+    else:
+        lo[_JERK], hi[_JERK] = -np.inf, np.inf
     act = lim.active.copy()
     # which rows can hold together: step and velocity always; then by priority
     lo_all = np.maximum(lo[_STEP], lo[_VEL])
