@@ -32,7 +32,12 @@ bisection on the straight line between them. Braking along a line is itself admi
 next tick (its stopping segment is a part of the previous one), so the box is approached slowly
 enough to stop at it and is never hit; a Jacobian-based step scaling was the alternative, but
 it predicts the stopping point only to first order, which is not enough at the speeds where it
-matters.
+matters. Cost: two forward-kinematics calls on a tick far from every face (the stopping path,
+extrapolated from this step's own end-effector motion, reaches less than half way to the box),
+up to 9 when near one, and up to ~70 on a tick that has to slow down for it (7 bisection steps);
+an adapter's forward kinematics should be cheap. From a pose already outside the box (a robot
+started there) only commands that do not go further out pass, and that is counted as
+``workspace_yielded``.
 
 **Jerk.** The braking plans above are acceleration plans. Under a jerk limit the position braking
 starts earlier (the time the deceleration takes to build up is added to the stopping distance),
