@@ -263,7 +263,7 @@ def parse_robot(raw: Any, path: Path) -> RobotConfig:
     safety = dict(_require_mapping(doc.get("safety") or {}, "safety"))
     if "safe_pose" in safety:
         safety["safe_pose"] = list(_parse_safe_pose(safety["safe_pose"], joints))
-    _validate_safety({k: v for k, v in safety.items() if k != "safe_pose"}, joints)
+    _validate_safety(safety, joints)
     cameras = _require_mapping(doc.get("cameras") or {}, "cameras")
     _validate_cameras(cameras)
     kinematics = doc.get("kinematics")
@@ -288,13 +288,16 @@ def parse_robot(raw: Any, path: Path) -> RobotConfig:
 
 
 def _validate_safety(safety: dict[str, Any], joints: tuple[JointSpec, ...]) -> None:
-    """The control loop's parser, run at load so a bad block fails here, naming its field."""
+    """The control loop's parser, run at load so a bad block fails here, naming its field: also a
+    block the chain could not satisfy (no room inside a margin, a safe pose it would not command)."""
     try:
-        from wall_runtime.control.safety import SafetyConfig
+        from wall_runtime.control.safety_config import SafetyConfig, check_safe_pose
     except ImportError:  # the control package is optional for loading a robot
         return
     try:
-        SafetyConfig.from_dict(safety, joints)
+        config = SafetyConfig.from_dict({k: v for k, v in safety.items() if k != "safe_pose"}, joints)
+        if "safe_pose" in safety:
+            check_safe_pose(config, joints, safety["safe_pose"])
     except ValueError as exc:
         raise RobotConfigError(str(exc)) from None
 

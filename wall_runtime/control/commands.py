@@ -27,7 +27,7 @@ from wall_runtime.control.dryrun import FirstOrderRobot, ThreadedPolicySource
 from wall_runtime.control.estop import EStop, KeySource, SignalSource, SocketSource, TriggerFileSource
 from wall_runtime.control.limits import parse_joint_limits
 from wall_runtime.control.loop import ChunkSource, ControlLoop, LoopConfig, ObservationProvider
-from wall_runtime.control.safety import FILTERS, SafetyConfig
+from wall_runtime.control.safety import FILTERS, SafetyChain, SafetyConfig
 from wall_runtime.control.scheduler import SchedulerConfig
 from wall_runtime.control.smoothing import SMOOTHERS
 from wall_runtime.robot import JointSpec, RobotAdapter, RobotSpec
@@ -52,13 +52,13 @@ class ControlSetup:
     side: Any = None  # the robot.yaml side (wall_runtime.e2e.robot_side.RobotSide); None in a dry run
 
 
-def load_control_setup(robot_yaml: str | Path, instruction: str) -> ControlSetup:
-    """The robot side from ``robot.yaml``: adapter (connected), cameras (started), observations."""
+def load_control_setup(robot_yaml: str | Path, instruction: str, start: bool = True) -> ControlSetup:
+    """The robot side from ``robot.yaml``: adapter, cameras, observations; with ``start``, the
+    adapter connected and the cameras started (released again if starting fails)."""
     from wall_runtime.e2e.robot_side import load_robot_side
 
     side = load_robot_side(robot_yaml)
-    side.start()
-    return ControlSetup(
+    setup = ControlSetup(
         adapter=side.adapter,
         observe=side.observer(instruction),
         safety=side.safety,
@@ -68,6 +68,30 @@ def load_control_setup(robot_yaml: str | Path, instruction: str) -> ControlSetup
         close=lambda: side.cameras.stop() if side.cameras is not None else None,
         side=side,
     )
+    if start:
+        start_setup(setup)
+    return setup
+
+
+def start_setup(setup: ControlSetup) -> None:
+    """Connect the robot and start its cameras; on any failure release what was started."""
+    try:
+        if setup.side is not None:
+            setup.side.start()
+        elif not (setup.adapter.is_connected or getattr(setup.adapter, "connected", False)):
+            setup.adapter.connect()
+    except BaseException:
+        release_setup(setup)
+        raise
+
+
+def release_setup(setup: ControlSetup) -> None:
+    """Stop the cameras and disconnect the robot, each whatever the other did (idempotent)."""
+    for what, step in (("cameras", setup.close), ("robot", setup.adapter.disconnect)):
+        try:
+            step()
+        except Exception as exc:  # release the rest; say what could not be released
+            log.error("could not release the %s: %s", what, exc)
 
 
 def connect_policy(
@@ -236,6 +260,13 @@ def register(app: typer.Typer) -> None:
         """Run a robot from a served policy: chunk scheduling, smoothing, safety, watchdog, e-stop."""
         if smoother not in SMOOTHERS:
             raise typer.BadParameter(f"unknown smoother {smoother!r} (known: {', '.join(SMOOTHERS)})")
+        for name in unsafe_disable_filter:
+            if name not in FILTERS or name == "finite":
+                raise typer.BadParameter(
+                    f"--unsafe-disable-filter {name!r}: not a filter that can be disabled"
+                )
+        if not dry_run and (robot is None or server is None):
+            raise typer.BadParameter("--robot and --server are required (or --dry-run)")
         metrics_address = None
         if metrics_http is not None:
             from wall_runtime.e2e.robot_metrics import parse_host_port
@@ -244,110 +275,109 @@ def register(app: typer.Typer) -> None:
                 metrics_address = parse_host_port(metrics_http)
             except ValueError as exc:
                 raise typer.BadParameter(str(exc)) from None
-        source: ChunkSource
-        try:
-            if dry_run:
-                setup, source = dry_run_setup(instruction or "dry run")
-            else:
-                if robot is None or server is None:
-                    raise typer.BadParameter("--robot and --server are required (or --dry-run)")
-                setup = load_control_setup(robot, instruction)
-                try:
-                    source = connect_policy(server, setup, server_key, client_key)
-                except BaseException:
-                    # the robot is connected and its cameras run: release them before leaving
-                    setup.close()
-                    setup.adapter.disconnect()
-                    raise
-        except (OSError, ValueError, RuntimeError, TransportError) as exc:  # bad robot.yaml, no server
-            console.print(f"[red]cannot run:[/] {exc}")
-            raise typer.Exit(2) from None
-
-        safety = setup.safety
-        for name in unsafe_disable_filter:
-            if name not in FILTERS or name == "finite":
-                raise typer.BadParameter(
-                    f"--unsafe-disable-filter {name!r}: not a filter that can be disabled"
-                )
-            console.print(f"[bold red]WARNING: safety filter {name!r} is DISABLED for this run[/]")
-        if unsafe_disable_filter:
-            safety = dataclasses.replace(safety, disabled=safety.disabled | set(unsafe_disable_filter))
-
-        stop = EStop()
-        stop.add(SignalSource())
-        stop.add(TriggerFileSource(estop_file))
-        if estop_socket is not None:
-            stop.add(SocketSource(estop_socket))
-        if keys and sys.stdin.isatty():
-            stop.add(KeySource())
         if estop_file.exists():
             console.print(f"[red]e-stop file {estop_file} exists: remove it before running[/]")
-            stop.close()
             raise typer.Exit(2)
-
-        cfg = LoopConfig(
-            control_hz=setup.control_hz,
-            smoother=smoother,
-            scheduler=SchedulerConfig(),
-            watchdog_timeout=safety.watchdog_timeout,
-            safe_pose=setup.safe_pose if safe_pose else None,
-        )
-        adapter = setup.adapter
-        if not getattr(adapter, "connected", False):
-            adapter.connect()
+        # everything that can be checked is checked before anything is connected; from the first
+        # connection on, every exit path releases the robot, the cameras and the policy link
+        source: ChunkSource | None = None
+        setup: ControlSetup | None = None
         recorder = None
-        if record is not None:
-            recorder = _recorder(record, setup, source, cfg, instruction or "dry run", robot)
-        loop = ControlLoop(
-            adapter,
-            source,
-            setup.observe,
-            cfg,
-            safety,
-            joint_dims=setup.joint_dims,
-            estop=stop,
-            recorder=recorder,
-        )
-        console.print(
-            f"running {adapter.spec.name} at {cfg.control_hz:.0f} Hz ({smoother}); "
-            f"e-stop: Ctrl-C, `touch {estop_file}`"
-            + (", space" if keys and sys.stdin.isatty() else "")
-            + (f", 'estop' to {estop_socket}" if estop_socket else "")
-            + "; a second Ctrl-C exits"
-        )
         metrics_server = None
-        if metrics_address is not None:
-            from wall_runtime.e2e.robot_metrics import RobotMetricsServer
-
-            metrics_server = RobotMetricsServer(loop, adapter.spec.name, *metrics_address)
-            console.print(f"metrics: http://{metrics_address[0]}:{metrics_server.port}/metrics")
-        started = time.monotonic()
-
-        def no_chunk_in_time() -> bool:
-            return loop.counters["chunks_received"] == 0 and time.monotonic() - started > first_chunk_timeout
-
+        stop = EStop()
         try:
-            summary = loop.run(
-                duration=duration if duration is not None else math.inf, should_stop=no_chunk_in_time
+            try:
+                if dry_run:
+                    setup, source = dry_run_setup(instruction or "dry run")
+                else:
+                    assert robot is not None and server is not None
+                    setup = load_control_setup(robot, instruction, start=False)
+                safety = setup.safety
+                if unsafe_disable_filter:
+                    safety = dataclasses.replace(
+                        safety, disabled=safety.disabled | set(unsafe_disable_filter)
+                    )
+                cfg = LoopConfig(
+                    control_hz=setup.control_hz,
+                    smoother=smoother,
+                    scheduler=SchedulerConfig(),
+                    watchdog_timeout=safety.watchdog_timeout,
+                    safe_pose=setup.safe_pose if safe_pose else None,
+                )
+                # the chain's own checks (room inside every margin), before connecting anything
+                SafetyChain(setup.adapter.spec.joints, safety, 1.0 / cfg.control_hz)
+                start_setup(setup)
+                if source is None:
+                    assert server is not None
+                    source = connect_policy(server, setup, server_key, client_key)
+                if record is not None:
+                    recorder = _recorder(record, setup, source, cfg, instruction or "dry run", robot)
+                loop = ControlLoop(
+                    setup.adapter,
+                    source,
+                    setup.observe,
+                    cfg,
+                    safety,
+                    joint_dims=setup.joint_dims,
+                    estop=stop,
+                    recorder=recorder,
+                )
+            except (OSError, ValueError, RuntimeError, TransportError) as exc:  # bad robot.yaml, no server
+                console.print(f"[red]cannot run:[/] {exc}")
+                raise typer.Exit(2) from None
+            for name in unsafe_disable_filter:
+                console.print(f"[bold red]WARNING: safety filter {name!r} is DISABLED for this run[/]")
+            stop.add(SignalSource())
+            stop.add(TriggerFileSource(estop_file))
+            if estop_socket is not None:
+                stop.add(SocketSource(estop_socket))
+            if keys and sys.stdin.isatty():
+                stop.add(KeySource())
+            console.print(
+                f"running {setup.adapter.spec.name} at {cfg.control_hz:.0f} Hz ({smoother}); "
+                f"e-stop: Ctrl-C, `touch {estop_file}`"
+                + (", space" if keys and sys.stdin.isatty() else "")
+                + (f", 'estop' to {estop_socket}" if estop_socket else "")
+                + "; a second Ctrl-C exits"
             )
-        except KeyboardInterrupt:
-            summary = loop.summary()
-        except BaseException:
-            if recorder is not None:  # keep what was recorded up to the failure
-                try:
-                    recorder.close({"command": "run", "aborted": True})
-                except Exception as exc:
-                    console.print(f"[red]recording not saved:[/] {exc}")
-            raise
+            if metrics_address is not None:
+                from wall_runtime.e2e.robot_metrics import RobotMetricsServer
+
+                metrics_server = RobotMetricsServer(loop, setup.adapter.spec.name, *metrics_address)
+                console.print(f"metrics: http://{metrics_address[0]}:{metrics_server.port}/metrics")
+            started = time.monotonic()
+
+            def no_chunk_in_time() -> bool:
+                return (
+                    loop.counters["chunks_received"] == 0 and time.monotonic() - started > first_chunk_timeout
+                )
+
+            try:
+                summary = loop.run(
+                    duration=duration if duration is not None else math.inf, should_stop=no_chunk_in_time
+                )
+            except KeyboardInterrupt:
+                summary = loop.summary()
+            except BaseException:
+                if recorder is not None:  # keep what was recorded up to the failure
+                    try:
+                        recorder.close({"command": "run", "aborted": True})
+                    except Exception as exc:
+                        console.print(f"[red]recording not saved:[/] {exc}")
+                    recorder = None
+                raise
         finally:
             if metrics_server is not None:
                 metrics_server.close()
             stop.close()
-            setup.close()
             close_source = getattr(source, "close", None)
-            if close_source is not None and not dry_run:
-                close_source()
-            adapter.disconnect()
+            if close_source is not None:
+                try:
+                    close_source()
+                except Exception as exc:
+                    log.error("could not close the policy link: %s", exc)
+            if setup is not None:
+                release_setup(setup)
         _print_summary(summary)
         if recorder is not None:
             console.print(f"recorded: {recorder.close({'summary': summary, 'command': 'run'})}")

@@ -159,6 +159,8 @@ class ControlLoop:
         self.scheduler = ChunkScheduler(
             make_smoother(config.smoother, **config.smoother_options), config.scheduler
         )
+        self.scheduler.set_control_period(self.period)
+        self.scheduler.min_action_dim = int(self.joint_dims.max()) + 1
         self._joint_step = joint_step_limits(self.spec.joints, self.safety_config, self.period)
         self.watchdog = Watchdog(config.watchdog_timeout)
         self.estop = estop if estop is not None else EStop()
@@ -197,7 +199,7 @@ class ControlLoop:
         """Start the plan from where the robot is: the chunk's value for now, with the driven dims
         replaced by the last command (or the measured state), so the first splice cannot jump."""
         actions = np.asarray(chunk.actions, dtype=np.float64)
-        if actions.ndim != 2 or not np.all(np.isfinite(actions)) or not chunk.dt > 0:
+        if self.scheduler.check(chunk, now) is not None:
             return  # the scheduler rejects it and says why
         i = int(np.clip(round((now - chunk.stamp) / chunk.dt), 0, len(actions) - 1))
         anchor = actions[i].copy()
@@ -272,10 +274,10 @@ class ControlLoop:
             target = self.scheduler.target(now)
             if target is not None:
                 target_joints = target[self.joint_dims]
-                # after an overrun the command follows a longer interval than one period
+                # after idle ticks or an overrun the chain starts again at rest (SafetyChain.filter)
                 elapsed = now - self._last_command_time
-                late = elapsed > 1.5 * self.period and elapsed < 10 * self.period
-                commanded = self.safety.filter(target_joints, state, dt=elapsed if late else None)
+                gap = math.isfinite(elapsed) and elapsed > 1.5 * self.period
+                commanded = self.safety.filter(target_joints, state, dt=elapsed if gap else None)
                 self._last_command_time = now
                 self.adapter.command(commanded)
                 row = self._tick - 1
