@@ -11,7 +11,8 @@ and builds the observation's image dict, as the control loop does.
   resize, frozen-frame fingerprint): the pipeline's own cost per frame.
 - cpu: process CPU time / wall time (1.0 = one core), all three capture threads and the consumer.
 
-    python benchmarks/bench_cameras.py [--seconds 10]
+    python benchmarks/bench_cameras.py [--seconds 10] [--out benchmarks/results]
+    python benchmarks/bench_cameras.py --smoke --out /tmp/bench   # one second per source
 """
 
 from __future__ import annotations
@@ -129,19 +130,23 @@ def machine() -> dict[str, object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for cameras.json and cameras.png")
+    ap.add_argument("--smoke", action="store_true", help="check the script runs: one second per source")
     args = ap.parse_args()
+    if args.smoke:
+        args.seconds = 1.0
     cv2.setNumThreads(1)  # one thread per camera already; OpenCV's own pool would oversubscribe 2 cores
     with tempfile.TemporaryDirectory() as d:
         runs = [run(kind, args.seconds, Path(d)) for kind in ("video", "simulated")]
-    RESULTS.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "cameras: capture-to-observation latency, 3 cameras @ 30 fps, 640x480 -> 224x224",
         "machine": machine(),
         "seconds_per_run": args.seconds,
         "runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs],
     }
-    (RESULTS / "cameras.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(runs, RESULTS / "cameras.png")
+    (args.out / "cameras.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(runs, args.out / "cameras.png")
     for r in report["runs"]:
         print(r["source"], r["latency_ms"], "cpu", r["cpu_cores"], "refused", r["refused"], r["camera_fps"])
 

@@ -1,6 +1,7 @@
 """Control-runtime benchmark: tick cost, loop jitter, seam metrics, and a plot of a run.
 
-    python benchmarks/bench_control.py [--quick]
+    python benchmarks/bench_control.py [--quick] [--out benchmarks/results]
+    python benchmarks/bench_control.py --smoke --out /tmp/bench   # a few ticks, 1 s loops
 
 1. Cost of one control tick (scheduler + smoother + safety chain, no sleeping, no robot I/O) on a
    7-joint arm with a gripper (every limit configured, jerk included) and a 20-dim action layout
@@ -204,14 +205,20 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument("--smoke", action="store_true", help="check the script runs: a few ticks, 1 s loops")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="folder for control.json and control_run.png"
+    )
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
     result: dict[str, object] = {"machine": machine()}
-    result["tick_cost"] = bench_tick(2000 if args.quick else 20000)
+    ticks, seconds = (200, 1.0) if args.smoke else (2000, 2.0) if args.quick else (20000, 6.0)
+    result["tick_cost"] = bench_tick(ticks)
     loops = {}
     plotted = None
     for hz in (100.0, 500.0):
-        loop, summary = run_loop(hz, 2.0 if args.quick else 6.0, inject=hz == 100.0)
+        loop, summary = run_loop(hz, seconds, inject=hz == 100.0)
         loops[f"{hz:.0f}Hz"] = summary
         if hz == 100.0:
             plotted = loop
@@ -220,13 +227,13 @@ def main() -> None:
     assert plotted is not None
     plot_run(
         plotted,
-        RESULTS / "control_run.png",
+        out / "control_run.png",
         joints=(0, 2, 7),
         title="control loop at 100 Hz, crossfade smoother, injected 0.3 rad jumps and a NaN chunk",
     )
-    (RESULTS / "control.json").write_text(json.dumps(result, indent=2, default=float))
+    (out / "control.json").write_text(json.dumps(result, indent=2, default=float))
     console.print_json(json.dumps({k: v for k, v in result.items() if k != "machine"}, default=float))
-    console.print(f"wrote {RESULTS / 'control.json'} and {RESULTS / 'control_run.png'}")
+    console.print(f"wrote {out / 'control.json'} and {out / 'control_run.png'}")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,18 @@ three 640×480 cameras at resolution 448):
    (1, 2, 4, 10 at 1 view) and the camera views (1, 2, 3 at 10 steps); ``--full-grid`` for all pairs.
 
 GPU mode (``--mode gpu``, for an H100): the Wall-OSS-0.5 shape with random weights (3 views at
-448×336, 10 steps, bf16), backends torch eager, torch + CUDA graph, onnxruntime CUDA (when
-onnxruntime-gpu is installed) and TensorRT (when tensorrt is installed).
+448×336, 10 steps, bf16), backends torch eager (``torch``), torch with the denoise loop in a CUDA
+graph (``torch_cuda_graph``), torch with the whole call in two CUDA graphs (``cuda_graph``: prefix =
+vision + prefill, and the fused denoise; ``cuda_graph_compile`` with ``torch.compile``'d modules in
+the graphs, asked for by name), onnxruntime CUDA (when onnxruntime-gpu is installed) and TensorRT
+(when tensorrt is installed).
 
     python benchmarks/bench_inference.py [--repeats 20] [--out benchmarks/results]
     python benchmarks/bench_inference.py --mode gpu --repeats 50
+    python benchmarks/bench_inference.py --smoke --out /tmp/bench   # tiny config, one call per point
+
+In GPU mode a backend whose package or execution provider is missing is recorded as skipped, with
+the reason, before anything is exported for it.
 
 Writes ``inference_<mode>.json`` (figures and the machine) and ``inference_<mode>.png``.
 """
@@ -134,6 +141,8 @@ def full_size_checkpoint(root: Path) -> Path:
     from wall_runtime.model.config import build_config
 
     ck = root / "wall-oss-0.5-random"
+    if (ck / ".complete").exists():  # a rerun in the same workdir (8 GB are not written twice)
+        return ck
     write_tiny_checkpoint(ck, "0.5")
     (ck / "model.safetensors").unlink()
     cfg = json.loads((ck / "config.json").read_text())
@@ -164,15 +173,18 @@ def full_size_checkpoint(root: Path) -> Path:
     (ck / "config.json").write_text(json.dumps(cfg, indent=2))
     _three_cameras(ck, 448, horizon=32)
     wall_cfg = build_config(cfg, yaml.safe_load((ck / "config.yml").read_text()), vocab_size=151667)
-    g = torch.Generator().manual_seed(0)
+    # ~4 B random values: drawn on the GPU where there is one (seconds, not a minute of CPU time)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(device).manual_seed(0)
     sd = {}
     for name, shape in unfused_weight_shapes(wall_cfg).items():
         if "norm" in name and len(shape) == 1:
             sd[name] = torch.ones(shape, dtype=torch.bfloat16)
         else:
-            sd[name] = (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)
+            sd[name] = (torch.randn(shape, generator=g, device=device) * 0.02).to(torch.bfloat16).cpu()
     sd = fuse_state_dict(sd, published_fused_names(wall_cfg, "published"))
     write_state_dict(sd, ck, max_shard_bytes=4 << 30)
+    (ck / ".complete").write_text("written by benchmarks/bench_inference.py\n")
     return ck
 
 
@@ -277,19 +289,44 @@ def strategies(ck: Path, views: int, steps: int, repeats: int, warmup: int, cach
 # ----------------------------------------------------------------------------------------- backends × stages
 
 
+def unavailable(backend: str, device: str) -> str | None:
+    """Why ``backend`` cannot run on ``device`` here (None when it can), checked before any export:
+    at full size an ONNX export or an engine build takes minutes, wasted if the runtime is missing."""
+    import importlib.util
+
+    if backend in ("torch_cuda_graph", "cuda_graph", "cuda_graph_compile") and device != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if backend == "onnxruntime":
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed"
+        if device == "cuda":
+            import onnxruntime
+
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                return "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    if backend == "tensorrt":
+        if device != "cuda":
+            return "TensorRT needs a CUDA device"
+        if importlib.util.find_spec("tensorrt") is None:
+            return "tensorrt is not installed"
+    return None
+
+
 def make_policy(backend: str, ck: Path, views: int, steps: int, cache: Path, device: str):
     cameras = {c: (480, 640) for c in CAMERAS[:views]}
-    if backend == "torch":
+    if backend in ("torch", "torch_cuda_graph"):
         from wall_runtime.backends.torch_backend import TorchPolicy
 
-        return TorchPolicy.from_checkpoint(ck, device=device, num_steps=steps, seed=0)
-    if backend == "torch_cuda_graph":
-        from wall_runtime.backends.cuda_graph import use_cuda_graph
-        from wall_runtime.backends.torch_backend import TorchPolicy
+        # on CUDA the torch backend captures the denoise loop by default: "torch" is the eager baseline
+        graphs = backend == "torch_cuda_graph"
+        return TorchPolicy.from_checkpoint(ck, device=device, num_steps=steps, seed=0, cuda_graph=graphs)
+    if backend in ("cuda_graph", "cuda_graph_compile"):
+        from wall_runtime.backends.cuda_graph import CudaGraphPolicy
 
-        policy = TorchPolicy.from_checkpoint(ck, device=device, num_steps=steps, seed=0)
-        use_cuda_graph(policy.model)
-        return policy
+        # the whole call in two CUDA graphs (prefix = vision + prefill; fused denoise), static shapes;
+        # "_compile": torch.compile'd modules inside the graphs
+        compile_ = backend == "cuda_graph_compile"
+        return CudaGraphPolicy.from_checkpoint(ck, num_steps=steps, cameras=cameras, seed=0, compile=compile_)
     if backend == "onnxruntime":
         from wall_runtime.backends.onnxruntime_backend import OnnxRuntimePolicy
 
@@ -335,6 +372,7 @@ def sweep(
     device: str,
     progress,
     exported_configs=None,
+    on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """``exported_configs`` (if given) limits the exported backends, each of whose points is an export
     and, for TensorRT, an engine build (minutes each at full size)."""
@@ -359,8 +397,20 @@ def sweep(
         except (RuntimeError, ImportError) as e:
             rows.append({"backend": backend, "views": views, "steps": steps, "error": str(e)})
             console.print(f"[yellow]{backend} {views} view(s) {steps} step(s): {e}")
+        if on_row is not None:
+            on_row(rows[-1])
         progress.advance(task)
     return rows
+
+
+def _point(text: str) -> tuple[int, int]:
+    try:
+        views, steps = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--points {text!r}: write VIEWSxSTEPS, e.g. 3x10") from None
+    if views not in VIEWS_SWEEP or steps < 1:
+        raise SystemExit(f"--points {text!r}: views must be 1, 2 or 3 and steps >= 1")
+    return views, steps
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -449,9 +499,10 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("ms")
         ax.set_title(f"Policy.infer vs {label} ({fixed_key}={fixed}; band to p99)")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     m = result["machine"]
-    fig.suptitle(f"{result['config']} on {m.get('gpu') or m['cpu']} ({m['usable_cpus']} cpus)", fontsize=10)
+    fig.suptitle(f"{result['config']} on {m.get('gpu') or m['cpu']} ({m['usable_cores']} cpus)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -468,13 +519,32 @@ def main() -> None:
         "--full-grid", action="store_true", help="every (steps, views) pair, not one factor at a time"
     )
     ap.add_argument("--backends", nargs="*", default=None)
+    ap.add_argument(
+        "--points",
+        nargs="*",
+        default=None,
+        metavar="VIEWSxSTEPS",
+        help="only these (views, steps) points for every backend, e.g. 3x10 (default: the sweep)",
+    )
     ap.add_argument("--skip-strategies", action="store_true")
     ap.add_argument("--skip-sweep", action="store_true", help="only the denoise strategies")
     ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads")
     ap.add_argument("--workdir", type=Path, default=None, help="where checkpoints and the engine cache go")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--tag", default="", help="suffix of the result file names")
+    ap.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a backend that ran failed (skipped ones do not count)",
+    )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="check the script runs: tiny config (also in GPU mode), 1 and 2 steps at 1 view, one timed call",
+    )
     args = ap.parse_args()
+    if args.smoke:
+        args.size, args.repeats, args.warmup = "tiny", args.repeats or 1, 0
 
     gpu = args.mode == "gpu"
     if args.threads:
@@ -485,12 +555,18 @@ def main() -> None:
     device = "cuda" if gpu else "cpu"
     repeats = args.repeats or (50 if gpu else 10)
     backends = args.backends or (
-        ["torch", "torch_cuda_graph", "onnxruntime", "tensorrt"] if gpu else ["torch", "onnxruntime"]
+        ["torch", "torch_cuda_graph", "cuda_graph", "onnxruntime", "tensorrt"]
+        if gpu
+        else ["torch", "onnxruntime"]
     )
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-inference-"))
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "cache"
-    if args.full_grid:
+    if args.points:
+        configs = [_point(p) for p in args.points]
+    elif args.smoke:
+        configs = [(1, 1), (1, 2)]
+    elif args.full_grid:
         configs = [(v, s) for v in VIEWS_SWEEP for s in STEPS_SWEEP]
     elif gpu:
         configs = [
@@ -501,10 +577,18 @@ def main() -> None:
     else:
         configs = [(1, s) for s in STEPS_SWEEP] + [(v, 10) for v in VIEWS_SWEEP if v != 1]
 
+    skipped = {b: why for b in backends if (why := unavailable(b, device))}
+    backends = [b for b in backends if b not in skipped]
+    for b, why in skipped.items():
+        console.print(f"[yellow]{b}: skipped ({why})")
+    full_size = gpu and not args.smoke
     with console.status("writing the checkpoint"):
-        ck = full_size_checkpoint(work) if gpu else small_checkpoint(work, args.variant, args.size)
+        ck = full_size_checkpoint(work) if full_size else small_checkpoint(work, args.variant, args.size)
+    dtype = "bf16" if gpu else "fp32"
     config = (
-        "Wall-OSS-0.5 shape, random weights, bf16" if gpu else f"'{args.size}' {args.variant} config (fp32)"
+        "Wall-OSS-0.5 shape, random weights, bf16"
+        if full_size
+        else f"'{args.size}' {args.variant} config ({dtype})"
     )
     result: dict = {
         "mode": args.mode,
@@ -514,27 +598,45 @@ def main() -> None:
         "repeats": repeats,
         "warmup": args.warmup,
         "machine": machine(),
+        "skipped_backends": skipped,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"inference_{args.mode}{'_' + args.tag if args.tag else ''}"
+
+    def save(row: dict | None = None) -> None:
+        """Write what is measured so far: a run stopped by a time box still leaves its figures."""
+        if row is not None:
+            result["backends"].append(row)
+        (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+
     with Progress(console=console) as progress:
         if not args.skip_strategies:
             t = progress.add_task("denoise strategies", total=None)
-            views = 3 if gpu else 1
-            result["strategies"] = strategies(ck, views, 10, repeats, args.warmup, cache, device)
+            views = 3 if full_size else 1
+            steps = 2 if args.smoke else 10
+            result["strategies"] = strategies(ck, views, steps, repeats, args.warmup, cache, device)
             progress.remove_task(t)
-        exported = None if (args.full_grid or not gpu) else [(3, 10)]
-        result["backends"] = (
-            []
-            if args.skip_sweep
-            else sweep(backends, ck, configs, repeats, args.warmup, cache, device, progress, exported)
-        )
+            save()
+        if args.points:
+            exported = configs
+        elif args.smoke:
+            exported = [(1, 2)]
+        else:
+            exported = None if (args.full_grid or not gpu) else [(3, 10)]
+        result["backends"] = []
+        if not args.skip_sweep:
+            sweep(backends, ck, configs, repeats, args.warmup, cache, device, progress, exported, save)
     result["load_average_1min_at_end"] = os.getloadavg()[0]
     print_tables(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"inference_{args.mode}{'_' + args.tag if args.tag else ''}"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    save()
     plot(result, args.out / f"{stem}.png")
     console.print(f"wrote {args.out / stem}.json and .png")
+    failed = [r for r in result["backends"] if "error" in r]
+    if args.strict and failed:
+        raise SystemExit(
+            f"{len(failed)} backend point(s) failed: " + "; ".join(r["error"][:200] for r in failed)
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Both get the same uint8 frames; outputs are checked equal before timing. Cases: 
 1280×720 frames at resolutions 256 and 448, and the 3-camera set (one frame of each size) per call.
 
     python benchmarks/bench_preprocess.py [--repeats 100] [--out benchmarks/results]
+    python benchmarks/bench_preprocess.py --smoke --out /tmp/bench   # one case, two calls
 
 Writes ``preprocess-cpu.json`` (per-image ms p50/p95, ratio, machine description) and ``preprocess-cpu.png``.
 """
@@ -154,7 +155,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--smoke", action="store_true", help="check the script runs: 640x480 at 256 only, two calls each"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.repeats = 2
     console = Console()
     reference, reference_processor, first_resize = make_reference()
     machine_at_start = machine()
@@ -168,6 +174,8 @@ def main() -> None:
         (f"3 cameras @ {r}", [camera_frame(w, h, seed=i) for i, (w, h) in enumerate(SIZES)], [r] * 3)
         for r in RESOLUTIONS
     ]
+    if args.smoke:
+        cases = cases[:1]
 
     def summary(ms_reference: np.ndarray, ms_ours: np.ndarray, images: int) -> dict:
         stats = {}

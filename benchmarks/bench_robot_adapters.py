@@ -1,6 +1,7 @@
 """Robot adapter latency: read_state and command per robot, and simulated camera rendering.
 
-    python benchmarks/bench_robot_adapters.py [--samples 300]
+    python benchmarks/bench_robot_adapters.py [--samples 300] [--out benchmarks/results]
+    python benchmarks/bench_robot_adapters.py --smoke --out /tmp/bench   # 3 samples per robot
 
 Each robot is connected as `wall-runtime check-robot` would: the MuJoCo robots directly, the
 Feetech (SO-100) and Dynamixel (Koch) arms through their vendor SDKs against protocol emulators on
@@ -38,7 +39,7 @@ def stats(ms: list[float]) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(a, q)) for q in (50, 95, 99)} | {"max": float(a.max()), "n": len(a)}
 
 
-def measure(name: str, samples: int) -> dict:
+def measure(name: str, samples: int, renders: int = 20) -> dict:
     with emulated(load_robot(ROOT / "robots" / name)) as (cfg, _):
         robot = build_adapter(cfg)
         robot.connect()
@@ -60,7 +61,7 @@ def measure(name: str, samples: int) -> dict:
                 cam = robot.camera_names[0]
                 robot.render(cam)  # renderer creation is not part of the per-frame cost
                 render_ms = []
-                for _ in range(20):
+                for _ in range(renders):
                     t = time.perf_counter()
                     robot.render(cam)
                     render_ms.append((time.perf_counter() - t) * 1e3)
@@ -99,17 +100,21 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for robot_adapters.json and .png")
+    parser.add_argument("--smoke", action="store_true", help="check the script runs: 3 samples per robot")
     args = parser.parse_args()
+    if args.smoke:
+        args.samples = 3
     os.environ.setdefault("MUJOCO_GL", "osmesa")
     results = {
         "machine": describe_machine(
             "mujoco", note="shared 2-core machine with other jobs running; timings include their interference"
         ),
-        "robots": {name: measure(name, args.samples) for name in ROBOTS},
+        "robots": {name: measure(name, args.samples, renders=2 if args.smoke else 20) for name in ROBOTS},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "robot_adapters.json").write_text(json.dumps(results, indent=2))
-    plot(results, RESULTS / "robot_adapters.png")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "robot_adapters.json").write_text(json.dumps(results, indent=2))
+    plot(results, args.out / "robot_adapters.png")
     for name, r in results["robots"].items():
         extra = f"  render {r['render_224_ms']['p50']:.1f} ms" if "render_224_ms" in r else ""
         console.print(

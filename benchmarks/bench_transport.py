@@ -295,6 +295,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="transport", help="Result file stem.")
     parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="one short round (1 x 5 calls, 2 warm-up): checks the script runs",
+    )
+    parser.add_argument(
         "--nice",
         type=int,
         default=0,
@@ -302,6 +307,8 @@ def main() -> None:
         "so other jobs preempt all three transports less; every configuration gets the same).",
     )
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.per_round, args.warmup = 1, 5, 2
     if args.nice:
         os.nice(args.nice)  # inherited by the spawned server processes
 
@@ -454,7 +461,7 @@ def _plot(report: dict, path: Path) -> None:
     ax2.legend()
     m = report["machine"]
     fig.suptitle(
-        f"{m['cpu']} ({m['logical_cores']} cores), nice {m['niceness']}, load {m['load_avg_1m_at_start']:.1f}, "
+        f"{m['cpu']} ({m['cores']} cores), nice {m['niceness']}, load {m['load_average_at_start'][0]:.1f}, "
         f"{report['date_utc']}",
         fontsize=9,
     )

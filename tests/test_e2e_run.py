@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 from wall_runtime.backends.echo import EchoPolicy
 from wall_runtime.cli import app
 from wall_runtime.e2e.demo import DEFAULT_ROBOT
+from wall_runtime.e2e.recording import Episode
+from wall_runtime.e2e.replay import replay_dry
 from wall_runtime.transport.server import PolicyServer, ServerConfig
 
 # a FLOW checkpoint's layout (spec §11): the echo answers each observation's EE state plus a
@@ -69,6 +71,8 @@ def test_run_drives_the_sim_arm_from_a_served_policy(tmp_path: Path, monkeypatch
                 str(tmp_path / "estop"),
                 "--log-json",
                 str(out),
+                "--record",
+                str(tmp_path / "dataset"),
             ],
         )
     assert result.exit_code == 0, result.output
@@ -79,6 +83,24 @@ def test_run_drives_the_sim_arm_from_a_served_policy(tmp_path: Path, monkeypatch
     # every chunk went through the model edge: IK for each waypoint, nothing dropped near the start
     assert summary["model_edge"]["interventions"].get("chunks_dropped", 0) == 0
     assert summary["model_edge"]["orientation_residual_max_rad"] < 0.05
+
+    # the run is an episode LeRobot's own reader opens, and it replays to the same commands
+    from wall_runtime.interop import torchvision_cpu
+
+    torchvision_cpu.install()
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset("local/run", root=tmp_path / "dataset")
+    ticks = summary["counters"]["ticks"]
+    assert (ds.fps, ds.num_episodes, ds.num_frames) == (30, 1, ticks)
+    assert ds.meta.camera_keys == ["observation.images.face_view", "observation.images.left_wrist_view"]
+    assert tuple(ds.features["observation.state"]["shape"]) == (7,)
+    frame = ds[ticks - 1]
+    assert tuple(frame["observation.images.left_wrist_view"].shape) == (3, 224, 224)
+    assert frame["index"].item() == ticks - 1
+    replay = replay_dry(Episode.load(tmp_path / "dataset"))
+    assert replay.ticks == ticks and replay.chunks == summary["counters"]["chunks_received"]
+    assert replay.max_abs_diff == 0.0 and replay.nan_mismatches == 0
 
 
 def test_run_refuses_a_policy_whose_slots_the_robot_does_not_fit(tmp_path: Path) -> None:

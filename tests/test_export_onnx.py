@@ -144,6 +144,24 @@ def test_inputs_the_graphs_were_not_built_for_are_refused(setup):
         policy.infer([obs], [None, None])
 
 
+def test_frames_resized_on_the_robot_host_fit_the_graphs_and_give_the_same_chunk(setup):
+    """A client with ``resize_images`` sends each frame after the first resize: the graphs built for the
+    camera frame take it, and the chunk is the same (the model input is bit-identical)."""
+    from wall_runtime.model.image_processing import shrink_for_wire
+
+    _, _, _, policy, _ = setup
+    obs = synthetic_observation(policy, seed=8)
+    resized = synthetic_observation(policy, seed=8)
+    resized.images = {
+        v: shrink_for_wire(img, policy.metadata.resolutions[v]) for v, img in obs.images.items()
+    }
+    assert all(resized.images[v].nbytes < obs.images[v].nbytes for v in obs.images)
+    noise = _noise(policy, seed=9)
+    want = policy.infer([obs], [noise[0]])[0].actions_normalized
+    got = policy.infer([resized], [noise[0]])[0].actions_normalized
+    np.testing.assert_array_equal(got, want)
+
+
 def test_batched_graphs_pad_the_last_group_and_keep_rows_apart(tmp_path):
     """Graphs exported for batch 2 take 3 observations as two calls (the second padded with a copy);
     each row equals torch on that row alone, so padding rows and batch-mates never leak in."""

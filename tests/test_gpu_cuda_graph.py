@@ -1,5 +1,8 @@
-"""The torch backend's CUDA-graph denoise path equals eager (GPU only), and the prompt-length
-bucketing it relies on is exact (checked on the CPU too)."""
+"""The torch backend's CUDA-graph paths equal eager (GPU only): the denoise loop alone
+(``use_cuda_graph``) and the whole call in two graphs (``CudaGraphPolicy``: prefix = vision + prefill,
+and the fused denoise), with no host synchronisation inside a replayed call and a graph cache bounded
+and keyed by shape. On the CPU: the prompt-length bucketing is exact, and ``CudaGraphPolicy``'s
+plumbing (the same two modules run eagerly) equals the torch pipeline."""
 
 from __future__ import annotations
 
@@ -95,3 +98,108 @@ def test_cuda_graph_pipeline_end_to_end_matches_eager(tmp_path):
     for _ in range(3):
         got = graphed.infer([obs], [noise.astype(np.float32)])[0]
         assert np.abs(got.actions_normalized - want.actions_normalized).max() <= 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the whole call in two graphs (CudaGraphPolicy)
+
+
+def _policy(ck, **options):
+    from wall_runtime.backends.cuda_graph import CudaGraphPolicy
+
+    return CudaGraphPolicy.from_checkpoint(ck, num_steps=10, seed=0, **options)
+
+
+@pytest.mark.parametrize("variant", ["flow", "0.5"])
+def test_whole_call_plumbing_equals_the_torch_pipeline_on_cpu(tmp_path, variant):
+    """``capture=False`` runs the prefix and denoise modules the graphs capture, fed exactly as the graphs
+    are (static prompt length, feeds, KV cache handed over as tensors): fp32 on the CPU it must equal
+    the torch pipeline."""
+    ck = write_tiny_checkpoint(tmp_path / "ckpt", variant)
+    policy = _policy(ck, device="cpu", capture=False)
+    assert policy.metadata.backend == "cuda_graph"
+    reference = WallOSS.from_checkpoint(ck, device="cpu", num_steps=10)
+    obs = _observation(reference, 5)
+    noise = (
+        np.random.default_rng(6)
+        .standard_normal((reference.cfg.net.action_horizon, reference.cfg.net.action_dim))
+        .astype(np.float32)
+    )
+    got = policy.infer([obs], [noise])[0]
+    want = reference.infer([obs], [noise])[0]
+    assert np.abs(got.actions_normalized - want.actions_normalized).max() <= 1e-4
+    assert set(got.timing_ms) >= {"preprocess", "prefix", "denoise", "total"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["flow", "0.5"])
+def test_whole_call_graphs_equal_eager_bf16_and_match_fp32(tmp_path, variant):
+    from wall_runtime.export.parity import compare_stage
+
+    ck = write_tiny_checkpoint(tmp_path / "ckpt", variant)
+    graphed = _policy(ck)
+    eager = _policy(ck, capture=False)
+    reference = WallOSS.from_checkpoint(ck, device="cpu", num_steps=10)
+    assert graphed.dtype == torch.bfloat16
+    h, d = reference.cfg.net.action_horizon, reference.cfg.net.action_dim
+    for round_ in range(2):  # the second round replays the graphs captured in the first
+        for seed in (0, 1, 2):
+            obs = _observation(
+                reference, seed, instruction=("stack the cups", "open the drawer now")[seed % 2]
+            )
+            noise = np.random.default_rng(seed).standard_normal((h, d)).astype(np.float32)
+            got = graphed.infer([obs], [noise])[0].actions_normalized
+            want = eager.infer([obs], [noise])[0].actions_normalized
+            assert np.abs(got - want).max() <= 1e-3, (round_, seed)
+            fp32 = reference.infer([obs], [noise])[0].actions_normalized
+            assert compare_stage("chunk", fp32, got, "bf16").passed
+    # one static shape: one graph per stage, however often it ran
+    assert len(graphed.run_prefix._graphs) == 1 and len(graphed.run_denoise._graphs) == 1
+    # stage times are the graphs' GPU times (a replay returns at launch), within the call's wall time
+    t = graphed.infer([obs], [noise])[0].timing_ms
+    assert t["prefix"] > 0 and t["denoise"] > 0 and t["prefix"] + t["denoise"] <= t["total"]
+
+
+@pytest.mark.gpu
+def test_a_replayed_call_does_not_wait_for_the_gpu(tmp_path):
+    """Prefix and denoise replays (inputs copied in, graph launched, KV cache handed over) under
+    ``torch.cuda.set_sync_debug_mode("error")``: any host synchronisation raises."""
+    from wall_runtime.export.static_batch import denoise_feeds, prefix_feeds
+
+    ck = write_tiny_checkpoint(tmp_path / "ckpt", "0.5")
+    policy = _policy(ck)
+    obs = _observation(policy.model, 0)
+    policy.infer([obs])  # captures both graphs
+    batch = policy.model.preprocess([obs])
+    feeds = prefix_feeds(batch, policy.shapes, policy.model.tokenizer)
+    noise = np.zeros((1, policy.shapes.horizon, policy.shapes.action_dim), np.float32)
+    rest = denoise_feeds(batch, policy.shapes, noise, feeds["attention_mask"])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            kv = policy.run_prefix(feeds)
+            out = policy.run_denoise(rest | kv)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert out["actions"].shape == (1, policy.shapes.horizon, policy.shapes.action_dim)
+    assert torch.isfinite(out["actions"]).all()
+
+
+@pytest.mark.gpu
+def test_graph_cache_is_bounded_and_keyed_by_shape():
+    from wall_runtime.backends.cuda_graph import GraphedRunner
+
+    class Double(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 + 1
+
+    runner = GraphedRunner(Double(), ("x",), ("y",), "cuda", max_graphs=2)
+    shapes = [(4, 8), (2, 8), (4, 8), (3, 8), (2, 8)]
+    for i, shape in enumerate(shapes):
+        x = np.full(shape, float(i), np.float32)
+        y = runner({"x": x})["y"]
+        assert torch.equal(y.cpu(), torch.from_numpy(x * 2 + 1))
+    keys = [k[0][1] for k in runner._graphs]
+    assert keys == [(3, 8), (2, 8)]  # (4, 8) was least recently used when (2, 8) came back

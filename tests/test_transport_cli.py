@@ -73,7 +73,7 @@ def test_serve_answers_reports_metrics_and_stops_on_sigterm(tmp_path: Path) -> N
         runner = CliRunner()
         prom = runner.invoke(app, ["metrics", "--connect", endpoint, "--format", "prometheus"])
         assert prom.exit_code == 0, prom.output
-        assert 'wall_runtime_server_requests_total{type="observe"} 3' in prom.output
+        assert 'wall_runtime_server_requests_total{type="observe"} 3.0' in prom.output
         table = runner.invoke(app, ["metrics", "--connect", endpoint])
         assert table.exit_code == 0 and "queue_wait_ms" in table.output
     finally:

@@ -156,9 +156,18 @@ def test_metrics_prometheus_text() -> None:
     for v in (0.3, 0.7, 3.0, 20000.0):
         m.observe("queue_wait_ms", v)
     text = m.prometheus()
-    assert 'wall_runtime_server_requests_total{type="observe"} 2' in text
+    assert 'wall_runtime_server_requests_total{type="observe"} 2.0' in text
+    assert "# HELP wall_runtime_server_requests_total Messages received, by type." in text
     assert 'code="we\\"ird"' in text
-    assert 'wall_runtime_server_queue_wait_ms_bucket{le="0.5"} 1' in text
-    assert 'wall_runtime_server_queue_wait_ms_bucket{le="5"} 3' in text
-    assert 'wall_runtime_server_queue_wait_ms_bucket{le="+Inf"} 4' in text
-    assert "wall_runtime_server_queue_wait_ms_count 4" in text
+    # milliseconds recorded, seconds exported
+    assert "# TYPE wall_runtime_server_queue_wait_seconds histogram" in text
+    assert 'wall_runtime_server_queue_wait_seconds_bucket{le="0.0005"} 1.0' in text
+    assert 'wall_runtime_server_queue_wait_seconds_bucket{le="0.005"} 3.0' in text
+    assert 'wall_runtime_server_queue_wait_seconds_bucket{le="+Inf"} 4.0' in text
+    assert "wall_runtime_server_queue_wait_seconds_count 4.0" in text
+    assert "wall_runtime_server_queue_wait_seconds_sum 20.004" in text
+    # and the text parses as Prometheus exposition
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert {"wall_runtime_server_requests", "wall_runtime_server_queue_wait_seconds"} <= names

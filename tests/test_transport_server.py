@@ -260,10 +260,10 @@ def test_metrics_cli_snapshot_prometheus_text_and_http() -> None:
             scraped = resp.read().decode()
     assert stats["sessions"][0]["robot_id"] == "arm-1" and stats["sessions"][0]["chunk"] == 3
     text = render_prometheus(stats["metrics"])
-    assert 'wall_runtime_server_requests_total{type="observe"} 4' in text
-    assert 'wall_runtime_server_errors_total{code="bad_value"} 1' in text
-    assert "# TYPE wall_runtime_server_queue_wait_ms histogram" in text
-    assert 'wall_runtime_server_infer_ms_bucket{le="+Inf"} 3' in text
+    assert 'wall_runtime_server_requests_total{type="observe"} 4.0' in text
+    assert 'wall_runtime_server_errors_total{code="bad_value"} 1.0' in text
+    assert "# TYPE wall_runtime_server_queue_wait_seconds histogram" in text
+    assert 'wall_runtime_server_infer_seconds_bucket{le="+Inf"} 3.0' in text
     assert 'wall_runtime_server_requests_total{type="observe"}' in scraped
 
 

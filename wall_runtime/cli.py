@@ -16,6 +16,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # help texts are plain text: with rich markup on, "[horizon, action_dim]" vanished as a tag
+    rich_markup_mode=None,
 )
 
 COMMAND_MODULES = (

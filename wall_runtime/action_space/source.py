@@ -133,6 +133,11 @@ class EdgeSource:
             return None
 
     @property
+    def last_error(self) -> str | None:
+        """The policy link's last failed request (why no chunk came), if it keeps one."""
+        return getattr(self.inner, "last_error", None)
+
+    @property
     def interventions(self) -> dict[str, int]:
         return dict(self.edge.counts + self.counts)
 

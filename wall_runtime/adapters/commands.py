@@ -10,7 +10,9 @@ import typer
 
 
 def check_robot(
-    robot_yaml: Path = typer.Argument(..., help="robots/<name>/robot.yaml (or the folder holding it)."),
+    robot_yaml: Path = typer.Argument(
+        ..., help="Robot name (./robots/NAME or a shipped robot), its folder or its robot.yaml."
+    ),
     hardware: bool = typer.Option(
         False, "--hardware", help="Run against the real robot (reduced speed, asks for confirmation)."
     ),

@@ -153,12 +153,14 @@ def _require_int(value: Any, where: str, low: int, high: int) -> int:
 
 
 def load_robot(path: str | Path) -> RobotConfig:
-    """Read and validate ``robots/<name>/robot.yaml`` (or a folder holding one)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "robot.yaml"
-    if not path.is_file():
-        raise RobotConfigError(f"{path}: no such robot.yaml")
+    """Read and validate a robot.yaml: a path, a folder holding one, or a robot's name
+    (``sim_arm``: ``./robots/sim_arm`` or the one shipped with the package)."""
+    from wall_runtime.robot_files import RobotNotFoundError, resolve_robot
+
+    try:
+        path = resolve_robot(path)
+    except RobotNotFoundError as exc:
+        raise RobotConfigError(str(exc)) from None
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -217,7 +219,7 @@ def parse_robot(raw: Any, path: Path) -> RobotConfig:
         EELimits.from_dict(safety.get("ee"))
     except EELimitsError as exc:
         raise RobotConfigError(str(exc)) from None
-    _validate_safety({k: v for k, v in safety.items() if k not in ("safe_pose", "ee")}, joints)
+    _validate_safety({k: v for k, v in safety.items() if k != "ee"}, joints)
     cameras = _require_mapping(doc.get("cameras") or {}, "cameras")
     _validate_cameras(cameras)
     kinematics = doc.get("kinematics")
@@ -247,13 +249,16 @@ def parse_robot(raw: Any, path: Path) -> RobotConfig:
 
 
 def _validate_safety(safety: dict[str, Any], joints: tuple[JointSpec, ...]) -> None:
-    """The control loop's parser, run at load so a bad block fails here, naming its field."""
+    """The control loop's parser, run at load so a bad block fails here, naming its field: also a
+    block the chain could not satisfy (no room inside a margin, a safe pose it would not command)."""
     try:
-        from wall_runtime.control.safety import SafetyConfig
+        from wall_runtime.control.safety_config import SafetyConfig, check_safe_pose
     except ImportError:  # the control package is optional for loading a robot
         return
     try:
-        SafetyConfig.from_dict(safety, joints)
+        config = SafetyConfig.from_dict({k: v for k, v in safety.items() if k != "safe_pose"}, joints)
+        if "safe_pose" in safety:
+            check_safe_pose(config, joints, safety["safe_pose"])
     except ValueError as exc:
         raise RobotConfigError(str(exc)) from None
 
@@ -431,6 +436,11 @@ class Connection:
         self._block = dict(block)
         self._where = where
         self._used: set[str] = set()
+
+    @property
+    def where(self) -> str:
+        """The part's path in robot.yaml, for error messages."""
+        return self._where
 
     def _get(self, key: str, default: Any) -> Any:
         self._used.add(key)

@@ -114,5 +114,12 @@ class OnnxRuntimePolicy(GraphPolicy):
             None  # the sessions hold the weights now; the pipeline keeps config, tokenizer, normalisers
         )
         return cls(
-            model, shapes, prefix, denoise, backend="onnxruntime", seed=common["seed"], to_numpy=_to_numpy
+            model,
+            shapes,
+            prefix,
+            denoise,
+            backend="onnxruntime",
+            seed=common["seed"],
+            to_numpy=_to_numpy,
+            noise_knots=common["noise_knots"],
         )

@@ -53,7 +53,14 @@ class TensorRTPolicy(GraphPolicy):
         denoise = TensorRTRunner(art.denoise, device)
         model.net = None  # the engines hold the weights now
         policy = cls(
-            model, shapes, prefix, denoise, backend="tensorrt", seed=common["seed"], to_numpy=_to_numpy
+            model,
+            shapes,
+            prefix,
+            denoise,
+            backend="tensorrt",
+            seed=common["seed"],
+            to_numpy=_to_numpy,
+            noise_knots=common["noise_knots"],
         )
         policy.precision = precision
         return policy

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from wall_runtime.backends.base import Policy, PolicyMetadata
+from wall_runtime.backends.noise import check_knots, smooth_noise
 from wall_runtime.types import Observation, PolicyResult
 
 _DTYPES = {
@@ -35,9 +36,7 @@ class TorchPolicy(Policy):
 
     def __init__(self, model, seed: int | None = None, noise_knots: int | None = None):
         self.model = model
-        if noise_knots is not None and not 2 <= noise_knots <= model.cfg.net.action_horizon:
-            raise ValueError(f"noise_knots must be in [2, {model.cfg.net.action_horizon}], got {noise_knots}")
-        self.noise_knots = noise_knots
+        self.noise_knots = check_knots(noise_knots, model.cfg.net.action_horizon)
         self._rng = np.random.default_rng(seed)
         cfg = model.cfg
         self.metadata = PolicyMetadata(
@@ -52,6 +51,7 @@ class TorchPolicy(Policy):
             norm_keys=tuple(model.normalizers.keys),
             dof_config=dict(cfg.data.dof_config),
             agent_pos_config=dict(cfg.data.agent_pos_config),
+            resolutions={v: int(cfg.data.resolution[v]) for v in cfg.data.cameras},
         )
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
@@ -100,22 +100,9 @@ class TorchPolicy(Policy):
         return self.model.infer(observations, noise=noise, generator=self._generator)
 
     def smooth_noise(self) -> np.ndarray:
-        """Unit-variance initial noise that is smooth along the horizon: Gaussian values at
-        ``noise_knots`` points, interpolated linearly and rescaled.
-
-        Not what the reference samples (i.i.d. noise): a trained model turns i.i.d. noise into a
-        smooth chunk, a random-weight one cannot, so the demo's tiny random checkpoint uses this to
-        give the robot chunks that are smooth within themselves and differ between chunks.
-        """
+        """Smooth unit-variance initial noise (:func:`wall_runtime.backends.noise.smooth_noise`)."""
         H, D = self.model.cfg.net.action_horizon, self.model.cfg.net.action_dim
-        knots = self._rng.standard_normal((self.noise_knots, D))
-        x = np.linspace(0.0, self.noise_knots - 1, H)
-        lo = np.floor(x).astype(int).clip(0, self.noise_knots - 2)
-        w = (x - lo)[:, None]
-        curve = (1 - w) * knots[lo] + w * knots[lo + 1]
-        # linear interpolation shrinks the variance between knots; restore unit variance per step
-        curve /= np.sqrt((1 - w) ** 2 + w**2)
-        return curve.astype(np.float32)
+        return smooth_noise(self._rng, self.noise_knots, H, D)
 
     def close(self) -> None:
         self.model = None

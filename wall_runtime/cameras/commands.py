@@ -19,9 +19,12 @@ def load_cameras_block(robot: str | None, config: Path | None) -> tuple[dict | N
     """The ``cameras:`` block of robots/<robot>/robot.yaml (or of ``config``) and its folder."""
     if (robot is None) == (config is None):
         raise typer.BadParameter("give exactly one of --robot NAME or --config PATH/TO/robot.yaml")
-    path = config if config is not None else Path("robots") / str(robot) / "robot.yaml"
-    if not path.is_file():
-        raise typer.BadParameter(f"{path}: no such robot.yaml")
+    from wall_runtime.robot_files import RobotNotFoundError, resolve_robot
+
+    try:
+        path = resolve_robot(config if config is not None else str(robot))
+    except RobotNotFoundError as exc:
+        raise typer.BadParameter(str(exc)) from None
     doc = yaml.safe_load(path.read_text()) or {}
     if not isinstance(doc, dict):
         raise typer.BadParameter(f"{path}: expected a mapping at the top level")
@@ -61,7 +64,9 @@ def register(app: typer.Typer) -> None:
 
     @cameras.command("snapshot")
     def snapshot(
-        robot: str = typer.Option(None, "--robot", help="Robot name: reads robots/<name>/robot.yaml."),
+        robot: str = typer.Option(
+            None, "--robot", help="Robot name (./robots/NAME or a shipped robot) or its robot.yaml."
+        ),
         config: Path = typer.Option(None, "--config", help="A robot.yaml to read instead."),
         out: Path = typer.Option(Path("snapshot.png"), "--out", help="Mosaic PNG to write."),
         seconds: float = typer.Option(2.0, "--seconds", help="Capture this long to measure rates."),
@@ -72,13 +77,30 @@ def register(app: typer.Typer) -> None:
         from wall_runtime.cameras.mosaic import Tile, mosaic
 
         block, base = load_cameras_block(robot, config)
+        side = None
         try:
             cfg = CamerasConfig.from_dict(block)
             if not cfg.cameras:
                 raise CameraConfigError("cameras.devices: the robot.yaml has no cameras")
-            group = make_group(cfg, base_dir=base)
-            group.start()
-        except (CameraConfigError, CameraError) as e:
+            if any(c.type == "simulated" for c in cfg.cameras):
+                # simulated cameras render the robot's simulator: bring the (simulated) robot up with them
+                from wall_runtime.e2e.robot_side import load_robot_side
+                from wall_runtime.robot_files import resolve_robot
+
+                side = load_robot_side(resolve_robot(config if config is not None else str(robot)))
+                if any(p.type != "mujoco" for p in side.config.parts):
+                    raise CameraConfigError(
+                        "cameras.devices: simulated cameras on a robot with hardware parts; "
+                        "snapshot renders simulated robots only"
+                    )
+                side.start()
+                group = side.cameras
+            else:
+                group = make_group(cfg, base_dir=base)
+                group.start()
+        except (CameraConfigError, CameraError, ValueError) as e:
+            if side is not None:
+                side.close()
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from e
         tiles: list[Tile] = []
@@ -109,7 +131,10 @@ def register(app: typer.Typer) -> None:
                 )
                 tiles.append(Tile(title, lines, frame.image, ok=name in frames))
         finally:
-            group.stop()
+            if side is not None:
+                side.close()  # its cameras, then the simulator
+            else:
+                group.stop()
         out.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(out), cv2.cvtColor(mosaic(tiles), cv2.COLOR_RGB2BGR))
         console.print(sync)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,10 @@ from wall_runtime.action_space.source import EdgeSource
 from wall_runtime.control.dryrun import FirstOrderRobot, ThreadedPolicySource
 from wall_runtime.control.estop import EStop, KeySource, SignalSource, SocketSource, TriggerFileSource
 from wall_runtime.control.limits import parse_joint_limits
-from wall_runtime.control.loop import ChunkSource, ObservationProvider
-from wall_runtime.control.safety import FILTERS, SafetyConfig
+from wall_runtime.control.loop import ChunkSource, LoopConfig, ObservationProvider
+from wall_runtime.control.safety import FILTERS, SafetyChain, SafetyConfig
 from wall_runtime.control.smoothing import SMOOTHERS
-from wall_runtime.e2e.assemble import LoopOptions, assemble_loop
+from wall_runtime.e2e.assemble import LoopOptions, assemble_loop, loop_parts
 from wall_runtime.robot import JointSpec, RobotAdapter, RobotSpec
 from wall_runtime.transport.errors import TransportError
 from wall_runtime.types import Observation, RobotState
@@ -52,13 +53,14 @@ class ControlSetup:
     side: RobotSide | None = None  # the robot.yaml side; None in a dry run
 
 
-def load_control_setup(robot_yaml: Path) -> ControlSetup:
-    """The robot side from ``robot.yaml``: adapter (connected), cameras (started)."""
+def load_control_setup(robot_yaml: str | Path, start: bool = True) -> ControlSetup:
+    """The robot side from ``robot.yaml``: adapter, cameras; with ``start``, the adapter connected
+    and the cameras started (released again if starting fails). Observations come with the policy
+    link (:func:`connect_policy`): the model edge builds their state vector."""
     from wall_runtime.e2e.robot_side import load_robot_side
 
     side = load_robot_side(robot_yaml)
-    side.start()
-    return ControlSetup(
+    setup = ControlSetup(
         adapter=side.adapter,
         observe=None,
         safety=side.safety,
@@ -66,6 +68,30 @@ def load_control_setup(robot_yaml: Path) -> ControlSetup:
         close=lambda: side.cameras.stop() if side.cameras is not None else None,
         side=side,
     )
+    if start:
+        start_setup(setup)
+    return setup
+
+
+def start_setup(setup: ControlSetup) -> None:
+    """Connect the robot and start its cameras; on any failure release what was started."""
+    try:
+        if setup.side is not None:
+            setup.side.start()
+        elif not (setup.adapter.is_connected or getattr(setup.adapter, "connected", False)):
+            setup.adapter.connect()
+    except BaseException:
+        release_setup(setup)
+        raise
+
+
+def release_setup(setup: ControlSetup) -> None:
+    """Stop the cameras and disconnect the robot, each whatever the other did (idempotent)."""
+    for what, step in (("cameras", setup.close), ("robot", setup.adapter.disconnect)):
+        try:
+            step()
+        except Exception as exc:  # release the rest; say what could not be released
+            log.error("could not release the %s: %s", what, exc)
 
 
 def connect_policy(
@@ -84,6 +110,33 @@ def connect_policy(
     source = EdgeSource(link.edge, link.source)
     setup.observe = setup.side.observer(instruction, source)
     return source
+
+
+def _recorder(
+    folder: Path, setup: ControlSetup, source: Any, cfg: LoopConfig, task: str, robot_yaml: Path | None
+) -> Any:
+    """The loop's LeRobot v3 recorder: one frame per tick, a video per camera view (the shapes
+    announced to the policy server; a dry run has no cameras)."""
+    from wall_runtime.recording.lerobot_v3 import DatasetLayout, dataset_fps
+    from wall_runtime.recording.recorder import LeRobotRecorder, loop_settings
+
+    side = setup.side
+    # the policy link behind the model edge knows the shapes the cameras announced
+    client = getattr(getattr(source, "inner", source), "client", None)
+    cameras = dict(client.robot.cameras) if client is not None and side is not None else {}
+    layout = DatasetLayout(
+        fps=dataset_fps(cfg.control_hz),
+        joint_names=tuple(setup.adapter.spec.joint_names),
+        views={view: (int(shape[0]), int(shape[1])) for view, shape in cameras.items()},
+        robot_type=side.config.name if side is not None else setup.adapter.spec.name,
+    )
+    return LeRobotRecorder(
+        folder,
+        layout,
+        task,
+        meta=loop_settings(cfg, robot_yaml),
+        images=side.latest_images if side is not None and cameras else None,
+    )
 
 
 # -- the dry run: a simulated arm, gripper and base, and a simulated policy --------------------
@@ -184,7 +237,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("run")
     def run(
-        robot: Path | None = typer.Option(None, "--robot", help="robots/<name>/robot.yaml"),
+        robot: str | None = typer.Option(
+            None, "--robot", help="robot name (./robots/NAME or a shipped robot), folder or robot.yaml"
+        ),
         server: str | None = typer.Option(None, "--server", help="policy server, e.g. tcp://gpu-host:5555"),
         instruction: str = typer.Option("", "--instruction", "-i", help="the task, in words"),
         smoother: str = typer.Option("crossfade", help=f"chunk smoother: {', '.join(SMOOTHERS)}"),
@@ -203,88 +258,139 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, help="simulated robot and policy (no robot.yaml, no server)"),
         server_key: Path | None = typer.Option(None, help="the server's public .key file (CURVE)"),
         client_key: Path | None = typer.Option(None, help="this host's .key_secret file (CURVE)"),
+        first_chunk_timeout: float = typer.Option(
+            30.0, help="stop and exit 1 when no chunk has arrived this many seconds after the start"
+        ),
+        metrics_http: str | None = typer.Option(
+            None, help="serve the robot side's Prometheus metrics on HOST:PORT (/metrics)"
+        ),
+        record: Path | None = typer.Option(
+            None, help="record the run as the next episode of this LeRobot v3 dataset folder"
+        ),
     ) -> None:
         """Run a robot from a served policy: chunk scheduling, smoothing, safety, watchdog, e-stop."""
         if smoother not in SMOOTHERS:
             raise typer.BadParameter(f"unknown smoother {smoother!r} (known: {', '.join(SMOOTHERS)})")
-        source: ChunkSource
-        try:
-            if dry_run:
-                setup, source = dry_run_setup(instruction or "dry run")
-            else:
-                if robot is None or server is None:
-                    raise typer.BadParameter("--robot and --server are required (or --dry-run)")
-                setup = load_control_setup(robot)
-                try:
-                    source = connect_policy(server, setup, instruction, server_key, client_key)
-                except BaseException:
-                    # the robot is connected and its cameras run: release them before leaving
-                    setup.close()
-                    setup.adapter.disconnect()
-                    raise
-        except (OSError, ValueError, RuntimeError, TransportError) as exc:  # bad robot.yaml, no server
-            console.print(f"[red]cannot run:[/] {exc}")
-            raise typer.Exit(2) from None
-
         for name in unsafe_disable_filter:
             if name not in FILTERS or name == "finite":
                 raise typer.BadParameter(
                     f"--unsafe-disable-filter {name!r}: not a filter that can be disabled"
                 )
-            console.print(f"[bold red]WARNING: safety filter {name!r} is DISABLED for this run[/]")
+        if not dry_run and (robot is None or server is None):
+            raise typer.BadParameter("--robot and --server are required (or --dry-run)")
+        metrics_address = None
+        if metrics_http is not None:
+            from wall_runtime.e2e.robot_metrics import parse_host_port
 
-        stop = EStop()
-        stop.add(SignalSource())
-        stop.add(TriggerFileSource(estop_file))
-        if estop_socket is not None:
-            stop.add(SocketSource(estop_socket))
-        if keys and sys.stdin.isatty():
-            stop.add(KeySource())
+            try:
+                metrics_address = parse_host_port(metrics_http)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
         if estop_file.exists():
             console.print(f"[red]e-stop file {estop_file} exists: remove it before running[/]")
-            stop.close()
             raise typer.Exit(2)
-
-        adapter = setup.adapter
-        if not adapter.is_connected:  # load_control_setup connected it: never open a bus twice
-            adapter.connect()
-        assert setup.observe is not None
-        loop = assemble_loop(
-            adapter,
-            source,
-            setup.observe,
-            setup.safety,
-            LoopOptions(
-                smoother=smoother, safe_pose=safe_pose, disabled_filters=frozenset(unsafe_disable_filter)
-            ),
-            safe_pose=setup.safe_pose,
-            estop=stop,
+        options = LoopOptions(
+            smoother=smoother, safe_pose=safe_pose, disabled_filters=frozenset(unsafe_disable_filter)
         )
-        cfg = loop.config
-        console.print(
-            f"running {adapter.spec.name} at {cfg.control_hz:.0f} Hz ({smoother}); "
-            f"e-stop: Ctrl-C, `touch {estop_file}`"
-            + (", space" if keys and sys.stdin.isatty() else "")
-            + (f", 'estop' to {estop_socket}" if estop_socket else "")
-            + "; a second Ctrl-C exits"
-        )
+        # everything that can be checked is checked before anything is connected; from the first
+        # connection on, every exit path releases the robot, the cameras and the policy link
+        source: ChunkSource | None = None
+        setup: ControlSetup | None = None
+        recorder = None
+        metrics_server = None
+        stop = EStop()
         try:
-            summary = loop.run(duration=duration if duration is not None else math.inf)
-        except KeyboardInterrupt:
-            summary = loop.summary()
+            try:
+                if dry_run:
+                    setup, source = dry_run_setup(instruction or "dry run")
+                else:
+                    assert robot is not None and server is not None
+                    setup = load_control_setup(robot, start=False)
+                # the loop's settings and the chain's own checks (room inside every margin), before
+                # connecting anything; assemble_loop below builds the loop from the same parts
+                cfg, safety = loop_parts(setup.adapter.spec, setup.safety, options, setup.safe_pose)
+                SafetyChain(setup.adapter.spec.joints, safety, 1.0 / cfg.control_hz)
+                start_setup(setup)  # connects the robot once (never a bus opened twice)
+                if source is None:
+                    assert server is not None
+                    source = connect_policy(server, setup, instruction, server_key, client_key)
+                if record is not None:
+                    recorder = _recorder(record, setup, source, cfg, instruction or "dry run", robot)
+                assert setup.observe is not None
+                loop = assemble_loop(
+                    setup.adapter,
+                    source,
+                    setup.observe,
+                    setup.safety,
+                    options,
+                    safe_pose=setup.safe_pose,
+                    estop=stop,
+                    recorder=recorder,
+                )
+            except (OSError, ValueError, RuntimeError, TransportError) as exc:  # bad robot.yaml, no server
+                console.print(f"[red]cannot run:[/] {exc}")
+                raise typer.Exit(2) from None
+            for name in unsafe_disable_filter:
+                console.print(f"[bold red]WARNING: safety filter {name!r} is DISABLED for this run[/]")
+            stop.add(SignalSource())
+            stop.add(TriggerFileSource(estop_file))
+            if estop_socket is not None:
+                stop.add(SocketSource(estop_socket))
+            if keys and sys.stdin.isatty():
+                stop.add(KeySource())
+            console.print(
+                f"running {setup.adapter.spec.name} at {cfg.control_hz:.0f} Hz ({smoother}); "
+                f"e-stop: Ctrl-C, `touch {estop_file}`"
+                + (", space" if keys and sys.stdin.isatty() else "")
+                + (f", 'estop' to {estop_socket}" if estop_socket else "")
+                + "; a second Ctrl-C exits"
+            )
+            if metrics_address is not None:
+                from wall_runtime.e2e.robot_metrics import RobotMetricsServer
+
+                metrics_server = RobotMetricsServer(loop, setup.adapter.spec.name, *metrics_address)
+                console.print(f"metrics: http://{metrics_address[0]}:{metrics_server.port}/metrics")
+            started = time.monotonic()
+
+            def no_chunk_in_time() -> bool:
+                return (
+                    loop.counters["chunks_received"] == 0 and time.monotonic() - started > first_chunk_timeout
+                )
+
+            try:
+                summary = loop.run(
+                    duration=duration if duration is not None else math.inf, should_stop=no_chunk_in_time
+                )
+            except KeyboardInterrupt:
+                summary = loop.summary()
+            except BaseException:
+                if recorder is not None:  # keep what was recorded up to the failure
+                    try:
+                        recorder.close({"command": "run", "aborted": True})
+                    except Exception as exc:
+                        console.print(f"[red]recording not saved:[/] {exc}")
+                    recorder = None
+                raise
         finally:
+            if metrics_server is not None:
+                metrics_server.close()
             stop.close()
-            setup.close()
             close_source = getattr(source, "close", None)
-            if close_source is not None and not dry_run:
-                close_source()
-            adapter.disconnect()
+            if close_source is not None:
+                try:
+                    close_source()  # the edge's thread, then the policy link
+                except Exception as exc:
+                    log.error("could not close the policy link: %s", exc)
+            if setup is not None:
+                release_setup(setup)
         if isinstance(source, EdgeSource):
             summary["model_edge"] = {
                 "interventions": source.interventions,
                 "orientation_residual_max_rad": source.edge.orientation_residual,
             }
         _print_summary(summary)
+        if recorder is not None:
+            console.print(f"recorded: {recorder.close({'summary': summary, 'command': 'run'})}")
         if log_json is not None:
             from wall_runtime.control.report import write_summary
 
@@ -295,4 +401,8 @@ def register(app: typer.Typer) -> None:
             plot_run(loop, plot)
         if stop.engaged:
             console.print(f"[red]stopped by e-stop: {stop.reason}[/]")
+            raise typer.Exit(1)
+        if summary["counters"]["chunks_received"] == 0:
+            reason = getattr(source, "last_error", None) or "no reply from the server"
+            console.print(f"[red]no chunk arrived within {first_chunk_timeout:g} s[/] (last error: {reason})")
             raise typer.Exit(1)

@@ -34,6 +34,7 @@ from wall_runtime.control.scheduler import ChunkScheduler, SchedulerConfig, Spli
 from wall_runtime.control.seams import SeamRecord, seam_metrics, summarize
 from wall_runtime.control.smoothing import make_smoother
 from wall_runtime.control.watchdog import Watchdog
+from wall_runtime.recording.subscriber import LoopRecorder, TickRecord
 from wall_runtime.robot import RobotAdapter
 from wall_runtime.types import ActionChunk, Observation, RobotState
 
@@ -132,8 +133,11 @@ class ControlLoop:
         estop: EStop | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        recorder: LoopRecorder | None = None,
     ) -> None:
         self.adapter = adapter
+        # told about every chunk, request and tick (e.g. a LeRobot dataset being written)
+        self.recorder = recorder
         self.spec = adapter.spec
         self.source = source
         self.observe = observe
@@ -153,6 +157,8 @@ class ControlLoop:
         self.scheduler = ChunkScheduler(
             make_smoother(config.smoother, **config.smoother_options), config.scheduler
         )
+        self.scheduler.set_control_period(self.period)
+        self.scheduler.min_action_dim = self.spec.dof
         self._joint_step = joint_step_limits(self.spec.joints, self.safety_config, self.period)
         self.watchdog = Watchdog(config.watchdog_timeout)
         self.estop = estop if estop is not None else EStop()
@@ -191,8 +197,7 @@ class ControlLoop:
         """Start the plan from where the robot is: the last command (or the measured state; base
         velocities at rest), so the first splice cannot jump. Chunks arrive in the robot's joints
         (the model edge converted them), so every dim here is a joint."""
-        actions = np.asarray(chunk.actions, dtype=np.float64)
-        if actions.ndim != 2 or actions.shape[1] != self.spec.dof or not chunk.dt > 0:
+        if self.scheduler.check(chunk, now) is not None:
             return  # the scheduler rejects it and says why
         last = self.safety.last_command
         joints = last if last is not None else np.asarray(state.position, dtype=np.float64)
@@ -225,10 +230,14 @@ class ControlLoop:
                 break
             chunks.append(chunk)
         self.counters["chunks_received"] += len(chunks)
+        if self.recorder is not None:
+            for chunk in chunks:
+                self.recorder.on_chunk(self._tick, chunk)
 
         target_joints = self._nan_row
         commanded = self._nan_row
         status = "ok"
+        intervened: tuple[str, ...] = ()
         if self.estop.engaged:
             status = "estop"
             self.counters["chunks_discarded_estop"] += len(chunks)
@@ -253,14 +262,15 @@ class ControlLoop:
             target = self.scheduler.target(now)
             if target is not None:
                 target_joints = target
-                # after an overrun the command follows a longer interval than one period
+                # after idle ticks or an overrun the chain starts again at rest (SafetyChain.filter)
                 elapsed = now - self._last_command_time
-                late = elapsed > 1.5 * self.period and elapsed < 10 * self.period
-                commanded = self.safety.filter(target_joints, state, dt=elapsed if late else None)
+                gap = math.isfinite(elapsed) and elapsed > 1.5 * self.period
+                commanded = self.safety.filter(target_joints, state, dt=elapsed if gap else None)
                 self._last_command_time = now
                 self.adapter.command(commanded)
                 row = self._tick - 1
                 self.log.interventions.extend((row, e) for e in self.safety.last_tick_interventions)
+                intervened = tuple(e.filter for e in self.safety.last_tick_interventions)
                 self.watchdog.feed(now)
                 self._held = False
             else:
@@ -278,6 +288,18 @@ class ControlLoop:
             self.log.commanded.append(np.array(commanded, dtype=np.float64))
             self.log.measured.append(np.asarray(state.position, dtype=np.float64).copy())
             self.log.status.append(status)
+        if self.recorder is not None:
+            self.recorder.on_tick(
+                TickRecord(
+                    self._tick,
+                    now,
+                    np.asarray(state.position, dtype=np.float64),
+                    np.asarray(target_joints, dtype=np.float64),
+                    np.asarray(commanded, dtype=np.float64),
+                    status,
+                    intervened,
+                )
+            )
 
     def _maybe_request(self, state: RobotState, now: float) -> None:
         if not self.scheduler.should_request(now):
@@ -301,6 +323,8 @@ class ControlLoop:
             return
         self.counters["requests"] += 1
         self.scheduler.note_request(obs.stamp, now)
+        if self.recorder is not None:
+            self.recorder.on_request(self._tick, obs)
 
     # -- the loop -----------------------------------------------------------------------------
 

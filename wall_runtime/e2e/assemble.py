@@ -16,7 +16,8 @@ from typing import Any
 from wall_runtime.control.estop import EStop
 from wall_runtime.control.loop import ChunkSource, ControlLoop, LoopConfig, ObservationProvider
 from wall_runtime.control.safety import SafetyConfig
-from wall_runtime.robot import RobotAdapter
+from wall_runtime.recording.subscriber import LoopRecorder
+from wall_runtime.robot import RobotAdapter, RobotSpec
 
 
 @dataclass
@@ -28,17 +29,14 @@ class LoopOptions:
     overrides: dict[str, Any] = field(default_factory=dict)  # other LoopConfig fields (replay)
 
 
-def assemble_loop(
-    adapter: RobotAdapter,
-    source: ChunkSource,
-    observe: ObservationProvider,
+def loop_parts(
+    spec: RobotSpec,
     safety: SafetyConfig,
     options: LoopOptions,
-    *,
     safe_pose: Sequence[float] | None = None,
-    estop: EStop | None = None,
-) -> ControlLoop:
-    spec = adapter.spec
+) -> tuple[LoopConfig, SafetyConfig]:
+    """The loop's settings and safety settings for ``spec`` (what :func:`assemble_loop` builds the
+    loop with), for a caller that checks or records them before the loop exists."""
     if options.disabled_filters:
         safety = dataclasses.replace(safety, disabled=safety.disabled | set(options.disabled_filters))
     fields: dict[str, Any] = {
@@ -49,5 +47,19 @@ def assemble_loop(
         "safe_pose": safe_pose if options.safe_pose else None,
     }
     fields.update(options.overrides)  # a replay runs with the recorded run's settings
-    cfg = LoopConfig(**fields)
-    return ControlLoop(adapter, source, observe, cfg, safety, estop=estop or EStop())
+    return LoopConfig(**fields), safety
+
+
+def assemble_loop(
+    adapter: RobotAdapter,
+    source: ChunkSource,
+    observe: ObservationProvider,
+    safety: SafetyConfig,
+    options: LoopOptions,
+    *,
+    safe_pose: Sequence[float] | None = None,
+    estop: EStop | None = None,
+    recorder: LoopRecorder | None = None,
+) -> ControlLoop:
+    cfg, safety = loop_parts(adapter.spec, safety, options, safe_pose)
+    return ControlLoop(adapter, source, observe, cfg, safety, estop=estop or EStop(), recorder=recorder)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from wall_runtime.e2e.demo import REPO_ROOT, policy_server_process
+from wall_runtime.e2e.demo import policy_server_process, with_graph_cameras
 from wall_runtime.e2e.demo_checkpoint import demo_checkpoint
 from wall_runtime.e2e.robot_side import load_robot_side
 from wall_runtime.e2e.session import Session, SessionOptions
@@ -128,23 +128,15 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 def run_config(config: BenchConfig, seconds: float, variant: str = "flow") -> dict[str, Any]:
-    robot_yaml = REPO_ROOT / "robots" / VIEW_ROBOTS[config.views] / "robot.yaml"
-    side = load_robot_side(robot_yaml)
+    side = load_robot_side(VIEW_ROBOTS[config.views])  # a shipped robot, by name
     checkpoint = demo_checkpoint(side.config, variant)
     options: dict[str, Any] = {"num_steps": config.steps}
-    if config.backend != "torch":
-        shapes = {
-            name: (cam.get("height", 224), cam.get("width", 224))
-            for name, cam in side.config.cameras["devices"].items()
-        }
-        options["cameras"] = ",".join(f"{n}={w}x{h}" for n, (h, w) in shapes.items())
+    options = with_graph_cameras(config.backend, options, side.config)
     with contextlib.ExitStack() as stack:
         endpoint = stack.enter_context(policy_server_process(checkpoint, config.backend, options))
         side.start()
         stack.callback(side.close)
-        session = Session(
-            side, endpoint, SessionOptions(instruction="benchmark", record=False, safe_pose=False)
-        )
+        session = Session(side, endpoint, SessionOptions(instruction="benchmark", safe_pose=False))
         stack.callback(session.close)
         timed = _Timed(session)
         summary = session.run(seconds)

@@ -21,32 +21,50 @@ def _options(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _metrics_address(value: str | None) -> tuple[str, int] | None:
+    from wall_runtime.e2e.robot_metrics import parse_host_port
+
+    try:
+        return None if value is None else parse_host_port(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("demo")
+    from wall_runtime.backends.options import options_epilog
+
+    @app.command("demo", epilog=options_epilog())
     def demo(
-        robot: Path | None = typer.Option(None, help="robot.yaml (default: the simulated arm)"),
+        robot: str = typer.Option(
+            "sim_arm", help="robot name (./robots/NAME or a shipped robot), folder or robot.yaml"
+        ),
         checkpoint: Path | None = typer.Option(
             None, help="checkpoint (default: a tiny one shaped for the robot)"
         ),
         variant: str = typer.Option("flow", help="tiny checkpoint generation: flow | 0.5"),
         backend: str = typer.Option("torch", help="torch | onnxruntime | tensorrt"),
-        option: list[str] = typer.Option([], "--option", "-o", help="backend option KEY=VALUE"),
+        option: list[str] = typer.Option(
+            [], "--option", "-o", help="backend option KEY=VALUE (repeatable; the keys are listed below)"
+        ),
         server: str | None = typer.Option(None, help="use a running policy server instead of starting one"),
         duration: float = typer.Option(20.0, help="seconds to run (0: until Ctrl-C)"),
         instruction: str = typer.Option(
             "pick up the red cube and place it in the bowl", "--instruction", "-i"
         ),
         smoother: str = typer.Option("crossfade", help="none | crossfade | ensemble | rtc"),
-        report: Path | None = typer.Option(None, help="report folder (default: runs/demo-<time>)"),
+        report: Path | None = typer.Option(None, help="report folder (default: ./runs/demo-<time>)"),
         live: bool = typer.Option(True, help="live status table in the terminal"),
+        metrics_http: str | None = typer.Option(
+            None, help="serve the robot side's Prometheus metrics on HOST:PORT (/metrics)"
+        ),
     ) -> None:
         """Server, simulated robot with rendered cameras, control loop with smoothing and safety: closed loop."""
-        from wall_runtime.e2e.demo import DEFAULT_ROBOT, DemoOptions, run_demo
+        from wall_runtime.e2e.demo import DemoOptions, run_demo
 
         if variant not in ("flow", "0.5"):
             raise typer.BadParameter(f"--variant {variant!r}: choose flow or 0.5")
         opts = DemoOptions(
-            robot=robot or DEFAULT_ROBOT,
+            robot=robot,
             checkpoint=checkpoint,
             variant=variant,
             backend=backend,
@@ -56,11 +74,18 @@ def register(app: typer.Typer) -> None:
             smoother=smoother,
             report=report,
             live=live,
+            metrics_http=_metrics_address(metrics_http),
         )
         if option:
             opts.backend_options = {**opts.backend_options, **_options(option)}
         if checkpoint is not None:
             opts.backend_options.pop("noise_knots", None)  # a real checkpoint samples as the reference does
+        from wall_runtime.backends.options import BackendOptionError, parse_options
+
+        try:  # checked here, before a server process starts and fails on it
+            parse_options(backend, opts.backend_options)
+        except BackendOptionError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--option' / '-o'") from None
         summary = run_demo(opts, console)
         counters = summary["counters"]
         console.print(
@@ -73,7 +98,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("replay")
     def replay(
-        episode: Path = typer.Argument(..., help="an episode folder (a report's episode/)"),
+        episode: Path = typer.Argument(
+            ..., help="a recorded dataset (a report's dataset/) or a legacy npz folder"
+        ),
+        index: int | None = typer.Option(
+            None, "--episode", help="which episode of the dataset (default: the last)"
+        ),
         robot: Path | None = typer.Option(None, help="robot.yaml, if not the one the recording names"),
         drive: bool = typer.Option(
             False, help="drive the robot (its adapter) with the recorded chunks in real time"
@@ -87,9 +117,17 @@ def register(app: typer.Typer) -> None:
         from wall_runtime.e2e.recording import Episode
         from wall_runtime.e2e.replay import replay_dry
 
-        ep = Episode.load(episode)
+        try:
+            ep = Episode.load(episode, index)
+        except (OSError, ValueError, KeyError) as exc:  # not a recording, no such episode, malformed
+            console.print(f"[red]cannot replay:[/] {exc}")
+            raise typer.Exit(2) from None
         if not drive:
-            result = replay_dry(ep, robot)
+            try:
+                result = replay_dry(ep, robot)
+            except (OSError, ValueError) as exc:  # robot.yaml gone, chunks not in joints
+                console.print(f"[red]cannot replay:[/] {exc}")
+                raise typer.Exit(2) from None
             record = {
                 "ticks": result.ticks,
                 "chunks": result.chunks,
@@ -112,13 +150,32 @@ def register(app: typer.Typer) -> None:
             return
         from wall_runtime.e2e.replay import drive_with_recording
 
-        summary = drive_with_recording(ep, robot)
+        try:
+            summary = drive_with_recording(ep, robot)
+        except (OSError, ValueError) as exc:
+            console.print(f"[red]cannot replay:[/] {exc}")
+            raise typer.Exit(2) from None
         console.print(
             f"drove {summary['robot']} for {summary['counters']['ticks']} ticks; "
             f"interventions {sum(summary['interventions'].values())}"
         )
         if json_out:
             json_out.write_text(json.dumps(summary, indent=2, default=str))
+
+    @app.command("convert-recording")
+    def convert_recording(
+        episode: Path = typer.Argument(..., help="a legacy npz recording folder (meta.json, ticks.npz, ...)"),
+        dataset: Path = typer.Argument(..., help="the LeRobot v3 dataset folder to add it to (made if new)"),
+    ) -> None:
+        """Turn a legacy npz episode recording into an episode of a LeRobot v3 dataset."""
+        from wall_runtime.recording.convert import convert_npz_episode
+
+        try:
+            index = convert_npz_episode(episode, dataset)
+        except (OSError, ValueError, KeyError) as exc:
+            console.print(f"[red]cannot convert:[/] {exc}")
+            raise typer.Exit(2) from None
+        console.print(f"{episode} -> {dataset} (episode {index})")
 
     @app.command("bench")
     def bench(
@@ -127,11 +184,23 @@ def register(app: typer.Typer) -> None:
         views: list[int] = typer.Option([1, 2, 3], help="camera views to sweep: 1, 2 or 3 (repeatable)"),
         seconds: float = typer.Option(8.0, help="closed-loop seconds per configuration"),
         variant: str = typer.Option("flow", help="tiny checkpoint generation: flow | 0.5"),
-        out: Path = typer.Option(Path("benchmarks/results"), help="folder for JSON, Markdown table and plot"),
+        out: Path | None = typer.Option(
+            None, help="folder for JSON, Markdown table and plot (default: ./runs/bench-<time>)"
+        ),
+        smoke: bool = typer.Option(
+            False,
+            "--smoke",
+            help="check the benchmark runs: torch, 1 step, 1 view, 3 s (sweep options ignored)",
+        ),
     ) -> None:
         """End-to-end latency, stage by stage (capture → actuation), sweeping backends, steps and views."""
         from wall_runtime.e2e.bench import VIEW_ROBOTS, markdown_table, run_bench
+        from wall_runtime.e2e.demo import default_report_dir
 
+        out = out or default_report_dir("bench")
+
+        if smoke:
+            backend, steps, views, seconds = ["torch"], [1], [1], 3.0
         bad = [v for v in views if v not in VIEW_ROBOTS]
         if bad:
             raise typer.BadParameter(f"--views {bad}: choose among {sorted(VIEW_ROBOTS)}")

@@ -28,16 +28,23 @@ from wall_runtime.control.estop import EStop, SignalSource
 from wall_runtime.control.loop import ControlLoop
 from wall_runtime.e2e.robot_side import load_robot_side
 from wall_runtime.e2e.session import Session, SessionOptions
+from wall_runtime.robot_files import bundled_robots_dir
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_ROBOT = REPO_ROOT / "robots" / "sim_arm" / "robot.yaml"
+DEFAULT_ROBOT_NAME = "sim_arm"
+# the shipped simulated arm's robot.yaml (package data; the checkout's robots/ when run from source)
+DEFAULT_ROBOT = (bundled_robots_dir() or Path("robots")) / DEFAULT_ROBOT_NAME / "robot.yaml"
+
+
+def default_report_dir(command: str) -> Path:
+    """``./runs/<command>-<time>`` under the current directory, wherever the package lives."""
+    return Path.cwd() / "runs" / time.strftime(f"{command}-%Y%m%d-%H%M%S")
 
 
 @dataclass
 class DemoOptions:
-    robot: Path = DEFAULT_ROBOT
+    robot: str | Path = DEFAULT_ROBOT_NAME  # a name (``./robots/NAME`` or shipped), folder or robot.yaml
     checkpoint: Path | None = None  # default: the robot's tiny demo checkpoint
     variant: str = "flow"
     backend: str = "torch"
@@ -48,8 +55,9 @@ class DemoOptions:
     instruction: str = "pick up the red cube and place it in the bowl"
     smoother: str = "crossfade"
     report: Path | None = None
-    record_images: bool = True
+    record: bool = True  # the run as a LeRobot v3 dataset episode, in <report>/dataset
     live: bool = True
+    metrics_http: tuple[str, int] | None = None  # serve the robot side's Prometheus metrics here
 
 
 def _status_table(loop: ControlLoop, session: Session, started: float) -> Table:
@@ -83,6 +91,27 @@ def _status_table(loop: ControlLoop, session: Session, started: float) -> Table:
         table.add_row("seams", f"{len(seams)}  worst jump {worst.jump:.4f}  jerk {worst.jerk:.1f}")
     table.add_row("watchdog / e-stop", f"{loop.watchdog.trips} / {loop.estop.triggers}")
     return table
+
+
+def graph_cameras(config: Any) -> str:
+    """``view=WxH,...``: the model views and the image sizes the robot's cameras deliver, the static
+    shapes an exported-graph backend (onnxruntime, tensorrt) is built for."""
+    from wall_runtime.cameras import CamerasConfig
+
+    specs = []
+    for cam in CamerasConfig.from_dict(config.cameras).cameras:
+        if cam.width is None or cam.height is None:
+            raise ValueError(f"cameras.devices.{cam.name}: width and height are needed to size the graphs")
+        w, h = cam.transform.output_size(cam.width, cam.height)
+        specs.append(f"{cam.view}={w}x{h}")
+    return ",".join(specs)
+
+
+def with_graph_cameras(backend: str, options: dict[str, Any], config: Any) -> dict[str, Any]:
+    """``options`` with ``cameras`` sized for the robot when the backend runs exported graphs."""
+    if backend in ("onnxruntime", "tensorrt") and "cameras" not in options:
+        return {**options, "cameras": graph_cameras(config)}
+    return options
 
 
 @contextlib.contextmanager
@@ -156,26 +185,34 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
             if checkpoint is None:
                 checkpoint = demo_checkpoint(side.config, options.variant)
             console.print(f"policy: {checkpoint} ({options.backend})")
+            backend_options = with_graph_cameras(options.backend, options.backend_options, side.config)
             endpoint = stack.enter_context(
-                policy_server_process(checkpoint, options.backend, options.backend_options)
+                policy_server_process(checkpoint, options.backend, backend_options)
             )
-        console.print(f"robot: {side.config.name} ({options.robot}); server {endpoint}")
+        console.print(f"robot: {side.config.name} ({side.config.path}); server {endpoint}")
         side.start()
         stack.callback(side.close)
         estop = EStop()
         estop.add(SignalSource())
         stack.callback(estop.close)
+        report = options.report or default_report_dir("demo")
         session = Session(
             side,
             endpoint,
             SessionOptions(
                 instruction=options.instruction,
                 smoother=options.smoother,
-                record_images=options.record_images,
+                record_to=Path(report) / "dataset" if options.record else None,
             ),
             estop=estop,
         )
         stack.callback(session.close)
+        if options.metrics_http is not None:
+            from wall_runtime.e2e.robot_metrics import RobotMetricsServer
+
+            metrics = RobotMetricsServer(session.loop, side.config.name, *options.metrics_http)
+            stack.callback(metrics.close)
+            console.print(f"metrics: http://{options.metrics_http[0]}:{metrics.port}/metrics")
         started = time.monotonic()
         # rich renders the table from its own refresh thread: the control loop's thread never
         # builds it (the seam metrics it shows are computed over the whole run log)
@@ -196,7 +233,6 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
         finally:
             if live is not None:
                 live.stop()
-        report = options.report or REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
         meta = {
             "checkpoint": str(checkpoint) if checkpoint else None,
             "backend": options.backend,

@@ -95,6 +95,18 @@ class DryReplay:
         return self.nan_mismatches == 0 and self.max_abs_diff <= 1e-9
 
 
+def check_joint_chunks(episode: Episode, spec: RobotSpec) -> None:
+    """A recording made before the model edge holds chunks in the checkpoint's layout (its meta says
+    which action dim drove each joint, ``joint_dims``); replay drives the loop with joint chunks."""
+    dims = episode.meta.get("joint_dims")
+    width = episode.chunks["actions"].shape[-1] if episode.chunks else spec.dof
+    if (dims is not None and list(dims) != list(range(spec.dof))) or width != spec.dof:
+        raise ValueError(
+            f"{episode.root}: its chunks are {width} wide in the checkpoint's layout (recorded before "
+            f"the model edge), not the {spec.dof} joints of {spec.name}; record it again to replay it"
+        )
+
+
 def _robot_setup(episode: Episode) -> tuple[RobotSpec, SafetyConfig, Callable | None]:
     """The recorded robot's spec, safety settings and forward kinematics (the workspace filter
     needs the same kinematics as the run; the adapter is built but never connected)."""
@@ -117,6 +129,7 @@ def replay_dry(episode: Episode, robot_yaml: str | Path | None = None) -> DryRep
     if robot_yaml is not None:
         episode.meta["robot_yaml"] = str(robot_yaml)
     spec, safety, fk = _robot_setup(episode)
+    check_joint_chunks(episode, spec)
     ticks = episode.ticks
     robot = RecordedRobot(spec, ticks["measured"], ticks["deadline"], fk)
     # each observation is handed back on the tick it was taken on (None on the others, as a
@@ -204,6 +217,7 @@ def drive_with_recording(episode: Episode, robot_yaml: str | Path | None = None)
     if not path:
         raise FileNotFoundError(f"{episode.root}: the recording names no robot.yaml; pass one")
     side = load_robot_side(path)
+    check_joint_chunks(episode, side.adapter.spec)
     side.adapter.connect()
     try:
         source = ReplaySource(episode)

@@ -99,6 +99,19 @@ class RobotSide:
 
         return observe
 
+    def latest_images(self) -> dict[str, np.ndarray] | None:
+        """The newest frame of each camera, keyed by model view, without the sync checks (for the
+        recorder: a frame per tick, whatever the cameras have); ``None`` when one has none yet."""
+        if self.cameras is None:
+            return None
+        out: dict[str, np.ndarray] = {}
+        for name, cam in self.cameras.cameras.items():
+            try:
+                out[self.cameras.views.get(name, name)] = cam.latest().image
+            except Exception:  # no frame yet, or stalled: the recorder repeats the last one
+                return None
+        return out
+
     def close(self) -> None:
         if self.cameras is not None:
             self.cameras.stop()

@@ -21,9 +21,8 @@ from wall_runtime.action_space.source import EdgeSource
 from wall_runtime.backends.base import PolicyMetadata
 from wall_runtime.control.estop import EStop
 from wall_runtime.control.loop import ControlLoop
-from wall_runtime.e2e.assemble import LoopOptions, assemble_loop
+from wall_runtime.e2e.assemble import LoopOptions, assemble_loop, loop_parts
 from wall_runtime.e2e.policy_link import ClientChunkSource
-from wall_runtime.e2e.recording import EpisodeRecorder
 from wall_runtime.e2e.robot_side import RobotSide
 from wall_runtime.transport.client import PolicyClient
 from wall_runtime.transport.protocol import RobotDescription
@@ -54,7 +53,15 @@ def describe_robot(side: RobotSide, robot_id: str, state_dim: int, timeout: floa
 
 
 def check_fit(meta: PolicyMetadata, side: RobotSide) -> ModelEdge:
-    """The model edge for this policy, or a :class:`SessionError` naming the slot that does not fit."""
+    """The model edge for this policy, or a :class:`SessionError` naming the slot or key that does
+    not fit."""
+    mapping = side.config.mapping
+    if mapping.norm_key and meta.norm_keys and mapping.norm_key not in meta.norm_keys:
+        # the server would fail every request on it (its log says why, the robot would only wait)
+        raise SessionError(
+            f"{side.config.path}: model.norm_key {mapping.norm_key!r} is not a normalisation key of the "
+            f"policy {meta.model} (it has: {', '.join(meta.norm_keys)})"
+        )
     try:
         edge = side.edge(meta)
     except FitError as exc:
@@ -187,8 +194,7 @@ class SessionOptions:
     smoother: str = "crossfade"
     deadline_s: float | None = None  # per request; default: the chunk's own duration
     robot_id: str = ""
-    record: bool = True
-    record_images: bool = True
+    record_to: Path | None = None  # a LeRobot v3 dataset folder: this run becomes its next episode
     safe_pose: bool = True
     disabled_filters: frozenset[str] = field(default_factory=frozenset)
     server_key: Path | None = None  # CURVE keys (`run`)
@@ -214,30 +220,39 @@ class Session:
         self.client = self.link.client
         self.metadata = policy.metadata
         self.stages = StageStats()
-        self.recorder = EpisodeRecorder(record_images=options.record_images) if options.record else None
-        # the edge converts model chunks to joint chunks off the control thread; the recorder keeps
-        # the joint chunks, so a recording replays without the checkpoint's layout or kinematics
+        # the edge converts model chunks to joint chunks off the control thread; the loop (and so
+        # its recorder) sees joint chunks, so a recording replays without the checkpoint's layout
+        # or kinematics
         self.edge = EdgeSource(policy.edge, _TimedSource(self.link, self.stages, time.monotonic))
         source: Any = _EdgeTimed(self.edge, self.stages)
         observe = side.observer(options.instruction, self.edge)
-        if self.recorder is not None:
-            source = self.recorder.wrap_source(source)
-            observe = self.recorder.wrap_observe(observe)
+        loop_options = LoopOptions(
+            smoother=options.smoother,
+            safe_pose=options.safe_pose,
+            disabled_filters=frozenset(options.disabled_filters),
+        )
+        self.recorder = None
+        if options.record_to is not None:
+            from wall_runtime.recording.recorder import LeRobotRecorder, loop_settings, recording_layout
+
+            cfg, _ = loop_parts(side.adapter.spec, side.safety, loop_options, side.safe_pose)
+            self.recorder = LeRobotRecorder(
+                options.record_to,
+                recording_layout(side, self.client.robot.cameras),
+                options.instruction,
+                meta=loop_settings(cfg, side.config.path),
+                images=side.latest_images,
+            )
         self.loop = assemble_loop(
             side.adapter,
             source,
             observe,
             side.safety,
-            LoopOptions(
-                smoother=options.smoother,
-                safe_pose=options.safe_pose,
-                disabled_filters=frozenset(options.disabled_filters),
-            ),
+            loop_options,
             safe_pose=side.safe_pose,
             estop=estop,
+            recorder=self.recorder,
         )
-        if self.recorder is not None:
-            self.recorder.bind(self.loop)
 
     def run(
         self,
@@ -264,14 +279,26 @@ class Session:
         from wall_runtime.e2e.report import write_report
 
         root = write_report(Path(folder), self.loop, summary, self.stages)
-        if self.recorder is not None:
-            self.recorder.save(
-                root / "episode",
-                self.loop,
-                {"robot_yaml": str(self.side.config.path), "summary": summary, **meta},
-            )
+        from wall_runtime.recording.lerobot_v3 import DatasetError
+
+        try:
+            self.finish_recording({"summary": summary, **meta})
+        except DatasetError as exc:  # the report stands without it; say why it is missing
+            log.error("recording not saved: %s", exc)
         return root
 
+    def finish_recording(self, meta: dict[str, Any]) -> Path | None:
+        """Write the recorded episode's metadata (once); the dataset folder, or None if not recording."""
+        if self.recorder is None:
+            return None
+        recorder, self.recorder = self.recorder, None
+        return recorder.close(meta)
+
     def close(self) -> None:
-        self.edge.close()  # stops the edge's thread
-        self.client.close()
+        try:
+            self.finish_recording({})  # a run that ended early still keeps what it recorded
+        except Exception as exc:
+            log.error("recording not saved: %s", exc)
+        finally:
+            self.edge.close()  # stops the edge's thread
+            self.client.close()

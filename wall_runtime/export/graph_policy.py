@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from wall_runtime.backends.base import Policy, PolicyMetadata
+from wall_runtime.backends.noise import check_knots, smooth_noise
 from wall_runtime.export.onnx_export import GraphShapes
 from wall_runtime.export.static_batch import (
     DEFAULT_TEXT_TOKENS,
@@ -70,6 +71,7 @@ def common_options(options: dict[str, Any]) -> dict[str, Any]:
         "norm_key": options.pop("norm_key", None),
         "seed": options.pop("seed", None),
         "cache_dir": options.pop("cache_dir", None),
+        "noise_knots": options.pop("noise_knots", None),
     }
 
 
@@ -85,10 +87,14 @@ class GraphPolicy(Policy):
         backend: str,
         seed: int | None = None,
         to_numpy: Callable[[Any], np.ndarray] = np.asarray,
+        noise_knots: int | None = None,
     ) -> None:
         import torch
 
         self.model = model
+        # smooth initial noise for random-weight (demo) checkpoints, as TorchPolicy.noise_knots
+        self.noise_knots = check_knots(noise_knots, model.cfg.net.action_horizon)
+        self._rng = np.random.default_rng(seed)
         self.shapes = shapes
         self.run_prefix = run_prefix
         self.run_denoise = run_denoise
@@ -107,6 +113,7 @@ class GraphPolicy(Policy):
             norm_keys=tuple(model.normalizers.keys),
             dof_config=dict(cfg.data.dof_config),
             agent_pos_config=dict(cfg.data.agent_pos_config),
+            resolutions={v: int(cfg.data.resolution[v]) for v in shapes.cameras},
         )
 
     def stages(self, observations: Sequence[Observation], noise: np.ndarray) -> dict[str, Any]:
@@ -136,7 +143,7 @@ class GraphPolicy(Policy):
             )
         if noise is not None and len(noise) != len(observations):
             raise ValueError(f"{len(noise)} noise arrays for {len(observations)} observations")
-        check_cameras(observations, self.shapes)
+        check_cameras(observations, self.shapes, self.model.cfg.data.resolution)
         results: list[PolicyResult] = []
         b = self.shapes.batch
         for g, group in enumerate(pad_observations(observations, self.shapes)):
@@ -144,6 +151,11 @@ class GraphPolicy(Policy):
             t0 = time.perf_counter()
             batch = self.model.preprocess(group)
             given = list(noise[g * b : g * b + real]) if noise is not None else [None] * real
+            if self.noise_knots is not None:
+                H, D = self.model.cfg.net.action_horizon, self.model.cfg.net.action_dim
+                given = [
+                    n if n is not None else smooth_noise(self._rng, self.noise_knots, H, D) for n in given
+                ]
             x0 = self.model.make_noise(b, given + [None] * (b - real), self._generator).cpu().numpy()
             feeds = prefix_feeds(batch, self.shapes, self.model.tokenizer)
             t1 = time.perf_counter()

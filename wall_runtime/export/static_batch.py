@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from wall_runtime.export.onnx_export import GraphShapes
+from wall_runtime.model.image_processing import wire_frame_size
 from wall_runtime.types import Observation
 
 DEFAULT_FRAME = (480, 640)  # (height, width) assumed for a camera the export is not told about
@@ -88,7 +89,12 @@ def pad_observations(observations: Sequence[Observation], shapes: GraphShapes) -
     return groups
 
 
-def check_cameras(observations: Sequence[Observation], shapes: GraphShapes) -> None:
+def check_cameras(
+    observations: Sequence[Observation], shapes: GraphShapes, resolutions: Mapping[str, int] | None = None
+) -> None:
+    """Refuse frames the graphs were not built for. With the views' ``resolutions`` a frame also fits
+    when it is the built frame after the reference's first resize (a client that resized it already):
+    the image grids, and so the graphs, depend only on that size."""
     for i, obs in enumerate(observations):
         if set(obs.images) != set(shapes.cameras):
             raise ShapeMismatchError(
@@ -97,6 +103,10 @@ def check_cameras(observations: Sequence[Observation], shapes: GraphShapes) -> N
             )
         for name, size in zip(shapes.cameras, shapes.frame_sizes, strict=False):
             img = obs.images[name]
+            if resolutions and name in resolutions and hasattr(img, "shape"):
+                res = int(resolutions[name])
+                if tuple(img.shape[:2]) == wire_frame_size(size[0], size[1], res):
+                    continue
             if hasattr(img, "shape") and tuple(img.shape[:2]) != tuple(size):
                 raise ShapeMismatchError(
                     f"observation {i}: camera {name!r} frame is {img.shape[1]}x{img.shape[0]}, the graphs "

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -123,6 +123,27 @@ def resize_longest_side(image: np.ndarray, resolution: int) -> np.ndarray:
     return np.asarray(_pil_resize(Image.fromarray(np.ascontiguousarray(image)), height, width))
 
 
+def wire_frame_size(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """``(height, width)`` a robot host sends a frame at when it runs the first resize itself: the
+    first-resize size when that shrinks the frame, else the frame's own size (enlarging would only add
+    bytes; the policy host enlarges it identically)."""
+    if max(height, width) <= resolution:
+        return height, width
+    return longest_side_size(height, width, resolution)
+
+
+def shrink_for_wire(image: np.ndarray, resolution: int) -> np.ndarray:
+    """The reference's first resize, done on the robot host when it shrinks the frame.
+
+    The policy host's first resize of the result is then the identity (the longest side already equals
+    ``resolution``; ``longest_side_size`` gives back the same short side), so the model sees exactly
+    the pixels it would have computed from the camera frame.
+    """
+    if max(image.shape[0], image.shape[1]) <= resolution:
+        return image
+    return resize_longest_side(image, resolution)
+
+
 def patchify(image: np.ndarray) -> np.ndarray:
     """Resized uint8 HxWx3 (sides multiples of 28) → normalised float32 ``[N, 1176]`` in merge-block order.
 
@@ -178,6 +199,18 @@ def _pool() -> ThreadPoolExecutor:
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="preprocess")
     return _POOL
+
+
+def shrink_all_for_wire(
+    images: Mapping[str, np.ndarray], resolutions: Mapping[str, int]
+) -> dict[str, np.ndarray]:
+    """:func:`shrink_for_wire` for every view with a resolution (others unchanged), the views on the
+    thread pool (Pillow releases the GIL while it resizes)."""
+    names = [n for n in images if n in resolutions]
+    resized = dict(
+        zip(names, _pool().map(lambda n: shrink_for_wire(images[n], resolutions[n]), names), strict=True)
+    )
+    return {n: resized.get(n, image) for n, image in images.items()}
 
 
 def preprocess_images(

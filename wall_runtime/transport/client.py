@@ -20,6 +20,7 @@ future is done (camera frames normally are fresh arrays anyway).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import threading
@@ -33,6 +34,7 @@ from typing import Any
 import zmq
 
 from wall_runtime.backends.base import PolicyMetadata
+from wall_runtime.model.image_processing import shrink_all_for_wire
 from wall_runtime.transport import auth, protocol
 from wall_runtime.transport.codec import decode, encode
 from wall_runtime.transport.errors import (
@@ -86,8 +88,13 @@ class PolicyClient:
         heartbeat_timeout: float | None = None,
         on_connection_change: ConnectionCallback | None = None,
         max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+        resize_images: bool = False,
     ) -> None:
         """``server_key``: the server's public ``.key`` file; ``client_key``: this host's ``.key_secret``.
+
+        ``resize_images``: run the model's first, exact preprocessing step here (the Pillow bicubic
+        resize to each view's resolution, announced by the server at the handshake) and send
+        model-sized frames: fewer bytes on the wire, the same model input (docs/protocol.md).
 
         ``default_deadline`` (s) is sent with each observation unless ``submit`` gives one; a future
         times out ``timeout_grace`` s after its deadline. Heartbeat settings default to the
@@ -100,6 +107,7 @@ class PolicyClient:
         self.default_deadline = default_deadline
         self.timeout_grace = timeout_grace
         self.max_message_bytes = max_message_bytes
+        self.resize_images = resize_images
         self._hb_interval_override = heartbeat_interval
         self._hb_timeout_override = heartbeat_timeout
         self._on_change = on_connection_change
@@ -145,9 +153,24 @@ class PolicyClient:
             if self._refused is not None:
                 raise self._refused
             if time.monotonic() > deadline:
-                raise NotConnected(f"no handshake with {self.endpoint} within {timeout:.1f} s")
+                raise NotConnected(
+                    f"no handshake with {self.endpoint} within {timeout:.1f} s: {self._no_handshake_hint()}"
+                )
         assert self.metadata is not None
         return self.metadata
+
+    def _no_handshake_hint(self) -> str:
+        """What to check when the server stays silent (a CURVE refusal is silent by design)."""
+        if self._curve is not None:
+            return (
+                "CURVE is on, and a server that refuses a key stays silent: check that --server-key is the "
+                "server's public key (the .key beside the server's --server-key .key_secret) and that this "
+                "host's public key (the .key beside --client-key) is in the server's --allow folder"
+            )
+        return (
+            "check that the server runs at that endpoint; a server with CURVE keys ignores clients "
+            "without them (pass --server-key and --client-key)"
+        )
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -168,6 +191,11 @@ class PolicyClient:
         if callback is not None:
             future.add_done_callback(callback)
         seq = next(self._seq)
+        meta = self.metadata
+        if self.resize_images and meta is not None and meta.resolutions:
+            # the views on a thread pool, on the caller's thread: the I/O thread never resizes
+            images = shrink_all_for_wire(observation.images, meta.resolutions)
+            observation = dataclasses.replace(observation, images=images)
         try:
             frames = protocol.encode_observe(observation, seq, deadline * 1000.0)
         except ProtocolError as exc:

@@ -14,24 +14,24 @@ import typer
 log = logging.getLogger(__name__)
 
 
-def _parse_options(options: list[str]) -> dict[str, Any]:
-    import yaml
-
-    parsed: dict[str, Any] = {}
+def _parse_options(options: list[str]) -> dict[str, str]:
+    """``-o KEY=VALUE`` pairs; the backend's typed options check keys and values
+    (wall_runtime.backends.options)."""
+    parsed: dict[str, str] = {}
     for item in options:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"--option takes KEY=VALUE, got {item!r}")
-        parsed[key] = yaml.safe_load(value)  # numbers, booleans and lists come out typed
+        parsed[key] = value
     return parsed
 
 
-def _host_port(value: str | None) -> tuple[str, int] | None:
+def _host_port(value: str | None, option: str = "--metrics-http") -> tuple[str, int] | None:
     if value is None:
         return None
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
-        raise typer.BadParameter(f"--metrics-http takes HOST:PORT, got {value!r}")
+        raise typer.BadParameter(f"{option} takes HOST:PORT, got {value!r}")
     return host or "127.0.0.1", int(port)
 
 
@@ -59,9 +59,19 @@ def serve(
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback bind without CURVE."),
     metrics_http: str | None = typer.Option(None, "--metrics-http", help="HOST:PORT serving /metrics."),
     endpoint_file: Path | None = typer.Option(None, "--endpoint-file", help="Write the bound endpoint here."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Backend option KEY=VALUE (repeatable)."),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="Backend option KEY=VALUE (repeatable; the keys are listed below)."
+    ),
+    openpi: str | None = typer.Option(
+        None,
+        "--openpi",
+        help="Also serve openpi's websocket protocol on HOST:PORT (openpi-client, wall-x serving names).",
+    ),
+    openpi_token_file: Path | None = typer.Option(
+        None, "--openpi-token-file", help="File holding the token openpi clients must send (Api-Key)."
+    ),
 ) -> None:
-    """Serve a policy to robots over ZeroMQ until SIGINT/SIGTERM."""
+    """Serve a policy to robots over ZeroMQ (and openpi's websocket protocol) until SIGINT/SIGTERM."""
     from wall_runtime.backends import load_policy
     from wall_runtime.transport.auth import SecurityError
     from wall_runtime.transport.server import PolicyServer, ServerConfig
@@ -78,13 +88,45 @@ def serve(
         insecure=insecure,
         metrics_http=_host_port(metrics_http),
     )
-    policy = load_policy(checkpoint, backend, **_parse_options(option))
+    from wall_runtime.backends.options import BackendOptionError, parse_options
+
     try:
+        backend_options = parse_options(backend, _parse_options(option))
+    except BackendOptionError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--option' / '-o'") from None
+    openpi_config = None
+    if openpi is not None:
+        from wall_runtime.transport.openpi_ws import OpenpiConfig, check_exposure
+
+        host, port = _host_port(openpi, "--openpi")
+        token = openpi_token_file.read_text().strip() if openpi_token_file is not None else None
+        openpi_config = OpenpiConfig(
+            host=host,
+            port=port,
+            token=token or None,
+            insecure=insecure,
+            max_message_bytes=config.max_message_bytes,
+        )
+        try:
+            check_exposure(openpi_config)  # before the (slow) policy load
+        except SecurityError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    policy = load_policy(checkpoint, backend, backend_options)
+    openpi_server = None
+    try:
+        if openpi_config is not None:
+            from wall_runtime.transport.openpi_ws import OpenpiServer, SharedPolicy
+
+            policy = SharedPolicy(policy)  # both endpoints call it; one call at a time
+            openpi_server = OpenpiServer(policy, openpi_config)
         server = PolicyServer(policy, config)
     except SecurityError as exc:
         policy.close()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if openpi_server is not None:
+        openpi_server.start()
 
     def _stop(signum: int, _frame: Any) -> None:
         log.info("received %s; finishing the batch in compute and shutting down", signal.Signals(signum).name)
@@ -108,6 +150,8 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     finally:
+        if openpi_server is not None:
+            openpi_server.stop()
         policy.close()
 
 
@@ -188,6 +232,8 @@ def metrics(
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
-    app.command("serve")(serve)
+    from wall_runtime.backends.options import options_epilog
+
+    app.command("serve", epilog=options_epilog(("torch", "onnxruntime", "tensorrt", "echo")))(serve)
     app.command("metrics")(metrics)
     app.add_typer(keys_app, name="keys")

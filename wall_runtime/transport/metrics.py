@@ -1,5 +1,6 @@
-"""Server metrics: labelled counters and latency histograms, as a snapshot dict and as Prometheus
-text exposition format (version 0.0.4), optionally served over HTTP for a Prometheus scrape.
+"""Server metrics: labelled counters and latency histograms, as a snapshot dict and, through
+``prometheus_client``, as Prometheus text (``# HELP`` and ``# TYPE`` lines, seconds as the unit),
+optionally served over HTTP for a Prometheus scrape.
 """
 
 from __future__ import annotations
@@ -100,46 +101,85 @@ class ServerMetrics:
         return render_prometheus(self.snapshot())
 
 
-def _labels(labels: dict[str, str], extra: dict[str, str] | None = None) -> str:
-    items = {**labels, **(extra or {})}
-    if not items:
-        return ""
-    esc = (str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for v in items.values())
-    return "{" + ",".join(f'{k}="{v}"' for k, v in zip(items, esc, strict=True)) + "}"
+# ``# HELP`` lines; names as recorded (histograms in ms are exported in seconds, Prometheus' unit)
+HELP = {
+    "requests": "Messages received, by type.",
+    "replies": "Replies sent, by type.",
+    "errors": "Error replies, by code.",
+    "dropped_replies": "Replies that could not be sent, by reason.",
+    "superseded": "Observations replaced by a newer one of the same robot before compute.",
+    "policy_failures": "Batches in which the policy raised or returned unusable actions.",
+    "peer_events": "Connection events of the ZeroMQ socket, by event.",
+    "sessions": "Robots with a live session.",
+    "decode_ms": "Time to decode and validate an observation.",
+    "queue_wait_ms": "Time an observation waited for compute.",
+    "infer_ms": "Time of one policy call (a batch).",
+    "batch_size": "Observations per policy call.",
+    "server_total_ms": "Time from receiving an observation to sending its chunk.",
+}
 
 
-def _num(x: float) -> str:
-    if x == float("inf"):
-        return "+Inf"
-    return repr(float(x)) if not float(x).is_integer() else str(int(x))
+def _help(name: str) -> str:
+    return HELP.get(name, name.replace("_", " ") + ".")
+
+
+def _label_names(entries: list[dict[str, Any]]) -> list[str]:
+    return sorted({k for e in entries for k in e["labels"]})
+
+
+def families(snap: dict[str, Any], prefix: str = PREFIX) -> list[Any]:
+    """prometheus_client metric families from a ``ServerMetrics.snapshot()``: counters, gauges and
+    histograms; ``*_ms`` histograms become ``*_seconds`` (bounds and sums scaled)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    out: list[Any] = []
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for c in snap["counters"]:
+        grouped.setdefault(c["name"], []).append(c)
+    for name, entries in grouped.items():
+        labels = _label_names(entries)
+        fam = CounterMetricFamily(f"{prefix}_{name}", _help(name), labels=labels)
+        for e in entries:
+            fam.add_metric([str(e["labels"].get(k, "")) for k in labels], float(e["value"]))
+        out.append(fam)
+    for name, value in snap["gauges"].items():
+        out.append(GaugeMetricFamily(f"{prefix}_{name}", _help(name), value=float(value)))
+    hists: dict[str, list[dict[str, Any]]] = {}
+    for h in snap["histograms"]:
+        hists.setdefault(h["name"], []).append(h)
+    for name, entries in hists.items():
+        scale, exported = (1e-3, name[: -len("_ms")] + "_seconds") if name.endswith("_ms") else (1.0, name)
+        labels = _label_names(entries)
+        fam = HistogramMetricFamily(f"{prefix}_{exported}", _help(name), labels=labels)
+        for e in entries:
+            running, buckets = 0, []
+            for bound, count in zip([*e["buckets"], float("inf")], e["counts"], strict=True):
+                running += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(float(bound) * scale), running))
+            fam.add_metric([str(e["labels"].get(k, "")) for k in labels], buckets, float(e["sum"]) * scale)
+        out.append(fam)
+    return out
+
+
+class _Snapshot:
+    """A prometheus_client collector over whatever ``source()`` returns at scrape time."""
+
+    def __init__(self, source: Any, prefix: str = PREFIX) -> None:
+        self.source = source
+        self.prefix = prefix
+
+    def collect(self) -> Iterable[Any]:
+        return families(self.source(), self.prefix)
 
 
 def render_prometheus(snap: dict[str, Any]) -> str:
-    """Prometheus text format from a ``ServerMetrics.snapshot()`` (also one fetched over the wire)."""
-    lines: list[str] = []
-    typed: set[str] = set()
-    for c in snap["counters"]:
-        name = f"{PREFIX}_{c['name']}_total"
-        if name not in typed:
-            lines.append(f"# TYPE {name} counter")
-            typed.add(name)
-        lines.append(f"{name}{_labels(c['labels'])} {_num(c['value'])}")
-    for g, value in snap["gauges"].items():
-        name = f"{PREFIX}_{g}"
-        lines.append(f"# TYPE {name} gauge")
-        lines.append(f"{name} {_num(value)}")
-    for h in snap["histograms"]:
-        name = f"{PREFIX}_{h['name']}"
-        if name not in typed:
-            lines.append(f"# TYPE {name} histogram")
-            typed.add(name)
-        running = 0
-        for bound, count in zip([*h["buckets"], float("inf")], h["counts"], strict=True):
-            running += count
-            lines.append(f"{name}_bucket{_labels(h['labels'], {'le': _num(bound)})} {running}")
-        lines.append(f"{name}_sum{_labels(h['labels'])} {_num(h['sum'])}")
-        lines.append(f"{name}_count{_labels(h['labels'])} {h['count']}")
-    return "\n".join(lines) + "\n"
+    """Prometheus text format from a ``ServerMetrics.snapshot()`` (also one fetched over the wire),
+    rendered by prometheus_client."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(lambda: snap))
+    return generate_latest(registry).decode()
 
 
 def histogram_quantile(h: dict[str, Any], q: float) -> float:
@@ -158,9 +198,11 @@ class MetricsHTTPServer:
                 if self.path.split("?")[0] not in ("/metrics", "/"):
                     self.send_error(404)
                     return
+                from prometheus_client import CONTENT_TYPE_LATEST
+
                 body = metrics.prometheus().encode()
                 self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from wall_runtime.backends.base import PolicyMetadata
+from wall_runtime.model.image_processing import wire_frame_size
 from wall_runtime.transport.codec import Message, encode
 from wall_runtime.transport.errors import ErrorCode, ProtocolError
 from wall_runtime.types import ActionChunk, InpaintHint, Observation
@@ -169,6 +170,18 @@ class RobotDescription:
         return images + 4 * floats + 16 * 1024
 
 
+def _resolutions(d: Any) -> dict[str, int]:
+    """The views' first-resize resolutions a server announces (absent from older servers)."""
+    if not isinstance(d, Mapping):
+        raise TypeError("resolutions must be a map of view -> int")
+    out = {}
+    for view, res in d.items():
+        if not isinstance(res, int) or isinstance(res, bool) or not 0 < res <= MAX_IMAGE_SIDE:
+            raise ValueError(f"resolution of {view!r} must be an int in 1..{MAX_IMAGE_SIDE}, got {res!r}")
+        out[str(view)] = res
+    return out
+
+
 def metadata_from_dict(d: Mapping[str, Any]) -> PolicyMetadata:
     try:
         return PolicyMetadata(
@@ -183,6 +196,7 @@ def metadata_from_dict(d: Mapping[str, Any]) -> PolicyMetadata:
             norm_keys=tuple(d.get("norm_keys", ())),
             dof_config={str(k): int(v) for k, v in (d.get("dof_config") or {}).items()},
             agent_pos_config={str(k): int(v) for k, v in (d.get("agent_pos_config") or {}).items()},
+            resolutions=_resolutions(d.get("resolutions") or {}),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise _bad(f"welcome carries unusable policy metadata: {exc}") from None
@@ -253,7 +267,15 @@ def encode_observe(obs: Observation, seq: int, deadline_ms: float) -> list[Any]:
     return encode(header, arrays)
 
 
-def _array(msg: Message, name: str, dtype: str, shape: tuple[int, ...], optional: bool = False):
+def _array(
+    msg: Message,
+    name: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    optional: bool = False,
+    also: tuple[int, ...] | None = None,
+):
+    """The array ``name``, checked: ``dtype``, and ``shape`` (or the alternative shape ``also``)."""
     arr = msg.arrays.get(name)
     if arr is None:
         if optional:
@@ -261,9 +283,12 @@ def _array(msg: Message, name: str, dtype: str, shape: tuple[int, ...], optional
         raise _bad(f"observe lacks array '{name}'", ErrorCode.BAD_SHAPE)
     if arr.dtype.str != dtype:
         raise _bad(f"array '{name}' must be {np.dtype(dtype)}, got {arr.dtype}", ErrorCode.BAD_DTYPE)
-    if arr.shape != shape:
+    if arr.shape != shape and arr.shape != also:
+        alternative = (
+            f" or {list(also)} (resized to the policy's resolution)" if also and also != shape else ""
+        )
         raise _bad(
-            f"array '{name}' must have shape {list(shape)} (from the handshake), got {list(arr.shape)}",
+            f"array '{name}' must have shape {list(shape)} (from the handshake){alternative}, got {list(arr.shape)}",
             ErrorCode.BAD_SHAPE,
         )
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -293,7 +318,12 @@ def decode_observe(msg: Message, robot: RobotDescription, meta: PolicyMetadata) 
     unexpected = sorted(set(msg.arrays) - expected)
     if unexpected:
         raise _bad(f"observe carries unexpected arrays {unexpected}", ErrorCode.BAD_SHAPE)
-    images = {cam: _array(msg, IMAGE_PREFIX + cam, "|u1", shape) for cam, shape in robot.cameras.items()}
+    images = {}
+    for cam, shape in robot.cameras.items():
+        # a frame the robot host already gave the first resize (the policy's announced resolution)
+        res = meta.resolutions.get(cam)
+        resized = (*wire_frame_size(shape[0], shape[1], res), 3) if res else shape
+        images[cam] = _array(msg, IMAGE_PREFIX + cam, "|u1", shape, also=resized)
     state = _array(msg, "state", "<f4", (robot.state_dim,))
     state_mask = _array(msg, "state_mask", "<f4", (meta.state_dim,), optional=True)
     dof_mask = _array(msg, "dof_mask", "<f4", (meta.action_dim,), optional=True)
