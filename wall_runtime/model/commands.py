@@ -90,7 +90,8 @@ def make_tiny_checkpoint(
     robot: Path | None = typer.Option(
         None,
         "--robot",
-        help="robots/<name>/robot.yaml: lay the checkpoint out on that robot's EE slots in the "
+        help="a robot name (./robots/NAME or a shipped robot), folder or robot.yaml: lay the checkpoint "
+        "out on that robot's EE slots in the "
         "generation's convention (FLOW: absolute position + Euler; 0.5: relative position + 6D), "
         "its views and norm key.",
     ),
