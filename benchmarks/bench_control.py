@@ -4,8 +4,9 @@
     python benchmarks/bench_control.py --smoke --out /tmp/bench   # a few ticks, 1 s loops
 
 1. Cost of one control tick (scheduler + smoother + safety chain, no sleeping, no robot I/O) on a
-   7-joint arm with a gripper (every limit configured, jerk included) and a 20-dim action layout
-   (WALL-OSS ``max_action_dim``), chunks of 32 actions arriving every 8 actions: p50 / p99 / max.
+   7-joint arm with a gripper (every limit configured, jerk included), chunks of 32 actions in the
+   arm's 8 joints (what reaches the loop after the model edge) arriving every 8 actions: p50 / p99
+   / max. The edge's own cost per chunk (IK per waypoint) is in benchmarks/bench_ik.py.
 2. Loop period jitter at 100 Hz and 500 Hz while observations (two 224x224 RGB frames copied per
    request) and chunks (a policy thread answering after 80 ± 20 ms) flow, against the first-order
    dry-run robot. The loop sleeps and then spins the last 0.3 ms before each deadline.
@@ -43,7 +44,7 @@ RESULTS = Path(__file__).parent / "results"
 console = Console()
 H = 32
 ACTION_DT = 0.02
-D = 20
+D = 8  # chunks reach the loop in the robot's joints (the model edge converted them)
 
 
 def arm() -> RobotSpec:
@@ -88,8 +89,7 @@ def bench_tick(ticks: int) -> dict[str, dict[str, float]]:
     out = {}
     rng = np.random.default_rng(0)
     for name in SMOOTHERS:
-        step = np.full(D, np.inf)
-        step[:8] = joint_step_limits(spec.joints, cfg, dt)
+        step = joint_step_limits(spec.joints, cfg, dt)
         sched = ChunkScheduler(make_smoother(name), SchedulerConfig(max_step=step))
         chain = SafetyChain(spec.joints, cfg, dt)
         state = RobotState(0.0, np.array([0.0] * 7 + [0.04]))
@@ -110,7 +110,7 @@ def bench_tick(ticks: int) -> dict[str, dict[str, float]]:
                     sched.hint(now)
             target = sched.target(now)
             if target is not None:
-                chain.filter(target[:8], state)
+                chain.filter(target, state)
             costs[k] = time.perf_counter() - t0
         out[name] = {
             "p50_us": float(np.percentile(costs, 50) * 1e6),

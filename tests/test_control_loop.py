@@ -291,3 +291,36 @@ def test_a_feasible_stream_reaches_the_robot_untouched(hz: float) -> None:
     commanded = commanded[np.all(np.isfinite(commanded), axis=1)]
     target = np.array([wave(Observation(t, {}, np.zeros(1), ""))[0, :3] for t in times[-5:]])
     np.testing.assert_allclose(commanded[-5:], target, atol=1e-3)  # and it ends up on the policy's path
+
+
+class _ListSource:
+    """Hands out the chunks it is given, one per poll (a fake transport, not the thing under test)."""
+
+    def __init__(self, chunks: list[ActionChunk]) -> None:
+        self.chunks = chunks
+
+    def request(self, observation: Observation) -> None:
+        pass
+
+    def poll(self) -> ActionChunk | None:
+        return self.chunks.pop(0) if self.chunks else None
+
+
+@pytest.mark.parametrize("width", [3, 8])
+def test_a_chunk_not_in_the_robots_joints_is_rejected_and_the_next_one_runs(width: int) -> None:
+    """Chunks reach the loop in joints (after the model edge): a first chunk narrower or wider than
+    the joints (a checkpoint's layout leaking past the edge) is refused as malformed, never a crash
+    on the next splice; the next chunk in joints starts the plan."""
+    robot = FirstOrderRobot(arm_spec(), tau=0.03)
+    robot.connect()
+    obs = Observation(stamp=0.0, images={}, state=np.zeros(4, np.float32), instruction="wave")
+    bad = ActionChunk(actions=np.zeros((H, width)), stamp=0.0, dt=ACTION_DT, seq=1)
+    good = ActionChunk(actions=wave(obs), stamp=0.0, dt=ACTION_DT, seq=2)
+    again = ActionChunk(actions=wave(obs) + 0.01, stamp=0.0, dt=ACTION_DT, seq=3)
+    cfg = LoopConfig(control_hz=HZ, smoother="crossfade", watchdog_timeout=0.15)
+    loop = ControlLoop(robot, _ListSource([bad, good, again]), observe, cfg, SAFETY)
+    for k in range(1, 7):
+        loop.tick(k / HZ)
+    assert loop.scheduler.rejected == {"malformed": 1}
+    assert loop.log.status == ["ok"] * 6
+    assert len(loop.log.splices) == 2  # both chunks in joints were spliced in

@@ -158,7 +158,8 @@ class ControlLoop:
             make_smoother(config.smoother, **config.smoother_options), config.scheduler
         )
         self.scheduler.set_control_period(self.period)
-        self.scheduler.min_action_dim = self.spec.dof
+        # chunks reach the loop in the robot's joints (the model edge converted them): exactly dof wide
+        self.scheduler.min_action_dim = self.scheduler.max_action_dim = self.spec.dof
         self._joint_step = joint_step_limits(self.spec.joints, self.safety_config, self.period)
         self.watchdog = Watchdog(config.watchdog_timeout)
         self.estop = estop if estop is not None else EStop()

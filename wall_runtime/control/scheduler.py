@@ -91,6 +91,7 @@ class ChunkScheduler:
         self._last_velocity: np.ndarray | float = 0.0
         self.control_period: float | None = None  # set by the control loop
         self.min_action_dim: int | None = None  # the loop's joints need this many action dims
+        self.max_action_dim: int | None = None  # ... and take no more (chunks arrive in joints)
 
     def set_control_period(self, period: float) -> None:
         """The loop's period: the default lower bound on a chunk's dt is a tenth of it."""
@@ -111,6 +112,8 @@ class ChunkScheduler:
             return "malformed", f"action dim {actions.shape[1]} != {self.action_dim}"
         if self.min_action_dim is not None and actions.shape[1] < self.min_action_dim:
             return "malformed", f"action dim {actions.shape[1]} < {self.min_action_dim}, what the joints need"
+        if self.max_action_dim is not None and actions.shape[1] > self.max_action_dim:
+            return "malformed", f"action dim {actions.shape[1]} > {self.max_action_dim}, the robot's joints"
         dt = chunk.dt
         if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not (math.isfinite(dt) and dt > 0):
             return "bad_dt", f"dt must be a positive number of seconds, got {dt!r}"
