@@ -44,6 +44,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from wall_runtime.action_space.rotations import euler_to_6d as _euler_to_6d
 from wall_runtime.backends.base import Policy
 from wall_runtime.transport.auth import SecurityError, is_loopback
 from wall_runtime.transport.protocol import MAX_INSTRUCTION_LEN
@@ -133,12 +134,9 @@ def pack(obj: Any) -> bytes:
 
 
 def euler_to_6d(rpy: np.ndarray) -> np.ndarray:
-    """``[roll, pitch, yaw]`` (R = Rz(yaw)·Ry(pitch)·Rx(roll)) → the first two rows of R (spec §11)."""
-    r, p, y = (float(v) for v in rpy)
-    cr, sr, cp, sp, cy, sy = math.cos(r), math.sin(r), math.cos(p), math.sin(p), math.cos(y), math.sin(y)
-    row0 = [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr]
-    row1 = [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr]
-    return np.asarray(row0 + row1, dtype=np.float32)
+    """``[roll, pitch, yaw]`` → the 6D the checkpoint's state takes (spec §11, through
+    :mod:`wall_runtime.action_space.rotations`, the one place the conventions live), float32."""
+    return np.asarray(_euler_to_6d(np.asarray(rpy, dtype=np.float64)), dtype=np.float32)
 
 
 def _vector(value: Any, name: str, length: int | None = None) -> np.ndarray:
