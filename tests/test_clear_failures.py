@@ -19,9 +19,23 @@ from wall_runtime.transport.errors import NotConnected
 from wall_runtime.transport.server import PolicyServer, ServerConfig
 
 
+# a FLOW-style layout the sim arm's model: block fits (its left arm's EE slots and gripper):
+# `run` builds the model edge at the handshake, so the policy must report its layouts
+LAYOUT = {
+    "follow_left_ee_cartesian_pos": 3,
+    "follow_left_ee_rotation": 3,
+    "follow_left_gripper": 1,
+    "action_padding": 13,
+}
+
+
 def _server(**options) -> PolicyServer:
     policy = EchoPolicy.from_checkpoint(
-        None, action_dim=20, state_dim=20, cameras=("face_view", "left_wrist_view"), **options
+        None,
+        dof_config=LAYOUT,
+        agent_pos_config=LAYOUT,
+        cameras=("face_view", "left_wrist_view"),
+        **options,
     )
     return PolicyServer(policy, ServerConfig(bind="tcp://127.0.0.1:0"))
 
