@@ -18,7 +18,6 @@ from wall_runtime.transport.client import PolicyClient
 from wall_runtime.transport.errors import NotConnected
 from wall_runtime.transport.server import PolicyServer, ServerConfig
 
-
 # a FLOW-style layout the sim arm's model: block fits (its left arm's EE slots and gripper):
 # `run` builds the model edge at the handshake, so the policy must report its layouts
 LAYOUT = {

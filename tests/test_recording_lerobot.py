@@ -102,3 +102,44 @@ def test_replay_and_convert_name_what_is_wrong(tmp_path: Path) -> None:
     assert code == 2 and "no episode 3 (it has 1)" in text
     code, text = run("convert-recording", str(tmp_path / "ds"), str(tmp_path / "other"))
     assert code == 2 and "already a LeRobot dataset" in text
+
+
+def test_joint_chunks_of_different_lengths_come_back_exactly(tmp_path: Path) -> None:
+    """The loop's chunks are joint waypoints after the model edge: float64, and the edge may cut one
+    short; the dataset gives each back bit for bit at its own length (replay depends on it)."""
+    from wall_runtime.e2e.recording import Episode
+
+    picture = np.zeros((8, 8, 3), np.uint8)
+    rec = LeRobotRecorder(tmp_path / "ds", _layout(), "t", images=lambda: {"front": picture})
+    rng = np.random.default_rng(0)
+    chunks = [
+        ActionChunk(actions=rng.normal(size=(n, 2)), stamp=0.1 * k, dt=0.1, seq=k)
+        for k, n in ((1, 5), (2, 3), (3, 5))
+    ]
+    for k, chunk in enumerate(chunks, 1):
+        rec.on_chunk(k, chunk)
+        rec.on_tick(_tick(k))
+    rec.close()
+    by_tick = Episode.load(tmp_path / "ds").chunks_by_tick()
+    for k, chunk in enumerate(chunks, 1):
+        (got,) = by_tick[k]
+        assert got.actions.dtype == np.float64
+        np.testing.assert_array_equal(got.actions, chunk.actions)
+
+
+def test_replay_refuses_chunks_in_a_checkpoints_layout(tmp_path: Path) -> None:
+    """A recording from before the model edge holds chunks in the checkpoint's layout, not joints."""
+    from wall_runtime.adapters.config import load_robot
+    from wall_runtime.e2e.recording import Episode
+    from wall_runtime.e2e.replay import check_joint_chunks
+
+    spec = load_robot("sim_arm").spec()
+    chunks = {"tick": np.array([1]), "actions": np.zeros((1, 8, 20))}
+    old = Episode(tmp_path, {"joint_dims": list(range(spec.dof))}, {}, chunks, {})
+    with pytest.raises(ValueError, match=rf"20 wide .* not the {spec.dof} joints of sim_arm"):
+        check_joint_chunks(old, spec)
+    chunks["actions"] = np.zeros((1, 8, spec.dof))
+    check_joint_chunks(old, spec)  # one value per joint: fine
+    old.meta["joint_dims"] = [1, 0, *range(2, spec.dof)]  # joint 0 was driven by action dim 1
+    with pytest.raises(ValueError, match="recorded before the model edge"):
+        check_joint_chunks(old, spec)
