@@ -120,6 +120,7 @@ def predict(
     full normalised chunk) and 'actions' (robot units), both [horizon, action_dim].
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from wall_runtime.backends.torch_backend import TorchPolicy
@@ -140,9 +141,17 @@ def predict(
             )
         obs.norm_key = policy.model.norm_key
         result = policy.infer([obs], noise=[initial] if initial is not None else None)[0]
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (ValueError, RuntimeError, OSError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(code=1) from exc
+    if not (np.isfinite(result.actions).all() and np.isfinite(result.actions_normalized).all()):
+        # e.g. NaN weights: a chunk a robot must never receive; nothing is written
+        console.print(
+            f"[red]error:[/red] the policy's output holds NaN or infinity (check the weights in "
+            f"{escape(str(checkpoint))}); {escape(str(out))} not written",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, actions_normalized=result.actions_normalized, actions=result.actions)
     table = Table(title=f"predict: {policy.metadata.model} ({policy.metadata.backend}, {device})")

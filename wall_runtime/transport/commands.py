@@ -78,7 +78,11 @@ def serve(
         insecure=insecure,
         metrics_http=_host_port(metrics_http),
     )
-    policy = load_policy(checkpoint, backend, **_parse_options(option))
+    try:
+        policy = load_policy(checkpoint, backend, **_parse_options(option))
+    except (ValueError, RuntimeError, OSError) as exc:  # a bad checkpoint: one line, nothing bound
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     try:
         server = PolicyServer(policy, config)
     except SecurityError as exc:
