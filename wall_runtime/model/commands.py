@@ -68,6 +68,11 @@ def make_tiny_checkpoint(
     ),
     normalizers: str = typer.Option("json", help="Statistics files: json (norm_stats.json), pth or both."),
     size: str = typer.Option("tiny", help="Model size: tiny (tests) or small (about 40 M parameters)."),
+    pad_vision_mlp: bool = typer.Option(
+        False,
+        "--pad-vision-mlp",
+        help="Store the vision MLP zero-padded to a multiple of 128 wide, as the 1.1.0 model saves it.",
+    ),
 ) -> None:
     """Write a deterministic random-weight tiny WALL-OSS checkpoint in the published layout."""
     from rich import print as rprint
@@ -90,6 +95,7 @@ def make_tiny_checkpoint(
         max_shard_bytes=shard_bytes or None,
         normalizers=normalizers,  # type: ignore[arg-type]
         size=size,
+        pad_vision_mlp=pad_vision_mlp,
     )
     files = ", ".join(sorted(p.name for p in root.iterdir()))
     rprint(f"[green]wrote tiny {variant} checkpoint[/green] to {root}: {files}")
