@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from wall_runtime.model.checkpoint import (
     CheckpointError,
@@ -47,10 +48,25 @@ from wall_runtime.types import Observation, PolicyResult
 log = logging.getLogger(__name__)
 
 
+class _SkipInit(TorchFunctionMode):
+    """Skips the in-place random initialisers the modules' constructors call: on the meta device
+    they would do nothing anyway, but their meta kernels import torch's compiler stack on first use
+    (seconds and ~80 MB); every parameter is overwritten from the checkpoint."""
+
+    SKIPPED = frozenset({"normal_", "uniform_", "kaiming_uniform_", "zero_", "zeros_", "ones_", "fill_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in self.SKIPPED:
+            target = args[0] if args else (kwargs or {}).get("tensor")
+            if isinstance(target, torch.Tensor):
+                return target
+        return func(*args, **(kwargs or {}))
+
+
 def empty_network(cfg: WallConfig, dtype: torch.dtype = torch.float32) -> WallOSSNet:
     """The network (vision tower attached) on the meta device, in its run dtypes: shapes and dtypes
     without memory, for :func:`materialize` to fill or for size planning."""
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipInit():
         net = WallOSSNet(cfg.net)
         net.visual = VisionTower(cfg.vision_config())
     if dtype != torch.float32:
