@@ -68,7 +68,7 @@ def test_padded_vision_mlp_loads_and_matches_the_unpadded_form(tmp_path, unpadde
 
 
 def test_stored_padding_is_used_as_stored(tmp_path, unpadded):
-    _, plain_actions, plain_features = unpadded
+    _, _, plain_features = unpadded
     path = write_tiny_checkpoint(tmp_path, "0.5", pad_vision_mlp=True)
     sd = load_file(str(path / "model.safetensors"))
     gen = torch.Generator().manual_seed(1)
