@@ -230,5 +230,5 @@ def test_prompt_ids_and_pixels_match_transformers_processing(v05, tmp_path):
     pieces = batch.prompts[0].split("<|image_pad|>")
     text = pieces[0]
     for grid, rest in zip(ref["image_grid_thw"], pieces[1:], strict=True):
-        text += "<|image_pad|>" * (int(np.prod(grid)) // 4) + rest
+        text += "<|image_pad|>" * (int(np.prod(np.asarray(grid))) // 4) + rest
     assert ref_tok(text, add_special_tokens=False)["input_ids"] == batch.input_ids[0].tolist()
