@@ -183,10 +183,11 @@ class MappedSafetensors:
     def release(self, name: str) -> None:
         """Drop the tensor's pages from this process (they stay in the page cache)."""
         entry = self.entries[name]
-        if self._map is None or entry.nbytes == 0 or not hasattr(self._map, "madvise"):
+        advice = getattr(mmap, "MADV_DONTNEED", None)  # Linux and most Unixes; elsewhere a no-op
+        if self._map is None or entry.nbytes == 0 or advice is None:
             return
         start = entry.start - entry.start % _PAGE
-        self._map.madvise(mmap.MADV_DONTNEED, start, entry.end - start)
+        self._map.madvise(advice, start, entry.end - start)
 
 
 @contextmanager
