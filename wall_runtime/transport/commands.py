@@ -112,7 +112,11 @@ def serve(
         except SecurityError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-    policy = load_policy(checkpoint, backend, backend_options)
+    try:
+        policy = load_policy(checkpoint, backend, backend_options)
+    except (ValueError, RuntimeError, OSError) as exc:  # a bad checkpoint: one line, nothing bound
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     openpi_server = None
     try:
         if openpi_config is not None:
