@@ -137,6 +137,8 @@ class RequestQueue:
         session = Session(identity=identity, robot=robot, last_seen=now, key=key)
         if replaced is not None and replaced.token == token:
             session.token = replaced.token  # continuity: the same robot on a fresh socket
+        elif previous is not None and previous.robot == robot:
+            session.token = previous.token  # a repeated hello (a retry): the token it may hold stays valid
         self.sessions[identity] = session
         if robot is not None:
             self.by_robot[robot.robot_id] = identity

@@ -31,6 +31,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 PROMOTE_AFTER_MS = 2.0  # inference this slow gets the other thread doing I/O meanwhile
 ALLOW_LIST_CHECK_S = 1.0  # how often the allow-list folder is checked for changes
+STRANGER_BACKLOG = 8192  # messages from peers without a session (hellos) waiting to be handled
+STRANGER_BUDGET_S = 0.002  # time spent on them per turn of the loop, between sessions' messages
 
 __all__ = ["Pending", "PolicyServer", "ServerConfig", "Session"]
 
@@ -107,6 +110,8 @@ class PolicyServer:
         self._peers: PeerTracker | None = None
         self._robots_log = LogSummary("robot sessions")
         self._refusals_log = LogSummary("refused messages", info_budget=10)
+        self._welcome: dict[str, Any] | None = None
+        self._strangers: deque[list[Any]] = deque()
         self._limits = policy.input_check.to_dict() if policy.input_check is not None else {}
         if (cfg.server_key is None) != (cfg.allow_dir is None):
             raise auth.SecurityError("CURVE needs both a server secret key and an allow-list of client keys")
@@ -317,11 +322,18 @@ class PolicyServer:
         while not self._stop.is_set():
             with io.lock:
                 timeout_ms = max(0, int(np.ceil(queue.next_timeout(time.perf_counter()) * 1000.0)))
-            io.wait(timeout_ms)
+            io.wait(0 if self._strangers else timeout_ms)
             with io.lock:
                 self._log_peer_events(monitor)
-                for frames in io.recv_ready(256):  # bounded so timers are not starved
-                    self._handle(frames)
+                # Receiving is cheap, handling a hello is not. Sessions' messages (pings, observes)
+                # are handled at once; other peers' wait in a bounded backlog worked off within a
+                # time budget, so a flood of hellos cannot delay a robot's pong or chunk.
+                for frames in io.recv_ready(1024):  # bounded so timers are not starved
+                    if frames[0].bytes in queue.sessions:
+                        self._handle(frames)
+                    else:
+                        self._defer(frames)
+                self._work_off_strangers()
                 now = time.perf_counter()
                 for dropped in queue.expire_deadlines(now):
                     self._reply_dropped(dropped)
@@ -429,6 +441,22 @@ class PolicyServer:
                 protocol.seq_of(header),
             )
 
+    def _defer(self, frames: list[zmq.Frame]) -> None:
+        if len(self._strangers) >= STRANGER_BACKLOG:
+            self.metrics.inc("dropped_requests", reason="backlog_full")
+            self._refusals_log.note(
+                "backlog_full", "dropped a message from a peer without a session: backlog full"
+            )
+            return
+        self._strangers.append(frames)
+
+    def _work_off_strangers(self) -> None:
+        end = time.perf_counter() + STRANGER_BUDGET_S
+        while self._strangers and time.perf_counter() < end:
+            self._handle(self._strangers.popleft())
+        if self._strangers:
+            self._io.kick()
+
     def _dispatch(self, identity: bytes, msg: Message, body: list[Any], t0: float) -> None:
         header = msg.header
         protocol.check_version(header)
@@ -535,15 +563,15 @@ class PolicyServer:
             )
         else:
             self._robots_log.note("monitor", "monitor %s connected", session.name)
-        welcome = protocol.welcome_header(
-            self.session_id,
-            meta,
-            self.config.heartbeat_interval,
-            self.config.max_message_bytes,
-            token=session.token,
-            limits=self._limits,
-        )
-        self._send(identity, encode(welcome), protocol.WELCOME)
+        if self._welcome is None:  # the same for every session but its token: built once
+            self._welcome = protocol.welcome_header(
+                self.session_id,
+                meta,
+                self.config.heartbeat_interval,
+                self.config.max_message_bytes,
+                limits=self._limits,
+            )
+        self._send(identity, encode({**self._welcome, "token": session.token}), protocol.WELCOME)
 
     def _session_closed(
         self, session: Session, reason: str, code: ErrorCode = ErrorCode.NOT_REGISTERED
