@@ -123,6 +123,7 @@ class PolicyClient:
         self._thread: threading.Thread | None = None
         self.heartbeats_lost = 0  # how many times the link was declared lost
         self.dropped_replies = 0  # malformed server messages ignored
+        self.reply_failures = 0  # of which not refused as a ProtocolError (a decode path missed a check)
         self._next_drop_log = 0.0
 
     # ------------------------------------------------------------------------- public API
@@ -315,7 +316,8 @@ class PolicyClient:
             self._on_message(frames)
         except ProtocolError as exc:
             self._dropped_reply(str(exc))
-        except Exception as exc:
+        except Exception as exc:  # a bug on a reply's path: this reply is lost, the link is not
+            self.reply_failures += 1
             log.debug("reply handling failed", exc_info=True)
             self._dropped_reply(f"{type(exc).__name__}: {exc}")
 
