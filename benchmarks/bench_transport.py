@@ -20,6 +20,12 @@ costs microseconds and the transport is what is measured). Configurations run in
 rounds so load from other processes on a shared machine spreads over all three.
 
     python benchmarks/bench_transport.py [--rounds 10 --per-round 150 --out benchmarks/results]
+
+Flood mode (``--mode flood``): the good robot's round trip at its control rate while another
+process connects thousands of peers at once and hangs up, again and again (``connect``), then does
+the same with every peer saying hello as a new robot (``hello``). Target: its p99 within 2x idle.
+
+    python benchmarks/bench_transport.py --mode flood [--peers 2000 --phase-s 10] [--smoke]
 """
 
 from __future__ import annotations
@@ -301,9 +307,29 @@ def main() -> None:
         help="Change the niceness of the benchmark and its servers (e.g. -10 on a shared machine, "
         "so other jobs preempt all three transports less; every configuration gets the same).",
     )
+    parser.add_argument(
+        "--mode",
+        choices=["roundtrip", "flood"],
+        default="roundtrip",
+        help="roundtrip: the transports compared; flood: the good robot's latency under connection floods.",
+    )
+    parser.add_argument("--smoke", action="store_true", help="Tiny run for the test suite (flood mode).")
+    parser.add_argument("--peers", type=int, default=2000, help="flood: peers connecting at once, per cycle.")
+    parser.add_argument("--phase-s", type=float, default=10.0, help="flood: seconds per phase.")
+    parser.add_argument(
+        "--period", type=float, default=0.02, help="flood: the good robot's request period (s)."
+    )
+    parser.add_argument("--flood-nice", type=int, default=10, help="flood: niceness of the flooding process.")
+    parser.add_argument("--io-threads", type=int, default=2, help="flood: the server's libzmq I/O threads.")
+    parser.add_argument(
+        "--session-timeout", type=float, default=10.0, help="flood: the server's session timeout."
+    )
     args = parser.parse_args()
     if args.nice:
         os.nice(args.nice)  # inherited by the spawned server processes
+    if args.mode == "flood":
+        flood_main(args)
+        return
 
     from rich.progress import Progress
 
@@ -452,15 +478,280 @@ def _plot(report: dict, path: Path) -> None:
     ax2.set_ylabel("CPU ms per request")
     ax2.set_title("CPU cost")
     ax2.legend()
-    m = report["machine"]
-    fig.suptitle(
-        f"{m['cpu']} ({m['logical_cores']} cores), nice {m['niceness']}, load {m['load_avg_1m_at_start']:.1f}, "
-        f"{report['date_utc']}",
-        fontsize=9,
-    )
+    fig.suptitle(_machine_line(report), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _machine_line(report: dict) -> str:
+    """One line naming the machine (keys as ``wall_runtime.machine.describe_machine`` writes them)."""
+    m = report["machine"]
+    load = m.get("load_average_at_start") or [float("nan")]
+    return (
+        f"{m.get('cpu')} ({m.get('usable_cores', m.get('cores'))} usable cores), nice {m.get('niceness')}, "
+        f"load {load[0]:.1f} at start, {report['date_utc']}"
+    )
+
+
+# ------------------------------------------------------------------------------- flood mode
+
+
+def serve_flood_target(ready: mp.Queue, session_timeout: float, io_threads: int = 2) -> None:
+    """The server under a flood: default caps, the robot-facing heartbeat, quiet logging."""
+    from wall_runtime.transport.server import PolicyServer, ServerConfig
+
+    config = ServerConfig(
+        bind="tcp://127.0.0.1:*", max_batch=8, max_wait_ms=2.0, session_timeout=session_timeout
+    )
+    server = PolicyServer(_policy(), config)
+    ready.put(server.start())
+    while True:
+        time.sleep(3600)
+
+
+def flood_peers(endpoint: str, kind: str, peers: int, duration: float, niceness: int, out: mp.Queue) -> None:
+    """Open ``peers`` connections at once (each a distinct peer: its own loopback source address),
+    then close them all; again and again for ``duration`` s. ``kind`` ``connect``: connect and
+    hang up (TCP + ZMTP handshake, no message); ``hello``: each peer also says hello as a new robot
+    and hangs up without a bye (its session stays until the server's session timeout)."""
+    import zmq
+
+    from wall_runtime.transport.codec import decode, encode
+    from wall_runtime.transport.protocol import RobotDescription
+
+    os.nice(niceness)
+    ctx = zmq.Context()
+    port = endpoint.rsplit(":", 1)[1]
+    endpoints = [f"tcp://127.0.{2 + i // 250}.{1 + i % 250}:0;127.0.0.1:{port}" for i in range(peers)]
+    cams = {c: (224, 224, 3) for c in CAMERAS}
+    counts = {"cycles": 0, "connections": 0, "hellos": 0, "welcome": 0, "error": 0}
+    errors: dict[str, int] = {}
+    end = time.monotonic() + duration
+    while time.monotonic() < end:
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.sndhwm, sock.rcvhwm = 1, 0  # one hello per connection: a DEALER round-robins them
+        for ep in endpoints:
+            sock.connect(ep)
+        counts["connections"] += peers
+        settle = time.monotonic() + 0.3
+        if kind == "hello":
+            sent = answered = 0
+            while time.monotonic() < settle + 0.7 and answered < peers:
+                while sent < peers:
+                    hello = RobotDescription(
+                        f"flood-{counts['cycles']}-{sent}", "flood", cams, STATE_DIM, 0.02
+                    )
+                    try:
+                        sock.send_multipart(encode(hello.to_header()), zmq.NOBLOCK)
+                        sent += 1
+                    except zmq.Again:
+                        break
+                if sock.poll(5):
+                    answered += 1
+                    header = decode(sock.recv_multipart(), 1 << 20).header
+                    kind_ = header.get("type")
+                    counts[kind_] = counts.get(kind_, 0) + 1
+                    if kind_ == "error":
+                        errors[header.get("code")] = errors.get(header.get("code"), 0) + 1
+            counts["hellos"] += sent
+        else:
+            time.sleep(max(0.0, settle - time.monotonic()))
+        sock.close()
+        counts["cycles"] += 1
+    ctx.term()
+    out.put({**counts, "error_codes": errors, "flooder_cpu_s": time.process_time()})
+
+
+def burn_cpu(duration: float, niceness: int, out: mp.Queue) -> None:
+    """The control: as much CPU as a flooder takes, without touching the server."""
+    os.nice(niceness)
+    end = time.monotonic() + duration
+    x = 0
+    while time.monotonic() < end:
+        x += 1
+    out.put({"flooder_cpu_s": time.process_time()})
+
+
+def _latency_phase(client, observations: list, seconds: float, period: float) -> tuple[list[float], float]:
+    """Requests at the robot's control rate (one per ``period``) for ``seconds``; their latencies."""
+    lat: list[float] = []
+    timeouts = 0
+    end = time.perf_counter() + seconds
+    nxt = time.perf_counter()
+    i = 0
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        try:
+            client.submit(observations[i % len(observations)], deadline=2.0).result(timeout=5)
+            lat.append((time.perf_counter() - t0) * 1000.0)
+        except Exception:
+            timeouts += 1
+            lat.append(float("inf"))
+        i += 1
+        nxt += period
+        time.sleep(max(0.0, nxt - time.perf_counter()))
+    return lat, timeouts
+
+
+def flood(args: argparse.Namespace) -> dict:
+    """The good robot's round trip idle, then during a connect/disconnect flood and a hello flood."""
+    from wall_runtime.transport.client import PolicyClient, fetch_stats
+    from wall_runtime.transport.protocol import RobotDescription
+
+    rng = np.random.default_rng(0)
+    observations = [_observation(float(i), rng) for i in range(8)]
+    ctx = mp.get_context("spawn")
+    ready = ctx.Queue()
+    server = ctx.Process(
+        target=serve_flood_target, args=(ready, args.session_timeout, args.io_threads), daemon=True
+    )
+    server.start()
+    endpoint = ready.get(timeout=60)
+    desc = RobotDescription("good", "bench_arm", {c: (224, 224, 3) for c in CAMERAS}, STATE_DIM, 0.02)
+    client = PolicyClient(endpoint, desc, default_deadline=2.0)
+    phases: dict[str, dict] = {}
+    try:
+        client.connect(timeout=10)
+        _latency_phase(client, observations, min(1.0, args.phase_s), args.period)  # warm up
+        for phase in ("idle", "cpu_burn", "connect_flood", "hello_flood", "after"):
+            flooder = None
+            out = ctx.Queue()
+            if phase == "cpu_burn":
+                flooder = ctx.Process(target=burn_cpu, args=(args.phase_s, args.flood_nice, out), daemon=True)
+                flooder.start()
+                time.sleep(0.5)
+            elif phase.endswith("_flood"):
+                kind = phase.split("_")[0]
+                flooder = ctx.Process(
+                    target=flood_peers,
+                    args=(endpoint, kind, args.peers, args.phase_s, args.flood_nice, out),
+                    daemon=True,
+                )
+                flooder.start()
+                time.sleep(0.5)  # spawned and flooding before measuring
+            s0 = _proc_cpu_s(server.pid)
+            t0 = time.perf_counter()
+            lat, timeouts = _latency_phase(client, observations, args.phase_s, args.period)
+            wall = time.perf_counter() - t0
+            server_cpu = _proc_cpu_s(server.pid) - s0
+            flood_counts = None
+            if flooder is not None:
+                flood_counts = out.get(timeout=args.phase_s + 60)
+                flooder.join(10)
+            finite = np.asarray([x for x in lat if np.isfinite(x)])
+            phases[phase] = {
+                "requests": len(lat),
+                "failed": timeouts,
+                "p50_ms": float(np.percentile(finite, 50)) if finite.size else None,
+                "p99_ms": float(np.percentile(lat, 99)),
+                "max_ms": float(np.max(lat)),
+                "server_cpu_fraction": server_cpu / wall,
+                "flood": flood_counts,
+                "raw_latencies_ms": [round(x, 4) for x in lat],
+            }
+        stats = fetch_stats(endpoint, timeout=10, limit=0)
+    finally:
+        client.close()
+        server.terminate()
+        server.join(5)
+    idle = phases["idle"]["p99_ms"]
+    ratios = {f"{p}_p99_over_idle_p99": phases[p]["p99_ms"] / idle for p in phases if p != "idle"}
+    # the same CPU taken away without touching the server: how much of a flood's cost is the machine
+    burn = phases["cpu_burn"]["p99_ms"]
+    ratios.update({f"{p}_p99_over_cpu_burn_p99": phases[p]["p99_ms"] / burn for p in phases if "flood" in p})
+    counters = {
+        f"{c['name']}{'{' + ','.join(f'{k}={v}' for k, v in c['labels'].items()) + '}' if c['labels'] else ''}": c[
+            "value"
+        ]
+        for c in stats["metrics"]["counters"]
+    }
+    machine = _machine()
+    machine["load_avg_1m_at_end"] = os.getloadavg()[0]
+    return {
+        "benchmark": "transport flood: the good robot's round trip while thousands of peers connect and leave",
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine,
+        "method": {
+            "smoke": args.smoke,
+            "peers_per_cycle": args.peers,
+            "phase_s": args.phase_s,
+            "good_robot_period_s": args.period,
+            "flood_niceness": args.flood_nice,
+            "server": f"own process, default caps (max_sessions 1024, max_connections 4096), "
+            f"{args.io_threads} libzmq I/O threads, echo policy",
+            "good_robot": "PolicyClient in the benchmark process, 3 x 224x224 RGB + state at the control rate",
+            "flooders": "own process (niced: on a real network the attacker's CPU is not the policy host's); "
+            "each peer a distinct loopback source address; connect: TCP + ZMTP handshake then hang up; "
+            "hello: also a hello as a new robot, then hang up without bye",
+            "cpu_burn": "control: a process of the flooder's niceness spinning one core, touching nothing",
+        },
+        "phases": phases,
+        "ratios": ratios,
+        "targets_met": {
+            "flood_p99_within_2x_idle": all(
+                r <= 2.0 for k, r in ratios.items() if "flood" in k and k.endswith("over_idle_p99")
+            )
+        },
+        "server_after": {"summary": stats.get("summary"), "counters": counters},
+    }
+
+
+def _plot_flood(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {
+        "idle": "tab:gray",
+        "cpu_burn": "tab:purple",
+        "connect_flood": "tab:red",
+        "hello_flood": "tab:orange",
+        "after": "tab:green",
+    }
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, ph in report["phases"].items():
+        a = np.sort(np.asarray(ph["raw_latencies_ms"]))
+        q = np.arange(1, len(a) + 1) / len(a)
+        flood = ph.get("flood") or {}
+        label = f"{name}: p99 {ph['p99_ms']:.2f} ms" + (
+            f", {flood['connections']} conns" if flood.get("connections") else ""
+        )
+        ax1.plot(a, q, color=colors.get(name), label=label)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("good robot round trip (ms, log)")
+    ax1.set_ylabel("fraction of requests")
+    ax1.axhline(0.99, color="k", lw=0.5, ls=":")
+    ax1.legend(loc="lower right", fontsize=8)
+    ax1.set_title(f"Flood of {report['method']['peers_per_cycle']} peers per cycle")
+    names = list(report["phases"])
+    ax2.bar(names, [report["phases"][n]["p99_ms"] for n in names], color=[colors.get(n) for n in names])
+    ax2.axhline(2 * report["phases"]["idle"]["p99_ms"], color="k", ls="--", lw=1, label="2x idle p99")
+    ax2.set_ylabel("p99 (ms)")
+    ax2.set_title("good robot p99 per phase")
+    ax2.legend()
+    fig.suptitle(_machine_line(report), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def flood_main(args: argparse.Namespace) -> None:
+    if args.smoke:
+        args.peers, args.phase_s = min(args.peers, 40), min(args.phase_s, 0.5)
+    report = flood(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.name if args.name != "transport" else "transport_flood"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    _plot_flood(report, args.out / f"{stem}.png")
+    for name, ph in report["phases"].items():
+        print(
+            f"{name:14s} p50 {ph['p50_ms']:7.3f} ms  p99 {ph['p99_ms']:7.3f} ms  failed {ph['failed']}  "
+            f"server cpu {100 * ph['server_cpu_fraction']:5.1f} %  flood {ph['flood']}"
+        )
+    print(json.dumps({"ratios": report["ratios"], "targets_met": report["targets_met"]}, indent=2))
 
 
 if __name__ == "__main__":

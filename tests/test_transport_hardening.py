@@ -4,9 +4,13 @@ server or the client's I/O thread, one robot cannot hurt another, resources stay
 from __future__ import annotations
 
 import json
+import os
 import resource
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -596,3 +600,31 @@ def test_client_survives_hand_picked_poison_replies(fake) -> None:
         server.send(frames)
         fake_round_trip(server, client, 1000.0 + i)
     assert client.dropped_replies >= 4 and client.reply_failures == 0
+
+
+@pytest.mark.slow
+def test_flood_benchmark_smoke(tmp_path) -> None:
+    """The flood benchmark end to end at toy size: it runs, and writes its JSON and plot."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/bench_transport.py",
+            "--mode",
+            "flood",
+            "--smoke",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "transport_flood.json").read_text())
+    assert (tmp_path / "transport_flood.png").stat().st_size > 0
+    assert set(report["phases"]) == {"idle", "cpu_burn", "connect_flood", "hello_flood", "after"}
+    assert report["phases"]["hello_flood"]["flood"]["hellos"] > 0
+    assert all(p["failed"] == 0 for p in report["phases"].values())

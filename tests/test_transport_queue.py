@@ -87,14 +87,20 @@ def test_robot_id_is_bound_to_its_curve_key() -> None:
 
 
 def test_session_cap_and_paged_listing() -> None:
-    q = RequestQueue(max_sessions=3)
+    q = RequestQueue(max_sessions=2, max_monitors=2)
     q.register(b"a", robot("a"), 0.0)
     q.register(b"m", None, 0.0)  # a monitor
     q.register(b"b", robot("b"), 0.0)
     with pytest.raises(ProtocolError) as err:
         q.register(b"c", robot("c"), 0.0)
     assert err.value.code == ErrorCode.OVERLOADED
+    # a full server can still be inspected: monitors have their own slots, the oldest gives way
+    q.register(b"m2", None, 0.0)
+    q.register(b"m3", None, 0.0)
+    assert b"m" not in q.sessions and {b"m2", b"m3"} <= set(q.sessions)
+    q.drop(b"m2")
+    q.register(b"m", None, 0.0)
     q.register(b"a", robot("a"), 0.1)  # a known session re-saying hello is not a new one
-    assert q.summary() == {"sessions": 3, "robots": 2, "monitors": 1, "waiting": 0}
-    assert [s["robot_id"] for s in q.page(1, 5)] == ["b", "a"]
-    assert [s["role"] for s in q.page(0, 1)] == ["monitor"]
+    assert q.summary() == {"sessions": 4, "robots": 2, "monitors": 2, "waiting": 0}
+    assert [s["robot_id"] for s in q.page(0, 5)] == ["b", "", "", "a"]
+    assert [s["role"] for s in q.page(1, 2)] == ["monitor", "monitor"]

@@ -8,7 +8,8 @@ batching, superseding, deadlines and the robot-id rules are tested directly.
 Rules:
 
 - A session is a peer that said hello: a robot (its ``RobotDescription``) or a monitor (a metrics
-  reader). At most ``max_sessions`` live at once.
+  reader). At most ``max_sessions`` robots live at once; monitors have ``max_monitors`` slots of
+  their own, the oldest giving way to a new one.
 - A ``robot_id`` belongs to one live session. With CURVE it is bound to the first client key that
   claims it, for the server's lifetime: another key is refused, the same key may reconnect and
   replaces its old session. Without CURVE a second peer claiming a live robot's id is refused,
@@ -78,6 +79,7 @@ class RequestQueue:
         session_timeout: float = 10.0,
         max_sessions: int = 1024,
         active_window: float = ACTIVE_WINDOW_S,
+        max_monitors: int = 8,
     ) -> None:
         if max_batch < 1 or max_wait_s < 0 or max_sessions < 1:
             raise ValueError("max_batch and max_sessions must be >= 1 and max_wait >= 0")
@@ -85,6 +87,7 @@ class RequestQueue:
         self.max_wait_s = max_wait_s
         self.session_timeout = session_timeout
         self.max_sessions = max_sessions
+        self.max_monitors = max(1, max_monitors)
         self.active_window = active_window
         self.sessions: dict[bytes, Session] = {}
         self.by_robot: dict[str, bytes] = {}  # robot_id -> identity of its live session
@@ -126,9 +129,15 @@ class RequestQueue:
                     )
                 replaced = holder
         previous = self.sessions.get(identity)
-        if previous is None and replaced is None and len(self.sessions) >= self.max_sessions:
+        if robot is None:
+            # Monitors (metrics readers) have their own few slots, the oldest giving way to a new
+            # one: a server full of robots (or of a flood's sessions) can still be inspected.
+            monitors = [s for s in self.sessions.values() if s.robot is None and s.identity != identity]
+            for old in monitors[: max(0, len(monitors) - self.max_monitors + 1)]:
+                self.drop(old.identity)
+        elif previous is None and replaced is None and self.robot_sessions >= self.max_sessions:
             raise ProtocolError(
-                ErrorCode.OVERLOADED, f"the server holds its limit of {self.max_sessions} sessions"
+                ErrorCode.OVERLOADED, f"the server holds its limit of {self.max_sessions} robot sessions"
             )
         if replaced is not None:
             self.drop(replaced.identity)
@@ -145,6 +154,10 @@ class RequestQueue:
             if key is not None:
                 self.robot_keys.setdefault(robot.robot_id, key)
         return session, replaced
+
+    @property
+    def robot_sessions(self) -> int:
+        return len(self.by_robot)
 
     def drop(self, identity: bytes) -> Session | None:
         """Forget a session and its waiting request (unanswered: its peer is gone or replaced)."""

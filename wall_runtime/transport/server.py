@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 PROMOTE_AFTER_MS = 2.0  # inference this slow gets the other thread doing I/O meanwhile
 ALLOW_LIST_CHECK_S = 1.0  # how often the allow-list folder is checked for changes
+MONITOR_EVENTS_PER_TURN = 128  # connection events handled between two looks at robots' messages
 STRANGER_BACKLOG = 8192  # messages from peers without a session (hellos) waiting to be handled
 STRANGER_BUDGET_S = 0.002  # time spent on them per turn of the loop, between sessions' messages
 
@@ -74,6 +75,7 @@ class ServerConfig:
     metrics_http: tuple[str, int] | None = None  # (host, port) for a Prometheus scrape
     max_sessions: int = 1024  # robots + monitors that said hello
     max_connections: int = 4096  # open TCP connections (also kept under the fd limit)
+    io_threads: int = 2  # libzmq I/O threads: a connection flood's handshakes share them with robots
 
 
 class PolicyServer:
@@ -170,7 +172,7 @@ class PolicyServer:
 
     def _run(self) -> None:
         cfg = self.config
-        ctx = zmq.Context()
+        ctx = zmq.Context(io_threads=max(1, self.config.io_threads))
         authenticator = None
         http = None
         sock = None
@@ -205,14 +207,12 @@ class PolicyServer:
         self._peers = PeerTracker(cfg.max_connections, port)
         # libzmq accepts and drops peers on its own (CURVE refusals, frames over MAXMSGSIZE,
         # protocol violations); its monitor events are the only place to count, cap and log them.
-        monitor = sock.get_monitor_socket(
-            zmq.EVENT_ACCEPTED
-            | zmq.EVENT_ACCEPT_FAILED
-            | zmq.EVENT_DISCONNECTED
-            | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-        )
+        # Each event costs the server thread a few microseconds under a connect flood, so only
+        # those that are acted on: peers that hang up mid-handshake show up as disconnects.
+        events = zmq.EVENT_ACCEPTED | zmq.EVENT_ACCEPT_FAILED | zmq.EVENT_DISCONNECTED
+        if cfg.server_key is not None:
+            events |= zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        monitor = sock.get_monitor_socket(events)
         self._io = SharedSocket(sock)
         self._io.watch(monitor)
         follower = threading.Thread(target=self._member, args=(monitor,), name="policy-server-2", daemon=True)
@@ -249,7 +249,7 @@ class PolicyServer:
     def _log_peer_events(self, monitor: zmq.Socket) -> None:
         peers = self._peers
         assert peers is not None
-        for _ in range(4096):  # bounded: a flood of events must not starve the robots' messages
+        for _ in range(MONITOR_EVENTS_PER_TURN):  # a flood of events must not starve robots' messages
             if not monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
             try:
@@ -275,8 +275,9 @@ class PolicyServer:
                 zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: ("handshake_failed", "failed the handshake"),
             }.get(kind, ("other", f"event {kind}"))
             self.metrics.inc("peer_events", event=label)
-            # the ZAP handler logs refused CURVE peers by address and key; here, the count
-            peers.summary.note(label, "a connection %s", text, level=logging.WARNING)
+            # Peers hanging up mid-handshake are a flood's normal noise: DEBUG and the periodic
+            # summary. The ZAP handler logs refused CURVE peers by address and key.
+            peers.summary.note(label, "a connection %s", text)
         if monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._io.kick()
 
@@ -324,7 +325,6 @@ class PolicyServer:
                 timeout_ms = max(0, int(np.ceil(queue.next_timeout(time.perf_counter()) * 1000.0)))
             io.wait(0 if self._strangers else timeout_ms)
             with io.lock:
-                self._log_peer_events(monitor)
                 # Receiving is cheap, handling a hello is not. Sessions' messages (pings, observes)
                 # are handled at once; other peers' wait in a bounded backlog worked off within a
                 # time budget, so a flood of hellos cannot delay a robot's pong or chunk.
@@ -334,6 +334,7 @@ class PolicyServer:
                     else:
                         self._defer(frames)
                 self._work_off_strangers()
+                self._log_peer_events(monitor)
                 now = time.perf_counter()
                 for dropped in queue.expire_deadlines(now):
                     self._reply_dropped(dropped)
@@ -514,6 +515,15 @@ class PolicyServer:
 
     def _on_hello(self, identity: bytes, msg: Message, user: str | None, body: list[Any]) -> None:
         role, token = protocol.hello_extras(msg.header)
+        queue = self.queue
+        if role == "robot" and identity not in queue.sessions and queue.robot_sessions >= queue.max_sessions:
+            # full: refuse before the costlier checks (a flood of hellos meets a full server),
+            # unless it is a live robot reconnecting, which replaces its own session
+            rid = msg.header.get("robot_id")
+            if not isinstance(rid, str) or rid not in queue.by_robot:
+                raise ProtocolError(
+                    ErrorCode.OVERLOADED, f"the server holds its limit of {queue.max_sessions} robot sessions"
+                )
         meta = self.policy.metadata
         robot = None
         image_tokens = None
