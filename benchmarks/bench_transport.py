@@ -295,7 +295,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=10, help="Rounds (flood mode: of the four phases).")
     parser.add_argument("--per-round", type=int, default=150)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -315,7 +315,7 @@ def main() -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="Tiny run for the test suite (flood mode).")
     parser.add_argument("--peers", type=int, default=2000, help="flood: peers connecting at once, per cycle.")
-    parser.add_argument("--phase-s", type=float, default=10.0, help="flood: seconds per phase.")
+    parser.add_argument("--phase-s", type=float, default=3.0, help="flood: seconds per phase and round.")
     parser.add_argument(
         "--period", type=float, default=0.02, help="flood: the good robot's request period (s)."
     )
@@ -510,11 +510,16 @@ def serve_flood_target(ready: mp.Queue, session_timeout: float, io_threads: int 
         time.sleep(3600)
 
 
-def flood_peers(endpoint: str, kind: str, peers: int, duration: float, niceness: int, out: mp.Queue) -> None:
-    """Open ``peers`` connections at once (each a distinct peer: its own loopback source address),
-    then close them all; again and again for ``duration`` s. ``kind`` ``connect``: connect and
-    hang up (TCP + ZMTP handshake, no message); ``hello``: each peer also says hello as a new robot
-    and hangs up without a bye (its session stays until the server's session timeout)."""
+FLOOD_PHASES = ("idle", "cpu_burn", "connect_flood", "hello_flood")
+
+
+def flood_worker(endpoint: str, kind: str, peers: int, niceness: int, go, idle, stop, out: mp.Queue) -> None:
+    """A process that floods while ``go`` is set (``idle`` set while it is not flooding).
+
+    ``connect``: open ``peers`` connections at once (each a distinct peer: its own loopback source
+    address) and hang up, again and again (TCP + ZMTP handshake, no message). ``hello``: each peer
+    also says hello as a new robot and hangs up without a bye (its session stays until the server's
+    session timeout). ``burn``: the control, spinning one core without touching the server."""
     import zmq
 
     from wall_runtime.transport.codec import decode, encode
@@ -525,10 +530,19 @@ def flood_peers(endpoint: str, kind: str, peers: int, duration: float, niceness:
     port = endpoint.rsplit(":", 1)[1]
     endpoints = [f"tcp://127.0.{2 + i // 250}.{1 + i % 250}:0;127.0.0.1:{port}" for i in range(peers)]
     cams = {c: (224, 224, 3) for c in CAMERAS}
-    counts = {"cycles": 0, "connections": 0, "hellos": 0, "welcome": 0, "error": 0}
+    counts = {"cycles": 0, "connections": 0, "hellos": 0, "welcome": 0, "error": 0, "flooding_s": 0.0}
     errors: dict[str, int] = {}
-    end = time.monotonic() + duration
-    while time.monotonic() < end:
+    while not stop.is_set():
+        idle.set()
+        if not go.wait(0.05):
+            continue
+        idle.clear()
+        t0 = time.monotonic()
+        if kind == "burn":
+            while go.is_set():
+                pass
+            counts["flooding_s"] += time.monotonic() - t0
+            continue
         sock = ctx.socket(zmq.DEALER)
         sock.linger = 0
         sock.sndhwm, sock.rcvhwm = 1, 0  # one hello per connection: a DEALER round-robins them
@@ -538,7 +552,7 @@ def flood_peers(endpoint: str, kind: str, peers: int, duration: float, niceness:
         settle = time.monotonic() + 0.3
         if kind == "hello":
             sent = answered = 0
-            while time.monotonic() < settle + 0.7 and answered < peers:
+            while go.is_set() and time.monotonic() < settle + 0.7 and answered < peers:
                 while sent < peers:
                     hello = RobotDescription(
                         f"flood-{counts['cycles']}-{sent}", "flood", cams, STATE_DIM, 0.02
@@ -551,33 +565,25 @@ def flood_peers(endpoint: str, kind: str, peers: int, duration: float, niceness:
                 if sock.poll(5):
                     answered += 1
                     header = decode(sock.recv_multipart(), 1 << 20).header
-                    kind_ = header.get("type")
-                    counts[kind_] = counts.get(kind_, 0) + 1
-                    if kind_ == "error":
+                    reply = header.get("type")
+                    counts[reply] = counts.get(reply, 0) + 1
+                    if reply == "error":
                         errors[header.get("code")] = errors.get(header.get("code"), 0) + 1
             counts["hellos"] += sent
         else:
-            time.sleep(max(0.0, settle - time.monotonic()))
+            while go.is_set() and time.monotonic() < settle:
+                time.sleep(0.01)
         sock.close()
         counts["cycles"] += 1
+        counts["flooding_s"] += time.monotonic() - t0
     ctx.term()
-    out.put({**counts, "error_codes": errors, "flooder_cpu_s": time.process_time()})
+    out.put({**counts, "error_codes": errors, "cpu_s": time.process_time()})
 
 
-def burn_cpu(duration: float, niceness: int, out: mp.Queue) -> None:
-    """The control: as much CPU as a flooder takes, without touching the server."""
-    os.nice(niceness)
-    end = time.monotonic() + duration
-    x = 0
-    while time.monotonic() < end:
-        x += 1
-    out.put({"flooder_cpu_s": time.process_time()})
-
-
-def _latency_phase(client, observations: list, seconds: float, period: float) -> tuple[list[float], float]:
+def _latency_phase(client, observations: list, seconds: float, period: float) -> tuple[list[float], int]:
     """Requests at the robot's control rate (one per ``period``) for ``seconds``; their latencies."""
     lat: list[float] = []
-    timeouts = 0
+    failed = 0
     end = time.perf_counter() + seconds
     nxt = time.perf_counter()
     i = 0
@@ -587,16 +593,17 @@ def _latency_phase(client, observations: list, seconds: float, period: float) ->
             client.submit(observations[i % len(observations)], deadline=2.0).result(timeout=5)
             lat.append((time.perf_counter() - t0) * 1000.0)
         except Exception:
-            timeouts += 1
+            failed += 1
             lat.append(float("inf"))
         i += 1
         nxt += period
         time.sleep(max(0.0, nxt - time.perf_counter()))
-    return lat, timeouts
+    return lat, failed
 
 
 def flood(args: argparse.Namespace) -> dict:
-    """The good robot's round trip idle, then during a connect/disconnect flood and a hello flood."""
+    """The good robot's round trip idle, beside a CPU burner, during connect floods and hello
+    floods; phases interleaved in rounds so a shared machine's load drift spreads over all."""
     from wall_runtime.transport.client import PolicyClient, fetch_stats
     from wall_runtime.transport.protocol import RobotDescription
 
@@ -611,64 +618,95 @@ def flood(args: argparse.Namespace) -> dict:
     endpoint = ready.get(timeout=60)
     desc = RobotDescription("good", "bench_arm", {c: (224, 224, 3) for c in CAMERAS}, STATE_DIM, 0.02)
     client = PolicyClient(endpoint, desc, default_deadline=2.0)
-    phases: dict[str, dict] = {}
+    stop = ctx.Event()
+    workers: dict[str, tuple] = {}
+    lat = {p: [] for p in FLOOD_PHASES}
+    per_round_p99 = {p: [] for p in FLOOD_PHASES}
+    failed = dict.fromkeys(FLOOD_PHASES, 0)
+    cpu = dict.fromkeys(FLOOD_PHASES, 0.0)
+    wall = dict.fromkeys(FLOOD_PHASES, 0.0)
     try:
+        for phase, kind in (("cpu_burn", "burn"), ("connect_flood", "connect"), ("hello_flood", "hello")):
+            go, idle, out = ctx.Event(), ctx.Event(), ctx.Queue()
+            proc = ctx.Process(
+                target=flood_worker,
+                args=(endpoint, kind, args.peers, args.flood_nice, go, idle, stop, out),
+                daemon=True,
+            )
+            proc.start()
+            workers[phase] = (proc, go, idle, out)
+        for _, _, idle, _ in workers.values():
+            idle.wait(60)
         client.connect(timeout=10)
         _latency_phase(client, observations, min(1.0, args.phase_s), args.period)  # warm up
-        for phase in ("idle", "cpu_burn", "connect_flood", "hello_flood", "after"):
-            flooder = None
-            out = ctx.Queue()
-            if phase == "cpu_burn":
-                flooder = ctx.Process(target=burn_cpu, args=(args.phase_s, args.flood_nice, out), daemon=True)
-                flooder.start()
-                time.sleep(0.5)
-            elif phase.endswith("_flood"):
-                kind = phase.split("_")[0]
-                flooder = ctx.Process(
-                    target=flood_peers,
-                    args=(endpoint, kind, args.peers, args.phase_s, args.flood_nice, out),
-                    daemon=True,
-                )
-                flooder.start()
-                time.sleep(0.5)  # spawned and flooding before measuring
-            s0 = _proc_cpu_s(server.pid)
-            t0 = time.perf_counter()
-            lat, timeouts = _latency_phase(client, observations, args.phase_s, args.period)
-            wall = time.perf_counter() - t0
-            server_cpu = _proc_cpu_s(server.pid) - s0
-            flood_counts = None
-            if flooder is not None:
-                flood_counts = out.get(timeout=args.phase_s + 60)
-                flooder.join(10)
-            finite = np.asarray([x for x in lat if np.isfinite(x)])
-            phases[phase] = {
-                "requests": len(lat),
-                "failed": timeouts,
-                "p50_ms": float(np.percentile(finite, 50)) if finite.size else None,
-                "p99_ms": float(np.percentile(lat, 99)),
-                "max_ms": float(np.max(lat)),
-                "server_cpu_fraction": server_cpu / wall,
-                "flood": flood_counts,
-                "raw_latencies_ms": [round(x, 4) for x in lat],
-            }
+        for r in range(args.rounds):
+            order = FLOOD_PHASES if r % 2 == 0 else tuple(reversed(FLOOD_PHASES))
+            for phase in order:
+                worker = workers.get(phase)
+                if worker is not None:
+                    worker[1].set()
+                    time.sleep(0.3)  # flooding before measuring
+                s0, t0 = _proc_cpu_s(server.pid), time.perf_counter()
+                got, bad = _latency_phase(client, observations, args.phase_s, args.period)
+                wall[phase] += time.perf_counter() - t0
+                cpu[phase] += _proc_cpu_s(server.pid) - s0
+                if worker is not None:
+                    worker[1].clear()
+                    worker[2].wait(30)  # its cycle finished: the next phase starts clean
+                lat[phase].extend(got)
+                failed[phase] += bad
+                per_round_p99[phase].append(float(np.percentile(got, 99)))
         stats = fetch_stats(endpoint, timeout=10, limit=0)
     finally:
+        stop.set()
+        flood_counts = {}
+        for phase, (proc, go, _, out) in workers.items():
+            go.clear()
+            try:
+                flood_counts[phase] = out.get(timeout=30)
+            except Exception:
+                flood_counts[phase] = None
+            proc.join(5)
         client.close()
         server.terminate()
         server.join(5)
-    idle = phases["idle"]["p99_ms"]
-    ratios = {f"{p}_p99_over_idle_p99": phases[p]["p99_ms"] / idle for p in phases if p != "idle"}
-    # the same CPU taken away without touching the server: how much of a flood's cost is the machine
-    burn = phases["cpu_burn"]["p99_ms"]
-    ratios.update({f"{p}_p99_over_cpu_burn_p99": phases[p]["p99_ms"] / burn for p in phases if "flood" in p})
+    phases: dict[str, dict] = {}
+    for phase in FLOOD_PHASES:
+        a = np.asarray(lat[phase])
+        finite = a[np.isfinite(a)]
+        counts = flood_counts.get(phase)
+        if counts and counts.get("flooding_s"):
+            counts["connections_per_s"] = counts["connections"] / counts["flooding_s"]
+        phases[phase] = {
+            "requests": int(a.size),
+            "failed": failed[phase],
+            "p50_ms": float(np.percentile(finite, 50)) if finite.size else None,
+            "p99_ms": float(np.percentile(a, 99)),
+            "p99_median_of_rounds_ms": float(np.median(per_round_p99[phase])),
+            "max_ms": float(np.max(a)),
+            "server_cpu_fraction": cpu[phase] / wall[phase],
+            "flood": counts,
+            "raw_latencies_ms": [round(float(x), 4) for x in a],
+        }
+    ratios = {}
+    for key in ("p99_ms", "p99_median_of_rounds_ms"):
+        for base in ("idle", "cpu_burn"):
+            for phase in ("cpu_burn", "connect_flood", "hello_flood"):
+                if phase != base:
+                    ratios[f"{phase}_over_{base}_{key}"] = phases[phase][key] / phases[base][key]
     counters = {
-        f"{c['name']}{'{' + ','.join(f'{k}={v}' for k, v in c['labels'].items()) + '}' if c['labels'] else ''}": c[
+        c["name"]
+        + ("{" + ",".join(f"{k}={v}" for k, v in c["labels"].items()) + "}" if c["labels"] else ""): c[
             "value"
         ]
         for c in stats["metrics"]["counters"]
     }
     machine = _machine()
     machine["load_avg_1m_at_end"] = os.getloadavg()[0]
+    within = {
+        key: all(ratios[f"{p}_over_idle_{key}"] <= 2.0 for p in ("connect_flood", "hello_flood"))
+        for key in ("p99_ms", "p99_median_of_rounds_ms")
+    }
     return {
         "benchmark": "transport flood: the good robot's round trip while thousands of peers connect and leave",
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -676,23 +714,24 @@ def flood(args: argparse.Namespace) -> dict:
         "method": {
             "smoke": args.smoke,
             "peers_per_cycle": args.peers,
-            "phase_s": args.phase_s,
+            "rounds": args.rounds,
+            "phase_s_per_round": args.phase_s,
+            "interleaved": "phases alternate in rounds (order reversed every other round)",
             "good_robot_period_s": args.period,
             "flood_niceness": args.flood_nice,
             "server": f"own process, default caps (max_sessions 1024, max_connections 4096), "
             f"{args.io_threads} libzmq I/O threads, echo policy",
             "good_robot": "PolicyClient in the benchmark process, 3 x 224x224 RGB + state at the control rate",
-            "flooders": "own process (niced: on a real network the attacker's CPU is not the policy host's); "
-            "each peer a distinct loopback source address; connect: TCP + ZMTP handshake then hang up; "
-            "hello: also a hello as a new robot, then hang up without bye",
-            "cpu_burn": "control: a process of the flooder's niceness spinning one core, touching nothing",
+            "flooders": "own processes (niced: on a real network the attacker's CPU is not the policy "
+            "host's); each peer a distinct loopback source address; connect: TCP + ZMTP handshake then "
+            "hang up; hello: also a hello as a new robot, then hang up without bye",
+            "cpu_burn": "control: a process of the flooders' niceness spinning one core, touching nothing",
         },
         "phases": phases,
         "ratios": ratios,
         "targets_met": {
-            "flood_p99_within_2x_idle": all(
-                r <= 2.0 for k, r in ratios.items() if "flood" in k and k.endswith("over_idle_p99")
-            )
+            "flood_p99_within_2x_idle": within["p99_ms"],
+            "flood_p99_median_of_rounds_within_2x_idle": within["p99_median_of_rounds_ms"],
         },
         "server_after": {"summary": stats.get("summary"), "counters": counters},
     }
@@ -709,27 +748,34 @@ def _plot_flood(report: dict, path: Path) -> None:
         "cpu_burn": "tab:purple",
         "connect_flood": "tab:red",
         "hello_flood": "tab:orange",
-        "after": "tab:green",
     }
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, ph in report["phases"].items():
         a = np.sort(np.asarray(ph["raw_latencies_ms"]))
         q = np.arange(1, len(a) + 1) / len(a)
-        flood = ph.get("flood") or {}
-        label = f"{name}: p99 {ph['p99_ms']:.2f} ms" + (
-            f", {flood['connections']} conns" if flood.get("connections") else ""
-        )
+        rate = (ph.get("flood") or {}).get("connections_per_s")
+        label = f"{name}: p99 {ph['p99_ms']:.2f} ms" + (f", {rate:.0f} conn/s" if rate else "")
         ax1.plot(a, q, color=colors.get(name), label=label)
     ax1.set_xscale("log")
     ax1.set_xlabel("good robot round trip (ms, log)")
     ax1.set_ylabel("fraction of requests")
     ax1.axhline(0.99, color="k", lw=0.5, ls=":")
     ax1.legend(loc="lower right", fontsize=8)
-    ax1.set_title(f"Flood of {report['method']['peers_per_cycle']} peers per cycle")
+    ax1.set_title(f"{report['method']['peers_per_cycle']} peers at once, connect and hang up, repeated")
     names = list(report["phases"])
-    ax2.bar(names, [report["phases"][n]["p99_ms"] for n in names], color=[colors.get(n) for n in names])
+    x = np.arange(len(names))
+    ax2.bar(x - 0.2, [report["phases"][n]["p99_ms"] for n in names], 0.4, color=[colors[n] for n in names])
+    ax2.bar(
+        x + 0.2,
+        [report["phases"][n]["p99_median_of_rounds_ms"] for n in names],
+        0.4,
+        color=[colors[n] for n in names],
+        alpha=0.5,
+        hatch="//",
+    )
     ax2.axhline(2 * report["phases"]["idle"]["p99_ms"], color="k", ls="--", lw=1, label="2x idle p99")
-    ax2.set_ylabel("p99 (ms)")
+    ax2.set_xticks(x, [n.replace("_", "\n") for n in names])
+    ax2.set_ylabel("p99 (ms): all samples | median of rounds (hatched)")
     ax2.set_title("good robot p99 per phase")
     ax2.legend()
     fig.suptitle(_machine_line(report), fontsize=9)
@@ -740,16 +786,20 @@ def _plot_flood(report: dict, path: Path) -> None:
 
 def flood_main(args: argparse.Namespace) -> None:
     if args.smoke:
-        args.peers, args.phase_s = min(args.peers, 40), min(args.phase_s, 0.5)
+        args.peers, args.phase_s, args.rounds = min(args.peers, 40), min(args.phase_s, 0.5), 1
     report = flood(args)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.name if args.name != "transport" else "transport_flood"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     _plot_flood(report, args.out / f"{stem}.png")
     for name, ph in report["phases"].items():
+        counts = {
+            k: v for k, v in (ph["flood"] or {}).items() if k in ("connections_per_s", "welcome", "error")
+        }
         print(
-            f"{name:14s} p50 {ph['p50_ms']:7.3f} ms  p99 {ph['p99_ms']:7.3f} ms  failed {ph['failed']}  "
-            f"server cpu {100 * ph['server_cpu_fraction']:5.1f} %  flood {ph['flood']}"
+            f"{name:14s} p50 {ph['p50_ms']:7.3f} ms  p99 {ph['p99_ms']:7.3f} ms "
+            f"(median of rounds {ph['p99_median_of_rounds_ms']:7.3f})  failed {ph['failed']}  "
+            f"server cpu {100 * ph['server_cpu_fraction']:5.1f} %  {counts}"
         )
     print(json.dumps({"ratios": report["ratios"], "targets_met": report["targets_met"]}, indent=2))
 

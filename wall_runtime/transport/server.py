@@ -354,6 +354,7 @@ class PolicyServer:
         self.metrics.set_gauge("sessions", len(self.queue.sessions))
         if self._peers is not None:
             self.metrics.set_gauge("connections", len(self._peers.live))
+            self.metrics.set_gauge("connections_shed", self._peers.shed)  # since start
             self._peers.summary.flush()
         self._robots_log.flush()
         self._refusals_log.flush()
