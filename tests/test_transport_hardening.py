@@ -116,14 +116,18 @@ def test_a_batch_with_one_bad_member_serves_the_others() -> None:
 def test_a_duplicate_robot_id_cannot_disconnect_a_live_session() -> None:
     policy = echo_policy()
     served, failures, stop = [], [], threading.Event()
-    with serving(policy) as server, client_for(server.endpoint, robot("arm-1")) as real:
+    # the default heartbeat: on a loaded test machine a 0.6 s heartbeat timeout trips by itself
+    with (
+        serving(policy, heartbeat_interval=1.0) as server,
+        client_for(server.endpoint, robot("arm-1")) as real,
+    ):
 
         def drive() -> None:
             i = 0
             while not stop.is_set():
                 i += 1
                 try:
-                    real.submit(observation(float(i)), deadline=1.0).result(timeout=3)
+                    real.submit(observation(float(i)), deadline=3.0).result(timeout=5)
                     served.append(i)
                 except Exception as exc:  # recorded: the assertion below names it
                     failures.append(exc)
@@ -692,7 +696,7 @@ def test_serve_under_a_low_fd_limit_caps_connections_without_spinning(tmp_path: 
             "--endpoint-file",
             str(endpoint_file),
             "--heartbeat",
-            "0.5",
+            "1.0",
         ],
         cwd=root,
         env={**os.environ, "PYTHONPATH": str(root)},
@@ -722,8 +726,10 @@ def test_serve_under_a_low_fd_limit_caps_connections_without_spinning(tmp_path: 
             time.sleep(2.0)
             fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
             busy = (int(fields[11]) + int(fields[12]) - cpu0) / os.sysconf("SC_CLK_TCK") / 2.0
-            assert busy < 0.5, f"server used {busy:.0%} of a core while holding its connection cap"
-            assert len(os.listdir(f"/proc/{proc.pid}/fd")) < 200
+            fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
+            # a listener retrying a failing accept spins a whole core
+            assert busy < 0.6, f"server used {busy:.0%} of a core while holding its connection cap"
+            assert fds < 200, fds
             _served(good, policy, 1.0)
             for s in socks:
                 s.close()
