@@ -56,6 +56,7 @@ PROMOTE_AFTER_MS = 2.0  # inference this slow gets the other thread doing I/O me
 ALLOW_LIST_CHECK_S = 1.0  # how often the allow-list folder is checked for changes
 MONITOR_EVENTS_PER_TURN = 128  # connection events handled between two looks at robots' messages
 STRANGER_BACKLOG = 8192  # messages from peers without a session (hellos) waiting to be handled
+CHORES_MAX_DEFER_S = 0.01  # a run of batches defers hellos and connection events this long at most
 STRANGER_BUDGET_S = 0.002  # time spent on them per turn of the loop, between sessions' messages
 
 __all__ = ["Pending", "PolicyServer", "ServerConfig", "Session"]
@@ -105,6 +106,7 @@ class PolicyServer:
         self._leader = threading.Condition()
         self._has_leader = False
         self._next_housekeeping = 0.0
+        self._chores_done = 0.0  # perf_counter when the backlog and connection events were last served
         self._next_allow_check = 0.0
         self._reload_requested = threading.Event()
         self._infer_ms_ema = float("inf")  # until measured, assume inference is slow
@@ -326,27 +328,37 @@ class PolicyServer:
             io.wait(0 if self._strangers else timeout_ms)
             with io.lock:
                 # Receiving is cheap, handling a hello is not. Sessions' messages (pings, observes)
-                # are handled at once; other peers' wait in a bounded backlog worked off within a
-                # time budget, so a flood of hellos cannot delay a robot's pong or chunk.
+                # are handled at once and a due batch goes to compute before anything else; other
+                # peers' messages wait in a bounded backlog worked off within a time budget, and
+                # connection events after them, so a flood delays no robot's pong or chunk.
                 for frames in io.recv_ready(1024):  # bounded so timers are not starved
                     if frames[0].bytes in queue.sessions:
                         self._handle(frames)
                     else:
                         self._defer(frames)
-                self._work_off_strangers()
-                self._log_peer_events(monitor)
+                batch = self._due_batch()
                 now = time.perf_counter()
-                for dropped in queue.expire_deadlines(now):
-                    self._reply_dropped(dropped)
-                if now >= self._next_housekeeping:
-                    self._housekeeping(now)
-                batch = None if self._stop.is_set() else queue.take_batch(now)
-                if batch:
-                    for pending in batch:
-                        self.metrics.observe("queue_wait_ms", (now - pending.received) * 1000.0)
+                if batch is None or now - self._chores_done > CHORES_MAX_DEFER_S:
+                    self._work_off_strangers()
+                    self._log_peer_events(monitor)
+                    if now >= self._next_housekeeping:
+                        self._housekeeping(now)
+                    self._chores_done = time.perf_counter()
+                    batch = batch or self._due_batch()
             if batch:
                 return batch
         return None
+
+    def _due_batch(self) -> list[Pending] | None:
+        now = time.perf_counter()
+        for dropped in self.queue.expire_deadlines(now):
+            self._reply_dropped(dropped)
+        batch = None if self._stop.is_set() else self.queue.take_batch(now)
+        for pending in batch or ():
+            self.metrics.observe("queue_wait_ms", (now - pending.received) * 1000.0)
+        if batch and (self._strangers or self._io.readable()):
+            self._io.kick()  # the backlog and events left for this turn are the next turn's
+        return batch
 
     def _housekeeping(self, now: float) -> None:
         for session in self.queue.expire_sessions(now):
