@@ -214,7 +214,15 @@ class PolicyServer:
         events = zmq.EVENT_ACCEPTED | zmq.EVENT_ACCEPT_FAILED | zmq.EVENT_DISCONNECTED
         if cfg.server_key is not None:
             events |= zmq.EVENT_HANDSHAKE_FAILED_AUTH
-        monitor = sock.get_monitor_socket(events)
+        # The monitor is an inproc PAIR that libzmq's I/O threads write with a blocking send: at
+        # its high-water mark they would stall (every robot's traffic with them) until this thread
+        # reads, and stopping the monitor would hang. An unlimited receive side prevents both.
+        monitor_addr = f"inproc://wall-runtime-monitor-{secrets.token_hex(8)}"
+        sock.monitor(monitor_addr, events)
+        monitor = ctx.socket(zmq.PAIR)
+        monitor.rcvhwm = 0
+        monitor.linger = 0
+        monitor.connect(monitor_addr)
         self._io = SharedSocket(sock)
         self._io.watch(monitor)
         follower = threading.Thread(target=self._member, args=(monitor,), name="policy-server-2", daemon=True)
