@@ -20,6 +20,12 @@ costs microseconds and the transport is what is measured). Configurations run in
 rounds so load from other processes on a shared machine spreads over all three.
 
     python benchmarks/bench_transport.py [--rounds 10 --per-round 150 --out benchmarks/results]
+
+Flood mode (``--mode flood``): the good robot's round trip at its control rate while another
+process connects thousands of peers at once and hangs up, again and again (``connect``), then does
+the same with every peer saying hello as a new robot (``hello``). Target: its p99 within 2x idle.
+
+    python benchmarks/bench_transport.py --mode flood [--peers 2000 --phase-s 10] [--smoke]
 """
 
 from __future__ import annotations
@@ -289,7 +295,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=10, help="Rounds (flood mode: of the four phases).")
     parser.add_argument("--per-round", type=int, default=150)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -297,7 +303,7 @@ def main() -> None:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="one short round (1 x 5 calls, 2 warm-up): checks the script runs",
+        help="checks the script runs: one short round (1 x 5 calls, 2 warm-up); flood mode: 40 peers, 0.5 s phases",
     )
     parser.add_argument(
         "--nice",
@@ -306,11 +312,30 @@ def main() -> None:
         help="Change the niceness of the benchmark and its servers (e.g. -10 on a shared machine, "
         "so other jobs preempt all three transports less; every configuration gets the same).",
     )
+    parser.add_argument(
+        "--mode",
+        choices=["roundtrip", "flood"],
+        default="roundtrip",
+        help="roundtrip: the transports compared; flood: the good robot's latency under connection floods.",
+    )
+    parser.add_argument("--peers", type=int, default=2000, help="flood: peers connecting at once, per cycle.")
+    parser.add_argument("--phase-s", type=float, default=3.0, help="flood: seconds per phase and round.")
+    parser.add_argument(
+        "--period", type=float, default=0.02, help="flood: the good robot's request period (s)."
+    )
+    parser.add_argument("--flood-nice", type=int, default=10, help="flood: niceness of the flooding process.")
+    parser.add_argument("--io-threads", type=int, default=2, help="flood: the server's libzmq I/O threads.")
+    parser.add_argument(
+        "--session-timeout", type=float, default=10.0, help="flood: the server's session timeout."
+    )
     args = parser.parse_args()
-    if args.smoke:
+    if args.smoke and args.mode == "roundtrip":
         args.rounds, args.per_round, args.warmup = 1, 5, 2
     if args.nice:
         os.nice(args.nice)  # inherited by the spawned server processes
+    if args.mode == "flood":
+        flood_main(args)
+        return
 
     from rich.progress import Progress
 
@@ -459,15 +484,349 @@ def _plot(report: dict, path: Path) -> None:
     ax2.set_ylabel("CPU ms per request")
     ax2.set_title("CPU cost")
     ax2.legend()
-    m = report["machine"]
-    fig.suptitle(
-        f"{m['cpu']} ({m['cores']} cores), nice {m['niceness']}, load {m['load_average_at_start'][0]:.1f}, "
-        f"{report['date_utc']}",
-        fontsize=9,
-    )
+    fig.suptitle(_machine_line(report), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _machine_line(report: dict) -> str:
+    """One line naming the machine (keys as ``wall_runtime.machine.describe_machine`` writes them)."""
+    m = report["machine"]
+    load = m.get("load_average_at_start") or [float("nan")]
+    return (
+        f"{m.get('cpu')} ({m.get('usable_cores', m.get('cores'))} usable cores), nice {m.get('niceness')}, "
+        f"load {load[0]:.1f} at start, {report['date_utc']}"
+    )
+
+
+# ------------------------------------------------------------------------------- flood mode
+
+
+def serve_flood_target(ready: mp.Queue, session_timeout: float, io_threads: int = 2) -> None:
+    """The server under a flood: default caps, the robot-facing heartbeat, quiet logging."""
+    from wall_runtime.transport.server import PolicyServer, ServerConfig
+
+    config = ServerConfig(
+        bind="tcp://127.0.0.1:*", max_batch=8, max_wait_ms=2.0, session_timeout=session_timeout
+    )
+    server = PolicyServer(_policy(), config)
+    ready.put(server.start())
+    while True:
+        time.sleep(3600)
+
+
+FLOOD_PHASES = ("idle", "cpu_burn", "connect_flood", "hello_flood")
+
+
+def flood_worker(endpoint: str, kind: str, peers: int, niceness: int, go, idle, stop, out: mp.Queue) -> None:
+    """A process that floods while ``go`` is set (``idle`` set while it is not flooding).
+
+    ``connect``: open ``peers`` connections at once (each a distinct peer: its own loopback source
+    address) and hang up, again and again (TCP + ZMTP handshake, no message). ``hello``: each peer
+    also says hello as a new robot and hangs up without a bye (its session stays until the server's
+    session timeout). ``burn``: the control, spinning one core without touching the server."""
+    import zmq
+
+    from wall_runtime.transport.codec import decode, encode
+    from wall_runtime.transport.protocol import RobotDescription
+
+    os.nice(niceness)
+    ctx = zmq.Context()
+    port = endpoint.rsplit(":", 1)[1]
+    endpoints = [f"tcp://127.0.{2 + i // 250}.{1 + i % 250}:0;127.0.0.1:{port}" for i in range(peers)]
+    cams = {c: (224, 224, 3) for c in CAMERAS}
+    counts = {"cycles": 0, "connections": 0, "hellos": 0, "welcome": 0, "error": 0, "flooding_s": 0.0}
+    errors: dict[str, int] = {}
+    while not stop.is_set():
+        idle.set()
+        if not go.wait(0.05):
+            continue
+        idle.clear()
+        t0 = time.monotonic()
+        if kind == "burn":
+            while go.is_set():
+                pass
+            counts["flooding_s"] += time.monotonic() - t0
+            continue
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.sndhwm, sock.rcvhwm = 1, 0  # one hello per connection: a DEALER round-robins them
+        for ep in endpoints:
+            sock.connect(ep)
+        counts["connections"] += peers
+        settle = time.monotonic() + 0.3
+        if kind == "hello":
+            sent = answered = 0
+            while go.is_set() and time.monotonic() < settle + 0.7 and answered < peers:
+                while sent < peers:
+                    hello = RobotDescription(
+                        f"flood-{counts['cycles']}-{sent}", "flood", cams, STATE_DIM, 0.02
+                    )
+                    try:
+                        sock.send_multipart(encode(hello.to_header()), zmq.NOBLOCK)
+                        sent += 1
+                    except zmq.Again:
+                        break
+                if sock.poll(5):
+                    answered += 1
+                    header = decode(sock.recv_multipart(), 1 << 20).header
+                    reply = header.get("type")
+                    counts[reply] = counts.get(reply, 0) + 1
+                    if reply == "error":
+                        errors[header.get("code")] = errors.get(header.get("code"), 0) + 1
+            counts["hellos"] += sent
+        else:
+            while go.is_set() and time.monotonic() < settle:
+                time.sleep(0.01)
+        sock.close()
+        counts["cycles"] += 1
+        counts["flooding_s"] += time.monotonic() - t0
+    ctx.term()
+    out.put({**counts, "error_codes": errors, "cpu_s": time.process_time()})
+
+
+def _latency_phase(
+    client, observations: list, seconds: float, period: float
+) -> tuple[list[float], int, list[float]]:
+    """Requests at the robot's control rate (one per ``period``) for ``seconds``: their latencies,
+    how many failed, and the server's own share of each (receipt to reply, ``server_total``)."""
+    lat: list[float] = []
+    server: list[float] = []
+    failed = 0
+    end = time.perf_counter() + seconds
+    nxt = time.perf_counter()
+    i = 0
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        try:
+            chunk = client.submit(observations[i % len(observations)], deadline=2.0).result(timeout=5)
+            lat.append((time.perf_counter() - t0) * 1000.0)
+            server.append(chunk.timing_ms["server_total"])
+        except Exception:
+            failed += 1
+            lat.append(float("inf"))
+        i += 1
+        nxt += period
+        time.sleep(max(0.0, nxt - time.perf_counter()))
+    return lat, failed, server
+
+
+def flood(args: argparse.Namespace) -> dict:
+    """The good robot's round trip idle, beside a CPU burner, during connect floods and hello
+    floods; phases interleaved in rounds so a shared machine's load drift spreads over all."""
+    from wall_runtime.transport.client import PolicyClient, fetch_stats
+    from wall_runtime.transport.protocol import RobotDescription
+
+    rng = np.random.default_rng(0)
+    observations = [_observation(float(i), rng) for i in range(8)]
+    ctx = mp.get_context("spawn")
+    ready = ctx.Queue()
+    server = ctx.Process(
+        target=serve_flood_target, args=(ready, args.session_timeout, args.io_threads), daemon=True
+    )
+    server.start()
+    endpoint = ready.get(timeout=60)
+    desc = RobotDescription("good", "bench_arm", {c: (224, 224, 3) for c in CAMERAS}, STATE_DIM, 0.02)
+    client = PolicyClient(endpoint, desc, default_deadline=2.0)
+    stop = ctx.Event()
+    workers: dict[str, tuple] = {}
+    lat = {p: [] for p in FLOOD_PHASES}
+    in_server = {p: [] for p in FLOOD_PHASES}
+    per_round_p99 = {p: [] for p in FLOOD_PHASES}
+    failed = dict.fromkeys(FLOOD_PHASES, 0)
+    cpu = dict.fromkeys(FLOOD_PHASES, 0.0)
+    wall = dict.fromkeys(FLOOD_PHASES, 0.0)
+    try:
+        for phase, kind in (("cpu_burn", "burn"), ("connect_flood", "connect"), ("hello_flood", "hello")):
+            go, idle, out = ctx.Event(), ctx.Event(), ctx.Queue()
+            proc = ctx.Process(
+                target=flood_worker,
+                args=(endpoint, kind, args.peers, args.flood_nice, go, idle, stop, out),
+                daemon=True,
+            )
+            proc.start()
+            workers[phase] = (proc, go, idle, out)
+        for _, _, idle, _ in workers.values():
+            idle.wait(60)
+        client.connect(timeout=10)
+        _latency_phase(client, observations, min(1.0, args.phase_s), args.period)  # warm up
+        for r in range(args.rounds):
+            order = FLOOD_PHASES if r % 2 == 0 else tuple(reversed(FLOOD_PHASES))
+            for phase in order:
+                worker = workers.get(phase)
+                if worker is not None:
+                    worker[1].set()
+                    time.sleep(0.3)  # flooding before measuring
+                s0, t0 = _proc_cpu_s(server.pid), time.perf_counter()
+                got, bad, server_ms = _latency_phase(client, observations, args.phase_s, args.period)
+                in_server[phase].extend(server_ms)
+                wall[phase] += time.perf_counter() - t0
+                cpu[phase] += _proc_cpu_s(server.pid) - s0
+                if worker is not None:
+                    worker[1].clear()
+                    worker[2].wait(30)  # its cycle finished: the next phase starts clean
+                lat[phase].extend(got)
+                failed[phase] += bad
+                per_round_p99[phase].append(float(np.percentile(got, 99)))
+        stats = fetch_stats(endpoint, timeout=10, limit=0)
+    finally:
+        stop.set()
+        flood_counts = {}
+        for phase, (proc, go, _, out) in workers.items():
+            go.clear()
+            try:
+                flood_counts[phase] = out.get(timeout=30)
+            except Exception:
+                flood_counts[phase] = None
+            proc.join(5)
+        client.close()
+        server.terminate()
+        server.join(5)
+    phases: dict[str, dict] = {}
+    for phase in FLOOD_PHASES:
+        a = np.asarray(lat[phase])
+        finite = a[np.isfinite(a)]
+        counts = flood_counts.get(phase)
+        if counts and counts.get("flooding_s"):
+            counts["connections_per_s"] = counts["connections"] / counts["flooding_s"]
+        phases[phase] = {
+            "requests": int(a.size),
+            "failed": failed[phase],
+            "p50_ms": float(np.percentile(finite, 50)) if finite.size else None,
+            "p99_ms": float(np.percentile(a, 99)),
+            "p99_median_of_rounds_ms": float(np.median(per_round_p99[phase])),
+            "max_ms": float(np.max(a)),
+            # the server's own share (receipt to reply, measured by the server): the rest of the
+            # round trip is sockets, libzmq I/O threads and the OS scheduler of a shared machine
+            "server_total_p50_ms": float(np.percentile(in_server[phase], 50)),
+            "server_total_p99_ms": float(np.percentile(in_server[phase], 99)),
+            "server_cpu_fraction": cpu[phase] / wall[phase],
+            "flood": counts,
+            "raw_latencies_ms": [round(float(x), 4) for x in a],
+        }
+    ratios = {}
+    for key in ("p99_ms", "p99_median_of_rounds_ms", "server_total_p99_ms"):
+        for base in ("idle", "cpu_burn"):
+            for phase in ("cpu_burn", "connect_flood", "hello_flood"):
+                if phase != base:
+                    ratios[f"{phase}_over_{base}_{key}"] = phases[phase][key] / phases[base][key]
+    counters = {
+        c["name"]
+        + ("{" + ",".join(f"{k}={v}" for k, v in c["labels"].items()) + "}" if c["labels"] else ""): c[
+            "value"
+        ]
+        for c in stats["metrics"]["counters"]
+    }
+    machine = _machine()
+    machine["load_avg_1m_at_end"] = os.getloadavg()[0]
+    within = {
+        key: all(ratios[f"{p}_over_idle_{key}"] <= 2.0 for p in ("connect_flood", "hello_flood"))
+        for key in ("p99_ms", "p99_median_of_rounds_ms", "server_total_p99_ms")
+    }
+    return {
+        "benchmark": "transport flood: the good robot's round trip while thousands of peers connect and leave",
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine,
+        "method": {
+            "smoke": args.smoke,
+            "peers_per_cycle": args.peers,
+            "rounds": args.rounds,
+            "phase_s_per_round": args.phase_s,
+            "interleaved": "phases alternate in rounds (order reversed every other round)",
+            "good_robot_period_s": args.period,
+            "flood_niceness": args.flood_nice,
+            "server": f"own process, default caps (max_sessions 1024, max_connections 4096), "
+            f"{args.io_threads} libzmq I/O threads, echo policy",
+            "good_robot": "PolicyClient in the benchmark process, 3 x 224x224 RGB + state at the control rate",
+            "flooders": "own processes (niced: on a real network the attacker's CPU is not the policy "
+            "host's); each peer a distinct loopback source address; connect: TCP + ZMTP handshake then "
+            "hang up; hello: also a hello as a new robot, then hang up without bye",
+            "cpu_burn": "control: a process of the flooders' niceness spinning one core, touching nothing",
+        },
+        "phases": phases,
+        "ratios": ratios,
+        "targets_met": {
+            "flood_p99_within_2x_idle": within["p99_ms"],
+            "flood_p99_median_of_rounds_within_2x_idle": within["p99_median_of_rounds_ms"],
+            "flood_server_side_p99_within_2x_idle": within["server_total_p99_ms"],
+        },
+        "server_after": {"summary": stats.get("summary"), "counters": counters},
+    }
+
+
+def _plot_flood(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {
+        "idle": "tab:gray",
+        "cpu_burn": "tab:purple",
+        "connect_flood": "tab:red",
+        "hello_flood": "tab:orange",
+    }
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, ph in report["phases"].items():
+        a = np.sort(np.asarray(ph["raw_latencies_ms"]))
+        q = np.arange(1, len(a) + 1) / len(a)
+        rate = (ph.get("flood") or {}).get("connections_per_s")
+        label = f"{name}: p99 {ph['p99_ms']:.2f} ms" + (f", {rate:.0f} conn/s" if rate else "")
+        ax1.plot(a, q, color=colors.get(name), label=label)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("good robot round trip (ms, log)")
+    ax1.set_ylabel("fraction of requests")
+    ax1.axhline(0.99, color="k", lw=0.5, ls=":")
+    ax1.legend(loc="lower right", fontsize=8)
+    ax1.set_title(f"{report['method']['peers_per_cycle']} peers at once, connect and hang up, repeated")
+    names = list(report["phases"])
+    x = np.arange(len(names))
+    ax2.bar(x - 0.2, [report["phases"][n]["p99_ms"] for n in names], 0.4, color=[colors[n] for n in names])
+    ax2.bar(
+        x + 0.2,
+        [report["phases"][n]["p99_median_of_rounds_ms"] for n in names],
+        0.4,
+        color=[colors[n] for n in names],
+        alpha=0.5,
+        hatch="//",
+    )
+    ax2.plot(
+        x,
+        [report["phases"][n]["server_total_p99_ms"] for n in names],
+        "kD",
+        label="in the server, p99",
+    )
+    ax2.axhline(2 * report["phases"]["idle"]["p99_ms"], color="k", ls="--", lw=1, label="2x idle p99")
+    ax2.set_xticks(x, [n.replace("_", "\n") for n in names])
+    ax2.set_ylabel("p99 (ms): all samples | median of rounds (hatched)")
+    ax2.set_title("good robot p99 per phase")
+    ax2.legend()
+    fig.suptitle(_machine_line(report), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def flood_main(args: argparse.Namespace) -> None:
+    if args.smoke:
+        args.peers, args.phase_s, args.rounds = min(args.peers, 40), min(args.phase_s, 0.5), 1
+    report = flood(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.name if args.name != "transport" else "transport_flood"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    _plot_flood(report, args.out / f"{stem}.png")
+    for name, ph in report["phases"].items():
+        counts = {
+            k: v for k, v in (ph["flood"] or {}).items() if k in ("connections_per_s", "welcome", "error")
+        }
+        print(
+            f"{name:14s} p50 {ph['p50_ms']:7.3f} ms  p99 {ph['p99_ms']:7.3f} ms "
+            f"(in the server p99 {ph['server_total_p99_ms']:6.3f})  "
+            f"(median of rounds {ph['p99_median_of_rounds_ms']:7.3f})  failed {ph['failed']}  "
+            f"server cpu {100 * ph['server_cpu_fraction']:5.1f} %  {counts}"
+        )
+    print(json.dumps({"ratios": report["ratios"], "targets_met": report["targets_met"]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -192,6 +192,18 @@ def test_cached_keys_independent_of_padding(parity_case) -> None:
     assert (kv.k[:, 1, :, 3:] - kv1.k[:, 0]).abs().max() <= 1e-5
 
 
+def test_prefix_kv_equals_the_full_pass_kv(parity_case) -> None:
+    """``prefix`` stops the last layer after its K/V (no attention output, FFN or final norm):
+    the cache is bit-identical to the one the full pass leaves."""
+    cfg, _, net, input_ids, attention_mask, _, _ = parity_case
+    embeds = torch.randn(*input_ids.shape, cfg.hidden_size, generator=torch.Generator().manual_seed(5))
+    pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)[None].expand(3, -1, -1)
+    with torch.no_grad():
+        full, _ = net.prefix_with_hidden(embeds, pos, attention_mask)
+        cache = net.prefix(embeds, pos, attention_mask)
+    assert torch.equal(cache.k, full.k) and torch.equal(cache.v, full.v)
+
+
 def _reference_routed_hidden(net: WallOSSNet, embeds, position_ids, token_types, mask):
     """Straight transcription of the reference's routing by token type over ONE full-width stream:
     every token has ``hidden_size`` columns; a per-expert module of expert e reads and writes columns

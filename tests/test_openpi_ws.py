@@ -233,3 +233,17 @@ def test_serve_refuses_an_exposed_openpi_endpoint_without_a_token(tmp_path: Path
     result = CliRunner().invoke(app, ["serve", "--backend", "echo", "--openpi", "0.0.0.0:0"])
     assert result.exit_code == 2
     assert "without a token: give one (--openpi-token-file)" in " ".join(result.output.split())
+
+
+def test_both_endpoints_keep_the_policys_input_check(tmp_path: Path) -> None:
+    """With ``--openpi`` the ZeroMQ server sees the shared wrapper: it must still check observations
+    against what the model refuses (prompt length, aspect ratio), not lose the check to the wrapper."""
+    from wall_runtime.model.tiny_checkpoint import write_tiny_checkpoint
+    from wall_runtime.transport.openpi_ws import SharedPolicy
+
+    policy = load_policy(write_tiny_checkpoint(tmp_path / "ckpt", "flow"), "torch")
+    try:
+        assert policy.input_check is not None
+        assert SharedPolicy(policy).input_check is policy.input_check
+    finally:
+        policy.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from transport_helpers import client_for, echo_policy, observation, robot, servi
 
 from wall_runtime.transport.auth import SecurityError, generate_keys, is_loopback
 from wall_runtime.transport.client import PolicyClient
-from wall_runtime.transport.errors import NotConnected
+from wall_runtime.transport.errors import ConnectionLost, NotConnected, ServerError
 from wall_runtime.transport.server import PolicyServer, ServerConfig
 
 # a crash in a server or client thread must fail the test, not just warn
@@ -68,12 +69,11 @@ def test_key_files_are_private_and_never_overwritten(tmp_path: Path) -> None:
 def test_curve_needs_both_halves_and_a_nonempty_allow_list(keys: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(SecurityError):
         PolicyServer(echo_policy(), ServerConfig(bind="tcp://127.0.0.1:*", server_key=keys["server_secret"]))
-    server = PolicyServer(
-        echo_policy(),
-        ServerConfig(bind="tcp://127.0.0.1:*", server_key=keys["server_secret"], allow_dir=tmp_path),
-    )
-    with pytest.raises(SecurityError, match="no client public keys"):
-        server.start()
+    with pytest.raises(SecurityError, match="no client public keys"):  # refused before binding
+        PolicyServer(
+            echo_policy(),
+            ServerConfig(bind="tcp://127.0.0.1:*", server_key=keys["server_secret"], allow_dir=tmp_path),
+        )
 
 
 def test_non_loopback_bind_without_keys_is_refused(caplog: pytest.LogCaptureFixture) -> None:
@@ -101,3 +101,70 @@ def test_non_loopback_bind_without_keys_is_refused(caplog: pytest.LogCaptureFixt
 )
 def test_loopback_detection(endpoint: str, loopback: bool) -> None:
     assert is_loopback(endpoint) is loopback
+
+
+def _curve_keys(tmp_path: Path, *names: str) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for name in ("server", *names):
+        out[name], out[name + "_secret"] = generate_keys(tmp_path / "keys", name)
+    allow = tmp_path / "allowed"
+    allow.mkdir()
+    for name in names:
+        shutil.copy(out[name], allow / f"{name}.key")
+    out["allow"] = allow
+    return out
+
+
+def test_refusal_log_names_the_peer_and_its_key(
+    keys: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, logger="wall_runtime.transport.auth"),
+        serving(echo_policy(), server_key=keys["server_secret"], allow_dir=keys["allow"]) as server,
+    ):
+        _never_served(server.endpoint, server_key=keys["server"], client_key=keys["intruder_secret"])
+    refusals = [r.getMessage() for r in caplog.records if "refused CURVE client" in r.getMessage()]
+    assert refusals, caplog.text
+    intruder_key = keys["intruder"].read_text().split('public-key = "')[1].split('"')[0]
+    assert "127.0.0.1" in refusals[0] and intruder_key in refusals[0]
+    assert server.endpoint.rsplit(":", 1)[1] not in refusals[0]  # not the server's own endpoint
+
+
+def test_robot_id_is_bound_to_the_first_curve_key_that_claims_it(tmp_path: Path) -> None:
+    k = _curve_keys(tmp_path, "robot", "other")
+    curve = {"server_key": k["server"]}
+    with (
+        serving(echo_policy(), server_key=k["server_secret"], allow_dir=k["allow"]) as server,
+        client_for(server.endpoint, robot("arm-1"), client_key=k["robot_secret"], **curve) as real,
+    ):
+        # an allowed key, but not the one arm-1 is bound to: refused, and the real robot keeps its link
+        impostor = PolicyClient(server.endpoint, robot("arm-1"), client_key=k["other_secret"], **curve)
+        try:
+            with pytest.raises(NotConnected, match="robot_id_in_use"):
+                impostor.connect(timeout=1.0)
+        finally:
+            impostor.close()
+        assert real.submit(observation(1.0), deadline=2.0).result(timeout=5).stamp == 1.0
+        # the same key on a fresh connection is the robot itself reconnecting: admitted
+        with client_for(server.endpoint, robot("arm-1"), client_key=k["robot_secret"], **curve) as again:
+            assert again.submit(observation(2.0), deadline=2.0).result(timeout=5).stamp == 2.0
+
+
+def test_key_removed_from_the_allow_list_stops_working_without_a_restart(tmp_path: Path) -> None:
+    k = _curve_keys(tmp_path, "robot")
+    with (
+        serving(echo_policy(), server_key=k["server_secret"], allow_dir=k["allow"]) as server,
+        client_for(server.endpoint, client_key=k["robot_secret"], server_key=k["server"]) as client,
+    ):
+        assert client.submit(observation(1.0), deadline=2.0).result(timeout=5).stamp == 1.0
+        (k["allow"] / "robot.key").unlink()
+        server.reload_allow_list()  # what SIGHUP does; a changed folder is also noticed within 1 s
+        deadline = time.monotonic() + 5
+        error = None
+        while time.monotonic() < deadline:
+            error = client.submit(observation(2.0), deadline=1.0).exception(timeout=5)
+            if error is not None:
+                break
+            time.sleep(0.05)
+        assert isinstance(error, (ServerError, NotConnected, ConnectionLost)), error
+        assert server.queue.summary()["robots"] == 0

@@ -9,10 +9,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wall_runtime.types import Observation, PolicyResult
+
+if TYPE_CHECKING:
+    from wall_runtime.backends.input_check import ModelInputCheck
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class PolicyMetadata:
 
 class Policy(abc.ABC):
     metadata: PolicyMetadata
+    # What ``infer`` refuses beyond the handshake's shapes (``backends.input_check``); the server
+    # checks each observation against it so one robot's bad input never fails a batch. None: no limits.
+    input_check: ModelInputCheck | None = None
 
     @abc.abstractmethod
     def infer(

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from wall_runtime.backends.base import Policy, PolicyMetadata
+from wall_runtime.backends.input_check import ModelInputCheck
 from wall_runtime.backends.noise import check_knots, smooth_noise
 from wall_runtime.types import Observation, PolicyResult
 
@@ -54,6 +55,7 @@ class TorchPolicy(Policy):
             resolutions={v: int(cfg.data.resolution[v]) for v in cfg.data.cameras},
         )
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.input_check = ModelInputCheck(model)
 
     @classmethod
     def from_checkpoint(

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from wall_runtime.backends.base import Policy, PolicyMetadata
+from wall_runtime.backends.input_check import ModelInputCheck
 from wall_runtime.backends.noise import check_knots, smooth_noise
 from wall_runtime.export.onnx_export import GraphShapes
 from wall_runtime.export.static_batch import (
@@ -114,6 +115,12 @@ class GraphPolicy(Policy):
             dof_config=dict(cfg.data.dof_config),
             agent_pos_config=dict(cfg.data.agent_pos_config),
             resolutions={v: int(cfg.data.resolution[v]) for v in shapes.cameras},
+        )
+        self.input_check = ModelInputCheck(
+            model,
+            max_prefix_tokens=shapes.prefix_length,
+            frame_sizes=dict(zip(shapes.cameras, shapes.frame_sizes, strict=True)),
+            guidance=False,
         )
 
     def stages(self, observations: Sequence[Observation], noise: np.ndarray) -> dict[str, Any]:

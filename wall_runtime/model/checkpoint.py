@@ -17,15 +17,23 @@ checkpoint lacks, is an error naming the key.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from wall_runtime.model.config import WallConfig
+from wall_runtime.model.weight_files import (
+    TensorEntry,
+    WeightFileError,
+    open_safetensors,
+    read_safetensors_header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -234,117 +242,341 @@ def fuse_state_dict(sd: Mapping[str, torch.Tensor], which: Iterable[str]) -> dic
     return out
 
 
-def unfuse_state_dict(sd: Mapping[str, torch.Tensor], cfg: WallConfig) -> dict[str, torch.Tensor]:
-    """Split every fused tensor into its unfused parts, using the configured sizes."""
-    sizes = unfused_weight_shapes(cfg)
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in sd.items():
-        parts = _parts_of(name)
-        if parts is None:
-            out[name] = tensor
-            continue
-        if any(p not in sizes for p in parts):
-            raise CheckpointError(f"unexpected key {name}: the configured model has no such projection")
-        rows = [sizes[p][0] for p in parts]
-        if tensor.shape[0] != sum(rows):
-            raise CheckpointError(
-                f"{name} has {tensor.shape[0]} rows; the config expects {' + '.join(map(str, rows))}"
-            )
-        for part, piece in zip(parts, torch.split(tensor, rows, dim=0), strict=True):
-            out[part] = piece.contiguous()
-    return out
-
-
 def is_normalizer_key(name: str) -> bool:
     return "action_preprocessor.normalizer" in name or ".normalizer_" in name
 
 
-def adapt_state_dict(
-    sd: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], cfg: WallConfig
-) -> dict[str, torch.Tensor]:
-    """Checkpoint tensors renamed to exactly the ``expected`` names and shapes, or a clear error."""
-    kept = {k: v for k, v in sd.items() if not is_normalizer_key(k) and k not in DROPPED_KEYS}
-    unfused = unfuse_state_dict(kept, cfg)
-    want_fused = {k for k in expected if _parts_of(k) is not None}
-    adapted = fuse_state_dict(unfused, want_fused)
-    missing = sorted(set(expected) - set(adapted))
-    unexpected = sorted(set(adapted) - set(expected))
+def _kept(name: str) -> bool:
+    return not is_normalizer_key(name) and name not in DROPPED_KEYS
+
+
+# --------------------------------------------------------------------------- the vision MLP width
+
+VISION_MLP_ALIGN = 128  # the 1.1.0 model pads the ViT FFN width up to a multiple of this (spec §10)
+
+
+def padded_width(width: int, align: int = VISION_MLP_ALIGN) -> int:
+    return -(-int(width) // align) * align
+
+
+def stored_vision_mlp_width(shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+    """The vision MLP hidden width block 0 stores (unfused gate, fused gate_up or down), if any."""
+    b = "visual.blocks.0.mlp."
+    if len(shapes.get(b + "gate_proj.weight", ())) == 2:
+        return int(shapes[b + "gate_proj.weight"][0])
+    if len(shapes.get(b + "gate_up_proj.weight", ())) == 2 and shapes[b + "gate_up_proj.weight"][0] % 2 == 0:
+        return int(shapes[b + "gate_up_proj.weight"][0]) // 2
+    if len(shapes.get(b + "down_proj.weight", ())) == 2:
+        return int(shapes[b + "down_proj.weight"][1])
+    return None
+
+
+def resolve_vision_mlp_width(cfg: WallConfig, shapes: Mapping[str, tuple[int, ...]]) -> WallConfig:
+    """``cfg`` with the vision MLP width the checkpoint stores, when that is the 1.1.0 padded form.
+
+    The authors' 1.1.0 model rounds ``vision_config.intermediate_size`` up to a multiple of 128 (3420 →
+    3456) and saves that width; the padding rows are used as stored. Any other stored width is left to
+    the shape check, which refuses it by name.
+    """
+    configured = int(cfg.vision["intermediate_size"])
+    stored = stored_vision_mlp_width(shapes)
+    if stored is None or stored == configured or stored != padded_width(configured):
+        return cfg
+    log.info("vision MLP: checkpoint stores the 1.1.0 padded width %d (config %d)", stored, configured)
+    return cfg.with_vision_intermediate_size(stored)
+
+
+def _shape_hint(name: str, cfg: WallConfig) -> str:
+    if name.startswith("visual.blocks.") and ".mlp." in name:
+        configured = int(cfg.config_json.get("vision_config", cfg.vision).get("intermediate_size", 0))
+        return (
+            f" (the vision MLP width must be vision_config.intermediate_size = {configured} or, as the 1.1.0"
+            f" model saves it, that rounded up to a multiple of {VISION_MLP_ALIGN} = {padded_width(configured)})"
+        )
+    return ""
+
+
+# --------------------------------------------------------------------------- copy plan
+
+
+@dataclass(frozen=True)
+class Copy:
+    """Stored tensor rows ``src`` go into parameter ``param`` rows ``dst`` (None = all rows)."""
+
+    param: str
+    dst: tuple[int, int] | None = None
+    src: tuple[int, int] | None = None
+
+
+def plan_copies(
+    stored: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]], cfg: WallConfig
+) -> dict[str, list[Copy]]:
+    """For each stored tensor, where its rows go in the model; every problem is an error by name.
+
+    Stored and model forms may differ (fused ``qkv`` / ``gate_up`` vs. unfused parts): a fused stored
+    tensor is split by rows into the model's parts, stored parts fill row ranges of a fused parameter.
+    Either way every value is copied once, as is, so all forms give bit-identical parameters.
+    """
+    part_rows = {k: v[0] for k, v in unfused_weight_shapes(cfg).items()}
+    plan: dict[str, list[Copy]] = {}
+    filled: dict[str, list[str]] = {}  # param -> stored names that fill it
+    unexpected: list[str] = []
+    for name, shape in stored.items():
+        if not _kept(name):
+            continue
+        shape = tuple(shape)
+        parts = _parts_of(name)
+        fused = _fused_name(name)
+        if name in expected:
+            if shape != tuple(expected[name]):
+                raise CheckpointError(
+                    f"{name} has shape {shape} in the checkpoint, the model expects {tuple(expected[name])}"
+                    + _shape_hint(name, cfg)
+                )
+            plan[name] = [Copy(name)]
+            filled.setdefault(name, []).append(name)
+        elif parts is not None and all(p in expected for p in parts):
+            rows = [expected[p][0] for p in parts]
+            if not shape or shape[0] != sum(rows):
+                got = shape[0] if shape else 0
+                raise CheckpointError(
+                    f"{name} has {got} rows; the config expects {' + '.join(map(str, rows))}"
+                    + _shape_hint(name, cfg)
+                )
+            copies, offset = [], 0
+            for p, r in zip(parts, rows, strict=True):
+                if shape[1:] != tuple(expected[p][1:]):
+                    raise CheckpointError(
+                        f"{name} has shape {shape}; its part {p} must be {tuple(expected[p])}"
+                        + _shape_hint(name, cfg)
+                    )
+                copies.append(Copy(p, None, (offset, offset + r)))
+                filled.setdefault(p, []).append(name)
+                offset += r
+            plan[name] = copies
+        elif fused is not None and fused in expected:
+            siblings = _parts_of(fused) or []
+            rows = [part_rows.get(p, 0) for p in siblings]
+            i = siblings.index(name)
+            want = (rows[i], *expected[fused][1:])
+            if shape != want or sum(rows) != expected[fused][0]:
+                raise CheckpointError(
+                    f"{name} has shape {shape} in the checkpoint, the model expects {want}"
+                    + _shape_hint(name, cfg)
+                )
+            offset = sum(rows[:i])
+            plan[name] = [Copy(fused, (offset, offset + rows[i]))]
+            filled.setdefault(fused, []).append(name)
+        else:
+            unexpected.append(name)
+    missing: list[str] = []
+    for param in expected:
+        sources = filled.get(param, [])
+        if not sources:
+            missing.append(param)
+        elif len(sources) > 1 and param in sources:
+            raise CheckpointError(f"{param} is stored twice: as {', '.join(sorted(set(sources)))}")
+        elif param not in sources and _parts_of(param) is not None:
+            parts = _parts_of(param) or []
+            lacking = [p for p in parts if p not in sources]
+            if lacking:
+                raise CheckpointError(f"cannot build {param}: the checkpoint lacks {', '.join(lacking)}")
     if missing or unexpected:
         lines = []
         if missing:
-            lines.append(f"missing key(s): {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else ""))
+            lines.append(
+                f"missing key(s): {', '.join(sorted(missing)[:20])}" + (" ..." if len(missing) > 20 else "")
+            )
         if unexpected:
             lines.append(
-                f"unexpected key(s): {', '.join(unexpected[:20])}" + (" ..." if len(unexpected) > 20 else "")
+                f"unexpected key(s): {', '.join(sorted(unexpected)[:20])}"
+                + (" ..." if len(unexpected) > 20 else "")
             )
         raise CheckpointError("checkpoint does not match the configured model: " + "; ".join(lines))
-    for name, shape in expected.items():
-        if tuple(adapted[name].shape) != tuple(shape):
-            raise CheckpointError(
-                f"{name} has shape {tuple(adapted[name].shape)} in the checkpoint, the model expects {tuple(shape)}"
-            )
-    return adapted
+    return plan
+
+
+def _rows(t: torch.Tensor, rows: tuple[int, int] | None) -> torch.Tensor:
+    return t if rows is None else t[rows[0] : rows[1]]
+
+
+def copy_tensor(params: Mapping[str, torch.Tensor], source: torch.Tensor, copies: Iterable[Copy]) -> None:
+    """Copy (and cast, and move) one stored tensor into the parameters its plan names."""
+    with torch.no_grad():
+        for c in copies:
+            _rows(params[c.param], c.dst).copy_(_rows(source, c.src))
 
 
 # --------------------------------------------------------------------------- files
 
 
-def read_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory: sharded or single safetensors, or the FSDP .bin."""
-    from safetensors import safe_open
+@dataclass
+class CheckpointWeights:
+    """A checkpoint directory's weights, checked but not read: names, shapes and dtypes from the
+    file headers (safetensors), or the tensors of an FSDP ``.bin`` / an in-memory state dict."""
 
+    root: Path
+    shards: dict[Path, dict[str, TensorEntry]] = field(default_factory=dict)
+    state_dict: Mapping[str, torch.Tensor] | None = None
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        if self.state_dict is not None:
+            return {k: tuple(v.shape) for k, v in self.state_dict.items()}
+        return {k: e.shape for entries in self.shards.values() for k, e in entries.items()}
+
+    @property
+    def stored_bytes(self) -> int:
+        if self.state_dict is not None:
+            return sum(v.numel() * v.element_size() for v in self.state_dict.values())
+        return sum(e.nbytes for entries in self.shards.values() for e in entries.values())
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor, Callable[[], None]]]:
+        """``(name, tensor, release)`` one at a time, shard by shard; a tensor is a view onto the
+        mapped file, valid until ``release()`` (which drops its pages) or the next tensor."""
+        if self.state_dict is not None:
+            for name, tensor in self.state_dict.items():
+                yield name, tensor, lambda: None
+            return
+        for path, entries in self.shards.items():
+            try:
+                with open_safetensors(path, entries) as handle:
+                    for name in entries:
+                        view = handle.view(name)
+                        yield name, view, functools.partial(handle.release, name)
+                        del view
+            except OSError as exc:
+                raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+def open_checkpoint_weights(checkpoint_dir: str | Path) -> CheckpointWeights:
+    """Find and check a checkpoint directory's weight files (sharded or single safetensors, or the
+    FSDP .bin) without reading the weights; every problem is a :class:`CheckpointError` naming the file."""
     root = Path(checkpoint_dir)
     index = root / SAFETENSORS_INDEX
     files: list[Path]
+    listed: set[str] | None = None
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        try:
+            table = json.loads(index.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{index}: not valid JSON: {exc}") from exc
+        weight_map = table.get("weight_map") if isinstance(table, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index} has no weight_map")
-        files = [root / f for f in dict.fromkeys(weight_map.values())]
+        files = [root / str(f) for f in dict.fromkeys(weight_map.values())]
         absent = [f.name for f in files if not f.is_file()]
         if absent:
             raise CheckpointError(f"{index} lists shard(s) that are absent: {', '.join(absent)}")
+        listed = set(weight_map)
     elif (root / SAFETENSORS).is_file():
         files = [root / SAFETENSORS]
     elif sorted(root.glob("*.safetensors")):
         files = sorted(root.glob("*.safetensors"))  # early FLOW checkpoints: shards without an index
     elif (root / FSDP_BIN).is_file():
-        sd = torch.load(root / FSDP_BIN, map_location="cpu", weights_only=True)
-        return dict(sd.get("state_dict", sd))
+        return CheckpointWeights(root, state_dict=_load_fsdp_bin(root / FSDP_BIN))
     else:
         raise CheckpointError(
             f"{root} holds no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX} or {FSDP_BIN}"
         )
-    sd: dict[str, torch.Tensor] = {}
+    shards: dict[Path, dict[str, TensorEntry]] = {}
+    seen: dict[str, Path] = {}
     for f in files:
-        with safe_open(str(f), framework="pt", device="cpu") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                if key in sd:
-                    raise CheckpointError(f"{key} appears in more than one shard ({f.name})")
-                sd[key] = handle.get_tensor(key)
-    if index.is_file():
-        listed = set(json.loads(index.read_text())["weight_map"])
-        if listed != set(sd):
-            raise CheckpointError(
-                f"{index} and its shards disagree on: {', '.join(sorted(listed ^ set(sd))[:10])}"
-            )
-    return sd
+        try:
+            entries = read_safetensors_header(f)
+        except WeightFileError as exc:
+            raise CheckpointError(str(exc)) from exc
+        for key in entries:
+            if key in seen:
+                raise CheckpointError(f"{key} appears in more than one shard ({seen[key].name}, {f.name})")
+            seen[key] = f
+        shards[f] = entries
+    if listed is not None and listed != set(seen):
+        raise CheckpointError(
+            f"{index} and its shards disagree on: {', '.join(sorted(listed ^ set(seen))[:10])}"
+        )
+    return CheckpointWeights(root, shards=shards)
 
 
-def embedding_rows(sd: Mapping[str, torch.Tensor]) -> int:
-    if "model.embed_tokens.weight" not in sd:
+def _load_fsdp_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        try:  # zip-format files map lazily (no second copy); legacy ones are read whole
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad pickle / zip
+        raise CheckpointError(f"{path}: cannot read as a PyTorch state dict: {exc}") from exc
+    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
+    return dict(sd)
+
+
+def read_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory, copied into memory (tools and tests; loading a model
+    goes through :func:`load_weights`, which never holds this second copy)."""
+    weights = open_checkpoint_weights(checkpoint_dir)
+    return {name: tensor.clone() for name, tensor, _ in weights.tensors()}
+
+
+def embedding_rows(shapes: Mapping[str, tuple[int, ...]] | Mapping[str, torch.Tensor]) -> int:
+    if "model.embed_tokens.weight" not in shapes:
         raise CheckpointError("missing key: model.embed_tokens.weight")
-    return int(sd["model.embed_tokens.weight"].shape[0])
+    value = shapes["model.embed_tokens.weight"]
+    return int(value.shape[0] if isinstance(value, torch.Tensor) else value[0])
+
+
+def load_weights(module: torch.nn.Module, weights: CheckpointWeights, cfg: WallConfig) -> None:
+    """Fill ``module``'s parameters (any device / dtype, possibly uninitialised) from ``weights``,
+    tensor by tensor: each stored tensor is cast and copied straight into its parameter, then its
+    pages are released. The plan is checked first, so a mismatch fails before anything is copied."""
+    params = module.state_dict(keep_vars=True)
+    expected = {k: tuple(v.shape) for k, v in params.items()}
+    plan = plan_copies(weights.shapes, expected, cfg)
+    for name, tensor, release in weights.tensors():
+        copies = plan.get(name)
+        if copies:
+            copy_tensor(params, tensor, copies)
+        release()
+
+
+def _allocate(module: torch.nn.Module, device: torch.device | str) -> None:
+    """Uninitialised storage for every meta parameter / buffer (``Module.to_empty`` does the same, but
+    through ``empty_like`` on meta tensors, which imports sympy on first use: ~1 s and ~40 MB)."""
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is not None and param.is_meta:
+                empty = torch.empty(param.shape, dtype=param.dtype, device=device)
+                sub._parameters[name] = torch.nn.Parameter(empty, requires_grad=param.requires_grad)
+        for name, buf in list(sub._buffers.items()):
+            if buf is not None and buf.is_meta:
+                sub._buffers[name] = torch.empty(buf.shape, dtype=buf.dtype, device=device)
+
+
+def materialize(
+    module: torch.nn.Module,
+    weights: CheckpointWeights,
+    cfg: WallConfig,
+    device: torch.device | str = "cpu",
+) -> torch.nn.Module:
+    """Give a module built on the meta device (dtypes already set) real storage on ``device`` and fill
+    it from ``weights``. The copy plan is checked against the meta shapes first, so a checkpoint that
+    does not fit fails before any memory is allocated; nothing is initialised twice."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict(keep_vars=True).items()}
+    plan = plan_copies(weights.shapes, expected, cfg)
+    _allocate(module, device)
+    params = module.state_dict(keep_vars=True)
+    for name, tensor, release in weights.tensors():
+        copies = plan.get(name)
+        if copies:
+            copy_tensor(params, tensor, copies)
+        release()
+    return module
 
 
 def load_into(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], cfg: WallConfig) -> None:
-    """Load checkpoint tensors into ``module`` (whose parameter names are the published names)."""
-    target = module.state_dict()
-    expected = {k: tuple(v.shape) for k, v in target.items()}
-    adapted = adapt_state_dict(sd, expected, cfg)
-    with torch.no_grad():
-        for name, tensor in adapted.items():
-            target[name].copy_(tensor.to(dtype=target[name].dtype))
+    """Load in-memory checkpoint tensors into ``module`` (whose parameter names are the published names)."""
+    load_weights(module, CheckpointWeights(Path("."), state_dict=sd), cfg)
 
 
 def write_state_dict(

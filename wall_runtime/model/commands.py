@@ -95,6 +95,11 @@ def make_tiny_checkpoint(
         "generation's convention (FLOW: absolute position + Euler; 0.5: relative position + 6D), "
         "its views and norm key.",
     ),
+    pad_vision_mlp: bool = typer.Option(
+        False,
+        "--pad-vision-mlp",
+        help="Store the vision MLP zero-padded to a multiple of 128 wide, as the 1.1.0 model saves it.",
+    ),
 ) -> None:
     """Write a deterministic random-weight tiny WALL-OSS checkpoint in the published layout."""
     from rich import print as rprint
@@ -128,6 +133,7 @@ def make_tiny_checkpoint(
         max_shard_bytes=shard_bytes or None,
         normalizers=normalizers,  # type: ignore[arg-type]
         size=size,
+        pad_vision_mlp=pad_vision_mlp,
         **extra,
     )
     files = ", ".join(sorted(p.name for p in root.iterdir()))
@@ -170,6 +176,7 @@ def predict(
     be decoded to check its convention.
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from wall_runtime.backends.torch_backend import TorchPolicy
@@ -196,9 +203,17 @@ def predict(
             result = _initial_sample(policy, obs, initial, seed)
         else:
             result = policy.infer([obs], noise=[initial] if initial is not None else None)[0]
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (ValueError, RuntimeError, OSError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(code=1) from exc
+    if not (np.isfinite(result.actions).all() and np.isfinite(result.actions_normalized).all()):
+        # e.g. NaN weights: a chunk a robot must never receive; nothing is written
+        console.print(
+            f"[red]error:[/red] the policy's output holds NaN or infinity (check the weights in "
+            f"{escape(str(checkpoint))}); {escape(str(out))} not written",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1)
     out.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"actions_normalized": result.actions_normalized, "actions": result.actions}
     if layouts is not None:
@@ -243,7 +258,90 @@ def _initial_sample(policy, obs, initial, seed: int):
     return PolicyResult(actions=np.asarray(actions, np.float32), actions_normalized=initial.copy())
 
 
+def model_size(
+    variant: str = typer.Option("flow", "--variant", help="Generation at its published size: flow or 0.5."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the JSON report to this file."),
+) -> None:
+    """Parameters per part, exported graphs' sizes and the memory plan per backend of a published-size
+    model, built on the meta device (no weights needed)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from wall_runtime.model.size import BACKENDS, BATCHES, gib, param_count_str, size_report
+
+    if variant not in ("flow", "0.5"):
+        raise typer.BadParameter(f"unknown variant {variant!r}; choose flow or 0.5", param_hint="--variant")
+    report = size_report(variant)
+    text = json.dumps(report, indent=2) + "\n"
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    if as_json:
+        typer.echo(text, nl=False)
+        return
+    console = Console()
+    params = Table(
+        title=f"{report['model']}: parameters (published {report['published_parameters'] / 1e9:.1f} B)"
+    )
+    params.add_column("part")
+    params.add_column("parameters", justify="right")
+    for part, n in report["parameters"].items():
+        params.add_row(part, param_count_str(n))
+    params.add_row("deviation from published", f"{100 * report['deviation_from_published']:+.1f} %")
+    console.print(params)
+    graphs = Table(title="exported graphs")
+    for col in ("graph", "parameters", "ONNX fp32 GiB", "external data", "TensorRT bf16 GiB"):
+        graphs.add_column(col, justify="left" if col == "graph" else "right")
+    for name, g in report["graphs"].items():
+        graphs.add_row(
+            name,
+            param_count_str(g["parameters"]),
+            gib(g["onnx_fp32_bytes"]),
+            "yes" if g["onnx_external_data"] else "no",
+            gib(g["tensorrt_bf16_bytes"]),
+        )
+    console.print(graphs)
+    rows = {(r["backend"], r["views"], r["batch"]): r for r in report["plan"]}
+    plan = Table(
+        title=f"memory plan, GiB (weights + KV cache + peak activations; {report['config']['resolution']} px "
+        f"views of {report['config']['image_tokens_per_view']} tokens)"
+    )
+    for col in ("views", "batch", "prefix tokens", *BACKENDS):
+        plan.add_column(col, justify="right")
+    for views in (1, 2, 3):
+        for batch in BATCHES:
+            cells = [rows[(b, views, batch)] for b in BACKENDS]
+            plan.add_row(
+                str(views),
+                str(batch),
+                str(cells[0]["prefix_tokens"]),
+                *(gib(c["total_bytes"]) for c in cells),
+            )
+    console.print(plan)
+    parts = Table(title="breakdown at 3 views, GiB")
+    for col in ("backend", "batch", "weights", "KV cache", "vision act.", "prefill act."):
+        parts.add_column(col, justify="left" if col == "backend" else "right")
+    for backend in BACKENDS:
+        for batch in (1, BATCHES[-1]):
+            r = rows[(backend, 3, batch)]
+            parts.add_row(
+                backend,
+                str(batch),
+                gib(r["weights_bytes"]),
+                gib(r["kv_cache_bytes"]),
+                gib(r["activation_vision_bytes"]),
+                gib(r["activation_prefill_bytes"]),
+            )
+    console.print(parts)
+    for line in report["assumptions"]:
+        console.print(f"- {line}", soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
     app.command("make-tiny-checkpoint")(make_tiny_checkpoint)
     app.command("predict")(predict)
+    app.command("model-size")(model_size)

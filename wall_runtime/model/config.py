@@ -95,8 +95,34 @@ class WallConfig:
         """Embedding rows = ``len(tokenizer)`` (the reference's ``resize_token_embeddings``)."""
         return replace(self, net=replace(self.net, vocab_size=int(vocab_size)))
 
+    def with_vision_intermediate_size(self, width: int) -> WallConfig:
+        """The vision MLP width the weights store (the 1.1.0 padded form, spec §10)."""
+        return replace(self, vision={**self.vision, "intermediate_size": int(width)})
+
 
 # --------------------------------------------------------------------------- resolution helpers
+
+
+def _int(value: Any, where: str) -> int:
+    """An integer field, or a :class:`ConfigError` naming it (``2048.0`` is accepted, ``"2k"`` is not)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise ConfigError(f"{where} must be an integer, got {value!r}")
+
+
+def _float(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{where} must be a number, got {value!r}") from None
 
 
 def _first(*candidates: Any) -> Any:
@@ -151,9 +177,9 @@ def _action_horizon(yml: dict, cfg: dict) -> int:
         cfg.get("action_horizon_flow"),
         32,
     )
-    if int(value) <= 0:
+    if _int(value, "action_horizon_flow / action_horizon") <= 0:
         raise ConfigError(f"action horizon must be positive, got {value!r}")
-    return int(value)
+    return _int(value, "action_horizon_flow / action_horizon")
 
 
 def _cameras(yml: dict, resolution: dict[str, int]) -> tuple[str, ...]:
@@ -172,7 +198,12 @@ def detect_variant(cfg: dict) -> Variant:
     """FLOW shares attention and norms; 0.5 is a mixture of transformers with a narrower action expert."""
     dims = cfg.get("dim_inputs")
     hidden = _text(cfg).get("hidden_size")
-    if cfg.get("norm_moe") or (dims and hidden and int(dims[-1]) != int(hidden)):
+    if cfg.get("norm_moe") or (
+        isinstance(dims, list)
+        and dims
+        and hidden
+        and _int(dims[-1], "config.json dim_inputs") != _int(hidden, "config.json hidden_size")
+    ):
         return "0.5"
     return "flow"
 
@@ -200,11 +231,11 @@ def read_config_files(checkpoint_dir: str | Path) -> tuple[dict, dict]:
         )
     try:
         cfg = json.loads(json_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{json_path} is not valid JSON: {exc}") from exc
     try:
         yml = yaml.safe_load(yml_path.read_text()) or {}
-    except yaml.YAMLError as exc:
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{yml_path} is not valid YAML: {exc}") from exc
     if not isinstance(cfg, dict) or not isinstance(yml, dict):
         raise ConfigError(f"{checkpoint_dir}: config.json and config.yml must each hold a mapping")
@@ -231,24 +262,42 @@ def build_config(
     if variant not in ("flow", "0.5"):
         raise ConfigError(f"unknown variant {variant!r}; expected 'flow' or '0.5'")
     try:
-        hidden = int(text["hidden_size"])
-        num_heads = int(text["num_attention_heads"])
-        num_layers = int(text["num_hidden_layers"])
-        num_kv_heads = int(text.get("num_key_value_heads", num_heads))
+        hidden = _int(text["hidden_size"], "config.json hidden_size")
+        num_heads = _int(text["num_attention_heads"], "config.json num_attention_heads")
+        num_layers = _int(text["num_hidden_layers"], "config.json num_hidden_layers")
+        num_kv_heads = _int(text.get("num_key_value_heads", num_heads), "config.json num_key_value_heads")
     except KeyError as exc:
         raise ConfigError(f"config.json is missing {exc.args[0]!r}") from exc
+    if min(hidden, num_heads, num_layers, num_kv_heads) <= 0:
+        raise ConfigError(
+            "config.json hidden_size, num_attention_heads, num_hidden_layers and num_key_value_heads must be positive"
+        )
     rope = _section(text, "rope_scaling") or _section(text, "rope_parameters")
     mrope = rope.get("mrope_section")
-    if not mrope or len(mrope) != 3:
+    if not isinstance(mrope, list) or len(mrope) != 3:
         raise ConfigError("config.json rope_scaling.mrope_section must list three section sizes")
-    rope_theta = float(_first(text.get("rope_theta"), rope.get("rope_theta"), 1_000_000.0))
+    mrope = [_int(m, "config.json rope_scaling.mrope_section") for m in mrope]
+    rope_theta = _float(
+        _first(text.get("rope_theta"), rope.get("rope_theta"), 1_000_000.0), "config.json rope_theta"
+    )
 
     experts = cfg.get("experts")
-    if not experts or len(experts) != 2:
+    if not isinstance(experts, list) or len(experts) != 2 or not all(isinstance(e, dict) for e in experts):
         raise ConfigError("config.json must describe two experts (VLM and action) under 'experts'")
     dim_inputs = cfg.get("dim_inputs") or [e.get("hidden_size", hidden) for e in experts]
-    expert_hidden = (int(dim_inputs[0]), int(dim_inputs[1]))
-    expert_intermediate = (int(experts[0]["intermediate_size"]), int(experts[1]["intermediate_size"]))
+    if not isinstance(dim_inputs, list) or len(dim_inputs) != 2:
+        raise ConfigError(f"config.json dim_inputs must list two widths, got {dim_inputs!r}")
+    expert_hidden = (
+        _int(dim_inputs[0], "config.json dim_inputs[0]"),
+        _int(dim_inputs[1], "config.json dim_inputs[1]"),
+    )
+    try:
+        expert_intermediate = (
+            _int(experts[0]["intermediate_size"], "config.json experts[0].intermediate_size"),
+            _int(experts[1]["intermediate_size"], "config.json experts[1].intermediate_size"),
+        )
+    except KeyError:
+        raise ConfigError("config.json experts[i] must each give intermediate_size") from None
 
     dof = _layout("dof_config", yml, cfg)
     agent_pos = _layout("agent_pos_config", yml, cfg)
@@ -264,30 +313,41 @@ def build_config(
     )
     state_as_text = _state_as_text(yml, cfg)
     data_section = _section(yml, "data")
-    state_bins = int(_first(yml.get("state_bins"), data_section.get("state_bins"), DEFAULT_STATE_BINS))
+    state_bins = _int(
+        _first(yml.get("state_bins"), data_section.get("state_bins"), DEFAULT_STATE_BINS),
+        "config.yml state_bins",
+    )
     if state_bins < 2:
         raise ConfigError(f"state_bins must be at least 2, got {state_bins}")
 
-    resolution = {str(k): int(v) for k, v in (data_section.get("resolution") or {}).items()}
+    resolution_table = data_section.get("resolution") or {}
+    if not isinstance(resolution_table, dict):
+        raise ConfigError(f"config.yml data.resolution must map view -> pixels, got {resolution_table!r}")
+    resolution = {str(k): _int(v, f"config.yml data.resolution.{k}") for k, v in resolution_table.items()}
     cameras = _cameras(yml, resolution)
     for cam in cameras:
         resolution.setdefault(cam, DEFAULT_RESOLUTION[variant])
-    max_length = int(_first(yml.get("max_length"), data_section.get("max_length"), DEFAULT_MAX_LENGTH))
+    max_length = _int(
+        _first(yml.get("max_length"), data_section.get("max_length"), DEFAULT_MAX_LENGTH),
+        "config.yml max_length",
+    )
     mapping = {str(k): str(v) for k, v in (data_section.get("camera_name_mapping") or {}).items()}
 
-    time_shift = float(noise.get("time_shift", 1.0))
-    time_scale = 1.0 if variant == "flow" else float(noise.get("s", 0.999))
+    time_shift = _float(noise.get("time_shift", 1.0), "noise_scheduler.time_shift")
+    time_scale = 1.0 if variant == "flow" else _float(noise.get("s", 0.999), "noise_scheduler.s")
     net_fields = dict(
         variant=variant,
         hidden_size=hidden,
         num_layers=num_layers,
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,
-        head_dim=int(text.get("head_dim") or hidden // num_heads),
-        rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
+        head_dim=_int(text.get("head_dim") or hidden // num_heads, "config.json head_dim"),
+        rms_norm_eps=_float(text.get("rms_norm_eps", 1e-6), "config.json rms_norm_eps"),
         rope_theta=rope_theta,
         mrope_section=(int(mrope[0]), int(mrope[1]), int(mrope[2])),
-        vocab_size=int(vocab_size if vocab_size is not None else text.get("vocab_size", 151936)),
+        vocab_size=_int(
+            vocab_size if vocab_size is not None else text.get("vocab_size", 151936), "vocab_size"
+        ),
         expert_hidden=expert_hidden,
         expert_intermediate=expert_intermediate,
         attention_per_expert=bool(cfg.get("attention_moe", False)),
@@ -295,7 +355,9 @@ def build_config(
         action_dim=sum(dof.values()),
         state_dim=sum(agent_pos.values()),
         action_horizon=horizon,
-        action_hidden_size=int(cfg.get("action_hidden_size") or expert_hidden[1]),
+        action_hidden_size=_int(
+            cfg.get("action_hidden_size") or expert_hidden[1], "config.json action_hidden_size"
+        ),
         proj_with_mask=bool(cfg.get("proj_with_mask", True)),
         state_as_text=state_as_text,
         state_bins=state_bins,
@@ -305,7 +367,11 @@ def build_config(
         action_attention=action_attention or ("mixed" if variant == "flow" else "causal"),
         dof_override=dof_override or ("none" if variant == "flow" else "every_step"),
         num_steps=int(num_steps),
-        state_hidden_size=int(cfg["state_hidden_size"]) if cfg.get("state_hidden_size") else None,
+        state_hidden_size=(
+            _int(cfg["state_hidden_size"], "config.json state_hidden_size")
+            if cfg.get("state_hidden_size")
+            else None
+        ),
     )
     try:
         net = NetConfig(**net_fields)  # type: ignore[arg-type]
@@ -323,10 +389,39 @@ def build_config(
         max_length=max_length,
         noise_scheduler=noise,
     )
-    vision = dict(cfg.get("vision_config") or {})
+    vision = dict(cfg.get("vision_config") or {}) if isinstance(cfg.get("vision_config"), dict) else {}
     if not vision:
         raise ConfigError("config.json has no vision_config")
+    _check_vision(vision)
     return WallConfig(variant=variant, net=net, data=data, vision=vision, config_json=cfg, config_yml=yml)
+
+
+_VISION_INT_FIELDS = ("depth", "hidden_size", "intermediate_size", "num_heads")
+
+
+def _check_vision(vision: dict) -> None:
+    """The vision tower's fields, each named when it is missing or not what it must be."""
+    from wall_runtime.model.vision import VisionConfig
+
+    for key in _VISION_INT_FIELDS:
+        if key not in vision and not (key == "num_heads" and "num_attention_heads" in vision):
+            raise ConfigError(f"config.json vision_config is missing {key!r}")
+    for key in (
+        *_VISION_INT_FIELDS,
+        "out_hidden_size",
+        "patch_size",
+        "spatial_merge_size",
+        "temporal_patch_size",
+        "window_size",
+    ):
+        if key in vision:
+            if _int(vision[key], f"config.json vision_config.{key}") <= 0:
+                raise ConfigError(f"config.json vision_config.{key} must be positive, got {vision[key]!r}")
+            vision[key] = _int(vision[key], f"config.json vision_config.{key}")
+    try:
+        VisionConfig.from_dict(vision)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config.json vision_config: {exc}") from exc
 
 
 def load_config(checkpoint_dir: str | Path, **options: Any) -> WallConfig:

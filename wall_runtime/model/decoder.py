@@ -184,8 +184,12 @@ class DecoderLayer(nn.Module):
         sin: Tensor,
         mask: Tensor,
         past: tuple[Tensor, Tensor] | None = None,
+        kv_only: bool = False,
     ) -> tuple[list[Tensor], Tensor, Tensor]:
         """Run one layer over consecutive segments ``(expert, hidden [B, L_i, width_e])``.
+
+        ``kv_only``: stop once this layer's K/V exist (the segments come back unchanged): the prefix
+        pass needs the last layer's K/V but not its output.
 
         ``cos/sin [B, sum L_i, head_dim]``, ``mask [B, 1, sum L_i, Lpast + sum L_i]``, ``past`` the
         cached ``(k, v) [B, kv_heads, Lpast, head_dim]``. Returns the new segments and this call's
@@ -203,6 +207,8 @@ class DecoderLayer(nn.Module):
         k = apply_rope(k.transpose(1, 2), cos, sin)
         v = v.transpose(1, 2)
         new_k, new_v = k, v
+        if kv_only:
+            return [h for _, h in segments], new_k, new_v
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
@@ -253,18 +259,25 @@ class WallDecoder(nn.Module):
         past: KVCache | None = None,
         final_norm: bool = True,
         return_kv: bool = True,
+        kv_only: bool = False,
     ) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
         """All layers; returns the (normed) segments and this call's ``k, v [layers, B, kv, L, hd]``
-        (``None`` when ``return_kv`` is False: the denoise steps never keep the action tokens' K/V)."""
+        (``None`` when ``return_kv`` is False: the denoise steps never keep the action tokens' K/V).
+
+        ``kv_only``: only the K/V are wanted (the prefix pass): the last layer stops after its K/V and
+        no segments are returned, which saves its attention output, FFN and the final norm."""
         hidden = list(segments)
         ks, vs = [], []
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             layer_past = (past.k[i], past.v[i]) if past is not None else None
-            out, k, v = layer(hidden, cos, sin, mask, layer_past)
+            out, k, v = layer(hidden, cos, sin, mask, layer_past, kv_only=kv_only and i == last)
             hidden = [(e, h) for (e, _), h in zip(hidden, out, strict=True)]
             if return_kv:
                 ks.append(k)
                 vs.append(v)
+        if kv_only:
+            return [], torch.stack(ks), torch.stack(vs)
         if final_norm:
             hidden = [(e, self.final_norm(e)(h)) for e, h in hidden]
         if not return_kv:
@@ -327,8 +340,12 @@ class WallOSSNet(nn.Module):
     def prefix(self, inputs_embeds: Tensor, position_ids: Tensor, attention_mask: Tensor) -> KVCache:
         """Run the prompt once: ``inputs_embeds [B, Lp, hidden]``, ``position_ids [3, B, Lp]``,
         ``attention_mask [B, Lp]`` (1 = token, 0 = left padding) → the prefix ``KVCache``."""
-        cache, _ = self.prefix_with_hidden(inputs_embeds, position_ids, attention_mask)
-        return cache
+        self._check_prefix(inputs_embeds, position_ids, attention_mask)
+        inputs_embeds = inputs_embeds.to(self.dtype)
+        cos, sin = self.model.rope(position_ids, self.dtype)
+        mask = prefix_attention_mask(attention_mask)
+        _, k, v = self.model.forward_segments([(PREFIX_EXPERT, inputs_embeds)], cos, sin, mask, kv_only=True)
+        return KVCache(k, v)
 
     def prefix_with_hidden(
         self, inputs_embeds: Tensor, position_ids: Tensor, attention_mask: Tensor

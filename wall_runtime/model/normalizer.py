@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +29,33 @@ class NormalizerError(ValueError):
     """Missing statistics, a wrong width or an unknown embodiment key."""
 
 
-class Normalizer:
-    """min / delta vectors for each embodiment key, all of one width."""
+def dim_names(layout: Mapping[str, int]) -> list[str]:
+    """One name per dim of a ``dof_config`` / ``agent_pos_config`` layout, e.g. ``follow_right_gripper[0]``."""
+    return [f"{key}[{i}]" for key, width in layout.items() for i in range(int(width))]
 
-    def __init__(self, stats: dict[str, tuple[np.ndarray, np.ndarray]], dim: int, label: str):
+
+def _describe(dims: list[int], names: list[str]) -> str:
+    shown = [names[d] if d < len(names) else str(d) for d in dims[:8]]
+    return ", ".join(shown) + (f" and {len(dims) - 8} more" if len(dims) > 8 else "")
+
+
+class Normalizer:
+    """min / delta vectors for each embodiment key, all of one width.
+
+    ``layout`` (the checkpoint's ``dof_config`` / ``agent_pos_config``) lets the checks name dims: the
+    reference pads statistics shorter than the layout with min 0 / delta 1 and treats q01 == q99 as
+    delta 1 without a word; both are accepted here too, with a warning when they touch a real
+    (non-``action_padding``) dim, because such a dim then passes un-normalised or is pinned to q01.
+    """
+
+    def __init__(
+        self,
+        stats: dict[str, tuple[np.ndarray, np.ndarray]],
+        dim: int,
+        label: str,
+        layout: Mapping[str, int] | None = None,
+        source: str = "",
+    ):
         if not stats:
             raise NormalizerError(f"{label} normaliser has no statistics")
         self.label = label
@@ -52,6 +76,38 @@ class Normalizer:
             self._delta[key] = np.concatenate([delta, np.ones(pad, np.float32)])
             if not (np.isfinite(self._min[key]).all() and np.isfinite(self._delta[key]).all()):
                 raise NormalizerError(f"{label}[{key!r}] statistics hold NaN or infinity")
+            self._warn_if_suspicious(key, mn.size, delta, layout, source)
+
+    def _warn_if_suspicious(
+        self, key: str, given: int, delta: np.ndarray, layout: Mapping[str, int] | None, source: str
+    ) -> None:
+        where = f" in {source}" if source else ""
+        names = dim_names(layout) if layout else []
+        real = self.dim - int(layout.get("action_padding", 0)) if layout else self.dim
+        if given < real:
+            short = list(range(given, real))
+            log.warning(
+                "%s statistics [%r]%s have %d dims but the layout has %d real dims: %s get min 0 / delta 1 "
+                "(the reference pads the same way) and pass un-normalised; check the statistics belong "
+                "to this checkpoint's layout",
+                self.label,
+                key,
+                where,
+                given,
+                real,
+                _describe(short, names),
+            )
+        degenerate = [int(i) for i in np.flatnonzero(delta == 0) if i < real]
+        if degenerate:
+            log.warning(
+                "%s statistics [%r]%s have q01 == q99 on %s: normalising treats the range as 1 and "
+                "un-normalised %s on those dims are pinned to q01 (as the reference does)",
+                self.label,
+                key,
+                where,
+                _describe(degenerate, names),
+                "actions" if self.label == "action" else "values",
+            )
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -125,24 +181,35 @@ class Normalizers:
 def _stats_from_norm_stats_json(path: Path, entry: str, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     try:
         table = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise NormalizerError(f"{path} is not valid JSON: {exc}") from exc
-    stats = table.get("norm_stats", table)
-    if entry not in stats:
+    stats = table.get("norm_stats", table) if isinstance(table, dict) else None
+    if not isinstance(stats, dict):
+        raise NormalizerError(f"{path} must hold an object of statistics")
+    if not isinstance(stats.get(entry), dict):
         raise NormalizerError(f"{path} has no {entry!r} entry (found {sorted(stats)})")
     try:
-        q01 = np.asarray(stats[entry]["q01"], dtype=np.float32)
-        q99 = np.asarray(stats[entry]["q99"], dtype=np.float32)
+        q01 = np.asarray(stats[entry]["q01"], dtype=np.float32).reshape(-1)
+        q99 = np.asarray(stats[entry]["q99"], dtype=np.float32).reshape(-1)
     except KeyError as exc:
         raise NormalizerError(f"{path}: {entry!r} has no {exc.args[0]!r} quantile") from exc
+    except (TypeError, ValueError) as exc:
+        raise NormalizerError(f"{path}: {entry!r} quantiles must be lists of numbers: {exc}") from exc
+    if q01.shape != q99.shape:
+        raise NormalizerError(f"{path}: {entry!r} q01 has {q01.size} dims but q99 has {q99.size}")
     return {key: (q01, q99 - q01)}
 
 
 def _stats_from_pth(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     import torch
 
-    table = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(table, dict) and "state_dict" in table:
+    try:
+        table = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad pickle / zip
+        raise NormalizerError(f"{path}: cannot read as a PyTorch table: {exc}") from exc
+    if not isinstance(table, dict):
+        raise NormalizerError(f"{path}: expected a dict of 'min.<key>' / 'delta.<key>' tensors")
+    if "state_dict" in table:
         table = table["state_dict"]
     mins: dict[str, np.ndarray] = {}
     deltas: dict[str, np.ndarray] = {}
@@ -150,6 +217,8 @@ def _stats_from_pth(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         prefix, _, key = str(name).partition(".")
         if not key:
             continue
+        if prefix in ("min", "delta") and not isinstance(value, torch.Tensor):
+            raise NormalizerError(f"{path}: {name!r} is not a tensor")
         if prefix == "min":
             mins[key] = value.float().numpy()
         elif prefix == "delta":
@@ -161,16 +230,35 @@ def _stats_from_pth(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def load_normalizers(
-    checkpoint_dir: str | Path, action_dim: int, state_dim: int, norm_key: str | None = None
+    checkpoint_dir: str | Path,
+    action_dim: int,
+    state_dim: int,
+    norm_key: str | None = None,
+    *,
+    action_layout: Mapping[str, int] | None = None,
+    state_layout: Mapping[str, int] | None = None,
 ) -> Normalizers:
-    """Statistics from ``norm_stats.json``, else the two ``.pth`` tables (the reference's order)."""
+    """Statistics from ``norm_stats.json``, else the two ``.pth`` tables (the reference's order).
+
+    The layouts (``dof_config``, ``agent_pos_config``) name dims in the warnings about short or
+    degenerate statistics."""
     root = Path(checkpoint_dir)
     json_path = root / NORM_STATS_JSON
     if json_path.is_file():
         key = norm_key or DEFAULT_KEY
-        action = Normalizer(_stats_from_norm_stats_json(json_path, "action", key), action_dim, "action")
+        action = Normalizer(
+            _stats_from_norm_stats_json(json_path, "action", key),
+            action_dim,
+            "action",
+            action_layout,
+            str(json_path),
+        )
         state = Normalizer(
-            _stats_from_norm_stats_json(json_path, "observation.state", key), state_dim, "state"
+            _stats_from_norm_stats_json(json_path, "observation.state", key),
+            state_dim,
+            "state",
+            state_layout,
+            str(json_path),
         )
         return Normalizers(action, state, str(json_path))
     action_path, propri_path = root / ACTION_PTH, root / PROPRI_PTH
@@ -180,8 +268,8 @@ def load_normalizers(
             f"{root} has no normalisation statistics: expected {NORM_STATS_JSON}, or {ACTION_PTH} and "
             f"{PROPRI_PTH} (missing: {', '.join(missing)})"
         )
-    action = Normalizer(_stats_from_pth(action_path), action_dim, "action")
-    state = Normalizer(_stats_from_pth(propri_path), state_dim, "state")
+    action = Normalizer(_stats_from_pth(action_path), action_dim, "action", action_layout, str(action_path))
+    state = Normalizer(_stats_from_pth(propri_path), state_dim, "state", state_layout, str(propri_path))
     return Normalizers(action, state, f"{action_path}, {propri_path}")
 
 

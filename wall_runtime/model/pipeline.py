@@ -17,6 +17,7 @@ row is prepared on its own and rows are left-padded to one prefix length.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,8 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
-from wall_runtime.model.checkpoint import embedding_rows, load_into, read_state_dict
+from wall_runtime.model.checkpoint import (
+    CheckpointError,
+    embedding_rows,
+    materialize,
+    open_checkpoint_weights,
+    resolve_vision_mlp_width,
+)
 from wall_runtime.model.config import WallConfig, load_config
 from wall_runtime.model.decoder import WallOSSNet
 from wall_runtime.model.image_processing import preprocess_images
@@ -36,6 +44,34 @@ from wall_runtime.model.sampler import RTCGuidance, SamplerSettings, denoise
 from wall_runtime.model.tokenizer import PROPRI_TOKEN, WallTokenizer
 from wall_runtime.model.vision import VisionTower
 from wall_runtime.types import Observation, PolicyResult
+
+log = logging.getLogger(__name__)
+
+
+class _SkipInit(TorchFunctionMode):
+    """Skips the in-place random initialisers the modules' constructors call: on the meta device
+    they would do nothing anyway, but their meta kernels import torch's compiler stack on first use
+    (seconds and ~80 MB); every parameter is overwritten from the checkpoint."""
+
+    SKIPPED = frozenset({"normal_", "uniform_", "kaiming_uniform_", "zero_", "zeros_", "ones_", "fill_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in self.SKIPPED:
+            target = args[0] if args else (kwargs or {}).get("tensor")
+            if isinstance(target, torch.Tensor):
+                return target
+        return func(*args, **(kwargs or {}))
+
+
+def empty_network(cfg: WallConfig, dtype: torch.dtype = torch.float32) -> WallOSSNet:
+    """The network (vision tower attached) on the meta device, in its run dtypes: shapes and dtypes
+    without memory, for :func:`materialize` to fill or for size planning."""
+    with torch.device("meta"), _SkipInit():
+        net = WallOSSNet(cfg.net)
+        net.visual = VisionTower(cfg.vision_config())
+    if dtype != torch.float32:
+        net.to_inference_dtype(dtype)
+    return net
 
 
 class ObservationError(ValueError):
@@ -91,6 +127,7 @@ class WallOSS:
         self.norm_key = normalizers.resolve_key(norm_key)
         self.settings = settings or SamplerSettings.from_config(cfg.net)
         self.vision_cfg = cfg.vision_config()
+        self._warned_missing_views: set[tuple[str, ...]] = set()
 
     # ------------------------------------------------------------------ loading
 
@@ -113,24 +150,30 @@ class WallOSS:
         device = torch.device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        # Everything is read and checked before the network gets memory: a bad file fails here.
         tokenizer = WallTokenizer.from_checkpoint(root)
-        sd = read_state_dict(root)
-        rows = embedding_rows(sd)
+        weights = open_checkpoint_weights(root)
+        shapes = weights.shapes
+        rows = embedding_rows(shapes)
         if rows < len(tokenizer):
-            raise ValueError(
+            raise CheckpointError(
                 f"model.embed_tokens has {rows} rows but the tokenizer has {len(tokenizer)} tokens "
                 "(with <|propri|> and <|action|>): the checkpoint and its tokenizer do not belong together"
             )
         # The reference resizes to len(tokenizer), then to the checkpoint's row count if it differs.
         cfg = load_config(root, vocab_size=rows, **config_options)
-        normalizers = load_normalizers(root, cfg.net.action_dim, cfg.net.state_dim, norm_key)
-        net = WallOSSNet(cfg.net)
-        net.visual = VisionTower(cfg.vision_config())
-        load_into(net, sd, cfg)
-        del sd
-        net.eval().to(device)
-        if dtype != torch.float32:
-            net.to_inference_dtype(dtype)
+        cfg = resolve_vision_mlp_width(cfg, shapes)
+        normalizers = load_normalizers(
+            root,
+            cfg.net.action_dim,
+            cfg.net.state_dim,
+            norm_key,
+            action_layout=cfg.data.dof_config,
+            state_layout=cfg.data.agent_pos_config,
+        )
+        net = empty_network(cfg, dtype)
+        materialize(net, weights, cfg, device)  # straight from the mapped files, cast on the way
+        net.eval()
         return cls(cfg, tokenizer, normalizers, net, norm_key=norm_key, device=device)
 
     # ------------------------------------------------------------------ stages
@@ -188,6 +231,17 @@ class WallOSS:
         views = [name for name in known if name in obs.images]
         if not views:
             raise ObservationError(f"the observation has no image; expected some of {list(known)}")
+        missing = tuple(name for name in known if name not in obs.images)
+        if missing and missing not in self._warned_missing_views:
+            # The authors' serving refuses an observation without a configured view; a robot that
+            # deliberately runs with fewer cameras is allowed here, but never silently.
+            self._warned_missing_views.add(missing)
+            log.warning(
+                "observation without view(s) %s that this checkpoint was configured with (%s): the prompt "
+                "omits them, unlike training; the reference's serving would refuse this observation",
+                list(missing),
+                list(known),
+            )
         for name in views:
             img = obs.images[name]
             if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:

@@ -26,6 +26,7 @@ import yaml
 
 from wall_runtime.model.checkpoint import (
     fuse_state_dict,
+    padded_width,
     published_fused_names,
     unfused_weight_shapes,
     write_state_dict,
@@ -360,6 +361,19 @@ def _norm_stats(dims: dict[str, int], seed: int, label: str) -> tuple[np.ndarray
     return q01, q99
 
 
+def _pad_vision_mlp(sd: dict[str, torch.Tensor], width: int) -> None:
+    """Zero-pad every vision block's MLP hidden width to ``width`` (gate / up rows, down columns)."""
+    for name in list(sd):
+        if not (name.startswith("visual.blocks.") and ".mlp." in name):
+            continue
+        t = sd[name]
+        if ".down_proj.weight" in name:
+            sd[name] = torch.nn.functional.pad(t, (0, width - t.shape[1]))
+        elif ".gate_proj." in name or ".up_proj." in name:
+            extra = width - t.shape[0]
+            sd[name] = torch.cat([t, t.new_zeros((extra, *t.shape[1:]))])
+
+
 def write_tiny_checkpoint(
     out_dir: str | Path,
     variant: Variant = "flow",
@@ -371,8 +385,15 @@ def write_tiny_checkpoint(
     norm_key: str = "tiny_robot",
     size: str = "tiny",
     layout: TinyLayout | None = None,
+    pad_vision_mlp: bool | int = False,
 ) -> Path:
-    """Write the tiny checkpoint into ``out_dir`` (created; existing files are overwritten)."""
+    """Write the tiny checkpoint into ``out_dir`` (created; existing files are overwritten).
+
+    ``pad_vision_mlp``: store the vision MLP at a wider hidden width, as the authors' 1.1.0 model saves
+    it (``True``: ``vision_config.intermediate_size`` rounded up to a multiple of 128; an int: that
+    width). The extra rows / columns are zero, so the model computes the same function; config.json
+    keeps the unpadded width, as the authors' config does.
+    """
     if variant not in ("flow", "0.5"):
         raise ValueError(f"unknown variant {variant!r}; choose 'flow' or '0.5'")
     root = Path(out_dir)
@@ -400,6 +421,12 @@ def write_tiny_checkpoint(
     wall_cfg = build_config(cfg_json, cfg_yml, vocab_size=tokenizer_len)
     shapes = unfused_weight_shapes(wall_cfg)
     sd = {name: _tensor(name, shape, seed) for name, shape in shapes.items()}
+    if pad_vision_mlp is not False:
+        inter = int(cfg_json["vision_config"]["intermediate_size"])
+        width = padded_width(inter) if pad_vision_mlp is True else int(pad_vision_mlp)
+        if width < inter:
+            raise ValueError(f"pad_vision_mlp width {width} is narrower than the configured {inter}")
+        _pad_vision_mlp(sd, width)
     sd = fuse_state_dict(sd, published_fused_names(wall_cfg, form))
     write_state_dict(sd, root, max_shard_bytes=max_shard_bytes)
 

@@ -53,18 +53,35 @@ class WallTokenizer:
         path = root / TOKENIZER_JSON
         if not path.is_file():
             raise TokenizerError(f"{path} not found: the checkpoint's tokenizer.json is required")
-        tok = Tokenizer.from_file(str(path))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # the tokenizers library raises a bare Exception for a bad file
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TokenizerError(f"{path}: not a valid tokenizers JSON file ({detail})") from exc
         pad_token = ENDOFTEXT
         config_path = root / TOKENIZER_CONFIG_JSON
         if config_path.is_file():
-            config = json.loads(config_path.read_text())
-            _add_missing_config_tokens(tok, config, config_path)
+            try:
+                config = json.loads(config_path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise TokenizerError(f"{config_path}: not valid JSON: {exc}") from exc
+            if not isinstance(config, dict):
+                raise TokenizerError(f"{config_path}: expected a JSON object")
+            try:
+                _add_missing_config_tokens(tok, config, config_path)
+            except (TypeError, ValueError, AttributeError) as exc:
+                if isinstance(exc, TokenizerError):
+                    raise
+                raise TokenizerError(f"{config_path}: bad added_tokens_decoder: {exc}") from exc
             pad = config.get("pad_token")
             if isinstance(pad, dict):
                 pad = pad.get("content")
             if isinstance(pad, str) and tok.token_to_id(pad) is not None:
                 pad_token = pad
-        return cls(tok, pad_token=pad_token)
+        try:
+            return cls(tok, pad_token=pad_token)
+        except TokenizerError as exc:
+            raise TokenizerError(f"{path}: {exc}") from exc
 
     def __len__(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,16 +98,94 @@ def check_endpoint(endpoint: str, secure: bool, insecure: bool) -> None:
     )
 
 
-def start_authenticator(context: zmq.Context, allow_dir: str | Path) -> ThreadAuthenticator:
-    """ZAP handler admitting only CURVE clients whose public key file is in ``allow_dir``."""
-    allow_dir = Path(allow_dir)
-    keys = sorted(allow_dir.glob("*.key")) if allow_dir.is_dir() else []
-    if not keys:
-        raise SecurityError(f"allow-list {allow_dir} holds no client public keys (*.key)")
-    auth = ThreadAuthenticator(context, log=logging.getLogger("wall_runtime.transport.zap"))
+class AllowList:
+    """The client public keys in an allow-list folder, reloaded when the folder changes.
+
+    ZeroMQ asks it (as the ZAP credentials provider) at every CURVE handshake; the server also asks
+    it for every message, so a key removed from the folder stops working at the next reload, not at
+    the next restart. Refusals are logged with the peer's address and key, at most a few a second.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self._keys: frozenset[str] = frozenset()
+        self._signature: tuple = ()
+        self._refusals = 0
+        self._refusal_window = 0.0
+        self.peer_address = "?"  # set by the authenticator before each callback
+        if not self.reload():
+            raise SecurityError(f"allow-list {self.directory} holds no client public keys (*.key)")
+
+    def _scan(self) -> tuple:
+        try:
+            files = sorted(self.directory.glob("*.key"))
+            return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+        except OSError:
+            return ()
+
+    def reload(self, force: bool = True) -> bool:
+        """Re-read the folder (``force``) or only if it changed; True when keys are loaded."""
+        signature = self._scan()
+        if not force and signature == self._signature:
+            return bool(self._keys)
+        keys = set()
+        for name, _, _ in signature:
+            try:
+                public, _ = zmq.auth.load_certificate(str(self.directory / name))
+            except Exception as exc:  # a half-written or foreign file must not stop the others
+                log.warning("allow-list: skipping %s: %s", self.directory / name, exc)
+                continue
+            keys.add(public.decode("ascii"))
+        changed = frozenset(keys) != self._keys
+        self._keys, self._signature = frozenset(keys), signature
+        if changed and self._signature:
+            log.info("CURVE allow-list %s: %d client key(s)", self.directory, len(keys))
+        elif changed:
+            log.warning("CURVE allow-list %s is now empty: no client is admitted", self.directory)
+        return bool(keys)
+
+    def allowed(self, z85_key: str | bytes | None) -> bool:
+        if z85_key is None:
+            return False
+        key = z85_key.decode("ascii", "replace") if isinstance(z85_key, bytes) else z85_key
+        return key in self._keys
+
+    def callback(self, domain: str, z85_key: bytes) -> bool:
+        """ZAP credentials provider hook (``configure_curve_callback``)."""
+        ok = self.allowed(z85_key)
+        if not ok:
+            now = time.monotonic()
+            if now > self._refusal_window:
+                self._refusal_window, self._refusals = now + 1.0, 0
+            self._refusals += 1
+            if self._refusals <= 5:
+                log.warning(
+                    "refused CURVE client at %s: key %s is not in the allow-list %s",
+                    self.peer_address,
+                    z85_key.decode("ascii", "replace"),
+                    self.directory,
+                )
+        return ok
+
+
+class _Authenticator(ThreadAuthenticator):
+    """ZeroMQ's ZAP thread, remembering each request's peer address for the refusal log."""
+
+    allow_list: AllowList
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        if len(msg) > 3:
+            self.allow_list.peer_address = msg[3].decode("utf-8", "replace") or "?"
+        await super().handle_zap_message(msg)
+
+
+def start_authenticator(context: zmq.Context, allow: AllowList) -> ThreadAuthenticator:
+    """ZAP handler admitting only CURVE clients whose public key file is in the allow-list folder."""
+    auth = _Authenticator(context, log=logging.getLogger("wall_runtime.transport.zap"))
+    auth.allow_list = allow
     auth.start()
-    auth.configure_curve(domain="*", location=str(allow_dir))
-    log.info("CURVE authentication on; %d client key(s) allowed from %s", len(keys), allow_dir)
+    auth.configure_curve_callback(domain="*", credentials_provider=allow)
+    log.info("CURVE authentication on; %d client key(s) allowed from %s", len(allow._keys), allow.directory)
     return auth
 
 

@@ -115,7 +115,10 @@ class PolicyClient:
             (auth.load_secret(client_key), auth.load_public(server_key)) if server_key is not None else None
         )
         self.metadata: PolicyMetadata | None = None
+        self.limits: dict[str, Any] = {}  # what the policy refuses beyond shapes (from the welcome)
         self.session: str | None = None
+        self._token: str | None = None  # this robot's session token: proves continuity on reconnect
+        self._waiting_reason: str | None = None  # why the server has not admitted us yet (in use, full)
         self._connected = threading.Event()
         self._refused: ServerError | None = None
         self._seq = itertools.count(1)
@@ -127,6 +130,9 @@ class PolicyClient:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self.heartbeats_lost = 0  # how many times the link was declared lost
+        self.dropped_replies = 0  # malformed server messages ignored
+        self.reply_failures = 0  # of which not refused as a ProtocolError (a decode path missed a check)
+        self._next_drop_log = 0.0
 
     # ------------------------------------------------------------------------- public API
 
@@ -153,9 +159,8 @@ class PolicyClient:
             if self._refused is not None:
                 raise self._refused
             if time.monotonic() > deadline:
-                raise NotConnected(
-                    f"no handshake with {self.endpoint} within {timeout:.1f} s: {self._no_handshake_hint()}"
-                )
+                why = self._waiting_reason or self._no_handshake_hint()
+                raise NotConnected(f"no handshake with {self.endpoint} within {timeout:.1f} s: {why}")
         assert self.metadata is not None
         return self.metadata
 
@@ -211,11 +216,12 @@ class PolicyClient:
         self._post(protocol.RESET, seq, encode(protocol.simple_header(protocol.RESET, seq)), future, timeout)
         return future
 
-    def stats(self, timeout: float = 2.0) -> Future:
-        """The server's metrics snapshot and sessions (a dict)."""
+    def stats(self, timeout: float = 2.0, offset: int = 0, limit: int = protocol.STATS_PAGE) -> Future:
+        """The server's metrics snapshot, a session summary and one page of its sessions (a dict)."""
         future: Future = Future()
         seq = next(self._seq)
-        self._post(protocol.STATS, seq, encode(protocol.simple_header(protocol.STATS, seq)), future, timeout)
+        header = protocol.simple_header(protocol.STATS, seq, offset=offset, limit=limit)
+        self._post(protocol.STATS, seq, encode(header), future, timeout)
         return future
 
     def close(self) -> None:
@@ -240,7 +246,7 @@ class PolicyClient:
             _resolve(future, error=NotConnected("client is not started"))
             return
         with io.lock:
-            if not self.connected and kind != protocol.STATS:
+            if not self.connected:
                 error: BaseException | None = NotConnected(f"no handshake with {self.endpoint} in place")
             else:
                 try:
@@ -285,7 +291,7 @@ class PolicyClient:
                 io.wait(timeout_ms)
                 with io.lock:
                     for frames in io.recv_ready(64):
-                        self._on_message(frames)
+                        self._on_message_safely(frames)
                     now = time.perf_counter()
                     self._expire(now)
                     self._heartbeat(now)
@@ -330,15 +336,31 @@ class PolicyClient:
             cap = 20.0
         return max(0, min(int(cap), int((nxt - now) * 1000.0) + 1))
 
-    def _on_message(self, frames: list[Any]) -> None:
-        """Handle one server message (with the lock held)."""
-        self._last_heard = time.perf_counter()
+    def _on_message_safely(self, frames: list[Any]) -> None:
+        """Whatever the server sends, the I/O thread goes on (a malformed reply is dropped, logged)."""
         try:
-            msg = decode(frames, self.max_message_bytes)
-            protocol.check_version(msg.header)
+            self._on_message(frames)
         except ProtocolError as exc:
-            log.warning("dropped an undecodable message from the server: %s", exc)
-            return
+            self._dropped_reply(str(exc))
+        except Exception as exc:  # a bug on a reply's path: this reply is lost, the link is not
+            self.reply_failures += 1
+            log.debug("reply handling failed", exc_info=True)
+            self._dropped_reply(f"{type(exc).__name__}: {exc}")
+
+    def _dropped_reply(self, reason: str) -> None:
+        self.dropped_replies += 1
+        now = time.monotonic()
+        if now >= self._next_drop_log:  # at most one line a second: a hostile peer cannot flood the log
+            self._next_drop_log = now + 1.0
+            log.warning(
+                "dropped a malformed message from the server (%d so far): %s", self.dropped_replies, reason
+            )
+
+    def _on_message(self, frames: list[Any]) -> None:
+        """Handle one server message (with the lock held); raises on a malformed one."""
+        self._last_heard = time.perf_counter()
+        msg = decode(frames, self.max_message_bytes)
+        protocol.check_version(msg.header)
         h = msg.header
         kind = h["type"]
         seq = protocol.seq_of(h)
@@ -369,9 +391,24 @@ class PolicyClient:
                 and not self.connected
                 and code
                 in (
+                    ErrorCode.ROBOT_ID_IN_USE.value,
+                    ErrorCode.OVERLOADED.value,
+                )
+            ):
+                # not a refusal of this robot: another session holds its id (or the server is
+                # full) for now; the hello is retried on the normal schedule
+                if self._waiting_reason is None:
+                    log.warning("server has not admitted this robot yet: %s: %s", code, message)
+                self._waiting_reason = f"{code}: {message}"
+            elif (
+                item is None
+                and not self.connected
+                and code
+                in (
                     ErrorCode.BAD_HELLO.value,
                     ErrorCode.UNSUPPORTED_VERSION.value,
                     ErrorCode.BAD_MESSAGE.value,
+                    ErrorCode.UNAUTHORIZED.value,
                 )
             ):
                 if self._refused is None:  # report once; retries continue, slowly
@@ -393,13 +430,18 @@ class PolicyClient:
 
     def _on_welcome(self, h: dict[str, Any]) -> None:
         meta = protocol.metadata_from_dict(h.get("metadata") or {})
+        token = h.get("token")
+        limits = h.get("limits")
         interval = h.get("heartbeat_interval")
         if isinstance(interval, (int, float)) and 0 < interval <= 60:
             self._advertised_interval = float(interval)
         previous = self.session
         self.metadata = meta
-        self.session = str(h.get("session"))
+        self.limits = dict(limits) if isinstance(limits, dict) else {}
+        self._token = token if isinstance(token, str) and 0 < len(token) <= protocol.MAX_NAME_LEN else None
+        self.session = str(h.get("session"))[:64]
         self._refused = None
+        self._waiting_reason = None
         self._last_ping = time.perf_counter()
         self._connected.set()
         detail = f"session {self.session}" + (f" (was {previous})" if previous else "")
@@ -410,8 +452,11 @@ class PolicyClient:
         assert self._io is not None
         self._last_hello = time.perf_counter()
         # zmq.Again: no connection yet; retried on the next timer tick
+        hello = self.robot.to_header()
+        if self._token is not None:
+            hello["token"] = self._token  # the same robot reconnecting: take over its live session
         with contextlib.suppress(zmq.Again):
-            self._io.send(encode(self.robot.to_header()))
+            self._io.send(encode(hello))
 
     def _lose(self, reason: str, report: bool = True) -> None:
         was = self.connected
@@ -476,24 +521,39 @@ def fetch_stats(
     server_key: str | Path | None = None,
     client_key: str | Path | None = None,
     timeout: float = 3.0,
+    offset: int = 0,
+    limit: int = protocol.STATS_PAGE,
 ) -> dict[str, Any]:
-    """One ``stats`` request on a throw-away socket (no handshake needed): the CLI's metrics reader."""
+    """The server's stats (metrics, session summary, one page of sessions) over a throw-away
+    monitor session: hello as a monitor, ask, say bye. The CLI's metrics reader."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
+    sock.linger = 100  # lets the bye go out
+    deadline = time.monotonic() + timeout
+
+    def reply(kind: str) -> dict[str, Any]:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(int(left * 1000) + 1):
+                raise RequestTimeout(f"no {kind} reply from {endpoint} within {timeout:.1f} s")
+            msg = decode(sock.recv_multipart(), protocol.DEFAULT_MAX_MESSAGE_BYTES)
+            if msg.type == protocol.ERROR:
+                raise server_error(str(msg.header.get("code")), str(msg.header.get("message")))
+            if msg.type == kind:
+                return msg.header
+
     try:
         if server_key is not None:
             if client_key is None:
                 raise auth.SecurityError("a CURVE server needs --client-key as well")
             auth.apply_client_curve(sock, auth.load_secret(client_key), auth.load_public(server_key))
         sock.connect(endpoint)
-        sock.send_multipart(encode(protocol.simple_header(protocol.STATS, 1)))
-        if not sock.poll(int(timeout * 1000)):
-            raise RequestTimeout(f"no stats reply from {endpoint} within {timeout:.1f} s")
-        msg = decode(sock.recv_multipart(), protocol.DEFAULT_MAX_MESSAGE_BYTES)
-        if msg.type == protocol.ERROR:
-            raise server_error(str(msg.header.get("code")), str(msg.header.get("message")))
-        return msg.header
+        sock.send_multipart(encode(protocol.monitor_hello()))
+        reply(protocol.WELCOME)
+        sock.send_multipart(encode(protocol.simple_header(protocol.STATS, 1, offset=offset, limit=limit)))
+        stats = reply(protocol.STATS)
+        sock.send_multipart(encode(protocol.simple_header(protocol.BYE)))
+        return stats
     finally:
-        sock.close(0)
+        sock.close()
         ctx.term()

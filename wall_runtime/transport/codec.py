@@ -30,6 +30,7 @@ ALLOWED_DTYPES: dict[str, np.dtype] = {
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAYS = 32
 MAX_NDIM = 4
+MAX_ARRAY_EXTENT = 1 << 31  # bytes an array's declared sides may span (zeros counted as ones)
 
 
 @dataclass
@@ -126,28 +127,45 @@ def decode(frames: Sequence[Any], max_bytes: int) -> Message:
     return Message(header=header, arrays=arrays, nbytes=total)
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to ``limit`` characters: error messages quote peer input, never all of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _decode_array(spec: Any, buf: memoryview) -> tuple[str, np.ndarray]:
     if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str)):
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"array spec must be [name, dtype, shape], got {spec!r}")
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, f"array spec must be [name, dtype, shape], got {_short(spec)}"
+        )
     name, dtype_key, shape = spec
-    if dtype_key not in ALLOWED_DTYPES:
+    if not isinstance(dtype_key, str) or dtype_key not in ALLOWED_DTYPES:
         raise ProtocolError(
             ErrorCode.BAD_DTYPE,
-            f"array {name!r}: dtype {dtype_key!r} is not accepted (allowed: {', '.join(ALLOWED_DTYPES)})",
+            f"array {name!r}: dtype {_short(dtype_key)} is not accepted (allowed: {', '.join(ALLOWED_DTYPES)})",
         )
     if not (
         isinstance(shape, list)
         and len(shape) <= MAX_NDIM
         and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**31 for n in shape)
     ):
-        raise ProtocolError(ErrorCode.BAD_SHAPE, f"array {name!r}: shape {shape!r} is not a list of sizes")
+        raise ProtocolError(
+            ErrorCode.BAD_SHAPE, f"array {name!r}: shape {_short(shape)} is not a list of sizes"
+        )
     dtype = ALLOWED_DTYPES[dtype_key]
+    # An empty array may still declare huge other sides ([0, 2**31, 2**31]); numpy cannot even
+    # describe such a view, so the sides are bounded as if every zero were a one.
+    if math.prod(max(n, 1) for n in shape) * dtype.itemsize > MAX_ARRAY_EXTENT:
+        raise ProtocolError(ErrorCode.BAD_SHAPE, f"array {name!r}: shape {shape!r} is too large")
     expected = math.prod(shape) * dtype.itemsize
     if buf.nbytes != expected:
         raise ProtocolError(
             ErrorCode.BAD_SHAPE,
             f"array {name!r}: {buf.nbytes} bytes do not hold {dtype_key}{tuple(shape)} ({expected} bytes)",
         )
-    arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    try:
+        arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    except (ValueError, TypeError) as exc:  # belt and braces: never let numpy's error escape
+        raise ProtocolError(ErrorCode.BAD_SHAPE, f"array {name!r}: {exc}") from None
     arr.flags.writeable = False  # a view on the received message: the policy must not write into it
     return name, arr

@@ -58,6 +58,10 @@ def serve(
     allow: Path | None = typer.Option(None, "--allow", help="Folder of allowed client public .key files."),
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback bind without CURVE."),
     metrics_http: str | None = typer.Option(None, "--metrics-http", help="HOST:PORT serving /metrics."),
+    max_sessions: int = typer.Option(1024, "--max-sessions", min=1, help="Most robots + monitors at once."),
+    max_connections: int = typer.Option(
+        4096, "--max-connections", min=1, help="Most open connections (kept under the fd limit)."
+    ),
     endpoint_file: Path | None = typer.Option(None, "--endpoint-file", help="Write the bound endpoint here."),
     option: list[str] = typer.Option(
         [], "--option", "-o", help="Backend option KEY=VALUE (repeatable; the keys are listed below)."
@@ -71,10 +75,14 @@ def serve(
         None, "--openpi-token-file", help="File holding the token openpi clients must send (Api-Key)."
     ),
 ) -> None:
-    """Serve a policy to robots over ZeroMQ (and openpi's websocket protocol) until SIGINT/SIGTERM."""
+    """Serve a policy to robots over ZeroMQ (and openpi's websocket protocol) until SIGINT/SIGTERM
+    (SIGHUP re-reads --allow)."""
     from wall_runtime.backends import load_policy
     from wall_runtime.transport.auth import SecurityError
+    from wall_runtime.transport.peers import raise_fd_limit
     from wall_runtime.transport.server import PolicyServer, ServerConfig
+
+    raise_fd_limit()  # connections are capped below it; a low soft limit would cap them early
 
     config = ServerConfig(
         bind=bind,
@@ -87,6 +95,8 @@ def serve(
         allow_dir=allow,
         insecure=insecure,
         metrics_http=_host_port(metrics_http),
+        max_sessions=max_sessions,
+        max_connections=max_connections,
     )
     from wall_runtime.backends.options import BackendOptionError, parse_options
 
@@ -112,7 +122,11 @@ def serve(
         except SecurityError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-    policy = load_policy(checkpoint, backend, backend_options)
+    try:
+        policy = load_policy(checkpoint, backend, backend_options)
+    except (ValueError, RuntimeError, OSError) as exc:  # a bad checkpoint: one line, nothing bound
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     openpi_server = None
     try:
         if openpi_config is not None:
@@ -132,8 +146,13 @@ def serve(
         log.info("received %s; finishing the batch in compute and shutting down", signal.Signals(signum).name)
         server.stop()
 
+    def _reload(signum: int, _frame: Any) -> None:
+        log.info("received SIGHUP; re-reading the allow-list")
+        server.reload_allow_list()
+
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _reload)
     if endpoint_file is not None:
         # The endpoint is only known once bound; a watcher thread writes it then.
         import threading
@@ -183,14 +202,16 @@ def metrics(
     client_key: Path | None = typer.Option(None, "--client-key", help="This client's .key_secret (CURVE)."),
     fmt: str = typer.Option("table", "--format", help="table | prometheus | json"),
     timeout: float = typer.Option(3.0, "--timeout"),
+    sessions: int = typer.Option(20, "--sessions", min=0, help="Sessions to list (at most 200)."),
+    offset: int = typer.Option(0, "--offset", min=0, help="First session to list."),
 ) -> None:
-    """Read a running server's metrics."""
+    """Read a running server's metrics (and a page of its sessions)."""
     from wall_runtime.transport.client import fetch_stats
     from wall_runtime.transport.errors import TransportError
     from wall_runtime.transport.metrics import histogram_quantile, render_prometheus
 
     try:
-        stats = fetch_stats(connect, server_key, client_key, timeout)
+        stats = fetch_stats(connect, server_key, client_key, timeout, offset=offset, limit=sessions)
     except TransportError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -224,9 +245,21 @@ def metrics(
             f"{histogram_quantile(h, 0.99):g}",
         )
     console.print(hists)
-    robots = Table("robot", "embodiment", "observe", "chunk", "error")
-    for s in stats.get("sessions", []):
-        robots.add_row(s["robot_id"], s["embodiment"], str(s["observe"]), str(s["chunk"]), str(s["error"]))
+    listed = stats.get("sessions", [])
+    total = stats.get("sessions_total", len(listed))
+    summary = stats.get("summary", {})
+    robots = Table(
+        "robot",
+        "embodiment",
+        "observe",
+        "chunk",
+        "error",
+        title=f"{summary.get('robots', '?')} robots, {summary.get('monitors', '?')} monitors; "
+        f"sessions {offset + 1 if listed else 0}-{offset + len(listed)} of {total}",
+    )
+    for s in listed:
+        name = s.get("robot_id") or f"({s.get('role', 'monitor')})"
+        robots.add_row(name, s.get("embodiment", ""), str(s["observe"]), str(s["chunk"]), str(s["error"]))
     console.print(robots)
 
 

@@ -21,6 +21,9 @@ class ErrorCode(str, Enum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     POLICY_ERROR = "policy_error"  # the policy raised or returned unusable actions
     SHUTTING_DOWN = "shutting_down"
+    ROBOT_ID_IN_USE = "robot_id_in_use"  # another live session (or CURVE key) holds this robot_id
+    UNAUTHORIZED = "unauthorized"  # the CURVE key is no longer in the allow-list
+    OVERLOADED = "overloaded"  # the server's session cap is reached
 
 
 class TransportError(Exception):

@@ -444,6 +444,9 @@ class SharedPolicy(Policy):
     def __init__(self, inner: Policy) -> None:
         self.inner = inner
         self.metadata = inner.metadata
+        # Policy declares input_check on the class, so __getattr__ would never reach the inner one:
+        # without this the ZeroMQ server behind the wrapper would stop checking observations.
+        self.input_check = inner.input_check
         self.lock = threading.Lock()
 
     def infer(self, observations, noise=None):

@@ -38,6 +38,8 @@ IMAGE_PREFIX = "image/"
 MAX_IMAGE_SIDE = 4096
 MAX_NAME_LEN = 64
 MAX_INSTRUCTION_LEN = 4096
+STATS_PAGE = 100  # sessions listed per stats reply unless asked otherwise
+STATS_PAGE_MAX = 200  # most sessions one stats reply lists (its header stays well under 64 KiB)
 
 
 def _bad(message: str, code: ErrorCode = ErrorCode.BAD_MESSAGE) -> ProtocolError:
@@ -183,6 +185,8 @@ def _resolutions(d: Any) -> dict[str, int]:
 
 
 def metadata_from_dict(d: Mapping[str, Any]) -> PolicyMetadata:
+    if not isinstance(d, Mapping):
+        raise _bad(f"welcome carries policy metadata of type {type(d).__name__}, not a map")
     try:
         return PolicyMetadata(
             model=str(d["model"]),
@@ -198,12 +202,44 @@ def metadata_from_dict(d: Mapping[str, Any]) -> PolicyMetadata:
             agent_pos_config={str(k): int(v) for k, v in (d.get("agent_pos_config") or {}).items()},
             resolutions=_resolutions(d.get("resolutions") or {}),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise _bad(f"welcome carries unusable policy metadata: {exc}") from None
 
 
+def hello_extras(header: Mapping[str, Any]) -> tuple[str, str | None]:
+    """``(role, token)`` of a hello: ``role`` is ``robot`` (default) or ``monitor`` (a metrics reader
+    that only pings and asks for stats); ``token`` is the session token a reconnecting robot got
+    in its previous welcome."""
+    role = require(header, "role", str, optional=True) or "robot"
+    if role not in ("robot", "monitor"):
+        raise _bad(f"hello role must be 'robot' or 'monitor', got {role[:40]!r}", ErrorCode.BAD_HELLO)
+    token = require(header, "token", str, optional=True)
+    if token is not None and len(token) > MAX_NAME_LEN:
+        raise _bad(f"hello token must be at most {MAX_NAME_LEN} characters", ErrorCode.BAD_HELLO)
+    return role, token
+
+
+def monitor_hello() -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "type": HELLO, "role": "monitor"}
+
+
+def stats_page(header: Mapping[str, Any]) -> tuple[int, int]:
+    """``(offset, limit)`` of a stats request's session listing (defaults 0, ``STATS_PAGE``)."""
+    offset = require(header, "offset", int, optional=True) or 0
+    limit = require(header, "limit", int, optional=True)
+    limit = STATS_PAGE if limit is None else limit
+    if offset < 0 or limit < 0:
+        raise _bad(f"stats offset and limit must be >= 0, got {offset}, {limit}")
+    return min(offset, 2**31), min(limit, STATS_PAGE_MAX)
+
+
 def welcome_header(
-    session: str, meta: PolicyMetadata, heartbeat_interval: float, max_message_bytes: int
+    session: str,
+    meta: PolicyMetadata,
+    heartbeat_interval: float,
+    max_message_bytes: int,
+    token: str = "",
+    limits: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "v": PROTOCOL_VERSION,
@@ -212,6 +248,8 @@ def welcome_header(
         "metadata": meta.to_dict(),
         "heartbeat_interval": heartbeat_interval,
         "max_message_bytes": max_message_bytes,
+        "token": token,
+        "limits": dict(limits or {}),
     }
 
 
@@ -387,5 +425,9 @@ def decode_chunk(msg: Message, meta: PolicyMetadata | None = None) -> ActionChun
         )
     if not np.isfinite(actions).all():
         raise _bad("chunk actions hold NaN or Inf", ErrorCode.BAD_VALUE)
-    timing_ms = {str(k): float(v) for k, v in timing.items() if isinstance(v, (int, float))}
+    timing_ms = {
+        str(k): float(v)
+        for k, v in list(timing.items())[:64]
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e300
+    }
     return ActionChunk(actions=actions, stamp=stamp, dt=dt, seq=seq, timing_ms=timing_ms)

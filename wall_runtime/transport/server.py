@@ -8,12 +8,21 @@ the policy and its chunk leaves without any thread hand-off on its path, while t
 keeps answering pings, superseding and expiring requests during inference. Socket and session
 state are touched only under one lock (``SharedSocket``).
 
-Scheduling: each robot has at most one waiting observation; a newer one replaces it and the older
-is answered ``superseded`` without being computed. A batch is taken when no batch is in compute
-and either ``max_batch`` requests wait, every robot that observed within the last second has one
-waiting, or the oldest has waited ``max_wait_ms``. A waiting request whose deadline passes is answered ``deadline_exceeded``
-at that moment, never computed. A policy exception becomes a ``policy_error`` reply for the
-batch's requests; the server keeps serving.
+Scheduling lives in ``queue.RequestQueue`` (sessions, newest-wins, deadlines, batching; no
+sockets); this module is the ZeroMQ shell around it.
+
+Isolation: no message ends the server. Every decode path raises ``ProtocolError``; any other
+exception while handling one message is logged and answered ``bad_message`` to that peer alone.
+Each observation is checked against what the policy accepts (``policy.input_check``: camera sizes
+at hello, prompt length per request) before it can join a batch. A batch whose ``infer`` raises is
+retried member by member, so only the robot whose input fails gets the ``policy_error``; a chunk
+that is not finite is an error reply, never a chunk. Only a bug in the server's own loop is fatal:
+the server then stops and ``serve_forever`` raises, so ``wall-runtime serve`` exits non-zero.
+
+Resources: sessions (``max_sessions``) and connections (``max_connections``, ``peers``) are capped;
+``stats`` needs a hello and lists sessions a page at a time; connect/disconnect lines go to DEBUG
+with a periodic INFO summary; with CURVE the allow-list is re-read when its folder changes (and
+on ``reload_allow_list``, which ``serve`` wires to SIGHUP).
 """
 
 from __future__ import annotations
@@ -22,8 +31,8 @@ import logging
 import secrets
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +42,24 @@ from zmq.utils.monitor import recv_monitor_message
 
 from wall_runtime.backends.base import Policy
 from wall_runtime.transport import auth, protocol
-from wall_runtime.transport.codec import Message, decode, encode
+from wall_runtime.transport.codec import MAX_HEADER_BYTES, Message, decode, encode, pack_header
 from wall_runtime.transport.errors import ErrorCode, ProtocolError
 from wall_runtime.transport.metrics import BATCH_BUCKETS, MetricsHTTPServer, ServerMetrics
+from wall_runtime.transport.peers import LogSummary, PeerTracker
+from wall_runtime.transport.queue import Dropped, Pending, RequestQueue, Session
 from wall_runtime.transport.shared_socket import SharedSocket
 from wall_runtime.types import ActionChunk
 
 log = logging.getLogger(__name__)
 
-ACTIVE_WINDOW_S = 1.0  # a robot that observed this recently may be about to join a batch
 PROMOTE_AFTER_MS = 2.0  # inference this slow gets the other thread doing I/O meanwhile
+ALLOW_LIST_CHECK_S = 1.0  # how often the allow-list folder is checked for changes
+MONITOR_EVENTS_PER_TURN = 128  # connection events handled between two looks at robots' messages
+STRANGER_BACKLOG = 8192  # messages from peers without a session (hellos) waiting to be handled
+CHORES_MAX_DEFER_S = 0.01  # a run of batches defers hellos and connection events this long at most
+STRANGER_BUDGET_S = 0.002  # time spent on them per turn of the loop, between sessions' messages
+
+__all__ = ["Pending", "PolicyServer", "ServerConfig", "Session"]
 
 
 @dataclass
@@ -57,28 +74,9 @@ class ServerConfig:
     allow_dir: str | Path | None = None  # folder of allowed client .key files
     insecure: bool = False  # permit a non-loopback bind without CURVE
     metrics_http: tuple[str, int] | None = None  # (host, port) for a Prometheus scrape
-
-
-@dataclass
-class Pending:
-    """One accepted observe request waiting for (or in) compute."""
-
-    identity: bytes
-    request: protocol.ObserveRequest
-    frames: list[Any]  # the received zmq frames: the observation's arrays are views on them
-    received: float  # perf_counter at receipt
-    deadline: float  # perf_counter
-    decode_ms: float
-
-
-@dataclass
-class Session:
-    identity: bytes
-    robot: protocol.RobotDescription
-    last_seen: float
-    last_observe: float = float("-inf")  # perf_counter of its latest observe
-    pending: Pending | None = None
-    counts: dict[str, int] = field(default_factory=lambda: {"observe": 0, "chunk": 0, "error": 0})
+    max_sessions: int = 1024  # robots + monitors that said hello
+    max_connections: int = 4096  # open TCP connections (also kept under the fd limit)
+    io_threads: int = 2  # libzmq I/O threads: a connection flood's handshakes share them with robots
 
 
 class PolicyServer:
@@ -89,24 +87,40 @@ class PolicyServer:
         self.session_id = secrets.token_hex(8)  # changes on every start: clients see restarts
         self.endpoint: str | None = None
         self.metrics_port: int | None = None
+        self.failure: BaseException | None = None  # what stopped a server thread, if anything did
         self._stop = threading.Event()
         self._bound = threading.Event()
         self._start_error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        self._sessions: dict[bytes, Session] = {}
-        self._ready: OrderedDict[bytes, Pending] = OrderedDict()
-        self._computing = False  # a batch is in policy.infer (one at a time)
-        self._leader = threading.Condition()
-        self._has_leader = False
-        self._next_housekeeping = 0.0
-        self._infer_ms_ema = float("inf")  # until measured, assume inference is slow
-        self._io: SharedSocket  # set in _run: the ROUTER, shared by both threads under its lock
         cfg = self.config
         if cfg.max_batch < 1 or cfg.max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
+        if cfg.max_sessions < 1 or cfg.max_connections < 1:
+            raise ValueError("max_sessions and max_connections must be >= 1")
+        self.queue = RequestQueue(
+            max_batch=cfg.max_batch,
+            max_wait_s=cfg.max_wait_ms / 1000.0,
+            session_timeout=cfg.session_timeout,
+            max_sessions=cfg.max_sessions,
+        )
+        self._leader = threading.Condition()
+        self._has_leader = False
+        self._next_housekeeping = 0.0
+        self._chores_done = 0.0  # perf_counter when the backlog and connection events were last served
+        self._next_allow_check = 0.0
+        self._reload_requested = threading.Event()
+        self._infer_ms_ema = float("inf")  # until measured, assume inference is slow
+        self._io: SharedSocket  # set in _run: the ROUTER, shared by both threads under its lock
+        self._peers: PeerTracker | None = None
+        self._robots_log = LogSummary("robot sessions")
+        self._refusals_log = LogSummary("refused messages", info_budget=10)
+        self._welcome: dict[str, Any] | None = None
+        self._strangers: deque[list[Any]] = deque()
+        self._limits = policy.input_check.to_dict() if policy.input_check is not None else {}
         if (cfg.server_key is None) != (cfg.allow_dir is None):
             raise auth.SecurityError("CURVE needs both a server secret key and an allow-list of client keys")
         auth.check_endpoint(cfg.bind, secure=cfg.server_key is not None, insecure=cfg.insecure)
+        self.allow_list = auth.AllowList(cfg.allow_dir) if cfg.allow_dir is not None else None
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -130,15 +144,24 @@ class PolicyServer:
         return self.endpoint
 
     def serve_forever(self) -> None:
-        """Serve on the calling thread until ``stop()`` (the CLI wires SIGINT/SIGTERM to it)."""
+        """Serve on the calling thread until ``stop()`` (the CLI wires SIGINT/SIGTERM to it).
+        Raises if the server could not start or stopped because a server thread failed."""
         self._run()
         if self._start_error is not None:
             raise self._start_error
+        if self.failure is not None:
+            raise RuntimeError(f"server failed: {type(self.failure).__name__}: {self.failure}")
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+    def reload_allow_list(self) -> None:
+        """Re-read the CURVE allow-list on the server thread (safe from a signal handler)."""
+        self._reload_requested.set()
+        if hasattr(self, "_io"):
+            self._io.kick()
 
     def __enter__(self) -> PolicyServer:
         self.start()
@@ -151,7 +174,7 @@ class PolicyServer:
 
     def _run(self) -> None:
         cfg = self.config
-        ctx = zmq.Context()
+        ctx = zmq.Context(io_threads=max(1, self.config.io_threads))
         authenticator = None
         http = None
         sock = None
@@ -162,7 +185,8 @@ class PolicyServer:
             sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
             sock.sndhwm = sock.rcvhwm = 64
             if cfg.server_key is not None:
-                authenticator = auth.start_authenticator(ctx, cfg.allow_dir)  # type: ignore[arg-type]
+                assert self.allow_list is not None
+                authenticator = auth.start_authenticator(ctx, self.allow_list)
                 auth.apply_server_curve(sock, auth.load_secret(cfg.server_key))
             sock.bind(cfg.bind)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -178,20 +202,33 @@ class PolicyServer:
                 authenticator.stop()
             ctx.term()
             return
-        # libzmq drops some peers on its own (CURVE refusals, frames over MAXMSGSIZE, protocol
-        # violations); its monitor events are the only place their reasons can be logged.
-        monitor = sock.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED
-            | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-        )
+        port = None
+        if self.endpoint.startswith("tcp://"):
+            tail = self.endpoint.rsplit(":", 1)[-1]
+            port = int(tail) if tail.isdigit() else None
+        self._peers = PeerTracker(cfg.max_connections, port)
+        # libzmq accepts and drops peers on its own (CURVE refusals, frames over MAXMSGSIZE,
+        # protocol violations); its monitor events are the only place to count, cap and log them.
+        # Each event costs the server thread a few microseconds under a connect flood, so only
+        # those that are acted on: peers that hang up mid-handshake show up as disconnects.
+        events = zmq.EVENT_ACCEPTED | zmq.EVENT_ACCEPT_FAILED | zmq.EVENT_DISCONNECTED
+        if cfg.server_key is not None:
+            events |= zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        # The monitor is an inproc PAIR that libzmq's I/O threads write with a blocking send: at
+        # its high-water mark they would stall (every robot's traffic with them) until this thread
+        # reads, and stopping the monitor would hang. An unlimited receive side prevents both.
+        monitor_addr = f"inproc://wall-runtime-monitor-{secrets.token_hex(8)}"
+        sock.monitor(monitor_addr, events)
+        monitor = ctx.socket(zmq.PAIR)
+        monitor.rcvhwm = 0
+        monitor.linger = 0
+        monitor.connect(monitor_addr)
         self._io = SharedSocket(sock)
         self._io.watch(monitor)
         follower = threading.Thread(target=self._member, args=(monitor,), name="policy-server-2", daemon=True)
         follower.start()
         log.info(
-            "serving %s (%s, backend %s) on %s%s; batch<=%d, wait<=%.1f ms",
+            "serving %s (%s, backend %s) on %s%s; batch<=%d, wait<=%.1f ms, sessions<=%d, connections<=%d",
             self.policy.metadata.model,
             self.policy.metadata.variant,
             self.policy.metadata.backend,
@@ -199,6 +236,8 @@ class PolicyServer:
             " with CURVE" if cfg.server_key else "",
             cfg.max_batch,
             cfg.max_wait_ms,
+            cfg.max_sessions,
+            self._peers.cap,
         )
         self._bound.set()
         try:
@@ -218,33 +257,52 @@ class PolicyServer:
             log.info("server stopped")
 
     def _log_peer_events(self, monitor: zmq.Socket) -> None:
-        while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            event = recv_monitor_message(monitor)
-            kind = event["event"]
-            reasons = {
+        peers = self._peers
+        assert peers is not None
+        for _ in range(MONITOR_EVENTS_PER_TURN):  # a flood of events must not starve robots' messages
+            if not monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+            try:
+                event = recv_monitor_message(monitor)
+            except Exception as exc:  # a malformed event must not stop the server
+                log.debug("unreadable monitor event: %s", exc)
+                continue
+            kind, value = event["event"], int(event.get("value") or 0)
+            if kind == zmq.EVENT_ACCEPTED:
+                peers.accepted(value)
+                continue
+            if kind == zmq.EVENT_DISCONNECTED:
+                peers.disconnected(value)
+                self.metrics.inc("peer_events", event="disconnected")
+                continue
+            if kind == zmq.EVENT_ACCEPT_FAILED:
+                peers.accept_failed(value)
+                self.metrics.inc("peer_events", event="accept_failed")
+                continue
+            label, text = {
                 zmq.EVENT_HANDSHAKE_FAILED_AUTH: ("auth_refused", "refused by CURVE authentication"),
                 zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: ("handshake_protocol", "broke the ZMTP/CURVE handshake"),
                 zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: ("handshake_failed", "failed the handshake"),
-                zmq.EVENT_DISCONNECTED: (
-                    "disconnected",
-                    "disconnected (closed, or dropped by libzmq for a frame over MAXMSGSIZE)",
-                ),
-            }
-            label, text = reasons.get(kind, ("other", f"event {kind}"))
+            }.get(kind, ("other", f"event {kind}"))
             self.metrics.inc("peer_events", event=label)
-            level = logging.INFO if label == "disconnected" else logging.WARNING
-            log.log(level, "connection on %s %s", event.get("endpoint", b"").decode(errors="replace"), text)
+            # Peers hanging up mid-handshake are a flood's normal noise: DEBUG and the periodic
+            # summary. The ZAP handler logs refused CURVE peers by address and key.
+            peers.summary.note(label, "a connection %s", text)
+        if monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._io.kick()
 
     def _member(self, monitor: zmq.Socket) -> None:
         """One of the two server threads: lead (do I/O) until a batch is due, then compute it."""
         try:
             self._take_turns(monitor)
-        except BaseException:
-            # A bug here must not leave a half-working server behind: stop, so a supervisor restarts it.
+        except BaseException as exc:
+            # A bug here must not leave a half-working server behind: stop, so a supervisor restarts
+            # it (``serve_forever`` raises, ``serve`` exits non-zero).
             log.exception("server thread failed; shutting down")
+            if self.failure is None:
+                self.failure = exc
             self._stop.set()
             self._io.kick()
-            raise
 
     def _take_turns(self, monitor: zmq.Socket) -> None:
         while not self._stop.is_set():
@@ -271,46 +329,74 @@ class PolicyServer:
 
     def _lead(self, monitor: zmq.Socket) -> list[Pending] | None:
         io = self._io
+        queue = self.queue
         while not self._stop.is_set():
             with io.lock:
-                timeout_ms = self._poll_timeout_ms()
-            io.wait(timeout_ms)
+                timeout_ms = max(0, int(np.ceil(queue.next_timeout(time.perf_counter()) * 1000.0)))
+            io.wait(0 if self._strangers else timeout_ms)
             with io.lock:
-                self._log_peer_events(monitor)
-                for frames in io.recv_ready(256):  # bounded so timers are not starved
-                    self._handle(frames)
+                # Receiving is cheap, handling a hello is not. Sessions' messages (pings, observes)
+                # are handled at once and a due batch goes to compute before anything else; other
+                # peers' messages wait in a bounded backlog worked off within a time budget, and
+                # connection events after them, so a flood delays no robot's pong or chunk.
+                for frames in io.recv_ready(1024):  # bounded so timers are not starved
+                    if frames[0].bytes in queue.sessions:
+                        self._handle(frames)
+                    else:
+                        self._defer(frames)
+                batch = self._due_batch()
                 now = time.perf_counter()
-                self._expire_deadlines(now)
-                if now >= self._next_housekeeping:
-                    self._expire_sessions(now)
-                    self.metrics.set_gauge("sessions", len(self._sessions))
-                    self._next_housekeeping = now + 0.25
-                batch = self._take_batch(now)
+                if batch is None or now - self._chores_done > CHORES_MAX_DEFER_S:
+                    self._work_off_strangers()
+                    self._log_peer_events(monitor)
+                    if now >= self._next_housekeeping:
+                        self._housekeeping(now)
+                    self._chores_done = time.perf_counter()
+                    batch = batch or self._due_batch()
             if batch:
                 return batch
         return None
 
-    def _poll_timeout_ms(self) -> int:
-        timeout = 100.0
-        if self._ready:
-            now = time.perf_counter()
-            nearest = min(p.deadline for p in self._ready.values())
-            timeout = min(timeout, (nearest - now) * 1000.0)
-            if not self._computing:
-                oldest = next(iter(self._ready.values()))
-                timeout = min(timeout, (oldest.received + self.config.max_wait_ms / 1000.0 - now) * 1000.0)
-        return max(0, int(np.ceil(timeout)))
+    def _due_batch(self) -> list[Pending] | None:
+        now = time.perf_counter()
+        for dropped in self.queue.expire_deadlines(now):
+            self._reply_dropped(dropped)
+        batch = None if self._stop.is_set() else self.queue.take_batch(now)
+        for pending in batch or ():
+            self.metrics.observe("queue_wait_ms", (now - pending.received) * 1000.0)
+        if batch and (self._strangers or self._io.readable()):
+            self._io.kick()  # the backlog and events left for this turn are the next turn's
+        return batch
+
+    def _housekeeping(self, now: float) -> None:
+        for session in self.queue.expire_sessions(now):
+            self._session_closed(session, f"silent for {now - session.last_seen:.1f} s (no heartbeat)")
+        self.metrics.set_gauge("sessions", len(self.queue.sessions))
+        if self._peers is not None:
+            self.metrics.set_gauge("connections", len(self._peers.live))
+            self.metrics.set_gauge("connections_shed", self._peers.shed)  # since start
+            self._peers.summary.flush()
+        self._robots_log.flush()
+        self._refusals_log.flush()
+        self._next_housekeeping = now + 0.25
+        if self.allow_list is not None and (self._reload_requested.is_set() or now >= self._next_allow_check):
+            forced = self._reload_requested.is_set()
+            self._reload_requested.clear()
+            self._next_allow_check = now + ALLOW_LIST_CHECK_S
+            self.allow_list.reload(force=forced)
+            for session in list(self.queue.sessions.values()):
+                if session.key is not None and not self.allow_list.allowed(session.key):
+                    self.queue.drop(session.identity)
+                    self._session_closed(
+                        session, "its CURVE key was removed from the allow-list", ErrorCode.UNAUTHORIZED
+                    )
 
     def _shutdown(self) -> None:
         with self._io.lock:
-            for pending in list(self._ready.values()):
+            for pending in self.queue.drain():
                 self._reply_error(
                     pending.identity, ErrorCode.SHUTTING_DOWN, "server is shutting down", pending.request.seq
                 )
-                session = self._sessions.get(pending.identity)
-                if session is not None:
-                    session.pending = None
-            self._ready.clear()
 
     # --------------------------------------------------------------------------- messages
 
@@ -320,25 +406,40 @@ class PolicyServer:
             self.metrics.inc("replies", type=kind)
         except zmq.Again:
             self.metrics.inc("dropped_replies", reason="peer_queue_full")
-            log.warning("dropped %s reply: the peer's queue is full (it stopped reading)", kind)
+            self._refusals_log.note("reply_dropped", "dropped %s reply: the peer's queue is full", kind)
         except zmq.ZMQError as exc:
             self.metrics.inc("dropped_replies", reason="unroutable")
-            log.info("dropped %s reply: peer is gone (%s)", kind, exc)
+            self._refusals_log.note("reply_dropped", "dropped %s reply: peer is gone (%s)", kind, exc)
 
     def _reply_error(self, identity: bytes, code: ErrorCode, message: str, seq: int | None) -> None:
         self.metrics.inc("errors", code=code.value)
-        session = self._sessions.get(identity)
+        session = self.queue.sessions.get(identity)
         if session is not None:
             session.counts["error"] += 1
-        level = logging.DEBUG if code in (ErrorCode.SUPERSEDED, ErrorCode.NOT_REGISTERED) else logging.INFO
-        log.log(level, "error reply to %s seq=%s: %s: %s", self._who(identity), seq, code.value, message)
+        quiet = code in (ErrorCode.SUPERSEDED, ErrorCode.NOT_REGISTERED, ErrorCode.DEADLINE_EXCEEDED)
+        self._refusals_log.note(
+            code.value,
+            "error reply to %s seq=%s: %s: %s",
+            self._who(identity),
+            seq,
+            code.value,
+            message,
+            level=logging.DEBUG if quiet else logging.INFO,
+        )
         self._send(identity, encode(protocol.error_header(code, message, seq)), protocol.ERROR)
 
+    def _reply_dropped(self, dropped: Dropped) -> None:
+        if dropped.code == ErrorCode.SUPERSEDED:
+            self.metrics.inc("superseded")
+        p = dropped.pending
+        self._reply_error(p.identity, dropped.code, dropped.message, p.request.seq)
+
     def _who(self, identity: bytes) -> str:
-        session = self._sessions.get(identity)
-        return session.robot.robot_id if session else f"peer {identity.hex()}"
+        session = self.queue.sessions.get(identity)
+        return session.name if session else f"peer {identity.hex()}"
 
     def _handle(self, frames: list[zmq.Frame]) -> None:
+        """One message from one peer; whatever it holds, the server goes on serving."""
         t0 = time.perf_counter()
         identity = frames[0].bytes
         body = frames[1:]
@@ -346,85 +447,203 @@ class PolicyServer:
         try:
             msg = decode(body, self.config.max_message_bytes)
             header = msg.header
-            protocol.check_version(header)
-            kind = header["type"]
-            if kind not in protocol.CLIENT_TYPES:
-                raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
-            self.metrics.inc("requests", type=kind)
-            if kind == protocol.HELLO:
-                self._on_hello(identity, msg)
-            elif kind == protocol.STATS:
-                self._on_stats(identity, msg)
-            else:
-                session = self._sessions.get(identity)
-                if session is None:
-                    raise ProtocolError(
-                        ErrorCode.NOT_REGISTERED, "no hello from this connection (did the server restart?)"
-                    )
-                session.last_seen = time.perf_counter()
-                if kind == protocol.OBSERVE:
-                    self._on_observe(session, msg, body, t0)
-                elif kind == protocol.PING:
-                    seq = protocol.seq_of(header)
-                    pong = protocol.simple_header(protocol.PONG, seq, session=self.session_id)
-                    self._send(identity, encode(pong), protocol.PONG)
-                elif kind == protocol.RESET:
-                    self._on_reset(session, msg)
-                elif kind == protocol.BYE:
-                    self._drop_session(identity, "said bye")
+            self._dispatch(identity, msg, body, t0)
         except ProtocolError as exc:
             if exc.code == ErrorCode.TOO_LARGE or not header:
                 self.metrics.inc("requests", type="invalid")
-            self._reply_error(identity, ErrorCode(exc.code), exc.message, protocol.seq_of(header))
-
-    def _on_hello(self, identity: bytes, msg: Message) -> None:
-        robot = protocol.RobotDescription.from_header(msg.header)
-        meta = self.policy.metadata
-        robot.check_fits(meta)
-        if robot.expected_bytes(meta) > self.config.max_message_bytes:
-            raise ProtocolError(
-                ErrorCode.BAD_HELLO,
-                f"this robot's observations exceed the server's {self.config.max_message_bytes}-byte limit",
+            code = exc.code if isinstance(exc.code, ErrorCode) else ErrorCode.BAD_MESSAGE
+            self._reply_error(identity, code, exc.message, protocol.seq_of(header))
+        except Exception as exc:  # a bug on one message's path: answer that peer, keep serving
+            log.exception("failed to handle a message from %s", self._who(identity))
+            self.metrics.inc("handler_failures")
+            self._reply_error(
+                identity,
+                ErrorCode.BAD_MESSAGE,
+                f"the server could not handle this message ({type(exc).__name__})",
+                protocol.seq_of(header),
             )
-        for other_id, other in list(self._sessions.items()):
-            if other.robot.robot_id == robot.robot_id and other_id != identity:
-                self._drop_session(other_id, "replaced by a new connection with the same robot_id")
-        previous = self._sessions.get(identity)
-        if previous is not None and previous.pending is not None:
-            self._ready.pop(identity, None)
-        self._sessions[identity] = Session(identity=identity, robot=robot, last_seen=time.perf_counter())
-        log.info(
-            "robot %s (%s) connected: cameras %s, state %d, dt %.4f s",
-            robot.robot_id,
-            robot.embodiment,
-            {k: list(v) for k, v in robot.cameras.items()},
-            robot.state_dim,
-            robot.action_period,
-        )
-        welcome = protocol.welcome_header(
-            self.session_id, meta, self.config.heartbeat_interval, self.config.max_message_bytes
-        )
-        self._send(identity, encode(welcome), protocol.WELCOME)
+
+    def _defer(self, frames: list[zmq.Frame]) -> None:
+        if len(self._strangers) >= STRANGER_BACKLOG:
+            self.metrics.inc("dropped_requests", reason="backlog_full")
+            self._refusals_log.note(
+                "backlog_full", "dropped a message from a peer without a session: backlog full"
+            )
+            return
+        self._strangers.append(frames)
+
+    def _work_off_strangers(self) -> None:
+        end = time.perf_counter() + STRANGER_BUDGET_S
+        while self._strangers and time.perf_counter() < end:
+            self._handle(self._strangers.popleft())
+        if self._strangers:
+            self._io.kick()
+
+    def _dispatch(self, identity: bytes, msg: Message, body: list[Any], t0: float) -> None:
+        header = msg.header
+        protocol.check_version(header)
+        kind = header["type"]
+        if kind not in protocol.CLIENT_TYPES:
+            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}")
+        self.metrics.inc("requests", type=kind)
+        user = self._user_id(body)
+        if self.allow_list is not None and not self.allow_list.allowed(user):
+            session = self.queue.drop(identity)
+            if session is not None:
+                self._session_closed(
+                    session, "its CURVE key was removed from the allow-list", ErrorCode.UNAUTHORIZED
+                )
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "this client key is no longer in the allow-list")
+        if kind == protocol.HELLO:
+            self._on_hello(identity, msg, user, body)
+            return
+        session = self.queue.sessions.get(identity)
+        if session is None:
+            if kind == protocol.BYE:
+                return  # nothing to forget
+            raise ProtocolError(
+                ErrorCode.NOT_REGISTERED, "no hello from this connection (did the server restart?)"
+            )
+        session.last_seen = time.perf_counter()
+        if kind == protocol.OBSERVE:
+            self._on_observe(session, msg, body, t0)
+        elif kind == protocol.STATS:
+            self._on_stats(identity, msg)
+        elif kind == protocol.PING:
+            pong = protocol.simple_header(protocol.PONG, protocol.seq_of(header), session=self.session_id)
+            self._send(identity, encode(pong), protocol.PONG)
+        elif kind == protocol.RESET:
+            self._on_reset(session, msg)
+        elif kind == protocol.BYE:
+            self.queue.drop(identity)
+            self._session_closed(session, "said bye")
+
+    def _user_id(self, body: list[Any]) -> str | None:
+        """The CURVE client key (z85) ZeroMQ's ZAP handler authenticated this message's peer with."""
+        if self.allow_list is None:
+            return None
+        try:
+            return body[0].get("User-Id")
+        except (zmq.ZMQError, AttributeError, KeyError, IndexError):
+            return None
+
+    @staticmethod
+    def _peer_address(body: list[Any]) -> str:
+        try:
+            return str(body[0].get("Peer-Address"))
+        except (zmq.ZMQError, AttributeError, KeyError, IndexError):
+            return "?"
+
+    def _on_hello(self, identity: bytes, msg: Message, user: str | None, body: list[Any]) -> None:
+        role, token = protocol.hello_extras(msg.header)
+        queue = self.queue
+        if role == "robot" and identity not in queue.sessions and queue.robot_sessions >= queue.max_sessions:
+            # full: refuse before the costlier checks (a flood of hellos meets a full server),
+            # unless it is a live robot reconnecting, which replaces its own session
+            rid = msg.header.get("robot_id")
+            if not isinstance(rid, str) or rid not in queue.by_robot:
+                raise ProtocolError(
+                    ErrorCode.OVERLOADED, f"the server holds its limit of {queue.max_sessions} robot sessions"
+                )
+        meta = self.policy.metadata
+        robot = None
+        image_tokens = None
+        if role == "robot":
+            robot = protocol.RobotDescription.from_header(msg.header)
+            robot.check_fits(meta)
+            if robot.expected_bytes(meta) > self.config.max_message_bytes:
+                raise ProtocolError(
+                    ErrorCode.BAD_HELLO,
+                    f"this robot's observations exceed the server's {self.config.max_message_bytes}-byte limit",
+                )
+            check = self.policy.input_check
+            if check is not None:
+                try:
+                    image_tokens = check.camera_tokens(robot.cameras)
+                except ValueError as exc:
+                    raise ProtocolError(ErrorCode.BAD_HELLO, str(exc)) from None
+        try:
+            session, replaced = self.queue.register(
+                identity, robot, time.perf_counter(), token=token, key=user
+            )
+        except ProtocolError as exc:
+            if exc.code == ErrorCode.ROBOT_ID_IN_USE:
+                self._refusals_log.note(
+                    "robot_id_in_use",
+                    "refused a hello from %s (%s): %s",
+                    self._peer_address(body),
+                    user or "no CURVE key",
+                    exc.message,
+                    level=logging.WARNING,
+                )
+            raise
+        session.image_tokens = image_tokens
+        if replaced is not None:
+            self._session_closed(replaced, "replaced by a reconnection of the same robot")
+        if robot is not None:
+            self._robots_log.note(
+                "connected",
+                "robot %s (%s) connected from %s: cameras %s, state %d, dt %.4f s",
+                robot.robot_id,
+                robot.embodiment,
+                self._peer_address(body),
+                {k: list(v) for k, v in robot.cameras.items()},
+                robot.state_dim,
+                robot.action_period,
+                level=logging.INFO,
+            )
+        else:
+            self._robots_log.note("monitor", "monitor %s connected", session.name)
+        if self._welcome is None:  # the same for every session but its token: built once
+            self._welcome = protocol.welcome_header(
+                self.session_id,
+                meta,
+                self.config.heartbeat_interval,
+                self.config.max_message_bytes,
+                limits=self._limits,
+            )
+        self._send(identity, encode({**self._welcome, "token": session.token}), protocol.WELCOME)
+
+    def _session_closed(
+        self, session: Session, reason: str, code: ErrorCode = ErrorCode.NOT_REGISTERED
+    ) -> None:
+        """Log a session the queue dropped; its waiting request (if any) is answered ``code``."""
+        if session.pending is not None:
+            pending, session.pending = session.pending, None
+            self._reply_error(pending.identity, code, f"session closed: {reason}", pending.request.seq)
+        self._robots_log.note("disconnected", "%s disconnected: %s", session.name, reason, level=logging.INFO)
 
     def _on_stats(self, identity: bytes, msg: Message) -> None:
-        sessions = [
-            {"robot_id": s.robot.robot_id, "embodiment": s.robot.embodiment, **s.counts}
-            for s in self._sessions.values()
-        ]
-        reply = protocol.simple_header(
+        offset, limit = protocol.stats_page(msg.header)
+        base = protocol.simple_header(
             protocol.STATS,
             protocol.seq_of(msg.header),
             session=self.session_id,
             metadata=self.policy.metadata.to_dict(),
             metrics=self.metrics.snapshot(),
-            sessions=sessions,
+            summary=self.queue.summary(),
+            sessions_total=len(self.queue.sessions),
+            offset=offset,
         )
-        self._send(identity, encode(reply), protocol.STATS)
+        page = self.queue.page(offset, limit)
+        while True:  # long robot ids may not fit a full page under the header cap: halve it
+            header = {**base, "sessions": page}
+            if len(pack_header(header)) <= MAX_HEADER_BYTES - 1024 or not page:
+                break
+            page = page[: len(page) // 2]
+        self._send(identity, encode(header), protocol.STATS)
 
     def _on_observe(self, session: Session, msg: Message, frames: list[Any], t0: float) -> None:
+        if session.robot is None:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "a monitor session cannot observe")
         request = protocol.decode_observe(msg, session.robot, self.policy.metadata)
         session.counts["observe"] += 1
-        session.last_observe = t0
+        check = self.policy.input_check
+        if check is not None:
+            try:
+                check.check(request.observation, session.image_tokens)
+            except ValueError as exc:
+                raise ProtocolError(ErrorCode.BAD_VALUE, str(exc)) from None
         now = time.perf_counter()
         if request.deadline_ms <= 0:
             raise ProtocolError(
@@ -439,123 +658,79 @@ class PolicyServer:
             decode_ms=(now - t0) * 1000.0,
         )
         self.metrics.observe("decode_ms", pending.decode_ms)
-        older = session.pending
-        if older is not None:
-            self._ready.pop(session.identity, None)
-            self.metrics.inc("superseded")
-            self._reply_error(
-                session.identity,
-                ErrorCode.SUPERSEDED,
-                f"seq {older.request.seq} replaced by seq {request.seq} before compute",
-                older.request.seq,
-            )
-        session.pending = pending
-        self._ready[session.identity] = pending
+        for dropped in self.queue.submit(session, pending):
+            self._reply_dropped(dropped)
 
     def _on_reset(self, session: Session, msg: Message) -> None:
         seq = protocol.seq_of(msg.header)
-        if session.pending is not None:
-            older = session.pending
-            self._ready.pop(session.identity, None)
-            session.pending = None
-            self._reply_error(session.identity, ErrorCode.SUPERSEDED, "cancelled by reset", older.request.seq)
+        dropped = self.queue.cancel(session)
+        if dropped is not None:
+            self._reply_dropped(dropped)
         self._send(session.identity, encode(protocol.simple_header(protocol.ACK, seq)), protocol.ACK)
-
-    def _drop_session(self, identity: bytes, reason: str) -> None:
-        session = self._sessions.pop(identity, None)
-        self._ready.pop(identity, None)
-        if session is not None:
-            log.info("robot %s disconnected: %s", session.robot.robot_id, reason)
-
-    def _expire_sessions(self, now: float) -> None:
-        for identity, session in list(self._sessions.items()):
-            if now - session.last_seen > self.config.session_timeout and session.pending is None:
-                self._drop_session(identity, f"silent for {now - session.last_seen:.1f} s (no heartbeat)")
-
-    # --------------------------------------------------------------------------- batching
-
-    def _expire_deadlines(self, now: float) -> None:
-        for identity, pending in list(self._ready.items()):
-            if pending.deadline <= now:
-                del self._ready[identity]
-                session = self._sessions.get(identity)
-                if session is not None:
-                    session.pending = None
-                self._reply_error(
-                    identity,
-                    ErrorCode.DEADLINE_EXCEEDED,
-                    f"deadline of {pending.request.deadline_ms:.1f} ms passed after "
-                    f"{(now - pending.received) * 1000:.1f} ms in the queue; not computed",
-                    pending.request.seq,
-                )
-
-    def _take_batch(self, now: float) -> list[Pending] | None:
-        if self._computing or not self._ready or self._stop.is_set():
-            return None
-        oldest = next(iter(self._ready.values()))
-        full = len(self._ready) >= self.config.max_batch
-        # Robots that connected but are not observing (between episodes, just pinging) must not
-        # hold a lone request back for max_wait: wait only for robots observing lately.
-        active = sum(1 for s in self._sessions.values() if now - s.last_observe < ACTIVE_WINDOW_S)
-        everyone = len(self._ready) >= active
-        waited = now - oldest.received >= self.config.max_wait_ms / 1000.0
-        if not (full or everyone or waited):
-            return None
-        batch = [
-            self._ready.popitem(last=False)[1] for _ in range(min(self.config.max_batch, len(self._ready)))
-        ]
-        for pending in batch:
-            session = self._sessions.get(pending.identity)
-            if session is not None:
-                session.pending = None
-            self.metrics.observe("queue_wait_ms", (now - pending.received) * 1000.0)
-        self._computing = True
-        return batch
 
     # ---------------------------------------------------------------------------- compute
 
     def _compute_and_reply(self, batch: list[Pending]) -> None:
-        replies = self._compute(batch)  # outside the lock: the leader keeps serving meanwhile
+        try:
+            replies = self._compute(batch)  # outside the lock: the leader keeps serving meanwhile
+        except Exception as exc:  # a bug in building replies must not stop the server
+            log.exception("failed to build replies for a batch of %d", len(batch))
+            message = f"server failed on this batch ({type(exc).__name__})"
+            replies = [
+                (p.identity, self._error_frames(ErrorCode.POLICY_ERROR, message, p), protocol.ERROR)
+                for p in batch
+            ]
         with self._io.lock:
-            for identity, frames, kind in replies:
-                session = self._sessions.get(identity)
-                if session is not None:
-                    session.counts["chunk" if kind == protocol.CHUNK else "error"] += 1
-                self._send(identity, frames, kind)
-            self._computing = False
-            if self._ready:
-                self._io.kick()  # the leader may take the next batch now
+            try:
+                for identity, frames, kind in replies:
+                    session = self.queue.sessions.get(identity)
+                    if session is not None:
+                        session.counts["chunk" if kind == protocol.CHUNK else "error"] += 1
+                    self._send(identity, frames, kind)
+            finally:
+                self.queue.batch_done()
+                if self.queue.ready:
+                    self._io.kick()  # the leader may take the next batch now
 
     def _compute(self, batch: list[Pending]) -> list[tuple[bytes, list[Any], str]]:
-        observations = [p.request.observation for p in batch]
+        """Replies for ``batch``; a failing batch is retried member by member, so one robot's
+        input the policy cannot take fails that robot alone."""
         t0 = time.perf_counter()
         try:
-            results = self.policy.infer(observations)
+            results = self.policy.infer([p.request.observation for p in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"policy returned {len(results)} results for {len(batch)} observations")
         except Exception as exc:
-            log.exception("policy failed on a batch of %d", len(batch))
             self.metrics.inc("policy_failures")
+            if len(batch) > 1:
+                log.warning(
+                    "policy failed on a batch of %d (%s: %s); retrying its members one by one",
+                    len(batch),
+                    type(exc).__name__,
+                    exc,
+                )
+                return [reply for p in batch for reply in self._compute([p])]
+            log.error("policy failed for %s: %s: %s", self._who(batch[0].identity), type(exc).__name__, exc)
             message = f"policy raised {type(exc).__name__}: {exc}"
             return [
-                (p.identity, self._error_frames(ErrorCode.POLICY_ERROR, message, p), protocol.ERROR)
-                for p in batch
+                (
+                    batch[0].identity,
+                    self._error_frames(ErrorCode.POLICY_ERROR, message, batch[0]),
+                    protocol.ERROR,
+                )
             ]
         infer_ms = (time.perf_counter() - t0) * 1000.0
         ema = self._infer_ms_ema
         self._infer_ms_ema = infer_ms if ema == float("inf") else 0.8 * ema + 0.2 * infer_ms
         self.metrics.observe("infer_ms", infer_ms)
         self.metrics.observe("batch_size", len(batch), buckets=BATCH_BUCKETS)
-        meta = self.policy.metadata
         replies = []
         for pending, result in zip(batch, results, strict=True):
-            actions = np.asarray(result.actions)
-            if actions.shape != (meta.action_horizon, meta.action_dim) or not np.isfinite(actions).all():
-                message = (
-                    f"policy returned unusable actions: shape {list(actions.shape)}, "
-                    f"finite={bool(np.isfinite(actions).all())}"
-                )
-                log.error("%s (robot %s)", message, self._who(pending.identity))
+            try:
+                replies.append(self._chunk_reply(pending, result, t0, infer_ms))
+            except Exception as exc:
+                log.error("unusable policy result for %s: %s", self._who(pending.identity), exc)
+                message = f"policy returned unusable actions: {exc}"
                 replies.append(
                     (
                         pending.identity,
@@ -563,27 +738,42 @@ class PolicyServer:
                         protocol.ERROR,
                     )
                 )
-                continue
-            session = self._sessions.get(pending.identity)
-            dt = session.robot.action_period if session is not None else 0.0
-            t_send = time.perf_counter()
-            timing = {f"policy_{k}": float(v) for k, v in result.timing_ms.items()}
-            timing.update(
-                server_decode=pending.decode_ms,
-                server_queue=(t0 - pending.received) * 1000.0,
-                server_infer=infer_ms,
-                server_total=(t_send - pending.received) * 1000.0,
-            )
-            chunk = ActionChunk(
-                actions=actions.astype(np.float32, copy=False),
-                stamp=pending.request.observation.stamp,
-                dt=dt,
-                seq=pending.request.seq,
-                timing_ms=timing,
-            )
-            replies.append((pending.identity, protocol.encode_chunk(chunk), protocol.CHUNK))
-            self.metrics.observe("server_total_ms", timing["server_total"])
         return replies
+
+    def _chunk_reply(
+        self, pending: Pending, result: Any, t0: float, infer_ms: float
+    ) -> tuple[bytes, list[Any], str]:
+        meta = self.policy.metadata
+        actions = np.asarray(result.actions)
+        if actions.shape != (meta.action_horizon, meta.action_dim):
+            raise ValueError(
+                f"actions of shape {list(actions.shape)}, not [{meta.action_horizon}, {meta.action_dim}]"
+            )
+        if actions.dtype.kind not in "fiu":
+            raise ValueError(f"actions of dtype {actions.dtype}, not numbers")
+        actions = actions.astype(np.float32, copy=False)  # checked after the cast: 1e300 becomes inf
+        if not np.isfinite(actions).all():
+            self.metrics.inc("non_finite_chunks")
+            raise ValueError("actions are not all finite (NaN or Inf); no chunk is sent")
+        session = self.queue.sessions.get(pending.identity)
+        dt = session.robot.action_period if session is not None and session.robot is not None else 0.0
+        t_send = time.perf_counter()
+        timing = {f"policy_{k}": float(v) for k, v in result.timing_ms.items()}
+        timing.update(
+            server_decode=pending.decode_ms,
+            server_queue=(t0 - pending.received) * 1000.0,
+            server_infer=infer_ms,
+            server_total=(t_send - pending.received) * 1000.0,
+        )
+        chunk = ActionChunk(
+            actions=actions,
+            stamp=pending.request.observation.stamp,
+            dt=dt,
+            seq=pending.request.seq,
+            timing_ms=timing,
+        )
+        self.metrics.observe("server_total_ms", timing["server_total"])
+        return pending.identity, protocol.encode_chunk(chunk), protocol.CHUNK
 
     def _error_frames(self, code: ErrorCode, message: str, pending: Pending) -> list[Any]:
         self.metrics.inc("errors", code=code.value)
