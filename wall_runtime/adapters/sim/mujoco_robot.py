@@ -240,7 +240,8 @@ class MujocoRobot(RobotAdapter):
                         for k in ("base_linear", "base_angular")
                     ]
                 )
-                self._apply_base(self._base_target)
+                # The wheels follow the target through the acceleration ramp on the next physics
+                # step; writing it to the actuators here would step the wheel speed under load.
             self._last_command = time.monotonic()
         if not self.realtime:
             self.step(self.spec.period_s)
@@ -326,9 +327,7 @@ class MujocoRobot(RobotAdapter):
             return
         with self._lock:
             self._watchdog()
-            if self._diff is not None:
-                self._ramp_base(n * self.model.opt.timestep)
-            self._mj.mj_step(self.model, self.data, nstep=n)
+            self._advance(n)
 
     def _run(self) -> None:
         dt = self.model.opt.timestep
@@ -346,10 +345,23 @@ class MujocoRobot(RobotAdapter):
             if n > 0:
                 with self._lock:
                     self._watchdog()
-                    if self._diff is not None:
-                        self._ramp_base(n * dt)
-                    self._mj.mj_step(self.model, self.data, nstep=n)
+                    self._advance(n)
             time.sleep(0.002)
+
+    def _advance(self, n: int) -> None:
+        """``n`` physics steps. A base ramps its wheel speeds every few milliseconds of simulated
+        time, not once per batch: a batch that catches up a loaded machine's backlog would otherwise
+        hand the wheels one large speed step."""
+        if self._diff is None:
+            self._mj.mj_step(self.model, self.data, nstep=n)
+            return
+        dt = self.model.opt.timestep
+        per_ramp = max(1, round(0.005 / dt))
+        while n > 0:
+            k = min(n, per_ramp)
+            self._ramp_base(k * dt)
+            self._mj.mj_step(self.model, self.data, nstep=k)
+            n -= k
 
     # -- fault injection (the conformance kit's dropped link) -------------------------------------
 
