@@ -12,6 +12,7 @@ __all__ = ["BACKENDS", "Policy", "PolicyMetadata", "load_policy"]
 # name -> "module:Class"; each class has ``from_checkpoint(path, **options)``.
 BACKENDS: dict[str, str] = {
     "echo": "wall_runtime.backends.echo:EchoPolicy",
+    "expert": "wall_runtime.backends.expert:ScriptedExpertPolicy",
     "torch": "wall_runtime.backends.torch_backend:TorchPolicy",
     "onnxruntime": "wall_runtime.backends.onnxruntime_backend:OnnxRuntimePolicy",
     "tensorrt": "wall_runtime.backends.tensorrt_backend:TensorRTPolicy",

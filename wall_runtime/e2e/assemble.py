@@ -9,7 +9,8 @@ robot's one key, ``watchdog_timeout_s`` (robot.yaml top level, :class:`RobotSpec
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,11 @@ def assemble_loop(
     *,
     safe_pose: Sequence[float] | None = None,
     estop: EStop | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> ControlLoop:
+    """The control loop for ``adapter``; ``clock`` / ``sleep`` default to wall time (``wall-runtime
+    eval`` passes a simulated clock's, so the loop's waits advance the simulation)."""
     spec = adapter.spec
     if options.disabled_filters:
         safety = dataclasses.replace(safety, disabled=safety.disabled | set(options.disabled_filters))
@@ -50,4 +55,6 @@ def assemble_loop(
     }
     fields.update(options.overrides)  # a replay runs with the recorded run's settings
     cfg = LoopConfig(**fields)
-    return ControlLoop(adapter, source, observe, cfg, safety, estop=estop or EStop())
+    return ControlLoop(
+        adapter, source, observe, cfg, safety, estop=estop or EStop(), clock=clock, sleep=sleep
+    )

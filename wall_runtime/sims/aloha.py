@@ -104,6 +104,19 @@ class AlohaTask(RobotAdapter):
 
     # -- clock and episode -------------------------------------------------------------------
 
+    def use_clock(self, kind: str) -> None:
+        """Switch between the ``real`` and the ``simulated`` clock (before ``connect``)."""
+        if self._connected:
+            raise RuntimeError(f"{self.spec.name}: choose the clock before connecting")
+        if kind not in ("real", "simulated"):
+            raise ValueError(f"clock {kind!r}: choose real or simulated")
+        self.clock_kind = kind
+        self.sim_clock = None
+        if kind == "simulated":
+            self.sim_clock = SimClock()
+            self.sim_clock.on_advance(self._advance_to)
+        self.reset(self.seed)
+
     def now(self) -> float:
         return self.sim_clock.now() if self.sim_clock is not None else time.monotonic()
 

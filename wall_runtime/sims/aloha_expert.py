@@ -21,25 +21,30 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial.transform import Rotation, Slerp
+from scipy.spatial.transform import Rotation
 
 ARMS = ("left", "right")
 MEET = np.array([0.0, 0.5, 0.22])  # world: where the cube is handed over
 
-# each arm's EE pose at gym-aloha's START_ARM_POSE, in its base frame (FK of our ViperX model,
-# tests/test_aloha.py checks it): where every episode starts
+# each arm's EE pose at gym-aloha's START_ARM_POSE, in its base frame (FK of our ViperX model;
+# tests/test_aloha.py checks it): where every episode starts. Orientation as pitch (about the base
+# y axis, positive = tool pointing down) and roll (about the tool's x axis).
 START_POSITION = np.array([0.30106181, 0.0, 0.31022585])
-START_ROTATION = Rotation.from_euler("y", -0.10034, degrees=False)
+START_PITCH = -0.10034
 
 
 @dataclass(frozen=True)
 class Key:
-    """One waypoint: reached at ``t`` (episode seconds), world frame."""
+    """One waypoint of one arm: reached at ``t`` (episode seconds); position in the arm's base
+    frame; the tool's heading follows the position (yaw = its bearing from the base: the waist
+    turns, the wrist need not roll), its pitch and roll are the key's."""
 
     t: float
     position: np.ndarray
-    rotation: Rotation
+    pitch: float
+    roll: float
     grip: float
+    yaw: float = 0.0  # added to the heading (e.g. to square the fingers with the cube's faces)
 
 
 def _pose(priv: Mapping[str, Sequence[float]], name: str) -> tuple[np.ndarray, Rotation]:
@@ -52,68 +57,73 @@ def base_poses(priv: Mapping[str, Sequence[float]]) -> dict[str, tuple[np.ndarra
 
 
 def plan(priv: Mapping[str, Sequence[float]]) -> dict[str, list[Key]]:
-    """The waypoints of both arms (world frame) for the episode whose privileged state is ``priv``."""
+    """The waypoints of both arms (each in its base frame) for the episode whose privileged state
+    is ``priv``."""
     bases = base_poses(priv)
     cube0 = np.asarray(priv["objects_initial"][:3], dtype=np.float64)
     cube = np.asarray(priv["objects"][:3], dtype=np.float64)
     t = float(priv["episode_time"][0])
 
-    def start(arm: str) -> tuple[np.ndarray, Rotation]:
+    def local(arm: str, world: np.ndarray) -> np.ndarray:
         p, r = bases[arm]
-        return p + r.apply(START_POSITION), r * START_ROTATION
+        return r.inv().apply(np.asarray(world, dtype=np.float64) - p)
 
-    # the right gripper points down at 60° below its base's x axis (towards the table centre);
-    # the left comes in level along its x axis, turned 90° about it (fingers close vertically)
-    right_down = bases["right"][1] * Rotation.from_euler("y", 60, degrees=True)
-    left_side = bases["left"][1] * Rotation.from_euler("x", 90, degrees=True)
-    # the left grasps where the cube is (once it has been lifted), else where it will be
+    down = np.radians(60.0)  # the right gripper points 60° below level at the cube
+    side = np.radians(90.0)  # the left comes in level, turned 90° (its fingers close vertically)
+    # the left grasps where the cube is once it has been lifted (else where it will be)
     held = cube if t >= 2.6 else MEET
-    p_rs, r_rs = start("right")
-    p_ls, r_ls = start("left")
+    r_ = lambda w: local("right", w)  # noqa: E731
+    l_ = lambda w: local("left", w)  # noqa: E731
+    # the fingers close square to the cube's faces (the cube sits axis-aligned, like both bases)
+    c = r_(cube0)
+    square = -float(np.arctan2(c[1], c[0]))
     right = [
-        Key(0.0, p_rs, r_rs, 0.0),
-        Key(1.0, cube0 + [0, 0, 0.09], right_down, 1.0),  # above the cube, open
-        Key(1.6, cube0 + [0, 0, -0.005], right_down, 1.0),  # down around it
-        Key(2.0, cube0 + [0, 0, -0.005], right_down, 0.0),  # close
-        Key(2.7, MEET + [0.04, 0, 0.02], right_down, 0.0),  # lift towards the meeting point
-        Key(3.0, MEET, right_down, 0.0),
-        Key(4.1, MEET, right_down, 0.0),  # hold while the left arm takes it
-        Key(4.4, MEET, right_down, 1.0),  # let go
-        Key(5.0, MEET + [0.12, 0, 0.03], right_down, 1.0),  # back off
+        Key(0.0, START_POSITION, START_PITCH, 0.0, 0.0),
+        # above the cube, open; squared only on the way down, where the wrist is well bent (turning
+        # while it passes straight spins forearm and wrist against each other)
+        Key(1.0, r_(cube0 + np.array([0, 0, 0.09])), down, 0.0, 1.0),
+        Key(1.6, r_(cube0 + np.array([0, 0, -0.005])), down, 0.0, 1.0, square),  # down around it
+        Key(2.0, r_(cube0 + np.array([0, 0, -0.005])), down, 0.0, 0.0, square),  # close
+        Key(2.7, r_(MEET + np.array([0.04, 0, 0.02])), down, 0.0, 0.0),  # lift towards the meeting point
+        Key(3.0, r_(MEET), down, 0.0, 0.0),
+        Key(4.1, r_(MEET), down, 0.0, 0.0),  # hold while the left arm takes it
+        Key(4.4, r_(MEET), down, 0.0, 1.0),  # let go
+        Key(5.0, r_(MEET + np.array([0.12, 0, 0.03])), down, 0.0, 1.0),  # back off
     ]
     left = [
-        Key(0.0, p_ls, r_ls, 0.0),
-        Key(1.5, MEET + [-0.14, 0, 0.0], left_side, 1.0),  # waiting beside the meeting point, open
-        Key(3.0, MEET + [-0.14, 0, 0.0], left_side, 1.0),
-        Key(3.6, held + [0.0, 0, 0.0], left_side, 1.0),  # fingers around the held cube
-        Key(4.0, held + [0.0, 0, 0.0], left_side, 0.0),  # close
-        Key(4.4, held + [0.0, 0, 0.0], left_side, 0.0),
-        Key(5.0, MEET + [-0.08, 0, 0.03], left_side, 0.0),  # carry it away
+        Key(0.0, START_POSITION, START_PITCH, 0.0, 0.0),
+        Key(1.5, l_(MEET + np.array([-0.14, 0, 0.0])), 0.0, side, 1.0),  # beside the meeting point, open
+        Key(3.0, l_(MEET + np.array([-0.14, 0, 0.0])), 0.0, side, 1.0),
+        Key(3.6, l_(held), 0.0, side, 1.0),  # fingers around the held cube
+        Key(4.0, l_(held), 0.0, side, 0.0),  # close
+        Key(4.4, l_(held), 0.0, side, 0.0),
+        Key(5.0, l_(MEET + np.array([-0.08, 0, 0.03])), 0.0, side, 0.0),  # carry it away
     ]
     return {"left": left, "right": right}
 
 
-def _min_jerk(u: np.ndarray) -> np.ndarray:
-    u = np.clip(u, 0.0, 1.0)
-    return u**3 * (10.0 - 15.0 * u + 6.0 * u * u)
+def _min_jerk(u: float) -> float:
+    u = min(max(u, 0.0), 1.0)
+    return min(max(u**3 * (10.0 - 15.0 * u + 6.0 * u * u), 0.0), 1.0)
 
 
 def sample(keys: Sequence[Key], times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions ``[N, 3]``, rotation matrices ``[N, 3, 3]`` and grips ``[N]`` at ``times`` (world)."""
+    """Positions ``[N, 3]``, rotation matrices ``[N, 3, 3]`` and grips ``[N]`` at ``times``, in
+    the keys' (the arm's base) frame."""
     times = np.asarray(times, dtype=np.float64)
     kt = np.array([k.t for k in keys])
     seg = np.clip(np.searchsorted(kt, times, side="right") - 1, 0, len(keys) - 2)
     pos = np.zeros((len(times), 3))
-    rot = np.zeros((len(times), 3, 3))
+    ypr = np.zeros((len(times), 3))
     grip = np.zeros(len(times))
     for n, (s, tt) in enumerate(zip(seg, times, strict=True)):
         a, b = keys[s], keys[s + 1]
-        u = float(_min_jerk(np.array((tt - a.t) / (b.t - a.t))))
+        u = _min_jerk(float((tt - a.t) / (b.t - a.t)))
         pos[n] = a.position + u * (b.position - a.position)
-        both = Rotation.concatenate([a.rotation, b.rotation])
-        rot[n] = Slerp([0.0, 1.0], both)(u).as_matrix()
+        yaw = float(np.arctan2(pos[n][1], pos[n][0])) + a.yaw + u * (b.yaw - a.yaw)
+        ypr[n] = (yaw, a.pitch + u * (b.pitch - a.pitch), a.roll + u * (b.roll - a.roll))
         grip[n] = a.grip + u * (b.grip - a.grip)
-    return pos, rot, grip
+    return pos, Rotation.from_euler("ZYX", ypr).as_matrix(), grip
 
 
 def arm_targets(
@@ -121,14 +131,7 @@ def arm_targets(
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per arm, at each of ``times``: position, rotation (in that arm's base frame) and grip."""
     keys = plan(priv)
-    bases = base_poses(priv)
-    out = {}
-    for arm in ARMS:
-        p, r, g = sample(keys[arm], times)
-        bp, br = bases[arm]
-        inv = br.inv()
-        out[arm] = (inv.apply(p - bp), inv.as_matrix()[None] @ r, g)
-    return out
+    return {arm: sample(keys[arm], times) for arm in ARMS}
 
 
 def run_direct(adapter, kinematics: Mapping, seed: int, time_limit_s: float | None = None) -> dict:
