@@ -30,7 +30,7 @@ MEET = np.array([0.0, 0.5, 0.22])  # world: where the cube is handed over
 # tests/test_aloha.py checks it): where every episode starts. Orientation as pitch (about the base
 # y axis, positive = tool pointing down) and roll (about the tool's x axis).
 START_POSITION = np.array([0.30106181, 0.0, 0.31022585])
-START_PITCH = -0.10034
+START_PITCH = -0.1  # shoulder + elbow + wrist angle of START_ARM_POSE: -0.96 + 1.16 - 0.3
 
 
 @dataclass(frozen=True)
