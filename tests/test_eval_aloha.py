@@ -12,13 +12,13 @@ import pytest
 pytest.importorskip("dm_control")
 pytest.importorskip("gym_aloha")
 
-from wall_runtime.e2e.robot_side import load_robot_side  # noqa: E402
-from wall_runtime.eval.episode import _task_part  # noqa: E402
-from wall_runtime.sims import aloha_expert  # noqa: E402
-from wall_runtime.transport.codec import decode  # noqa: E402
-from wall_runtime.transport.errors import ProtocolError  # noqa: E402
-from wall_runtime.transport.protocol import RobotDescription, decode_observe, encode_observe  # noqa: E402
-from wall_runtime.types import Observation  # noqa: E402
+from wall_runtime.e2e.robot_side import load_robot_side
+from wall_runtime.eval.episode import _task_part
+from wall_runtime.sims import aloha_expert
+from wall_runtime.transport.codec import decode
+from wall_runtime.transport.errors import ProtocolError
+from wall_runtime.transport.protocol import RobotDescription, decode_observe, encode_observe
+from wall_runtime.types import Observation
 
 ROBOT = Path(__file__).resolve().parents[1] / "robots" / "aloha_transfer_cube" / "robot.yaml"
 
@@ -86,7 +86,7 @@ def test_privileged_state_travels_and_is_checked() -> None:
     got = decode_observe(decode(encode_observe(obs, 1, 100.0), 1 << 20), desc, meta).observation
     assert got.privileged == {"episode_time": [0.5], "objects": [0.1, 0.2]}
     obs.privileged = {"objects": [float("nan")]}
-    with pytest.raises(ProtocolError, match="privileged.objects"):
+    with pytest.raises(ProtocolError, match=r"privileged\.objects"):
         decode_observe(decode(encode_observe(obs, 2, 100.0), 1 << 20), desc, meta)
 
 
