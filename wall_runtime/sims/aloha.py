@@ -131,6 +131,8 @@ class AlohaTask(RobotAdapter):
                 self._sim.BOX_POSE[0] = np.concatenate(self._utils.sample_insertion_pose(self.seed))
             self.task.initialize_episode(self.physics)
             self.physics.forward()
+            if self.sim_clock is not None:
+                self.sim_clock.restart(0.0)  # each episode on the same float times: bit-identical reruns
             self._episode_start = self.now()
             self._next_reward_at = CONTROL_DT
             self.reward = 0

@@ -32,6 +32,11 @@ class SimClock:
             return
         self.advance_to(self.t + seconds + _EPS)
 
+    def restart(self, t: float = 0.0) -> None:
+        """Set the time back (a new episode): every episode then computes on the same float times,
+        so the same seed gives bit-identical runs whatever ran before it."""
+        self.t = float(t)
+
     def advance_to(self, t: float) -> None:
         if t <= self.t:
             return
