@@ -170,8 +170,8 @@ class EvalRunner:
         wall0 = time.monotonic()
         self.task.reset(seed)
         limit = time_limit_s if time_limit_s is not None else self.task.time_limit_s
-        edge = EdgeSource(check_fit(self.metadata, self.side), None, threaded=False)
         latency: SimLatencySource | None = None
+        inner: Any
         if cfg.clock == "simulated":
             assert self.task.sim_clock is not None
             latency = SimLatencySource(
@@ -180,13 +180,14 @@ class EvalRunner:
                 None if cfg.latency_ms is None else cfg.latency_ms / 1e3,
                 cfg.extra_latency_ms / 1e3,
             )
-            edge.inner = latency
+            inner = latency
             clock, sleep = self.task.sim_clock.now, self.task.sim_clock.sleep
         else:
-            edge.inner = (
-                _DelayedSource(self.link, cfg.extra_latency_ms / 1e3) if cfg.extra_latency_ms else self.link
-            )
+            inner = _DelayedSource(self.link, cfg.extra_latency_ms / 1e3)
             clock, sleep = time.monotonic, time.sleep
+        # simulated clock: the edge converts a chunk when the loop polls (the clock stands still
+        # meanwhile); real clock: on its own thread, off the control tick, as in `run`
+        edge = EdgeSource(check_fit(self.metadata, self.side), inner, threaded=cfg.clock == "real")
         views = [v for v in self.description.cameras]
 
         def observe(state: RobotState, now: float) -> Observation | None:
@@ -227,6 +228,7 @@ class EvalRunner:
         try:
             summary = loop.run(duration=limit + 1.0, should_stop=stop, on_tick=on_tick)
         finally:
+            edge.close()  # its thread; the link outlives the episode (neither wrapper closes it)
             if latency is not None:
                 latency.drain()
             else:
@@ -279,7 +281,8 @@ def _drain_real(link: ClientChunkSource, wait_s: float = 0.5) -> None:
 
 
 class _DelayedSource:
-    """Real clock: each chunk reaches the loop ``extra_s`` seconds after it arrived."""
+    """Real clock: each chunk reaches the loop ``extra_s`` seconds after it arrived (and closing the
+    episode's edge leaves the shared link open)."""
 
     def __init__(self, inner: ClientChunkSource, extra_s: float) -> None:
         self.inner = inner

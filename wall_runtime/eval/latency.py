@@ -104,8 +104,3 @@ class SimLatencySource:
             time.sleep(0.0005)
         self._pending.clear()
         self._ready.clear()
-
-    def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if close is not None:
-            close()
