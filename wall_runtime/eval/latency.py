@@ -19,6 +19,9 @@ from wall_runtime.sims.clock import SimClock
 from wall_runtime.types import ActionChunk, Observation
 
 
+_TOL = 1e-9  # s: due times equal up to float rounding count as due
+
+
 class ReplyTimeout(RuntimeError):
     """The policy server did not answer a request within the real-time limit."""
 
@@ -64,7 +67,9 @@ class SimLatencySource:
         now = self.clock.now()
         if self.latency_s is None:
             return bool(self._pending)  # a measured latency is known only once the reply is in
-        return any(sim + self.latency_s + self.extra_s <= now for sim, _ in self._pending.values())
+        # the same tolerance as delivery (``poll``): a reply due "now" up to float rounding is
+        # waited for, never delivered a tick later because it happened to be slow
+        return any(sim + self.latency_s + self.extra_s <= now + _TOL for sim, _ in self._pending.values())
 
     def _wait_for_replies(self) -> None:
         deadline = time.monotonic() + self.wait_limit_s
@@ -91,7 +96,7 @@ class SimLatencySource:
         self._wait_for_replies()
         now = self.clock.now()
         for i, (due, chunk) in enumerate(self._ready):
-            if due <= now + 1e-9:
+            if due <= now + _TOL:
                 del self._ready[i]
                 return chunk
         return None
