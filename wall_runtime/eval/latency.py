@@ -18,7 +18,6 @@ from typing import Any
 from wall_runtime.sims.clock import SimClock
 from wall_runtime.types import ActionChunk, Observation
 
-
 _TOL = 1e-9  # s: due times equal up to float rounding count as due
 
 
