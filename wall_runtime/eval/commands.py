@@ -46,8 +46,12 @@ def register(app: typer.Typer) -> None:
         ),
         clock: str = typer.Option("simulated", help="simulated | real"),
         backend: str = typer.Option("expert", help="expert | torch | onnxruntime | tensorrt"),
-        checkpoint: Path | None = typer.Option(None, help="checkpoint (not for the expert)"),
-        variant: str = typer.Option("flow", help="the expert's layout: flow | 0.5"),
+        checkpoint: Path | None = typer.Option(
+            None, help="checkpoint (default for a model backend: the robot's random-weight tiny one)"
+        ),
+        variant: str = typer.Option(
+            "flow", help="the expert's layout / the tiny checkpoint's generation: flow | 0.5"
+        ),
         option: list[str] = typer.Option(
             [], "--option", "-o", help="backend option KEY=VALUE (e.g. num_steps=4)"
         ),
@@ -76,7 +80,9 @@ def register(app: typer.Typer) -> None:
             except ValueError:
                 raise typer.BadParameter(f"--latency-ms {latency!r}: a number or 'measured'") from None
         backend_options = _parse_options(option)
-        if backend == "expert":
+        if (
+            backend == "expert" or checkpoint is None
+        ):  # the expert's layout / the tiny checkpoint's generation
             backend_options.setdefault("variant", variant)
         opts = EvalOptions(
             robot=robot,

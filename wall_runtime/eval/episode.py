@@ -72,6 +72,8 @@ class EpisodeResult:
     splice_guard_clips: int = 0
     latency_applied_ms: float | None = None  # mean latency the chunks got (simulated clock)
     latency_measured_ms: float | None = None  # mean real round trip
+    link_errors: dict[str, int] = field(default_factory=dict)  # failed requests, by error kind
+    last_link_error: str | None = None
     video: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,6 +223,7 @@ class EvalRunner:
             sleep=sleep,
         )
         task = self.task
+        errors_before = dict(self.link.errors)
 
         def stop() -> bool:
             return task.success or task.episode_time >= limit - 1e-9
@@ -252,6 +255,12 @@ class EvalRunner:
             splice_guard_clips=int(summary["splice_guard_clips"]),
             latency_applied_ms=_mean_ms(latency.applied_s) if latency else None,
             latency_measured_ms=_mean_ms(latency.measured_s) if latency else None,
+            link_errors={
+                k: v - errors_before.get(k, 0)
+                for k, v in self.link.errors.items()
+                if v > errors_before.get(k, 0)
+            },
+            last_link_error=self.link.last_error,
         )
 
     def close(self) -> None:

@@ -91,6 +91,12 @@ def run_eval(options: EvalOptions, progress: Callable[[str], None] = print) -> d
         "machine": describe_machine("mujoco", "dm_control", "gym_aloha", "zmq"),
         "configs": [],
     }
+    if options.backend != "expert" and options.checkpoint is None and options.server is None:
+        from wall_runtime.e2e.demo_checkpoint import demo_checkpoint
+
+        # the robot's random-weight tiny checkpoint (its EE slots, its norm key), as `demo` uses
+        variant = str(options.backend_options.pop("variant", "flow"))
+        options.checkpoint = demo_checkpoint(side.config, variant)
     started = time.monotonic()
     with _server(options, policy_server_process) as endpoint:
         for smoother, extra, horizon in itertools.product(
