@@ -41,6 +41,9 @@ def register(app: typer.Typer) -> None:
         horizon: list[int] = typer.Option(
             [], "--execute-horizon", help="actions run per chunk (repeatable; default auto)"
         ),
+        steps: list[int] = typer.Option(
+            [], "--steps", help="a model's denoise steps (repeatable; a server each)"
+        ),
         latency: str = typer.Option(
             "0", "--latency-ms", help="simulated clock: inference latency applied, or 'measured'"
         ),
@@ -90,6 +93,7 @@ def register(app: typer.Typer) -> None:
             smoothers=list(smoother),
             latencies_ms=list(extra_latency),
             horizons=list(horizon) or [None],
+            steps=list(steps) or [None],
             latency_ms=lat,
             clock=clock,
             backend=backend,

@@ -48,10 +48,12 @@ class EvalConfig:
     execute_horizon: int | None = None  # actions of a chunk run before the next takes over; None = auto
     clock: str = "simulated"  # simulated | real
     render: bool | None = None  # observation images rendered (None: unless the policy is a scripted expert)
+    num_steps: int | None = None  # a model's denoise steps (the server's option), for the record
 
     def label(self) -> str:
         lat = "measured" if self.latency_ms is None else f"{self.latency_ms:g}"
-        return f"{self.smoother}/lat{lat}+{self.extra_latency_ms:g}ms/h{self.execute_horizon or 'auto'}/{self.clock}"
+        steps = "" if self.num_steps is None else f"/{self.num_steps}steps"
+        return f"{self.smoother}/lat{lat}+{self.extra_latency_ms:g}ms/h{self.execute_horizon or 'auto'}{steps}/{self.clock}"
 
 
 @dataclass

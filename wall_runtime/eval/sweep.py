@@ -33,6 +33,7 @@ class EvalOptions:
     smoothers: list[str] = field(default_factory=lambda: ["crossfade"])
     latencies_ms: list[float] = field(default_factory=lambda: [0.0])  # injected, on top of latency_ms
     horizons: list[int | None] = field(default_factory=lambda: [None])  # execution horizon
+    steps: list[int | None] = field(default_factory=lambda: [None])  # a model's denoise steps (a server each)
     latency_ms: float | None = 0.0  # simulated clock: the inference latency applied (None = measured)
     clock: str = "simulated"
     backend: str = "expert"
@@ -98,41 +99,49 @@ def run_eval(options: EvalOptions, progress: Callable[[str], None] = print) -> d
         variant = str(options.backend_options.pop("variant", "flow"))
         options.checkpoint = demo_checkpoint(side.config, variant)
     started = time.monotonic()
-    with _server(options, policy_server_process) as endpoint:
-        for smoother, extra, horizon in itertools.product(
-            options.smoothers, options.latencies_ms, options.horizons
-        ):
-            cfg = EvalConfig(
-                smoother=smoother,
-                latency_ms=options.latency_ms,
-                extra_latency_ms=float(extra),
-                execute_horizon=horizon,
-                clock=options.clock,
-            )
-            runner = EvalRunner(options.robot, endpoint, cfg, options.instruction, side=side)
-            episodes = []
-            videos = 0
-            for seed in options.seeds:
-                ep = runner.run_episode(seed)
-                wanted = options.video == "all" or (options.video == "failures" and not ep.success)
-                if wanted and videos < options.max_videos:
-                    videos += 1
-                    name = f"{smoother}_lat{extra:g}_h{horizon or 'auto'}_seed{seed}.mp4"
-                    again, _ = _video(runner, seed, out / name, options.video_fps)
-                    ep.video = name
-                    if options.clock == "simulated" and again.success != ep.success:
-                        log.warning("seed %d: the re-run for the video differs (%s)", seed, again.success)
-                episodes.append(ep)
-            summary = summarize_episodes(episodes)
-            progress(
-                f"{cfg.label()}: {summary['successes']}/{summary['episodes']} "
-                f"({time.monotonic() - started:.0f} s)"
-            )
-            record["configs"].append(
-                {"config": asdict(cfg), "summary": summary, "episodes": [e.to_dict() for e in episodes]}
-            )
-            runner.link.close()  # closes its client; the task robot stays connected
-        runner_meta = runner.metadata.to_dict() if record["configs"] else None
+    runner_meta = None
+    for steps in options.steps:
+        if steps is not None and options.backend == "expert":
+            raise ValueError("denoise steps sweep a model backend; the scripted expert has none")
+        server_options = dict(options.backend_options)
+        if steps is not None:
+            server_options["num_steps"] = steps
+        with _server(options, policy_server_process, server_options) as endpoint:
+            for smoother, extra, horizon in itertools.product(
+                options.smoothers, options.latencies_ms, options.horizons
+            ):
+                cfg = EvalConfig(
+                    smoother=smoother,
+                    latency_ms=options.latency_ms,
+                    extra_latency_ms=float(extra),
+                    execute_horizon=horizon,
+                    clock=options.clock,
+                    num_steps=steps,
+                )
+                runner = EvalRunner(options.robot, endpoint, cfg, options.instruction, side=side)
+                episodes = []
+                videos = 0
+                for seed in options.seeds:
+                    ep = runner.run_episode(seed)
+                    wanted = options.video == "all" or (options.video == "failures" and not ep.success)
+                    if wanted and videos < options.max_videos:
+                        videos += 1
+                        name = f"{smoother}_lat{extra:g}_h{horizon or 'auto'}_s{steps or 'd'}_seed{seed}.mp4"
+                        again, _ = _video(runner, seed, out / name, options.video_fps)
+                        ep.video = name
+                        if options.clock == "simulated" and again.success != ep.success:
+                            log.warning("seed %d: the re-run for the video differs (%s)", seed, again.success)
+                    episodes.append(ep)
+                summary = summarize_episodes(episodes)
+                progress(
+                    f"{cfg.label()}: {summary['successes']}/{summary['episodes']} "
+                    f"({time.monotonic() - started:.0f} s)"
+                )
+                record["configs"].append(
+                    {"config": asdict(cfg), "summary": summary, "episodes": [e.to_dict() for e in episodes]}
+                )
+                runner_meta = runner.metadata.to_dict()
+                runner.link.close()  # closes its client; the task robot stays connected
     record["policy"] = runner_meta
     if options.direct and options.backend == "expert":
         record["direct"] = _direct(side, options.seeds)
@@ -148,15 +157,16 @@ def run_eval(options: EvalOptions, progress: Callable[[str], None] = print) -> d
 class _server:
     """The policy server: a running one (``--server``) or ``wall-runtime serve`` in its own process."""
 
-    def __init__(self, options: EvalOptions, factory: Any) -> None:
+    def __init__(self, options: EvalOptions, factory: Any, backend_options: dict[str, Any]) -> None:
         self.options = options
         self.factory = factory
+        self.backend_options = backend_options
         self._cm: Any = None
 
     def __enter__(self) -> str:
         if self.options.server:
             return self.options.server
-        self._cm = self.factory(self.options.checkpoint, self.options.backend, self.options.backend_options)
+        self._cm = self.factory(self.options.checkpoint, self.options.backend, self.backend_options)
         return self._cm.__enter__()
 
     def __exit__(self, *exc: Any) -> None:
@@ -185,8 +195,8 @@ def _direct(side: Any, seeds: list[int]) -> dict[str, Any]:
 
 def markdown_table(record: dict[str, Any]) -> str:
     lines = [
-        "| smoother | injected latency (ms) | horizon | success | time to success (s) | interventions / ep | EE interventions | holds | seam max jerk (median) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| smoother | injected latency (ms) | horizon | steps | success | time to success (s) | interventions / ep | EE interventions | holds | seam max jerk (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in record["configs"]:
         cfg, s = c["config"], c["summary"]
@@ -194,6 +204,7 @@ def markdown_table(record: dict[str, Any]) -> str:
         jerk = s["seam_max_jerk_median"]
         lines.append(
             f"| {cfg['smoother']} | {cfg['extra_latency_ms']:g} | {cfg['execute_horizon'] or 'auto'} | "
+            f"{cfg.get('num_steps') or '-'} | "
             f"{s['successes']}/{s['episodes']} ({100 * s['success_rate']:.0f} %) | "
             f"{'-' if t is None else f'{t:.2f}'} | {s['interventions_per_episode']:.1f} | "
             f"{sum(s['ee_interventions'].values())} | {s['holds']} | {'-' if jerk is None else f'{jerk:.1f}'} |"
@@ -218,12 +229,16 @@ def plot(record: dict[str, Any], path: Path) -> None:
     by: dict[tuple[str, Any], list[tuple[float, float]]] = {}
     for c in record["configs"]:
         cfg, s = c["config"], c["summary"]
-        by.setdefault((cfg["smoother"], cfg["execute_horizon"]), []).append(
+        by.setdefault((cfg["smoother"], cfg["execute_horizon"], cfg.get("num_steps")), []).append(
             (cfg["extra_latency_ms"], 100 * s["success_rate"])
         )
-    for (smoother, horizon), pts in by.items():
+    for (smoother, horizon, steps), pts in by.items():
         pts.sort()
-        label = smoother if horizon is None else f"{smoother}, horizon {horizon}"
+        label = (
+            smoother
+            + ("" if horizon is None else f", horizon {horizon}")
+            + ("" if steps is None else f", {steps} steps")
+        )
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     d = record.get("direct")
     if d:
