@@ -51,6 +51,8 @@ V05_STATE = {
     "follow_right_gripper": 1,
     "car_pose": 3,
 }
+V05_LEFT = {k: v for k, v in V05_ACTIONS.items() if k.startswith("follow_left")}
+V05_LEFT_STATE = {k: v for k, v in V05_STATE.items() if k.startswith("follow_left")}
 HOME = np.array([0.0, 0.0, 0.8, 0.0, 0.6, 0.0, 0.02])
 
 
@@ -256,3 +258,41 @@ def test_joint_slots_relative_joints_are_deltas_from_the_chunk_start(sim_arm):
     )  # deltas onto the chunk-start joints
     np.testing.assert_allclose(joints[:, 6], 0.01)  # the gripper stays absolute
     np.testing.assert_allclose(edge.to_actions(joints, ctx)[:, :7], actions[:, :7], atol=1e-12)
+
+
+def test_the_rtc_hint_goes_back_in_the_checkpoints_layout(sim_arm):
+    """The scheduler's hint is in joints (and as long as the last, possibly shortened, chunk): the
+    edge sends it in the checkpoint's layout, relative to the new observation, padded unweighted."""
+    from wall_runtime.action_space.source import EdgeSource
+    from wall_runtime.types import ActionChunk, InpaintHint, Observation, RobotState
+
+    edge = _edge(sim_arm, V05_LEFT, V05_LEFT_STATE)
+    sent: list[Observation] = []
+
+    class Inner:
+        def request(self, obs):
+            sent.append(obs)
+
+        def poll(self):
+            return None
+
+    source = EdgeSource(edge, Inner(), threaded=False)
+    obs = source.observe(
+        Observation(stamp=1.0, images={}, state=np.zeros(0), instruction="x"), RobotState(1.0, HOME.copy())
+    )
+    actions = np.zeros((8, 10))
+    actions[:, :3] = np.linspace(0, 0.02, 8)[:, None]
+    actions[:, 3:9] = rot.matrix_to_6d(np.eye(3))
+    actions[:, 9] = 0.5
+    joints = source.convert(ActionChunk(actions=actions, stamp=1.0, dt=0.1, seq=1))
+    assert joints.actions.shape == (8, 7) and "model_edge" in joints.timing_ms
+    obs.inpaint = InpaintHint(actions=joints.actions[:5], weights=np.ones(5, np.float32))
+    source.request(obs)
+    hint = sent[0].inpaint
+    assert hint.actions.shape == (8, 10) and hint.actions.dtype == np.float32
+    np.testing.assert_allclose(hint.actions[:5, :3], actions[:5, :3], atol=1e-3)
+    np.testing.assert_allclose(hint.actions[:5, 3:9], actions[:5, 3:9], atol=1e-2)
+    assert hint.weights.tolist() == [1.0] * 5 + [0.0] * 3
+    # a chunk answering an observation the edge never sent is dropped, counted
+    assert source.convert(ActionChunk(actions=actions, stamp=7.0, dt=0.1, seq=2)) is None
+    assert source.interventions["no_observation"] == 1

@@ -42,6 +42,8 @@ def test_chunks_flowed_and_the_loop_kept_time(demo_run: tuple[dict, Path]) -> No
         n = summary["stages_ms"][stage]["n"]
         dropped = summary["model_edge"]["interventions"].get("chunks_dropped", 0)
         assert counters["chunks_received"] <= n <= counters["chunks_received"] + dropped + 1
+    # the model edge's time per chunk (composition, EE safety, IK for every waypoint)
+    assert summary["stages_ms"]["model_edge"]["n"] == counters["chunks_received"]
     assert summary["watchdog_trips"] == 0
 
 

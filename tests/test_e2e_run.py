@@ -39,7 +39,17 @@ def _server(layout: dict[str, int]) -> PolicyServer:
     return PolicyServer(policy, ServerConfig(bind="tcp://127.0.0.1:0"))
 
 
-def test_run_drives_the_sim_arm_from_a_served_policy(tmp_path: Path) -> None:
+def test_run_drives_the_sim_arm_from_a_served_policy(tmp_path: Path, monkeypatch) -> None:
+    from wall_runtime.adapters.sim.mujoco_robot import MujocoRobot
+
+    connects: list[int] = []
+    inner_connect = MujocoRobot.connect
+
+    def counting_connect(self) -> None:
+        connects.append(1)
+        inner_connect(self)
+
+    monkeypatch.setattr(MujocoRobot, "connect", counting_connect)
     with _server(FLOW) as server:
         endpoint = server.start()
         out = tmp_path / "run.json"
@@ -62,10 +72,13 @@ def test_run_drives_the_sim_arm_from_a_served_policy(tmp_path: Path) -> None:
             ],
         )
     assert result.exit_code == 0, result.output
+    assert len(connects) == 1  # `run` asks is_connected: the robot is connected once, not twice
     summary = json.loads(out.read_text())
     assert summary["counters"]["chunks_received"] >= 2
     assert summary["watchdog_trips"] == 0
-    assert summary["counters"]["chunks_received"] >= 2
+    # every chunk went through the model edge: IK for each waypoint, nothing dropped near the start
+    assert summary["model_edge"]["interventions"].get("chunks_dropped", 0) == 0
+    assert summary["model_edge"]["orientation_residual_max_rad"] < 0.05
 
 
 def test_run_refuses_a_policy_whose_slots_the_robot_does_not_fit(tmp_path: Path) -> None:

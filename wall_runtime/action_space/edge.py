@@ -20,6 +20,7 @@ observation (the server normalises it).
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -178,7 +179,7 @@ class ModelEdge:
                 raise FitError(f"model.{what}: the checkpoint has no {kind} slot")
         for s in self.actions.slots:
             if s.arm is not None and s.kind != "joints" and s.arm not in self.arms:
-                log.info("%s: no robot arm fills the checkpoint's %s slot: masked", self.actions.name, s.key)
+                log.debug("%s: no robot arm fills the checkpoint's %s slot: masked", self.actions.name, s.key)
 
     # -- observation --------------------------------------------------------------------------
 
@@ -295,6 +296,7 @@ class ModelEdge:
             with np.errstate(invalid="ignore", over="ignore"):  # NaN / inf rows: refused just below
                 p, r = self.ee_waypoints(actions, ctx, slot)
             p, r, n = check_ee_waypoints(slot, p, r, ctx.poses[slot], dt, self.limits, self.counts)
+            n = min(n, valid)  # rows another arm already dropped need no IK
             n = self._solve(arm, p[:n], r[:n], ctx, out)
             valid = min(valid, n)
         # a non-finite value in a non-EE slot (gripper, head...) ends the chunk there too
@@ -318,21 +320,26 @@ class ModelEdge:
             return 0
         from wall_runtime.kinematics import Pose
 
-        targets = [Pose(position=p[i], rotation=r[i]) for i in range(len(p))]
-        results = arm.ik.ik_chain(targets, ctx.q[arm.index])
         lim = self.limits
-        for i, res in enumerate(results):
+        seed = ctx.q[arm.index]
+        for i in range(len(p)):
+            # seeded from the previous waypoint's solution (the first from the observation's joints);
+            # the interpreter is yielded between waypoints so the control thread never waits for
+            # the GIL through a whole chunk's IK
+            res = arm.ik.ik(Pose(position=p[i], rotation=r[i]), seed)
+            time.sleep(0)
             # the edge's tolerances rule (safety.ee), not the solver's convergence flag: a
             # position-only arm is judged on position, its orientation residual only reported
             pos_ok = res.position_error <= lim.position_tolerance
             ori_ok = arm.ik.position_only or res.orientation_error <= lim.orientation_tolerance
             if not (pos_ok and ori_ok and np.all(np.isfinite(res.q))):
                 failed = not (np.isfinite(res.position_error) and np.isfinite(res.orientation_error))
-                self.counts["ik_failed" if failed else "ik_residual"] += len(results) - i
-                return i
+                self.counts["ik_failed" if failed else "ik_residual"] += len(p) - i
+                return i  # later waypoints were planned from this one: dropped with it
             self.orientation_residual = max(self.orientation_residual, float(res.orientation_error))
             out[i, arm.index] = res.q
-        return len(results)
+            seed = res.q
+        return len(p)
 
     # -- the RTC hint back --------------------------------------------------------------------
 

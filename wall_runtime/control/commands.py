@@ -165,6 +165,13 @@ def _print_summary(summary: dict[str, Any]) -> None:
     latency = summary["latency_p95_s"]
     table.add_row("latency p95", "n/a" if latency is None else f"{latency * 1e3:.0f} ms")
     table.add_row("safety interventions", str(summary["interventions"] or "none"))
+    if "model_edge" in summary:
+        edge = summary["model_edge"]
+        table.add_row(
+            "EE edge drops / caps",
+            f"{edge['interventions'] or 'none'}; orientation residual max "
+            f"{edge['orientation_residual_max_rad']:.3g} rad",
+        )
     table.add_row("watchdog holds / e-stops", f"{summary['watchdog_trips']} / {summary['estop_triggers']}")
     seams = summary["seams"]
     if seams.get("seams"):
@@ -272,6 +279,11 @@ def register(app: typer.Typer) -> None:
             if close_source is not None and not dry_run:
                 close_source()
             adapter.disconnect()
+        if isinstance(source, EdgeSource):
+            summary["model_edge"] = {
+                "interventions": source.interventions,
+                "orientation_residual_max_rad": source.edge.orientation_residual,
+            }
         _print_summary(summary)
         if log_json is not None:
             from wall_runtime.control.report import write_summary

@@ -71,6 +71,7 @@ def _status_table(loop: ControlLoop, session: Session, started: float) -> Table:
         "policy_prefix",
         "policy_denoise",
         "capture_to_chunk",
+        "model_edge",
     ):
         if stage in stages:
             s = stages[stage]

@@ -164,6 +164,23 @@ class _TimedSource:
         return chunk
 
 
+class _EdgeTimed:
+    """Notes how long the model edge took on each chunk (composition, EE safety, IK)."""
+
+    def __init__(self, inner: EdgeSource, stats: StageStats) -> None:
+        self.inner = inner
+        self.stats = stats
+
+    def request(self, observation: Any) -> None:
+        self.inner.request(observation)
+
+    def poll(self) -> ActionChunk | None:
+        chunk = self.inner.poll()
+        if chunk is not None and "model_edge" in chunk.timing_ms:
+            self.stats.samples["model_edge"].append(float(chunk.timing_ms["model_edge"]))
+        return chunk
+
+
 @dataclass
 class SessionOptions:
     instruction: str
@@ -201,7 +218,7 @@ class Session:
         # the edge converts model chunks to joint chunks off the control thread; the recorder keeps
         # the joint chunks, so a recording replays without the checkpoint's layout or kinematics
         self.edge = EdgeSource(policy.edge, _TimedSource(self.link, self.stages, time.monotonic))
-        source: Any = self.edge
+        source: Any = _EdgeTimed(self.edge, self.stages)
         observe = side.observer(options.instruction, self.edge)
         if self.recorder is not None:
             source = self.recorder.wrap_source(source)
@@ -256,4 +273,5 @@ class Session:
         return root
 
     def close(self) -> None:
-        self.edge.close()  # stops the edge's thread and closes the client
+        self.edge.close()  # stops the edge's thread
+        self.client.close()
