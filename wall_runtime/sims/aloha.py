@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from wall_runtime.adapters.config import Connection, RobotConfigError
-from wall_runtime.robot import RobotAdapter, RobotNotConnectedError, RobotSpec
+from wall_runtime.robot import RobotAdapter, RobotLinkError, RobotNotConnectedError, RobotSpec
 from wall_runtime.sims.clock import SimClock
 from wall_runtime.types import RobotState
 
@@ -92,6 +92,7 @@ class AlohaTask(RobotAdapter):
         )
         self._lock = threading.RLock()
         self._connected = False
+        self._link_up = True
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.sim_clock: SimClock | None = None
@@ -177,6 +178,7 @@ class AlohaTask(RobotAdapter):
     # -- contract ----------------------------------------------------------------------------
 
     def connect(self) -> None:
+        self._link_up = True  # (again, after a dropped link)
         if self._connected:
             return
         self._connected = True
@@ -197,6 +199,16 @@ class AlohaTask(RobotAdapter):
     def _check(self) -> None:
         if not self._connected:
             raise RobotNotConnectedError(f"{self.spec.name}: not connected")
+        if not self._link_up:
+            raise RobotLinkError(
+                f"{self.spec.name}: link dropped (simulated); call connect() to re-establish"
+            )
+
+    def inject_fault(self, fault: str) -> None:
+        """The conformance kit's dropped link."""
+        if fault != "link_drop":
+            raise ValueError(f"unknown fault {fault!r} (known: link_drop)")
+        self._link_up = False
 
     def read_state(self) -> RobotState:
         self._check()
