@@ -232,8 +232,13 @@ def plot(record: dict[str, Any], path: Path) -> None:
         by.setdefault((cfg["smoother"], cfg["execute_horizon"], cfg.get("num_steps")), []).append(
             (cfg["extra_latency_ms"], 100 * s["success_rate"])
         )
-    for (smoother, horizon, steps), pts in by.items():
+    lines = list(by.items())
+    span = max((p[0] for _, pts in lines for p in pts), default=0.0) or 1.0
+    for i, ((smoother, horizon, steps), pts) in enumerate(lines):
         pts.sort()
+        # lines offset a little along x so that identical results stay visible (noted on the axis)
+        dx = (i - (len(lines) - 1) / 2) * 0.012 * span
+        pts = [(x + dx, y) for x, y in pts]
         label = (
             smoother
             + ("" if horizon is None else f", horizon {horizon}")
@@ -243,7 +248,7 @@ def plot(record: dict[str, Any], path: Path) -> None:
     d = record.get("direct")
     if d:
         ax.axhline(100 * d["success_rate"], color="k", ls="--", lw=1, label="expert, direct")
-    ax.set_xlabel("injected inference latency (ms, simulated clock)")
+    ax.set_xlabel("injected inference latency (ms, simulated clock; lines offset slightly)")
     ax.set_ylabel("success (%)")
     ax.set_ylim(-3, 103)
     opts = record["options"]
