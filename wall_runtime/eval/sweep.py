@@ -195,7 +195,7 @@ def _direct(side: Any, seeds: list[int]) -> dict[str, Any]:
 
 def markdown_table(record: dict[str, Any]) -> str:
     lines = [
-        "| smoother | injected latency (ms) | horizon | steps | success | time to success (s) | interventions / ep | EE interventions | holds | seam max jerk (median) |",
+        "| smoother | injected latency (ms) | exec. horizon | steps | success | time to success (s) | interventions / ep | EE interventions | holds | seam max jerk (median) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in record["configs"]:
