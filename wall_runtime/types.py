@@ -42,6 +42,8 @@ class Observation:
     dof_mask: np.ndarray | None = None  # float32 [D_model], 1 = driven by this robot
     norm_key: str | None = None  # normalisation statistics key (the embodiment)
     inpaint: InpaintHint | None = None
+    # a simulator's privileged state (name -> a few floats) for scripted experts; real robots send none
+    privileged: dict[str, list[float]] | None = None
 
 
 @dataclass

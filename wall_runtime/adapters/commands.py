@@ -63,7 +63,7 @@ def check_robot(
     if emulate and not all(p.type in (*EMULATED_PART_TYPES, "mujoco") for p in config.parts):
         console.print(f"[red]--emulate covers {', '.join(EMULATED_PART_TYPES)} parts only[/red]")
         raise typer.Exit(2)
-    simulated = all(p.type == "mujoco" for p in config.parts)
+    simulated = all(p.type in ("mujoco", "gym_aloha") for p in config.parts)
     if not simulated and not hardware and not emulate:
         console.print(
             f"[red]{config.name} has hardware parts ({', '.join(p.type for p in config.parts)}); "

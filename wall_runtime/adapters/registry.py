@@ -23,6 +23,7 @@ PART_TYPES: dict[str, str] = {
     "piper": "wall_runtime.adapters.piper:PiperArm",
     "agilex_base": "wall_runtime.adapters.agilex_base:AgilexBase",
     "lerobot": "wall_runtime.adapters.lerobot_bridge:LeRobotBridge",
+    "gym_aloha": "wall_runtime.sims.aloha:AlohaTask",
 }
 
 

@@ -16,6 +16,7 @@ __all__ = ["BACKENDS", "BackendOptionError", "BackendOptions", "Policy", "Policy
 # wall_runtime.backends.options.OPTIONS.
 BACKENDS: dict[str, str] = {
     "echo": "wall_runtime.backends.echo:EchoPolicy",
+    "expert": "wall_runtime.backends.expert:ScriptedExpertPolicy",
     "torch": "wall_runtime.backends.torch_backend:TorchPolicy",
     "onnxruntime": "wall_runtime.backends.onnxruntime_backend:OnnxRuntimePolicy",
     "tensorrt": "wall_runtime.backends.tensorrt_backend:TensorRTPolicy",

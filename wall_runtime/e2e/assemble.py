@@ -9,7 +9,8 @@ robot's one key, ``watchdog_timeout_s`` (robot.yaml top level, :class:`RobotSpec
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,20 @@ def assemble_loop(
     safe_pose: Sequence[float] | None = None,
     estop: EStop | None = None,
     recorder: LoopRecorder | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> ControlLoop:
+    """The control loop for ``adapter``; ``clock`` / ``sleep`` default to wall time (``wall-runtime
+    eval`` passes a simulated clock's, so the loop's waits advance the simulation)."""
     cfg, safety = loop_parts(adapter.spec, safety, options, safe_pose)
-    return ControlLoop(adapter, source, observe, cfg, safety, estop=estop or EStop(), recorder=recorder)
+    return ControlLoop(
+        adapter,
+        source,
+        observe,
+        cfg,
+        safety,
+        estop=estop or EStop(),
+        recorder=recorder,
+        clock=clock,
+        sleep=sleep,
+    )

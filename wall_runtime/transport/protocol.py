@@ -40,6 +40,7 @@ MAX_NAME_LEN = 64
 MAX_INSTRUCTION_LEN = 4096
 STATS_PAGE = 100  # sessions listed per stats reply unless asked otherwise
 STATS_PAGE_MAX = 200  # most sessions one stats reply lists (its header stays well under 64 KiB)
+MAX_PRIVILEGED = 16  # entries of an observation's privileged state, each at most 64 floats
 
 
 def _bad(message: str, code: ErrorCode = ErrorCode.BAD_MESSAGE) -> ProtocolError:
@@ -292,6 +293,8 @@ def encode_observe(obs: Observation, seq: int, deadline_ms: float) -> list[Any]:
     }
     if obs.norm_key is not None:
         header["norm_key"] = obs.norm_key
+    if obs.privileged:
+        header["privileged"] = {k: [float(x) for x in v] for k, v in obs.privileged.items()}
     arrays: dict[str, np.ndarray] = {IMAGE_PREFIX + k: v for k, v in obs.images.items()}
     arrays["state"] = np.asarray(obs.state, dtype=np.float32)
     if obs.state_mask is not None:
@@ -337,6 +340,28 @@ def _array(
 def _unit_interval(name: str, arr: np.ndarray | None) -> None:
     if arr is not None and ((arr < 0).any() or (arr > 1).any()):
         raise _bad(f"array '{name}' must lie in [0, 1]", ErrorCode.BAD_VALUE)
+
+
+def _privileged(header: Mapping[str, Any]) -> dict[str, list[float]] | None:
+    """A simulator's privileged state: up to 16 names, each up to 64 finite numbers."""
+    raw = require(header, "privileged", dict, optional=True)
+    if raw is None:
+        return None
+    if len(raw) > MAX_PRIVILEGED:
+        raise _bad(f"privileged holds {len(raw)} entries, at most {MAX_PRIVILEGED}", ErrorCode.BAD_VALUE)
+    out: dict[str, list[float]] = {}
+    for name, values in raw.items():
+        ok = (
+            isinstance(name, str)
+            and 0 < len(name) <= MAX_NAME_LEN
+            and isinstance(values, list)
+            and len(values) <= 64
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        )
+        if not ok or not all(math.isfinite(v) for v in values):
+            raise _bad(f"privileged.{str(name)[:40]}: expected up to 64 finite numbers", ErrorCode.BAD_VALUE)
+        out[name] = [float(v) for v in values]
+    return out
 
 
 def decode_observe(msg: Message, robot: RobotDescription, meta: PolicyMetadata) -> ObserveRequest:
@@ -389,6 +414,7 @@ def decode_observe(msg: Message, robot: RobotDescription, meta: PolicyMetadata) 
         dof_mask=dof_mask,
         norm_key=norm_key,
         inpaint=inpaint,
+        privileged=_privileged(h),
     )
     return ObserveRequest(seq=seq, deadline_ms=deadline_ms, observation=obs)
 

@@ -1,0 +1,336 @@
+"""Closed-loop episodes of a simulated task through the whole runtime.
+
+Per configuration: the policy server in its own process (``wall-runtime serve``), one ZeroMQ link
+with the handshake, and per episode the model edge (composition, EE safety, IK), the control loop
+from the project's one assembly function (:func:`wall_runtime.e2e.assemble.assemble_loop`:
+scheduler, smoother, joint safety chain, watchdog) and the task's adapter, reset to the seed.
+
+On the simulated clock the loop's waits advance the physics and the inference latency is applied
+by :class:`~wall_runtime.eval.latency.SimLatencySource`, so a configuration's results are the same
+on any machine; on the real clock the physics runs on its own thread and the latency is whatever
+it is (plus any injected extra).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wall_runtime.action_space.source import EdgeSource
+from wall_runtime.control.scheduler import SchedulerConfig
+from wall_runtime.e2e.assemble import LoopOptions, assemble_loop
+from wall_runtime.e2e.policy_link import ClientChunkSource
+from wall_runtime.e2e.robot_side import RobotSide, load_robot_side
+from wall_runtime.e2e.session import check_fit
+from wall_runtime.eval.latency import SimLatencySource
+from wall_runtime.transport.client import PolicyClient
+from wall_runtime.transport.protocol import RobotDescription
+from wall_runtime.types import Observation, RobotState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    """One configuration of the runtime under test."""
+
+    smoother: str = "crossfade"
+    latency_ms: float | None = 0.0  # simulated clock: the inference latency applied; None = measured
+    extra_latency_ms: float = 0.0  # injected on top (both clocks)
+    execute_horizon: int | None = None  # actions of a chunk run before the next takes over; None = auto
+    clock: str = "simulated"  # simulated | real
+    render: bool | None = None  # observation images rendered (None: unless the policy is a scripted expert)
+    num_steps: int | None = None  # a model's denoise steps (the server's option), for the record
+
+    def label(self) -> str:
+        lat = "measured" if self.latency_ms is None else f"{self.latency_ms:g}"
+        steps = "" if self.num_steps is None else f"/{self.num_steps}steps"
+        return f"{self.smoother}/lat{lat}+{self.extra_latency_ms:g}ms/h{self.execute_horizon or 'auto'}{steps}/{self.clock}"
+
+
+@dataclass
+class EpisodeResult:
+    seed: int
+    success: bool
+    success_time_s: float | None
+    best_reward: int
+    episode_time_s: float
+    wall_s: float
+    interventions: dict[str, int] = field(default_factory=dict)  # joint safety chain, by filter
+    ee_interventions: dict[str, int] = field(default_factory=dict)  # the model edge, by kind
+    seams: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    watchdog_trips: int = 0
+    holds: int = 0
+    chunks_rejected: dict[str, int] = field(default_factory=dict)
+    splice_guard_clips: int = 0
+    latency_applied_ms: float | None = None  # mean latency the chunks got (simulated clock)
+    latency_measured_ms: float | None = None  # mean real round trip
+    link_errors: dict[str, int] = field(default_factory=dict)  # failed requests, by error kind
+    last_link_error: str | None = None
+    video: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class EvalRunner:
+    """A task robot (robot.yaml) and a policy server endpoint; runs episodes of one configuration."""
+
+    def __init__(
+        self,
+        robot: str | Path,
+        endpoint: str,
+        config: EvalConfig,
+        instruction: str = "transfer the cube to the left arm",
+        side: RobotSide | None = None,
+    ) -> None:
+        self.config = config
+        self.instruction = instruction
+        self.side = side or load_robot_side(robot)
+        self.adapter = self.side.adapter
+        self.task = _task_part(self.adapter)
+        if not self.task.is_connected:
+            self.task.use_clock(config.clock)
+        elif self.task.clock_kind != config.clock:
+            raise ValueError(f"the task robot is already connected on the {self.task.clock_kind} clock")
+        self.period = 1.0 / self.side.config.control_hz
+        self.endpoint = endpoint
+        self.client, self.metadata, self.description = self._connect()
+        self.link = ClientChunkSource(self.client, deadline_s=60.0 if config.clock == "simulated" else None)
+        if config.clock == "real":
+            self.link.deadline_s = self.metadata.action_horizon * self.period
+        self.render = config.render if config.render is not None else self.metadata.model != "scripted-expert"
+        if not self.adapter.is_connected:
+            self.adapter.connect()
+
+    # -- the link -----------------------------------------------------------------------------
+
+    def _views(self) -> dict[str, tuple[str, int, int]]:
+        """model view -> (MJCF camera, width, height), from robot.yaml's simulated cameras."""
+        cams = self.side.config.cameras or {}
+        out = {}
+        for name, dev in (cams.get("devices") or {}).items():
+            out[str(dev.get("view", name))] = (name, int(dev.get("width", 224)), int(dev.get("height", 224)))
+        return out
+
+    def _connect(self) -> tuple[PolicyClient, Any, RobotDescription]:
+        views = self._views()
+
+        def describe(state_dim: int, cameras: dict[str, tuple[int, int, int]]) -> RobotDescription:
+            return RobotDescription(
+                robot_id=self.side.config.name,
+                embodiment=self.side.config.mapping.norm_key,
+                cameras=cameras,
+                state_dim=state_dim,
+                action_period=self.period,
+            )
+
+        all_views = {v: (h, w, 3) for v, (_, w, h) in views.items()}
+        probe = PolicyClient(self.endpoint, describe(1, dict(list(all_views.items())[:1])))
+        try:
+            meta = probe.connect(timeout=30.0)
+        finally:
+            probe.close()
+        cameras = {v: s for v, s in all_views.items() if v in meta.cameras}
+        if not cameras:
+            raise ValueError(
+                f"{self.side.config.path}: none of the robot's views {sorted(views)} is one the policy "
+                f"takes ({list(meta.cameras)})"
+            )
+        description = describe(meta.state_dim, cameras)
+        client = PolicyClient(self.endpoint, description)
+        try:
+            meta = client.connect(timeout=30.0)
+        except BaseException:
+            client.close()
+            raise
+        check_fit(meta, self.side)  # refuses a layout the robot's mapping does not fit, naming the slot
+        return client, meta, description
+
+    def _frame(self, view: str) -> np.ndarray:
+        camera, w, h = self._views()[view]
+        if not self.render:
+            return np.zeros((h, w, 3), np.uint8)  # the expert reads privileged state, not pixels
+        return self.task.render(camera, w, h)
+
+    # -- one episode --------------------------------------------------------------------------
+
+    def run_episode(
+        self,
+        seed: int,
+        time_limit_s: float | None = None,
+        on_tick: Callable[[Any], None] | None = None,
+    ) -> EpisodeResult:
+        cfg = self.config
+        wall0 = time.monotonic()
+        self.task.reset(seed)
+        limit = time_limit_s if time_limit_s is not None else self.task.time_limit_s
+        latency: SimLatencySource | None = None
+        inner: Any
+        if cfg.clock == "simulated":
+            assert self.task.sim_clock is not None
+            latency = SimLatencySource(
+                self.link,
+                self.task.sim_clock,
+                None if cfg.latency_ms is None else cfg.latency_ms / 1e3,
+                cfg.extra_latency_ms / 1e3,
+            )
+            inner = latency
+            clock, sleep = self.task.sim_clock.now, self.task.sim_clock.sleep
+        else:
+            inner = _DelayedSource(self.link, cfg.extra_latency_ms / 1e3)
+            clock, sleep = time.monotonic, time.sleep
+        # simulated clock: the edge converts a chunk when the loop polls (the clock stands still
+        # meanwhile); real clock: on its own thread, off the control tick, as in `run`
+        edge = EdgeSource(check_fit(self.metadata, self.side), inner, threaded=cfg.clock == "real")
+        views = [v for v in self.description.cameras]
+
+        def observe(state: RobotState, now: float) -> Observation | None:
+            obs = Observation(
+                stamp=state.stamp,
+                images={v: self._frame(v) for v in views},
+                state=np.zeros(0, np.float32),
+                instruction=self.instruction,
+                norm_key=self.side.config.mapping.norm_key,
+            )
+            obs.privileged = {**self.task.privileged_state(), "action_period": [self.period]}
+            return edge.observe(obs, state)
+
+        overrides: dict[str, Any] = {"spin_s": 0.0} if cfg.clock == "simulated" else {}
+        if cfg.execute_horizon is not None:
+            h = self.metadata.action_horizon
+            if not 1 <= cfg.execute_horizon <= h:
+                raise ValueError(f"execute_horizon {cfg.execute_horizon}: expected 1..{h}")
+            lat = (cfg.latency_ms or 0.0) / 1e3 + cfg.extra_latency_ms / 1e3
+            # ask for the next chunk so that it lands after ``execute_horizon`` actions of this one
+            overrides["scheduler"] = SchedulerConfig(
+                request_threshold_s=(h - cfg.execute_horizon) * self.period + lat
+            )
+        loop = assemble_loop(
+            self.adapter,
+            edge,
+            observe,
+            self.side.safety,
+            LoopOptions(smoother=cfg.smoother, safe_pose=False, overrides=overrides),
+            clock=clock,
+            sleep=sleep,
+        )
+        task = self.task
+        errors_before = dict(self.link.errors)
+
+        def stop() -> bool:
+            return task.success or task.episode_time >= limit - 1e-9
+
+        try:
+            summary = loop.run(duration=limit + 1.0, should_stop=stop, on_tick=on_tick)
+        finally:
+            edge.close()  # its thread; the link outlives the episode (neither wrapper closes it)
+            if latency is not None:
+                latency.drain()
+            else:
+                _drain_real(self.link)
+        result = task.episode_result()
+        holds = sum(1 for e in loop.log.events if e[2] == "hold")
+        return EpisodeResult(
+            seed=seed,
+            success=bool(result["success"]),
+            success_time_s=result["success_time_s"],
+            best_reward=int(result["best_reward"]),
+            episode_time_s=float(result["episode_time_s"]),
+            wall_s=time.monotonic() - wall0,
+            interventions={k: int(v) for k, v in summary["interventions"].items()},
+            ee_interventions={k: int(v) for k, v in edge.interventions.items()},
+            seams=summary["seams"],
+            counters=summary["counters"],
+            watchdog_trips=int(summary["watchdog_trips"]),
+            holds=holds,
+            chunks_rejected=dict(summary["chunks_rejected"]),
+            splice_guard_clips=int(summary["splice_guard_clips"]),
+            latency_applied_ms=_mean_ms(latency.applied_s) if latency else None,
+            latency_measured_ms=_mean_ms(latency.measured_s) if latency else None,
+            link_errors={
+                k: v - errors_before.get(k, 0)
+                for k, v in self.link.errors.items()
+                if v > errors_before.get(k, 0)
+            },
+            last_link_error=self.link.last_error,
+        )
+
+    def close(self) -> None:
+        self.link.close()
+        if self.adapter.is_connected:
+            self.adapter.disconnect()
+
+
+def _task_part(adapter: Any) -> Any:
+    """The task adapter inside the composed robot (the part with privileged state)."""
+    parts = getattr(adapter, "parts", [(None, adapter)])
+    for _, part in parts:
+        if hasattr(part, "privileged_state"):
+            return part
+    raise ValueError("the robot has no simulated task part (privileged state, reward): eval needs one")
+
+
+def _mean_ms(values: list[float]) -> float | None:
+    return float(np.mean(values) * 1e3) if values else None
+
+
+def _drain_real(link: ClientChunkSource, wait_s: float = 0.5) -> None:
+    """Real clock: give a reply still owed a moment, then drop whatever arrived."""
+    time.sleep(wait_s)
+    while link.poll() is not None:
+        pass
+
+
+class _DelayedSource:
+    """Real clock: each chunk reaches the loop ``extra_s`` seconds after it arrived (and closing the
+    episode's edge leaves the shared link open)."""
+
+    def __init__(self, inner: ClientChunkSource, extra_s: float) -> None:
+        self.inner = inner
+        self.extra_s = extra_s
+        self._held: list[tuple[float, Any]] = []
+
+    def request(self, observation: Observation) -> None:
+        self.inner.request(observation)
+
+    def poll(self) -> Any:
+        while (chunk := self.inner.poll()) is not None:
+            self._held.append((time.monotonic() + self.extra_s, chunk))
+        if self._held and self._held[0][0] <= time.monotonic():
+            return self._held.pop(0)[1]
+        return None
+
+
+def summarize_episodes(episodes: list[EpisodeResult]) -> dict[str, Any]:
+    n = len(episodes)
+    ok = [e for e in episodes if e.success]
+    times = [e.success_time_s for e in ok if e.success_time_s is not None]
+    interventions = Counter()
+    ee = Counter()
+    for e in episodes:
+        interventions.update(e.interventions)
+        ee.update(e.ee_interventions)
+    max_jerk = [e.seams.get("max_jerk", math.nan) for e in episodes if e.seams.get("seams")]
+    return {
+        "episodes": n,
+        "successes": len(ok),
+        "success_rate": len(ok) / n if n else math.nan,
+        "time_to_success_mean_s": float(np.mean(times)) if times else None,
+        "interventions_per_episode": sum(interventions.values()) / n if n else math.nan,
+        "interventions": dict(interventions),
+        "ee_interventions": dict(ee),
+        "seam_max_jerk_median": float(np.median(max_jerk)) if max_jerk else None,
+        "watchdog_trips": sum(e.watchdog_trips for e in episodes),
+        "holds": sum(e.holds for e in episodes),
+        "failed_seeds": [e.seed for e in episodes if not e.success],
+    }

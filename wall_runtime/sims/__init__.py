@@ -1,0 +1,7 @@
+"""Third-party simulated tasks the runtime drives as robots, with their own success criteria.
+
+``aloha``: gym-aloha's bimanual ViperX tasks (transfer-cube), driven in joint space through
+``dm_control.mujoco.Physics`` with the task's own ``initialize_episode`` / ``get_reward``;
+``clock``: the simulated clock (physics advances only when the control loop waits);
+``aloha_expert``: a scripted expert for transfer-cube from the task's privileged state.
+"""
