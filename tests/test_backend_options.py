@@ -85,6 +85,23 @@ def test_defaults_agree_with_the_export_code() -> None:
     assert GraphOptions().text_tokens == DEFAULT_TEXT_TOKENS
 
 
+def test_every_registered_backend_has_typed_options() -> None:
+    """A backend ``load_policy`` knows but the options table does not is unservable (``serve
+    --backend expert`` failed with "unknown backend" while the registry listed it)."""
+    from wall_runtime.backends import BACKENDS
+
+    assert set(BACKENDS) == set(OPTIONS)
+    for backend in BACKENDS:
+        parse_options(backend, {})  # the defaults parse
+
+
+def test_expert_options_reach_the_policy() -> None:
+    policy = load_policy(None, "expert", {"variant": "0.5", "horizon": "16", "cameras": "face_view,top"})
+    assert policy.metadata.action_horizon == 16 and policy.metadata.cameras == ("face_view", "top")
+    with pytest.raises(BackendOptionError, match="variant=0.7"):
+        parse_options("expert", {"variant": "0.7"})
+
+
 def test_every_backend_documents_every_option() -> None:
     for backend in OPTIONS:
         lines = options_help(backend)

@@ -130,6 +130,27 @@ class TensorRTOptions(GraphOptions):
 
 
 @dataclass(frozen=True)
+class CudaGraphOptions(GraphOptions):
+    device: str = option("cuda", "CUDA device")
+    dtype: Literal["fp32", "float32", "bf16", "bfloat16", "fp16", "float16"] | None = option(
+        None, "weights' dtype (default bf16 on CUDA; the head stays fp32)"
+    )
+    capture: bool = option(True, "capture the CUDA graphs (false: the same modules run eagerly)")
+    compile: bool = option(False, "torch.compile both modules before capture (minutes at full size)")
+    max_graphs: int = option(4, "graphs kept per stage, one per input shape")
+
+
+@dataclass(frozen=True)
+class ExpertOptions(BackendOptions):
+    variant: Literal["flow", "0.5"] = option(
+        "flow", "layout of the served chunks: FLOW absolute, 0.5 relative"
+    )
+    task: str = option("aloha_transfer_cube", "the scripted task")
+    horizon: int = option(32, "actions per chunk")
+    cameras: tuple[str, ...] = option(("face_view",), "views it announces, comma separated")
+
+
+@dataclass(frozen=True)
 class EchoOptions(BackendOptions):
     action_horizon: int = option(32, "rows per chunk")
     action_dim: int = option(20, "action dims")
@@ -148,6 +169,8 @@ OPTIONS: dict[str, type[BackendOptions]] = {
     "onnxruntime": OnnxRuntimeOptions,
     "tensorrt": TensorRTOptions,
     "echo": EchoOptions,
+    "expert": ExpertOptions,
+    "cuda_graph": CudaGraphOptions,
 }
 
 _TRUE = {"1", "true", "yes", "on"}
