@@ -98,7 +98,7 @@ def test_every_registered_backend_has_typed_options() -> None:
 def test_expert_options_reach_the_policy() -> None:
     policy = load_policy(None, "expert", {"variant": "0.5", "horizon": "16", "cameras": "face_view,top"})
     assert policy.metadata.action_horizon == 16 and policy.metadata.cameras == ("face_view", "top")
-    with pytest.raises(BackendOptionError, match="variant=0.7"):
+    with pytest.raises(BackendOptionError, match=r"variant=0\.7"):
         parse_options("expert", {"variant": "0.7"})
 
 
