@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "wall_runtime.calibration.commands",  # calibrate ...
     "wall_runtime.adapters.commands",  # check-robot
     "wall_runtime.e2e.commands",  # demo, bench, replay
+    "wall_runtime.training.commands",  # train
 )
 
 
