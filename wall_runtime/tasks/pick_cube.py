@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-ROBOT_DIR = Path(__file__).resolve().parents[2] / "robots" / "sim_pick"
 COLOURS = ("red", "green", "blue")
 ARM_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_pitch", "wrist_roll")
 VIEWS = ("face_view", "left_wrist_view")
@@ -101,9 +99,12 @@ class PickCubeEnv:
         from wall_runtime.kinematics import load_robot_kinematics
 
         self._mj = mujoco
-        self.model = mujoco.MjModel.from_xml_path(str(ROBOT_DIR / "sim_pick.xml"))
+        from wall_runtime.robot_files import resolve_robot
+
+        robot_yaml = resolve_robot("sim_pick")  # the checkout's robots/ or the installed package's
+        self.model = mujoco.MjModel.from_xml_path(str(robot_yaml.parent / "sim_pick.xml"))
         self.data = mujoco.MjData(self.model)
-        self.kin = load_robot_kinematics(ROBOT_DIR / "robot.yaml")["arm"]
+        self.kin = load_robot_kinematics(robot_yaml)["arm"]
         self.image_size = image_size
         self.renderer = mujoco.Renderer(self.model, image_size, image_size) if render else None
         self.qadr = np.array([self.model.jnt_qposadr[self.model.joint(j).id] for j in ARM_JOINTS])
