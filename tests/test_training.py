@@ -154,3 +154,35 @@ def test_same_seed_same_bytes(tmp_path):
     assert digests[0] == digests[1]
     train(ds, tmp_path / "c", TrainSettings(steps=3, seed=1, **FAST))
     assert hashlib.sha256((tmp_path / "c" / "model.safetensors").read_bytes()).hexdigest() != digests[0]
+
+
+def test_train_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from wall_runtime.cli import app
+
+    data = write_dataset(tmp_path / "d.npz", _dataset(episodes=2, length=4))
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "ck"), "--steps", "2", "--size", "tiny"]
+    res = CliRunner().invoke(app, [*args, "--batch-size", "2", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "loss" in res.output and (tmp_path / "ck" / "model.safetensors").is_file()
+    (tmp_path / "bad.npz").write_bytes(b"not a dataset")
+    res = CliRunner().invoke(
+        app, ["train", "--data", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "x")]
+    )
+    assert res.exit_code == 2 and "cannot read dataset" in res.output
+    assert not (tmp_path / "x").exists()
+    res = CliRunner().invoke(app, [*args, "--variant", "0.7"])
+    assert res.exit_code != 0 and "variant" in res.output
+
+
+def test_variant_05_trains_with_x_loss_and_loads(tmp_path):
+    ds = _dataset()
+    result = train(ds, tmp_path / "ck", TrainSettings(steps=2, variant="0.5", **FAST))
+    assert all(np.isfinite(result.losses))
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert cfg["use_x_loss"] and cfg["causal_action_attention_mask"]
+    policy = WallOSS.from_checkpoint(tmp_path / "ck")
+    obs = Observation(0.0, {"face_view": ds.images["face_view"][0]}, ds.state[0], ds.tasks[0])
+    (res,) = policy.infer([obs], generator=torch.Generator().manual_seed(0))
+    assert np.isfinite(res.actions).all()
