@@ -65,7 +65,40 @@ def plot(record: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def summarise(ckpt: Path, data: Path, record_summary: dict | None, out: Path) -> dict:
+def evaluate(ckpt: Path, ds, episodes: int) -> dict:
+    """Closed-loop success on held-out seeds of the trained checkpoint and of its starting point
+    (the same seed's random weights, in the same layout)."""
+    from dataclasses import asdict
+
+    from wall_runtime.model.config import load_config
+    from wall_runtime.model.tiny_checkpoint import write_tiny_checkpoint
+    from wall_runtime.tasks.pick_cube_data import EVAL_SEED_START, evaluate_checkpoint
+    from wall_runtime.training.trainer import NORM_KEY, dataset_layout
+
+    settings = json.loads((ckpt / "training.json").read_text())["settings"]
+    seeds = list(range(EVAL_SEED_START, EVAL_SEED_START + episodes))
+    image_size = int(next(iter(ds.images.values())).shape[1])
+    random_dir = Path(tempfile.mkdtemp(prefix="bench-training-random-"))
+    layout = dataset_layout(ds, sorted(ds.images), load_config(ckpt).net.action_horizon)
+    write_tiny_checkpoint(
+        random_dir,
+        settings["variant"],
+        seed=settings["seed"],
+        size=settings["size"],
+        layout=layout,
+        norm_key=NORM_KEY,
+    )
+    out = {"seeds": [seeds[0], seeds[-1]], "execute": 8, "max_steps": 60}
+    for name, path in (("trained", ckpt), ("random_weights", random_dir)):
+        eps = evaluate_checkpoint(path, seeds, image_size=image_size)
+        out[name] = {
+            "success_rate": sum(e.success for e in eps) / len(eps),
+            "episodes": [asdict(e) for e in eps],
+        }
+    return out
+
+
+def summarise(ckpt: Path, data: Path, record_summary: dict | None, out: Path, eval_episodes: int = 0) -> dict:
     from wall_runtime.training.dataset import read_dataset
     from wall_runtime.training.trainer import LOG_NAME, SUMMARY_NAME
 
@@ -94,6 +127,8 @@ def summarise(ckpt: Path, data: Path, record_summary: dict | None, out: Path) ->
         "checkpoint_mb": round(sum(f.stat().st_size for f in ckpt.iterdir()) / 1e6, 2),
         "log": log,
     }
+    if eval_episodes:
+        record["closed_loop_eval"] = evaluate(ckpt, ds, eval_episodes)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{NAME}.json").write_text(json.dumps(record, indent=1))
     plot(record, out / f"{NAME}.png")
@@ -110,12 +145,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--from-checkpoint", type=Path, help="summarise this trained checkpoint instead")
     ap.add_argument("--data", type=Path, help="its dataset (with --from-checkpoint)")
+    ap.add_argument("--eval-episodes", type=int, default=0, help="closed-loop episodes on held-out seeds")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if args.from_checkpoint is not None:
         if args.data is None:
             ap.error("--from-checkpoint needs --data")
-        record = summarise(args.from_checkpoint, args.data, None, args.out)
+        record = summarise(args.from_checkpoint, args.data, None, args.out, args.eval_episodes)
     else:
         from wall_runtime.tasks.pick_cube_data import record_expert_dataset
         from wall_runtime.training.trainer import TrainSettings, train
@@ -137,7 +173,10 @@ def main(argv: list[str] | None = None) -> None:
             log_every=1,
         )
         train(read_dataset(data), work / "ckpt", settings, data_id=data.name)
-        record = summarise(work / "ckpt", data, rec, args.out)
+        record = summarise(work / "ckpt", data, rec, args.out, 1 if args.smoke else args.eval_episodes)
+    for name, ev in record.get("closed_loop_eval", {}).items():
+        if isinstance(ev, dict) and "success_rate" in ev:
+            print(f"{name}: success {ev['success_rate']:.0%} on {len(ev['episodes'])} held-out seeds")
     print(
         f"loss {record['loss_first']:.4f} -> {record['loss_last_10_mean']:.4f} over "
         f"{record['settings']['steps']} steps; {record['cpu_seconds_per_step']:.2f} CPU s/step; "
