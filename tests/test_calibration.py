@@ -284,3 +284,72 @@ def test_capture_then_load_robot_calibration(tmp_path):
     intr.save(tmp_path / "calibration" / "arm" / "intrinsics_wrist.yaml")
     loaded = load_robot_calibration("arm", tmp_path / "calibration")
     assert set(loaded.intrinsics) == {"wrist"} and loaded.joints is None
+
+
+def test_calibrate_joints_on_a_limp_arm_writes_the_offsets_the_adapter_loads(tmp_path, monkeypatch):
+    """`calibrate joints --robot`: the emulated SO-100 with torque off, moved "by hand" (the test
+    sets the servos' positions), its zero ticks written to calibration/so100/joints.yaml, and the
+    Feetech adapter built afterwards reads that pose as zero."""
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    from wall_runtime.adapters.config import load_robot
+    from wall_runtime.adapters.emulators import emulated
+    from wall_runtime.adapters.registry import build_adapter
+    from wall_runtime.calibration.joints import calibrate_robot
+
+    robots = Path(__file__).resolve().parents[1] / "robots"
+    with emulated(load_robot(robots / "so100")) as (_, emulators):
+        bus = emulators["arm"]
+        raw = yaml.safe_load((robots / "so100" / "robot.yaml").read_text())
+        raw.pop("cameras")
+        raw["parts"][0]["connection"].update(port=bus.port, timeout_margin_ms=100)
+        (tmp_path / "robot.yaml").write_text(yaml.safe_dump(raw))
+        # this unit's zero pose is not at robot.yaml's placeholder offsets (2048)
+        zero = {sid: 2048 + 37 * (sid - 3) for sid in range(1, 7)}
+        torque_seen: list[bool] = []
+
+        def operator(prompt: str) -> None:
+            torque_seen.extend(bool(bus.get(sid, "torque")) for sid in zero)
+            if prompt.startswith("Step 1"):
+                for sid, t in zero.items():
+                    bus.set(sid, "position", float(t))
+                time.sleep(0.1)
+                return
+            for k in range(12):  # step 2: every joint through a range and back
+                for sid, t in zero.items():
+                    bus.set(sid, "position", float(t + (k - 6) * 40))
+                time.sleep(0.04)
+            for sid, t in zero.items():
+                bus.set(sid, "position", float(t))
+            time.sleep(0.1)
+
+        cal, path = calibrate_robot(tmp_path / "robot.yaml", operator, tmp_path / "calibration", hz=200)
+        assert path == tmp_path / "calibration" / "so100" / "joints.yaml"
+        assert torque_seen and not any(torque_seen)  # limp throughout: moved by hand
+        names = [j["name"] for j in raw["joints"]]
+        assert cal.offset_ticks == pytest.approx({n: float(zero[i + 1]) for i, n in enumerate(names)})
+        assert np.all(cal.range_max - cal.range_min > 0.3)
+
+        monkeypatch.setenv("WALL_RUNTIME_CALIBRATION", str(tmp_path / "calibration"))
+        arm = build_adapter(load_robot(tmp_path / "robot.yaml"))
+        arm.connect()
+        try:
+            np.testing.assert_allclose(arm.read_state().position, 0.0, atol=1e-9)
+        finally:
+            arm.disconnect()
+
+
+def test_calibrate_joints_names_a_robot_it_cannot_find(tmp_path):
+    from typer.testing import CliRunner
+
+    from wall_runtime.cli import app
+
+    out = CliRunner().invoke(
+        app, ["calibrate", "joints", "--robot", "no_such_robot", "--root", str(tmp_path)]
+    )
+    assert out.exit_code == 1 and "no_such_robot" in out.output
+    out = CliRunner().invoke(app, ["calibrate", "joints", "--robot", "sim_arm", "--root", str(tmp_path)])
+    assert out.exit_code == 1 and "torque can be turned off" in out.output

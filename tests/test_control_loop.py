@@ -44,9 +44,10 @@ SAFETY = SafetyConfig.from_dict(
 
 
 def wave(obs: Observation) -> np.ndarray:
-    """A policy: a slow wave from the observation's time on, in a 6-dim model layout (dims 4, 5 unused)."""
+    """A policy: a slow wave from the observation's time on, in the robot's joints (the model edge
+    converts a checkpoint's layout before the loop)."""
     t = obs.stamp + np.arange(H) * ACTION_DT
-    out = np.zeros((H, 6))
+    out = np.zeros((H, 4))
     out[:, 0] = 0.5 * np.sin(2 * np.pi * 0.5 * t)
     out[:, 1] = 0.3 * np.cos(2 * np.pi * 0.3 * t)
     out[:, 2] = 0.2

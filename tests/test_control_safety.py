@@ -248,3 +248,35 @@ def test_a_limited_command_settles_onto_a_moving_target_without_ringing(dt: floa
     assert not any(touched[settled:]) and np.abs(errors[settled:]).max() < 1e-9
     # the command lags the target on the way in; it may pass it by a hair, never swing past it
     assert errors.max() > 0.005 and errors.min() > -0.002
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({"position_margin": 0.6}, r"safety\.position_margin\.lift: 0\.6 leaves no room"),
+        ({"position_margin": {"elbow": 2.0}}, r"safety\.position_margin\.elbow: 2\.0 leaves no room"),
+        ({"gripper": {"min": 0.1, "max": 0.2}}, r"safety\.gripper: \[0\.1, 0\.2\] does not overlap"),
+        ({"max_step": True}, r"safety\.max_step: expected a number, got True"),
+        ({"max_step": "0.1"}, r"safety\.max_step: expected a number, got '0\.1'"),
+        (
+            {"base": {"max_linear_velocity": math.inf}},
+            r"safety\.base\.max_linear_velocity: expected a finite",
+        ),
+        ({"workspace": {"min": [0, 0, 0], "max": [1, 1, math.inf]}}, r"safety\.workspace\.max\[2\]"),
+    ],
+)
+def test_a_block_the_chain_cannot_satisfy_is_refused_naming_the_field(block: dict, message: str) -> None:
+    with pytest.raises(SafetyConfigError, match=message) as info:
+        SafetyConfig.from_dict(block, JOINTS)
+    assert "\n" not in str(info.value)
+
+
+def test_a_safe_pose_outside_the_margins_is_refused() -> None:
+    from wall_runtime.control.safety_config import check_safe_pose
+
+    cfg = SafetyConfig.from_dict(SAFETY, JOINTS)
+    check_safe_pose(cfg, JOINTS, [0.0, 0.1, 0.0, 0.03, 0.0, 0.0])
+    with pytest.raises(SafetyConfigError, match=r"safety\.safe_pose\.lift: 0\.3 is outside \[0\.01, 0\.29\]"):
+        check_safe_pose(cfg, JOINTS, [0.0, 0.3, 0.0, 0.03, 0.0, 0.0])
+    with pytest.raises(SafetyConfigError, match=r"safety\.safe_pose\.gripper: .*within safety\.gripper"):
+        check_safe_pose(cfg, JOINTS, [0.0, 0.1, 0.0, 0.07, 0.0, 0.0])

@@ -92,7 +92,7 @@ def test_past_actions_are_dropped_and_the_splice_is_at_the_first_future_one() ->
     [
         (_chunk(stamp=0.0, seq=1, n=3), "stale"),  # all three actions long past
         (_chunk(stamp=5.0, seq=2), "malformed"),  # stamped in the future: not a robot-clock time
-        (ActionChunk(actions=np.zeros((5, 2)), stamp=0.9, dt=-0.02, seq=3), "malformed"),  # reversed time
+        (ActionChunk(actions=np.zeros((5, 2)), stamp=0.9, dt=-0.02, seq=3), "bad_dt"),  # reversed time
         (ActionChunk(actions=np.full((5, 2), np.nan), stamp=0.9, dt=0.02, seq=4), "non_finite"),
         (ActionChunk(actions=np.zeros(5), stamp=0.9, dt=0.02, seq=5), "malformed"),
     ],

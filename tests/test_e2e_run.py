@@ -10,22 +10,49 @@ from typer.testing import CliRunner
 from wall_runtime.backends.echo import EchoPolicy
 from wall_runtime.cli import app
 from wall_runtime.e2e.demo import DEFAULT_ROBOT
+from wall_runtime.e2e.recording import Episode
+from wall_runtime.e2e.replay import replay_dry
 from wall_runtime.transport.server import PolicyServer, ServerConfig
 
+# a FLOW checkpoint's layout (spec §11): the echo answers each observation's EE state plus a
+# small ramp, so the sim arm moves through the model edge (FK state, IK per waypoint)
+FLOW = {
+    "follow_left_ee_cartesian_pos": 3,
+    "follow_left_ee_rotation": 3,
+    "follow_left_gripper": 1,
+    "follow_right_ee_cartesian_pos": 3,
+    "follow_right_ee_rotation": 3,
+    "follow_right_gripper": 1,
+    "head_actions": 2,
+    "height": 1,
+    "velocity_decomposed": 3,
+}
 
-def _server(action_dim: int) -> PolicyServer:
+
+def _server(layout: dict[str, int]) -> PolicyServer:
     policy = EchoPolicy.from_checkpoint(
         None,
-        action_dim=action_dim,
-        state_dim=20,
+        dof_config=layout,
+        agent_pos_config=layout,
+        step=0.0005,  # the EE drifts ~2 cm/s per axis: inside the reach for the run
         cameras=("face_view", "left_wrist_view"),
         norm_keys=("sim_arm",),
     )
     return PolicyServer(policy, ServerConfig(bind="tcp://127.0.0.1:0"))
 
 
-def test_run_drives_the_sim_arm_from_a_served_policy(tmp_path: Path) -> None:
-    with _server(20) as server:
+def test_run_drives_the_sim_arm_from_a_served_policy(tmp_path: Path, monkeypatch) -> None:
+    from wall_runtime.adapters.sim.mujoco_robot import MujocoRobot
+
+    connects: list[int] = []
+    inner_connect = MujocoRobot.connect
+
+    def counting_connect(self) -> None:
+        connects.append(1)
+        inner_connect(self)
+
+    monkeypatch.setattr(MujocoRobot, "connect", counting_connect)
+    with _server(FLOW) as server:
         endpoint = server.start()
         out = tmp_path / "run.json"
         result = CliRunner().invoke(
@@ -44,16 +71,41 @@ def test_run_drives_the_sim_arm_from_a_served_policy(tmp_path: Path) -> None:
                 str(tmp_path / "estop"),
                 "--log-json",
                 str(out),
+                "--record",
+                str(tmp_path / "dataset"),
             ],
         )
     assert result.exit_code == 0, result.output
+    assert len(connects) == 1  # `run` asks is_connected: the robot is connected once, not twice
     summary = json.loads(out.read_text())
     assert summary["counters"]["chunks_received"] >= 2
     assert summary["watchdog_trips"] == 0
+    # every chunk went through the model edge: IK for each waypoint, nothing dropped near the start
+    assert summary["model_edge"]["interventions"].get("chunks_dropped", 0) == 0
+    assert summary["model_edge"]["orientation_residual_max_rad"] < 0.05
+
+    # the run is an episode LeRobot's own reader opens, and it replays to the same commands
+    from wall_runtime.interop import torchvision_cpu
+
+    torchvision_cpu.install()
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset("local/run", root=tmp_path / "dataset")
+    ticks = summary["counters"]["ticks"]
+    assert (ds.fps, ds.num_episodes, ds.num_frames) == (30, 1, ticks)
+    assert ds.meta.camera_keys == ["observation.images.face_view", "observation.images.left_wrist_view"]
+    assert tuple(ds.features["observation.state"]["shape"]) == (7,)
+    frame = ds[ticks - 1]
+    assert tuple(frame["observation.images.left_wrist_view"].shape) == (3, 224, 224)
+    assert frame["index"].item() == ticks - 1
+    replay = replay_dry(Episode.load(tmp_path / "dataset"))
+    assert replay.ticks == ticks and replay.chunks == summary["counters"]["chunks_received"]
+    assert replay.max_abs_diff == 0.0 and replay.nan_mismatches == 0
 
 
-def test_run_refuses_a_policy_of_another_shape(tmp_path: Path) -> None:
-    with _server(12) as server:
+def test_run_refuses_a_policy_whose_slots_the_robot_does_not_fit(tmp_path: Path) -> None:
+    no_gripper = {k: v for k, v in FLOW.items() if k != "follow_left_gripper"}
+    with _server(no_gripper) as server:
         endpoint = server.start()
         result = CliRunner().invoke(
             app,
@@ -71,7 +123,9 @@ def test_run_refuses_a_policy_of_another_shape(tmp_path: Path) -> None:
             ],
         )
     assert result.exit_code == 2
-    assert "12 dims" in result.output and "model.action_dim" in result.output
+    # the robot maps a gripper the checkpoint has no slot for: refused at the handshake, by name
+    assert "model.arms.left.gripper" in result.output
+    assert "follow_left_gripper" in result.output
 
 
 def test_run_with_a_broken_robot_yaml_names_the_field(tmp_path: Path) -> None:

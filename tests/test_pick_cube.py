@@ -93,3 +93,26 @@ def test_record_train_eval(tmp_path):
     assert cfg["num_experts"] == 2
     (ep,) = evaluate_checkpoint(tmp_path / "ck", [100_000], execute=4, max_steps=4, image_size=32)
     assert not ep.success and ep.infer_ms > 0
+
+
+def test_task_state_is_the_runtime_edges_state(env):
+    """The recorded state equals what the runtime's EE edge gives the model for robots/sim_pick
+    (FK in the base frame, Euler convention, gripper map): the trained policy sees the same numbers
+    through the runtime."""
+    from wall_runtime.action_space.edge import build_edge
+    from wall_runtime.adapters.config import load_robot
+    from wall_runtime.kinematics import load_robot_kinematics
+    from wall_runtime.tasks.pick_cube import DOF_CONFIG
+
+    robot = load_robot("robots/sim_pick")
+    edge = build_edge(robot.joints, robot.mapping, DOF_CONFIG, DOF_CONFIG, load_robot_kinematics(robot))
+    env.reset(3)
+    expert = ScriptedExpert(env)
+    expert.reset()
+    names = [j.name for j in robot.joints]
+    for k in range(len(expert)):
+        env.step(expert.act(k))
+        if k % 5:
+            continue
+        q = np.array([env.data.qpos[env.model.jnt_qposadr[env.model.joint(n).id]] for n in names])
+        np.testing.assert_allclose(edge.state_vector(edge.context(q)), env.state(), atol=1e-5)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -36,12 +35,15 @@ def test_sim_arm_loads_with_the_model_mapping_the_tiny_checkpoint_needs() -> Non
         "wrist_roll",
         "gripper",
     ]
-    assert cfg.mapping.action_index == tuple(range(7))
-    np.testing.assert_array_equal(cfg.mapping.dof_mask, [1] * 7 + [0] * 13)
+    (arm,) = cfg.mapping.arms
+    assert (arm.slot, arm.arm) == ("left", "arm")  # the checkpoint's left arm, the kinematics' `arm`
+    assert arm.gripper.joint == "gripper" and arm.gripper.robot == (0.0, 0.04)
+    assert arm.gripper.to_model(0.02) == pytest.approx(0.5)
+    assert cfg.kinematics["arm"]["tool"] == {"site": "ee"}
     assert list(cfg.cameras["devices"]) == ["face_view", "left_wrist_view"]
     assert cfg.safety["max_step"]["gripper"] == 0.01
     assert cfg.safe_pose == (0.0, 0.0, 0.8, 0.0, 0.6, 0.0, 0.02)
-    assert cfg.joint_dims == tuple(range(7))
+    assert cfg.ee_limits.max_linear_speed == 1.0
     spec = cfg.spec()
     assert spec.control_hz == 30 and spec.dof == 7
     assert spec.upper[6] == pytest.approx(0.04) and spec.lower[2] == pytest.approx(-0.2)
@@ -52,26 +54,6 @@ def test_every_shipped_robot_yaml_loads(name: str) -> None:
     cfg = load_robot(ROBOTS / name)
     assert cfg.name == name or name == "_template"
     assert len(cfg.joints) == sum(len(p.joints) for p in cfg.parts)
-
-
-def test_mapping_state_vector_and_relative_actions() -> None:
-    raw = _raw()
-    raw["action_type"] = "relative_joints"
-    cfg = _parse(raw)
-    m = cfg.mapping
-    pos = np.arange(7, dtype=float) / 10
-    state = m.state_vector(pos)
-    assert state.shape == (20,) and state.dtype == np.float32
-    np.testing.assert_allclose(state[:7], pos)
-    assert not state[7:].any()
-    action = np.zeros(20)
-    action[:7] = 0.01
-    target = m.action_to_target(action, pos)
-    # joints move relative to the current position; the gripper stays absolute
-    np.testing.assert_allclose(target[:6], pos[:6] + 0.01)
-    assert target[6] == pytest.approx(0.01)
-    with pytest.raises(ValueError, match="action has shape"):
-        m.action_to_target(np.zeros(7), pos)
 
 
 def _mutate(path: list, value) -> dict:
@@ -104,12 +86,41 @@ _DELETE = object()
         (["parts", 0, "type"], "robotiq", r"parts\[0\].type: 'robotiq' is not a known part type"),
         (["parts", 0, "joints"], ["waist"], "joint 'shoulder' is driven by no part"),
         (["model", "norm_key"], _DELETE, "model.norm_key: missing"),
+        (["model", "action_dims"], {"waist": 0}, "model.action_dims: raw dim indices are gone"),
         (
-            ["model", "action_dims", "gripper"],
-            3,
-            "model.action_dims.gripper: dim 3 is already used by 'forearm_roll'",
+            ["model", "arms", "left", "arm"],
+            "elbow",
+            "model.arms.left.arm: 'elbow' is not an arm of the kinematics",
         ),
-        (["model", "action_dims", "gripper"], 20, r"model.action_dims.gripper: must be in \[0, 20\)"),
+        (
+            ["model", "arms", "middle"],
+            {"arm": "arm"},
+            "model.arms.middle: the checkpoints' arm slots are left, right",
+        ),
+        (
+            ["model", "arms", "left", "gripper", "joint"],
+            "claw",
+            "model.arms.left.gripper.joint: 'claw' is not a joint",
+        ),
+        (
+            ["model", "arms", "left", "gripper", "robot"],
+            [0.0, 0.0],
+            "model.arms.left.gripper.robot: closed and open",
+        ),
+        (
+            ["model", "head"],
+            ["waist", "elbow"],
+            "model.arms.left: joint 'waist' of arm 'arm' also fills another slot",
+        ),
+        (["model", "height"], "waist", "model.height: 'waist' is a revolute joint, expected prismatic"),
+        (["action_type"], "ee_pose", "action_type: gone: a checkpoint's own keys say"),
+        (["safety", "watchdog_timeout"], 0.3, "safety.watchdog_timeout: the watchdog has one key"),
+        (["safety", "ee", "max_linear_speed"], -1, "safety.ee.max_linear_speed: expected a positive number"),
+        (
+            ["safety", "ee", "workspace"],
+            {"min": [0, 0, 0], "max": [1, 1]},
+            "safety.ee.workspace: min and max",
+        ),
         (
             ["cameras", "devices", "face_view", "fsp"],
             10,

@@ -11,7 +11,8 @@ import pytest
 
 from wall_runtime.adapters.config import load_robot
 from wall_runtime.adapters.registry import build_adapter
-from wall_runtime.control.safety import SafetyChain, SafetyConfig
+from wall_runtime.control.safety import SafetyChain
+from wall_runtime.e2e.robot_side import safety_config
 
 ROBOTS = Path(__file__).resolve().parents[1] / "robots"
 
@@ -27,7 +28,7 @@ def test_scripted_motion_through_the_safety_chain_stays_within_limits() -> None:
         spec = robot.spec
         chain = SafetyChain(
             spec.joints,
-            SafetyConfig.from_dict({k: v for k, v in cfg.safety.items() if k != "safe_pose"}, spec.joints),
+            safety_config(cfg, spec),
             spec.period_s,
             robot.forward_kinematics,
         )
@@ -63,15 +64,49 @@ def test_scripted_motion_through_the_safety_chain_stays_within_limits() -> None:
         robot.disconnect()
 
 
+FLOW_ARM = {
+    "follow_left_ee_cartesian_pos": 3,
+    "follow_left_ee_rotation": 3,
+    "follow_left_gripper": 1,
+    "follow_right_ee_cartesian_pos": 3,
+    "follow_right_ee_rotation": 3,
+    "follow_right_gripper": 1,
+    "head_actions": 2,
+    "height": 1,
+    "velocity_decomposed": 3,
+}
+
+
+def _flow_meta(horizon: int = 16):
+    from wall_runtime.backends.base import PolicyMetadata
+
+    return PolicyMetadata(
+        model="wall-oss-flow",
+        variant="flow",
+        backend="test",
+        action_horizon=horizon,
+        action_dim=20,
+        state_dim=20,
+        num_steps=1,
+        cameras=("face_view", "left_wrist_view"),
+        dof_config=dict(FLOW_ARM),
+        agent_pos_config=dict(FLOW_ARM),
+    )
+
+
 def test_robot_side_observations_from_sim_arm_are_in_the_model_layout() -> None:
-    """robot.yaml -> e2e robot side (adapter + simulated cameras rendered by the adapter) ->
-    observations shaped for the checkpoint."""
+    """robot.yaml -> e2e robot side (adapter + simulated cameras rendered by the adapter) -> the
+    model edge -> observations in a FLOW checkpoint's layout: the left arm's EE pose by FK (position
+    + Euler), its gripper mapped onto 0..1, every other slot masked."""
+    from wall_runtime.action_space import rotations as rot
+    from wall_runtime.action_space.source import EdgeSource
     from wall_runtime.e2e.robot_side import load_robot_side
 
     side = load_robot_side(ROBOTS / "sim_arm" / "robot.yaml")
     side.start()
     try:
-        observe = side.observer("pick up the red cube")
+        edge = EdgeSource(side.edge(_flow_meta()), inner=None, threaded=False)
+        observe = side.observer("pick up the red cube", edge)
         obs = None
         deadline = time.monotonic() + 5.0
         while obs is None and time.monotonic() < deadline:
@@ -82,8 +117,13 @@ def test_robot_side_observations_from_sim_arm_are_in_the_model_layout() -> None:
         assert set(obs.images) == {"face_view", "left_wrist_view"}
         assert all(img.shape == (224, 224, 3) and img.dtype == np.uint8 for img in obs.images.values())
         assert obs.state.shape == (20,) and obs.state.dtype == np.float32
-        np.testing.assert_allclose(obs.state[:7], state.position, atol=0.05)
+        pose = side.kinematics["arm"].fk(state.position[:6])
+        np.testing.assert_allclose(obs.state[:3], pose.position, atol=1e-6)
+        np.testing.assert_allclose(obs.state[3:6], rot.matrix_to_euler(pose.rotation), atol=1e-6)
+        assert obs.state[6] == pytest.approx(state.position[6] / 0.04, abs=1e-6)
+        assert not obs.state[7:].any()
         assert obs.dof_mask.tolist() == [1.0] * 7 + [0.0] * 13
+        assert obs.state_mask.tolist() == [1.0] * 7 + [0.0] * 13
         assert obs.norm_key == "sim_arm" and obs.instruction == "pick up the red cube"
         assert side.safe_pose == [0.0, 0.0, 0.8, 0.0, 0.6, 0.0, 0.02]
     finally:
@@ -93,36 +133,44 @@ def test_robot_side_observations_from_sim_arm_are_in_the_model_layout() -> None:
 
 def test_control_loop_runs_sim_arm_from_robot_yaml() -> None:
     """`wall-runtime run --robot robots/sim_arm/robot.yaml` minus the transport: the loop's own
-    setup loader, a policy answering each observation with a 20-dim chunk that overshoots every
-    limit, and the arm staying inside them."""
+    setup loader, the model edge, a policy answering each observation with EE chunks that sweep
+    far past the arm's reach, and the arm staying inside its limits (unreachable waypoints are
+    dropped by the edge, the rest pass the joint chain)."""
+    from wall_runtime.action_space.source import EdgeSource
     from wall_runtime.control.commands import load_control_setup
     from wall_runtime.control.dryrun import ThreadedPolicySource
-    from wall_runtime.control.loop import ControlLoop, LoopConfig
+    from wall_runtime.e2e.assemble import LoopOptions, assemble_loop
 
-    setup = load_control_setup(ROBOTS / "sim_arm" / "robot.yaml", "wave")
+    setup = load_control_setup(ROBOTS / "sim_arm" / "robot.yaml")
     spec = setup.adapter.spec
     lower, upper = spec.lower, spec.upper
+    home = setup.side.kinematics["arm"].fk(np.array([0.0, 0.0, 0.8, 0.0, 0.6, 0.0]))
 
     def policy(obs) -> np.ndarray:
         t = obs.stamp + np.arange(16) * 0.1
         out = np.zeros((16, 20))
-        out[:, :7] = (lower + upper) / 2 + 1.5 * (upper - lower) / 2 * np.sin(t)[:, None]  # past the limits
+        out[:, 0] = home.position[0] + 0.4 * np.sin(t)  # ±40 cm: far past the reach at the ends
+        out[:, 1] = home.position[1] + 0.1 * np.cos(t)
+        out[:, 2] = home.position[2]
+        out[:, 3:6] = obs.state[3:6]
+        out[:, 6] = 1.5 * np.sin(t)  # the gripper past both ends
         return out
 
     source = ThreadedPolicySource(policy, 0.1, latency=0.05)
+    edge = EdgeSource(setup.side.edge(_flow_meta()), source)
+    setup.observe = setup.side.observer("wave", edge)
     measured: list[np.ndarray] = []
     try:
-        loop = ControlLoop(
+        loop = assemble_loop(
             setup.adapter,
-            source,
+            edge,
             setup.observe,
-            LoopConfig(control_hz=setup.control_hz, max_observation_age=1.0),
-            safety_config=setup.safety,
-            joint_dims=setup.joint_dims,
+            setup.safety,
+            LoopOptions(safe_pose=False, overrides={"max_observation_age": 1.0}),
         )
         summary = loop.run(duration=3.0, on_tick=lambda lp: measured.append(lp.adapter.read_state().position))
     finally:
-        source.close()
+        edge.close()
         setup.close()
         setup.adapter.disconnect()
     assert summary["counters"]["chunks_received"] > 0
@@ -137,5 +185,4 @@ def test_control_loop_runs_sim_arm_from_robot_yaml() -> None:
 )
 def test_every_robot_safety_block_parses_for_the_control_loop(name: str) -> None:
     cfg = load_robot(ROBOTS / name)
-    block = {k: v for k, v in cfg.safety.items() if k != "safe_pose"}
-    SafetyChain(cfg.joints, SafetyConfig.from_dict(block, cfg.joints), 1 / cfg.control_hz)
+    SafetyChain(cfg.joints, safety_config(cfg, cfg.spec()), 1 / cfg.control_hz)

@@ -23,11 +23,13 @@ def test_passes_check_robot(name: str) -> None:
     assert not [(r.name, r.detail) for r in results if not r.passed]
 
 
-def test_bimanual_follows_the_dual_arm_layout_and_renders_three_views() -> None:
+def test_bimanual_fills_both_arm_slots_and_renders_three_views() -> None:
     cfg = load_robot(ROBOTS / "sim_bimanual")
-    assert cfg.mapping.action_index == tuple(range(14))
+    assert [(a.slot, a.arm, a.gripper.joint) for a in cfg.mapping.arms] == [
+        ("left", "left", "left_gripper"),
+        ("right", "right", "right_gripper"),
+    ]
     assert cfg.joint_names[6] == "left_gripper" and cfg.joint_names[13] == "right_gripper"
-    np.testing.assert_array_equal(cfg.mapping.dof_mask, [1] * 14 + [0] * 6)
     robot = build_adapter(cfg)
     robot.connect()
     try:
@@ -93,10 +95,8 @@ def test_a_mobile_manipulator_composes_an_arm_and_a_base() -> None:
         "joints": base["joints"] + arm["joints"],
         "parts": arm["parts"] + base["parts"],
         "joint_limits": {**arm["joint_limits"], **base["joint_limits"]},
-        "model": {
-            **arm["model"],
-            "action_dims": {**arm["model"]["action_dims"], **base["model"]["action_dims"]},
-        },
+        # the arm in the checkpoint's left-arm slots, the base in velocity_decomposed
+        "model": {**arm["model"], "base": base["model"]["base"]},
     }
     cfg = parse_robot(raw, ROBOTS / "sim_arm" / "robot.yaml")  # relative paths resolve from sim_arm/
     robot = build_adapter(cfg)

@@ -26,6 +26,12 @@ def check_robot(
         0.25, "--speed", min=0.01, max=1.0, help="With --hardware: fraction of the velocity limits."
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the results here as JSON."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Also check that the model: block's slot mapping fits this checkpoint."
+    ),
+    mapping_only: bool = typer.Option(
+        False, "--mapping-only", help="With --checkpoint: only the slot-mapping check (no robot needed)."
+    ),
 ) -> None:
     """Run the adapter contract checks against a robot: the simulator by default, --hardware for real."""
     from rich.console import Console
@@ -39,6 +45,16 @@ def check_robot(
     except RobotConfigError as exc:
         console.print(f"[red]robot.yaml is invalid:[/red] {exc}")
         raise typer.Exit(2) from None
+    if mapping_only:
+        if checkpoint is None:
+            console.print("[red]--mapping-only needs --checkpoint[/red]")
+            raise typer.Exit(2)
+        result = _check_mapping(config, checkpoint)
+        console.print(
+            f"  {result.name:<13} {'[green]pass[/green]' if result.passed else '[red]FAIL[/red]'}  {result.detail}"
+        )
+        _report(console, config, [result], False, json_out)
+        return
     from wall_runtime.adapters.emulators import EMULATED_PART_TYPES, emulated
 
     if emulate and hardware:
@@ -67,6 +83,8 @@ def check_robot(
         if emulate:
             config, _ = stack.enter_context(emulated(config))
         results = _run(console, config, options, hardware, emulate)
+    if checkpoint is not None:
+        results.append(_check_mapping(config, checkpoint))
     _report(console, config, results, hardware, json_out)
 
 
@@ -100,6 +118,28 @@ def _run(console, config, options, hardware: bool, emulate: bool) -> list:
             show(kin)
             results.append(kin)
     return results
+
+
+def _check_mapping(config, checkpoint: Path):
+    """The handshake's fit check, offline: the model: block against the checkpoint's layout."""
+    from wall_runtime.action_space.edge import FitError
+    from wall_runtime.action_space.fit import describe_fit, fit_checkpoint
+    from wall_runtime.adapters.checks import CheckResult
+
+    try:
+        edge = fit_checkpoint(config, checkpoint)
+    except FitError as exc:
+        return CheckResult("slot_mapping", False, str(exc))
+    return CheckResult(
+        "slot_mapping",
+        True,
+        describe_fit(edge),
+        figures={
+            "action_dim": edge.actions.dim,
+            "state_dim": edge.state.dim,
+            "masked_action_dims": int((edge.dof_mask == 0).sum()),
+        },
+    )
 
 
 def _report(console, config, results: list, hardware: bool, json_out: Path | None) -> None:

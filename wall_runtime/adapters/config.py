@@ -12,19 +12,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
+from wall_runtime.action_space.ee_safety import EELimits, EELimitsError
+from wall_runtime.action_space.mapping import MappingError, SlotMapping, parse_slot_mapping
 from wall_runtime.control.limits import JointLimits, LimitsError, parse_joint_limits
 from wall_runtime.robot import JOINT_KINDS, UNITS_FOR_KIND, JointSpec, RobotSpec
 
-ACTION_TYPES = ("absolute_joints", "relative_joints", "ee_pose")
+ACTION_TYPES = ("absolute_joints", "relative_joints")
 _TOP_LEVEL = {
     "name": True,
     "description": False,
     "control_hz": True,
     "watchdog_timeout_s": False,
-    "action_type": True,
+    "action_type": False,
     "capabilities": False,
     "joints": True,
     "parts": True,
@@ -52,63 +53,6 @@ class PartConfig:
 
 
 @dataclass(frozen=True)
-class ModelMapping:
-    """How the robot's joints sit in the model's action and state vectors.
-
-    ``action_index[j]`` is the model action dim joint ``j`` drives and ``state_index[j]`` the
-    model state dim its measurement fills; dims no joint uses are masked out (``dof_mask`` 0)
-    and sent as zeros, as WALL-OSS pads smaller robots.
-    """
-
-    action_dim: int
-    state_dim: int
-    norm_key: str
-    action_index: tuple[int, ...]
-    state_index: tuple[int, ...]
-    action_type: str
-    velocity_joints: tuple[bool, ...]  # base joints: always absolute (they are velocities)
-    gripper_joints: tuple[bool, ...]  # grippers: absolute even in relative mode, as openpi does
-
-    @property
-    def dof_mask(self) -> np.ndarray:
-        mask = np.zeros(self.action_dim, dtype=np.float32)
-        mask[list(self.action_index)] = 1.0
-        return mask
-
-    @property
-    def state_mask(self) -> np.ndarray:
-        mask = np.zeros(self.state_dim, dtype=np.float32)
-        mask[list(self.state_index)] = 1.0
-        return mask
-
-    def state_vector(self, position: np.ndarray) -> np.ndarray:
-        """Measured joint positions (robot order) -> the model's state vector, zeros where unused."""
-        position = np.asarray(position, dtype=np.float64)
-        if position.shape != (len(self.state_index),):
-            raise ValueError(f"state has shape {position.shape}, expected ({len(self.state_index)},)")
-        out = np.zeros(self.state_dim, dtype=np.float32)
-        out[list(self.state_index)] = position
-        return out
-
-    def action_to_target(self, action: np.ndarray, current: np.ndarray) -> np.ndarray:
-        """One model action row (robot units) -> a joint target in robot order.
-
-        ``relative_joints`` adds the row to ``current`` (the measured position at the chunk's
-        start, as the model was trained) except for grippers and base velocities.
-        """
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (self.action_dim,):
-            raise ValueError(f"action has shape {action.shape}, expected ({self.action_dim},)")
-        target = action[list(self.action_index)].copy()
-        if self.action_type == "relative_joints":
-            delta = ~(np.array(self.velocity_joints) | np.array(self.gripper_joints))
-            target[delta] += np.asarray(current, dtype=np.float64)[delta]
-        elif self.action_type == "ee_pose":
-            raise NotImplementedError("ee_pose actions go through the adapter's inverse kinematics")
-        return target
-
-
-@dataclass(frozen=True)
 class RobotConfig:
     name: str
     path: Path
@@ -117,7 +61,7 @@ class RobotConfig:
     action_type: str
     joints: tuple[JointSpec, ...]
     parts: tuple[PartConfig, ...]
-    mapping: ModelMapping
+    mapping: SlotMapping  # the model: block (wall_runtime.action_space.mapping)
     # parsed by wall_runtime.control.safety; ``safe_pose`` (if any) normalised to a list in joint order
     safety: dict[str, Any] = field(default_factory=dict)
     cameras: dict[str, Any] = field(default_factory=dict)  # parsed by wall_runtime.cameras.config
@@ -127,9 +71,9 @@ class RobotConfig:
     description: str = ""
 
     @property
-    def joint_dims(self) -> tuple[int, ...]:
-        """The model action dim each joint (in robot order) is driven by."""
-        return self.mapping.action_index
+    def ee_limits(self) -> EELimits:
+        """``safety.ee``: the EE-space checks before inverse kinematics."""
+        return EELimits.from_dict(self.safety.get("ee"))
 
     @property
     def safe_pose(self) -> tuple[float, ...] | None:
@@ -241,12 +185,15 @@ def parse_robot(raw: Any, path: Path) -> RobotConfig:
     watchdog = _require_positive(doc.get("watchdog_timeout_s", 0.5), "watchdog_timeout_s")
     if watchdog < 1.0 / control_hz:
         raise _fail("watchdog_timeout_s", f"{watchdog} s is shorter than one control period")
-    action_type = doc["action_type"]
+    action_type = doc.get("action_type", "absolute_joints")
+    if action_type == "ee_pose":
+        raise _fail(
+            "action_type",
+            "gone: a checkpoint's own keys say whether it acts on EE poses; map the arms under "
+            "model.arms (docs/action-spaces.md)",
+        )
     if action_type not in ACTION_TYPES:
         raise _fail("action_type", f"{action_type!r} is not one of {', '.join(ACTION_TYPES)}")
-    if action_type == "ee_pose":
-        # Accepted by the schema so the field is reserved, refused until an adapter does IK.
-        raise _fail("action_type", "ee_pose is not supported by any adapter yet; use absolute_joints")
     caps = doc.get("capabilities", [])
     capabilities = frozenset(
         _require_str(c, f"capabilities[{i}]") for i, c in enumerate(_require_list(caps, "capabilities"))
@@ -263,13 +210,27 @@ def parse_robot(raw: Any, path: Path) -> RobotConfig:
     safety = dict(_require_mapping(doc.get("safety") or {}, "safety"))
     if "safe_pose" in safety:
         safety["safe_pose"] = list(_parse_safe_pose(safety["safe_pose"], joints))
-    _validate_safety({k: v for k, v in safety.items() if k != "safe_pose"}, joints)
+    if "watchdog_timeout" in safety:
+        raise _fail(
+            "safety.watchdog_timeout",
+            "the watchdog has one key: the top-level watchdog_timeout_s (every command reads it)",
+        )
+    try:
+        EELimits.from_dict(safety.get("ee"))
+    except EELimitsError as exc:
+        raise RobotConfigError(str(exc)) from None
+    _validate_safety({k: v for k, v in safety.items() if k != "ee"}, joints)
     cameras = _require_mapping(doc.get("cameras") or {}, "cameras")
     _validate_cameras(cameras)
     kinematics = doc.get("kinematics")
     if kinematics is not None:
         _validate_kinematics(kinematics, names)
-    mapping = _parse_model(doc["model"], joints, action_type)
+    try:
+        mapping = parse_slot_mapping(doc["model"], joints, relative_joints=action_type == "relative_joints")
+    except MappingError as exc:
+        raise RobotConfigError(str(exc)) from None
+    if kinematics is not None:
+        _check_model_arms(mapping, kinematics)
     return RobotConfig(
         name=name,
         path=path,
@@ -288,13 +249,16 @@ def parse_robot(raw: Any, path: Path) -> RobotConfig:
 
 
 def _validate_safety(safety: dict[str, Any], joints: tuple[JointSpec, ...]) -> None:
-    """The control loop's parser, run at load so a bad block fails here, naming its field."""
+    """The control loop's parser, run at load so a bad block fails here, naming its field: also a
+    block the chain could not satisfy (no room inside a margin, a safe pose it would not command)."""
     try:
-        from wall_runtime.control.safety import SafetyConfig
+        from wall_runtime.control.safety_config import SafetyConfig, check_safe_pose
     except ImportError:  # the control package is optional for loading a robot
         return
     try:
-        SafetyConfig.from_dict(safety, joints)
+        config = SafetyConfig.from_dict({k: v for k, v in safety.items() if k != "safe_pose"}, joints)
+        if "safe_pose" in safety:
+            check_safe_pose(config, joints, safety["safe_pose"])
     except ValueError as exc:
         raise RobotConfigError(str(exc)) from None
 
@@ -445,51 +409,24 @@ def _parse_parts(raw: Any, joint_names: list[str]) -> tuple[PartConfig, ...]:
     return tuple(parts)
 
 
-def _parse_model(raw: Any, joints: tuple[JointSpec, ...], action_type: str) -> ModelMapping:
-    doc = _require_mapping(raw, "model")
-    known = ("action_dim", "state_dim", "norm_key", "action_dims", "state_dims")
-    for key in doc:
-        if key not in known:
-            raise _fail(f"model.{key}", f"unknown field (known: {', '.join(known)})")
-    for key in ("action_dim", "state_dim", "norm_key", "action_dims"):
-        if key not in doc:
-            raise _fail(f"model.{key}", "missing (required)")
-    action_dim = _require_int(doc["action_dim"], "model.action_dim", 1, 4096)
-    state_dim = _require_int(doc["state_dim"], "model.state_dim", 1, 4096)
-    norm_key = _require_str(doc["norm_key"], "model.norm_key")
-
-    def indices(key: str, dim: int) -> tuple[int, ...]:
-        block = _require_mapping(doc[key], f"model.{key}")
-        names = [j.name for j in joints]
-        for jn in block:
-            if jn not in names:
-                raise _fail(f"model.{key}.{jn}", "names no joint in `joints`")
-        out: list[int] = []
-        used: dict[int, str] = {}
-        for jn in names:
-            if jn not in block:
-                raise _fail(f"model.{key}.{jn}", "missing: every joint needs its model dim")
-            idx = _require_int(block[jn], f"model.{key}.{jn}", 0, dim)
-            if idx in used:
-                raise _fail(f"model.{key}.{jn}", f"dim {idx} is already used by {used[idx]!r}")
-            used[idx] = jn
-            out.append(idx)
-        return tuple(out)
-
-    action_index = indices("action_dims", action_dim)
-    state_index = indices("state_dims", state_dim) if "state_dims" in doc else action_index
-    if "state_dims" not in doc and max(action_index) >= state_dim:
-        raise _fail("model.state_dims", "missing, and action_dims do not fit in state_dim")
-    return ModelMapping(
-        action_dim=action_dim,
-        state_dim=state_dim,
-        norm_key=norm_key,
-        action_index=action_index,
-        state_index=state_index,
-        action_type=action_type,
-        velocity_joints=tuple(j.is_velocity for j in joints),
-        gripper_joints=tuple(j.kind == "gripper" for j in joints),
-    )
+def _check_model_arms(mapping: SlotMapping, kinematics: Any) -> None:
+    """Every arm the model block names is an arm of the kinematics block (loaded later)."""
+    arms = set((kinematics or {}).keys()) if isinstance(kinematics, dict) else set()
+    direct = mapping.joints_used()
+    for slot in mapping.arms:
+        if slot.arm not in arms:
+            raise _fail(
+                f"model.arms.{slot.slot}.arm",
+                f"{slot.arm!r} is not an arm of the kinematics: block (it has {sorted(arms) or 'none'})",
+            )
+        block = kinematics[slot.arm]
+        chain = block.get("joints") or [] if isinstance(block, dict) else []
+        for joint in chain:
+            if joint in direct:
+                raise _fail(
+                    f"model.arms.{slot.slot}",
+                    f"joint {joint!r} of arm {slot.arm!r} also fills another slot of the model block",
+                )
 
 
 class Connection:
@@ -499,6 +436,11 @@ class Connection:
         self._block = dict(block)
         self._where = where
         self._used: set[str] = set()
+
+    @property
+    def where(self) -> str:
+        """The part's path in robot.yaml, for error messages."""
+        return self._where
 
     def _get(self, key: str, default: Any) -> Any:
         self._used.add(key)

@@ -14,6 +14,7 @@ from wall_runtime.adapters.config import Connection
 from wall_runtime.adapters.servo_bus import ServoBusArm
 from wall_runtime.robot import RobotLinkError, RobotSpec
 
+ADDR_HOMING_OFFSET = 20  # 4 bytes, signed; present = actual + homing offset
 ADDR_OPERATING_MODE = 11
 ADDR_TORQUE_ENABLE = 64
 ADDR_HARDWARE_ERROR = 70
@@ -116,6 +117,12 @@ class DynamixelArm(ServoBusArm):
                 f"{self.spec.name}: servo {self.joint_of(servo_id)} (id {servo_id}) did not answer torque enable"
             )
         return error
+
+    def _read_homing_offset(self, servo_id: int) -> int | None:
+        value, result, _ = self._ph.read4ByteTxRx(self._port, servo_id, ADDR_HOMING_OFFSET)
+        if result != self._sdk.COMM_SUCCESS:
+            raise RobotLinkError(f"{self.spec.name}: servo id {servo_id} did not answer a homing offset read")
+        return value - (1 << 32) if value & (1 << 31) else value
 
     def _configure(self) -> None:
         # Torque is off at this point (the servo refuses mode changes with torque on): a servo left

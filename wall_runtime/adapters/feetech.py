@@ -14,6 +14,7 @@ from wall_runtime.adapters.config import Connection
 from wall_runtime.adapters.servo_bus import ServoBusArm
 from wall_runtime.robot import RobotLinkError, RobotSpec
 
+ADDR_HOMING_OFFSET = 31  # 2 bytes, sign in bit 11; present = actual - homing offset
 ADDR_TORQUE_ENABLE = 40
 ADDR_GOAL_POSITION = 42
 ADDR_PRESENT_POSITION = 56  # 2 bytes position + 2 bytes speed
@@ -32,6 +33,7 @@ def _from_sign_magnitude(value: int, bit: int) -> int:
 
 class FeetechArm(ServoBusArm):
     packet_handler_arg = 0  # STS series: little-endian words
+    software_drive_mode = True  # LeRobot reverses a drive_mode 1 Feetech motor itself
 
     def __init__(self, spec: RobotSpec, connection: Connection, root: Path) -> None:
         super().__init__(spec, connection, root)
@@ -84,6 +86,12 @@ class FeetechArm(ServoBusArm):
                 f"{self.spec.name}: servo {self.joint_of(servo_id)} (id {servo_id}) did not answer torque enable"
             )
         return error
+
+    def _read_homing_offset(self, servo_id: int) -> int | None:
+        value, result, _ = self._ph.read2ByteTxRx(self._port, servo_id, ADDR_HOMING_OFFSET)
+        if result != self._sdk.COMM_SUCCESS:
+            raise RobotLinkError(f"{self.spec.name}: servo id {servo_id} did not answer a homing offset read")
+        return _from_sign_magnitude(value, 11)
 
     def describe_error(self, error: int) -> str:
         names = [name for bit, name in ERROR_BITS.items() if error & bit]

@@ -32,6 +32,23 @@ from wall_runtime.robot import RobotAdapter, RobotLinkError, RobotNotConnectedEr
 from wall_runtime.types import RobotState
 
 
+def connect_lerobot(robot: Any, calibrate: bool, retries: int, what: str) -> None:
+    """``robot.connect``, tried ``retries`` more times; a failed try is undone first (LeRobot
+    leaves the port open when its handshake fails, and refuses to connect twice)."""
+    for attempt in range(retries + 1):
+        try:
+            robot.connect(calibrate=calibrate)
+            return
+        except Exception as exc:  # LeRobot raises its own ConnectionError / RuntimeError types
+            bus = getattr(robot, "bus", None)
+            port = getattr(bus, "port_handler", None)
+            if port is not None and getattr(port, "is_open", False):
+                port.closePort()
+            if attempt == retries:
+                raise RobotLinkError(f"{what} did not connect: {exc}") from exc
+            time.sleep(0.05)
+
+
 class LeRobotBridge(RobotAdapter):
     def __init__(self, spec: RobotSpec, connection: Connection, root: Path, robot: Any = None) -> None:
         self.spec = spec
@@ -42,6 +59,8 @@ class LeRobotBridge(RobotAdapter):
         self.scale = connection.per_joint("scale", names, float, default={n: math.pi / 180 for n in names})
         self.offset = connection.per_joint("offset", names, float, default={n: 0.0 for n in names})
         self.calibrate = connection.bool("calibrate", False)
+        # a lost first packet on a freshly opened bus makes LeRobot's handshake fail: try again
+        self.retries = connection.int("retries", 1, 0, 10)
         self._scale = np.array([self.scale[n] for n in names])
         self._offset = np.array([self.offset[n] for n in names])
         if np.any(self._scale == 0):
@@ -67,19 +86,25 @@ class LeRobotBridge(RobotAdapter):
             raise ImportError(
                 "the LeRobot bridge needs lerobot: pip install 'wall-runtime[lerobot]'"
             ) from exc
+        import draccus
+
         config_cls = RobotConfig.get_choice_class(self.robot_type)
-        return make_robot_from_config(config_cls(**self.robot_config))
+        # draccus (LeRobot's config library) types the plain YAML values (paths, nested configs)
+        try:
+            config = draccus.decode(config_cls, self.robot_config)
+        except Exception as exc:
+            raise ValueError(
+                f"{self.spec.name}: connection.config for LeRobot {self.robot_type}: {exc}"
+            ) from None
+        return make_robot_from_config(config)
 
     def connect(self) -> None:
         if self._robot is None:
             self._robot = self._make_robot()
         if not self._robot.is_connected:
-            try:
-                self._robot.connect(calibrate=self.calibrate)
-            except Exception as exc:  # LeRobot raises its own ConnectionError / DeviceNotConnectedError types
-                raise RobotLinkError(
-                    f"{self.spec.name}: LeRobot {self.robot_type} did not connect: {exc}"
-                ) from exc
+            connect_lerobot(
+                self._robot, self.calibrate, self.retries, f"{self.spec.name}: LeRobot {self.robot_type}"
+            )
         self._connected = True
 
     def disconnect(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from wall_runtime.adapters.config import Connection
+from wall_runtime.adapters.config import Connection, RobotConfigError
 from wall_runtime.robot import (
     RobotAdapter,
     RobotFaultError,
@@ -44,6 +45,23 @@ def port_with_margin(base: type, margin_ms: float) -> type:
     return _Port
 
 
+def joint_calibration_file(robot: str) -> Path | None:
+    """``calibration/<robot>/joints.yaml`` (the root: ``$WALL_RUNTIME_CALIBRATION``, else
+    ``calibration`` in the working directory), if it exists."""
+    root = Path(os.environ.get("WALL_RUNTIME_CALIBRATION", "calibration"))
+    path = root / robot / "joints.yaml"
+    return path if path.is_file() else None
+
+
+def calibrated_offsets(path: Path, joints: tuple[str, ...] | list[str]) -> dict[str, float]:
+    """The servo ticks at each joint's zero from a ``calibrate joints`` result (joints of this part
+    only; a joint the file has no ticks for keeps robot.yaml's offset)."""
+    from wall_runtime.calibration.joints import JointCalibration
+
+    cal = JointCalibration.load(path)
+    return {j: cal.offset_ticks[j] for j in joints if j in cal.offset_ticks}
+
+
 class ServoBusArm(RobotAdapter):
     ticks_per_rev = 4096
     default_baudrate = 1_000_000
@@ -62,10 +80,38 @@ class ServoBusArm(RobotAdapter):
                 raise ValueError(f"connection.ids.{jn}: servo id {sid} is outside 0..252")
         if len(set(self.ids.values())) != len(self.ids):
             raise ValueError("connection.ids: two joints share a servo id")
-        self.offsets = connection.per_joint(
-            "offsets", names, int, default={n: self.ticks_per_rev // 2 for n in names}
-        )
-        self.directions = connection.per_joint("directions", names, int, default={n: 1 for n in names})
+        # An arm calibrated with lerobot-calibrate: its JSON gives the offsets (and Feetech's
+        # software direction) and the homing offsets the servos must hold (checked on connect).
+        self.lerobot_calibration: dict[str, Any] | None = None
+        lerobot_file = connection.raw("lerobot_calibration")
+        if lerobot_file is not None:
+            from wall_runtime.interop import lerobot_calibration
+
+            where = f"{connection.where}.connection"
+            for key in ("offsets", "directions"):
+                if connection.raw(key) is not None:
+                    raise RobotConfigError(
+                        f"{where}.{key}: give either {key} or lerobot_calibration, not both"
+                    )
+            path = Path(lerobot_file).expanduser()
+            path = path if path.is_absolute() else root / path
+            try:
+                offsets, directions, cal = lerobot_calibration.for_joints(
+                    path, self.ids, self.software_drive_mode
+                )
+            except ValueError as exc:
+                raise RobotConfigError(f"{where}.lerobot_calibration: {exc}") from None
+            self.offsets, self.directions, self.lerobot_calibration = offsets, directions, cal
+        else:
+            self.offsets = connection.per_joint(
+                "offsets", names, int, default={n: self.ticks_per_rev // 2 for n in names}
+            )
+            self.directions = connection.per_joint("directions", names, int, default={n: 1 for n in names})
+            # `calibrate joints` results for this robot replace robot.yaml's offsets
+            self.calibration_file = joint_calibration_file(spec.name.split(".")[0])
+            if self.calibration_file is not None:
+                self.offsets = {**self.offsets, **calibrated_offsets(self.calibration_file, names)}
+                log.info("%s: joint offsets from %s", spec.name, self.calibration_file)
         for jn, d in self.directions.items():
             if d not in (1, -1):
                 raise ValueError(f"connection.directions.{jn}: must be 1 or -1, got {d}")
@@ -91,6 +137,18 @@ class ServoBusArm(RobotAdapter):
         ticks = np.rint(self._offset + np.asarray(rad) / self._scale * self._dir)
         return np.clip(ticks, 0, self.ticks_per_rev - 1).astype(np.int64)
 
+    def ticks_at(self, rad: np.ndarray) -> dict[str, float]:
+        """The (unrounded) servo ticks at these joint positions: offsets in robot.yaml's units."""
+        ticks = self._offset + np.asarray(rad, dtype=np.float64) / self._scale * self._dir
+        return {n: float(t) for n, t in zip(self.spec.joint_names, ticks, strict=True)}
+
+    def torque_off(self) -> None:
+        """Every servo limp, so the arm can be moved by hand (calibration)."""
+        self._require()
+        with self._bus_lock:
+            for sid in self._id_list:
+                self._write_torque(sid, False)
+
     def joint_of(self, servo_id: int) -> str:
         return next(n for n, i in self.ids.items() if i == servo_id)
 
@@ -102,6 +160,29 @@ class ServoBusArm(RobotAdapter):
     _ph: Any = None
     #: what the SDK's PacketHandler is built with (protocol version or byte order)
     packet_handler_arg: float = 2.0
+    #: whether LeRobot reverses a ``drive_mode: 1`` motor in software (Feetech) rather than the
+    #: servo doing it through a register (Dynamixel)
+    software_drive_mode: bool = False
+
+    def _read_homing_offset(self, servo_id: int) -> int | None:
+        """The servo's Homing_Offset register (None where the family has none)."""
+        return None
+
+    def _check_homing(self) -> None:
+        """With a LeRobot calibration: each servo must hold the homing offset the file names, or
+        its positions are not the ones the file's range was measured in."""
+        if self.lerobot_calibration is None:
+            return
+        wrong = []
+        for joint, cal in self.lerobot_calibration.items():
+            held = self._read_homing_offset(cal.id)
+            if held is not None and held != cal.homing_offset:
+                wrong.append(f"{joint} (id {cal.id}) holds {held}, the file says {cal.homing_offset}")
+        if wrong:
+            raise RobotLinkError(
+                f"{self.spec.name}: homing offsets differ from the LeRobot calibration: {'; '.join(wrong)} "
+                "(calibrated with another file, or the servos were reset: run lerobot-calibrate again)"
+            )
 
     def _open(self) -> None:
         sdk = self._sdk
@@ -177,6 +258,7 @@ class ServoBusArm(RobotAdapter):
                     raise RobotLinkError(
                         f"{self.spec.name}: no answer on {self.port_name} from servo(s) {', '.join(missing)}"
                     )
+                self._check_homing()
                 self._connected = True
                 self._configure()
                 # Goal := present before torque on, so enabling torque never jumps the arm.

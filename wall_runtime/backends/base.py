@@ -28,6 +28,9 @@ class PolicyMetadata:
     num_steps: int
     cameras: tuple[str, ...]  # model view names the policy expects, in prompt order
     norm_keys: tuple[str, ...] = ()
+    # the checkpoint's layouts by key name (spec §11): the robot side maps its parts onto them
+    dof_config: dict[str, int] = field(default_factory=dict, hash=False)
+    agent_pos_config: dict[str, int] = field(default_factory=dict, hash=False)
     # view -> longest side of the reference's first (Pillow bicubic) resize; a client may do that
     # resize itself and send model-sized frames (the model input is the same, bit for bit)
     resolutions: dict[str, int] = field(default_factory=dict, hash=False)
@@ -36,6 +39,8 @@ class PolicyMetadata:
         d = asdict(self)
         d["cameras"] = list(self.cameras)
         d["norm_keys"] = list(self.norm_keys)
+        d["dof_config"] = dict(self.dof_config)
+        d["agent_pos_config"] = dict(self.agent_pos_config)
         d["resolutions"] = dict(self.resolutions)
         return d
 

@@ -53,16 +53,21 @@ class EchoPolicy(Policy):
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, **options: Any) -> EchoPolicy:
         """``path`` is ignored (there is no model); options size the chunk and set the delay."""
+        # a checkpoint layout by key name (dicts, from Python) makes the echo fit a robot's slots
+        dof = dict(options.pop("dof_config", None) or {})
+        pos = dict(options.pop("agent_pos_config", None) or {})
         meta = PolicyMetadata(
             model="echo",
             variant="none",
             backend="echo",
             action_horizon=int(options.pop("action_horizon", 32)),
-            action_dim=int(options.pop("action_dim", 20)),
-            state_dim=int(options.pop("state_dim", 20)),
+            action_dim=int(options.pop("action_dim", sum(dof.values()) or 20)),
+            state_dim=int(options.pop("state_dim", sum(pos.values()) or 20)),
             num_steps=int(options.pop("num_steps", 0)),
             cameras=tuple(options.pop("cameras", DEFAULT_CAMERAS)),
             norm_keys=tuple(options.pop("norm_keys", ())),
+            dof_config=dof,
+            agent_pos_config=pos,
         )
         return cls(meta, **options)
 

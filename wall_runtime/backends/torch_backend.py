@@ -49,6 +49,8 @@ class TorchPolicy(Policy):
             num_steps=model.settings.num_steps,
             cameras=tuple(cfg.data.cameras),
             norm_keys=tuple(model.normalizers.keys),
+            dof_config=dict(cfg.data.dof_config),
+            agent_pos_config=dict(cfg.data.agent_pos_config),
             resolutions={v: int(cfg.data.resolution[v]) for v in cfg.data.cameras},
         )
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None

@@ -6,7 +6,6 @@ Results go to ``calibration/<robot>/`` (``--root`` to change): ``intrinsics_<cam
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import cv2
@@ -213,34 +212,28 @@ def register(app: typer.Typer) -> None:
 
     @cal.command("joints")
     def joints(
-        adapter: str = typer.Option(..., "--adapter", help="module:callable returning a RobotAdapter."),
-        robot: str = typer.Option(..., "--robot"),
-        root: Path = typer.Option(Path("calibration"), "--root"),
+        robot: str = typer.Option(..., "--robot", help="robots/<NAME>/robot.yaml, or a robot.yaml path"),
+        root: Path = typer.Option(
+            Path("calibration"), "--root", help="results go to <root>/<robot>/joints.yaml"
+        ),
     ) -> None:
-        """Zero offsets and ranges of a servo arm (torque off, moved by hand)."""
+        """Zero offsets and ranges of a servo arm: torque off, the arm moved by hand; the servo ticks
+        at each joint's zero are written where the adapters load them (in place of robot.yaml's)."""
         from wall_runtime.calibration.intrinsics import CalibrationError
-        from wall_runtime.calibration.joints import calibrate_joints
-        from wall_runtime.calibration.results import result_path
+        from wall_runtime.calibration.joints import calibrate_robot
+        from wall_runtime.robot import RobotError
 
-        module, _, attr = adapter.partition(":")
         try:
-            factory = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError, ValueError) as e:
-            raise typer.BadParameter(f"--adapter {adapter!r}: cannot import ({e})") from e
-        arm = factory()
-        arm.connect()
-        try:
-            result = calibrate_joints(
-                arm, lambda prompt: typer.prompt(prompt, default="", show_default=False)
+            result, out = calibrate_robot(
+                robot, lambda prompt: typer.prompt(prompt, default="", show_default=False), root
             )
-        except CalibrationError as e:
+        except (CalibrationError, RobotError, ValueError) as e:
             raise _fail(e) from e
-        finally:
-            arm.disconnect()
-        out = result.save(result_path(robot, "joints.yaml", root))
         for i, name in enumerate(result.joints):
+            ticks = result.offset_ticks.get(name)
             console.print(
-                f"{name}: offset {result.zero_offset[i]:+.4f}  range [{result.range_min[i]:+.3f}, "
-                f"{result.range_max[i]:+.3f}]  zero spread {result.zero_std[i]:.4f}"
+                f"{name}: zero {result.zero_offset[i]:+.4f}"
+                + (f" (servo ticks {ticks:.1f})" if ticks is not None else "")
+                + f"  range [{result.range_min[i]:+.3f}, {result.range_max[i]:+.3f}]  zero spread {result.zero_std[i]:.4f}"
             )
         console.print(f"wrote {out}")

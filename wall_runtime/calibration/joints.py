@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,9 @@ class JointCalibration:
     range_min: np.ndarray  # calibrated (offset removed) extremes seen
     range_max: np.ndarray
     samples: int
+    # servo ticks at each joint's zero (what a bus-servo adapter takes as connection.offsets);
+    # empty for joints that are not on a servo bus
+    offset_ticks: dict[str, float] = field(default_factory=dict)
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         return np.asarray(raw, np.float64) - self.zero_offset
@@ -47,6 +50,11 @@ class JointCalibration:
                         "zero_std": float(self.zero_std[i]),
                         "min": float(self.range_min[i]),
                         "max": float(self.range_max[i]),
+                        **(
+                            {"offset_ticks": float(self.offset_ticks[name])}
+                            if name in self.offset_ticks
+                            else {}
+                        ),
                     }
                     for i, name in enumerate(self.joints)
                 },
@@ -62,7 +70,13 @@ class JointCalibration:
         if not isinstance(joints, dict) or not joints:
             raise results.CalibrationFileError(f"{path}: 'joints' must map joint names to offsets")
         cols: dict[str, list[float]] = {k: [] for k in ("zero_offset", "zero_std", "min", "max")}
+        ticks: dict[str, float] = {}
         for name, entry in joints.items():
+            t = entry.get("offset_ticks") if isinstance(entry, dict) else None
+            if t is not None:
+                if isinstance(t, bool) or not isinstance(t, int | float) or not np.isfinite(t):
+                    raise results.CalibrationFileError(f"{path}: joints.{name}.offset_ticks is not a number")
+                ticks[name] = float(t)
             for key, col in cols.items():
                 v = entry.get(key) if isinstance(entry, dict) else None
                 if not isinstance(v, int | float) or not np.isfinite(v):
@@ -76,6 +90,7 @@ class JointCalibration:
             range_min=np.array(cols["min"]),
             range_max=np.array(cols["max"]),
             samples=int(doc.get("samples", 0)),
+            offset_ticks=ticks,
         )
 
 
@@ -160,3 +175,58 @@ def calibrate_joints(
         range_max=hi - offset,
         samples=n,
     )
+
+
+def resolve_robot_yaml(robot: str | Path) -> Path:
+    """A robot.yaml path, or the name of a folder under the repository's ``robots/``."""
+    path = Path(robot)
+    if path.is_file():
+        return path
+    if path.is_dir() and (path / "robot.yaml").is_file():
+        return path / "robot.yaml"
+    named = Path(__file__).resolve().parents[2] / "robots" / str(robot) / "robot.yaml"
+    if named.is_file():
+        return named
+    raise CalibrationError(f"--robot {robot!r}: neither a robot.yaml nor a robot under robots/")
+
+
+def calibrate_robot(
+    robot: str | Path,
+    wait_for_operator: Callable[[str], None],
+    root: Path | str = results.DEFAULT_ROOT,
+    *,
+    hz: float = 100.0,
+    min_travel: float = 0.05,
+) -> tuple[JointCalibration, Path]:
+    """``calibrate joints --robot NAME``: the robot from its robot.yaml, every bus-servo part limp
+    (torque off, so the arm is moved by hand), the two-step flow, and the servo ticks at each
+    joint's zero written to ``<root>/<robot>/joints.yaml``, which the servo adapters load in place
+    of robot.yaml's ``offsets`` from then on. The servos stay limp afterwards."""
+    import dataclasses
+
+    from wall_runtime.adapters.config import load_robot
+    from wall_runtime.adapters.registry import build_adapter
+
+    config = load_robot(resolve_robot_yaml(robot))
+    adapter = build_adapter(config)
+    parts = [a for _, a in getattr(adapter, "parts", [(None, adapter)])]
+    limp = [a for a in parts if hasattr(a, "torque_off")]
+    if not limp:
+        raise CalibrationError(
+            f"{config.name}: no part whose torque can be turned off (Feetech / Dynamixel servos); "
+            "its joints cannot be moved by hand"
+        )
+    adapter.connect()
+    try:
+        for part in limp:
+            part.torque_off()
+        cal = calibrate_joints(adapter, wait_for_operator, hz=hz, min_travel=min_travel)
+        names = list(adapter.spec.joint_names)
+        ticks: dict[str, float] = {}
+        for part in limp:
+            idx = [names.index(j) for j in part.spec.joint_names]
+            ticks.update(part.ticks_at(cal.zero_offset[idx]))
+        cal = dataclasses.replace(cal, robot=config.name, offset_ticks=ticks)
+    finally:
+        adapter.disconnect()
+    return cal, cal.save(results.result_path(config.name, "joints.yaml", root))

@@ -1,6 +1,6 @@
 """``wall-runtime run``: drive a robot from a served policy through the control loop.
 
-The robot side (adapter, cameras → observations, joint mapping, ``safety:`` block) comes from
+The robot side (adapter, cameras, the model edge's slot mapping, ``safety:`` block) comes from
 ``robots/<name>/robot.yaml`` through :func:`load_control_setup`, and the policy side from the
 ZeroMQ client through :func:`connect_policy`. ``--dry-run`` runs the whole loop (safety,
 watchdog, e-stop sources, run log) against a first-order simulated arm and a simulated policy.
@@ -8,7 +8,6 @@ watchdog, e-stop sources, run log) against a first-order simulated arm and a sim
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import sys
@@ -16,23 +15,27 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from wall_runtime.action_space.source import EdgeSource
 from wall_runtime.control.dryrun import FirstOrderRobot, ThreadedPolicySource
 from wall_runtime.control.estop import EStop, KeySource, SignalSource, SocketSource, TriggerFileSource
 from wall_runtime.control.limits import parse_joint_limits
-from wall_runtime.control.loop import ChunkSource, ControlLoop, LoopConfig, ObservationProvider
-from wall_runtime.control.safety import FILTERS, SafetyConfig
-from wall_runtime.control.scheduler import SchedulerConfig
+from wall_runtime.control.loop import ChunkSource, LoopConfig, ObservationProvider
+from wall_runtime.control.safety import FILTERS, SafetyChain, SafetyConfig
 from wall_runtime.control.smoothing import SMOOTHERS
+from wall_runtime.e2e.assemble import LoopOptions, assemble_loop, loop_parts
 from wall_runtime.robot import JointSpec, RobotAdapter, RobotSpec
 from wall_runtime.transport.errors import TransportError
 from wall_runtime.types import Observation, RobotState
+
+if TYPE_CHECKING:
+    from wall_runtime.e2e.robot_side import RobotSide
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -43,45 +46,97 @@ class ControlSetup:
     """Everything the loop needs from the robot side."""
 
     adapter: RobotAdapter
-    observe: ObservationProvider
+    observe: ObservationProvider | None  # None: the policy link's edge builds observations
     safety: SafetyConfig
-    control_hz: float
-    joint_dims: Sequence[int] | None = None  # action dim driving each joint (None: the first dof dims)
     safe_pose: Sequence[float] | None = None
     close: Callable[[], None] = field(default=lambda: None)
-    side: Any = None  # the robot.yaml side (wall_runtime.e2e.robot_side.RobotSide); None in a dry run
+    side: RobotSide | None = None  # the robot.yaml side; None in a dry run
 
 
-def load_control_setup(robot_yaml: str | Path, instruction: str) -> ControlSetup:
-    """The robot side from ``robot.yaml``: adapter (connected), cameras (started), observations."""
+def load_control_setup(robot_yaml: str | Path, start: bool = True) -> ControlSetup:
+    """The robot side from ``robot.yaml``: adapter, cameras; with ``start``, the adapter connected
+    and the cameras started (released again if starting fails). Observations come with the policy
+    link (:func:`connect_policy`): the model edge builds their state vector."""
     from wall_runtime.e2e.robot_side import load_robot_side
 
     side = load_robot_side(robot_yaml)
-    side.start()
-    return ControlSetup(
+    setup = ControlSetup(
         adapter=side.adapter,
-        observe=side.observer(instruction),
+        observe=None,
         safety=side.safety,
-        control_hz=side.config.control_hz,
-        joint_dims=side.joint_dims,
         safe_pose=side.safe_pose,
         close=lambda: side.cameras.stop() if side.cameras is not None else None,
         side=side,
     )
+    if start:
+        start_setup(setup)
+    return setup
+
+
+def start_setup(setup: ControlSetup) -> None:
+    """Connect the robot and start its cameras; on any failure release what was started."""
+    try:
+        if setup.side is not None:
+            setup.side.start()
+        elif not (setup.adapter.is_connected or getattr(setup.adapter, "connected", False)):
+            setup.adapter.connect()
+    except BaseException:
+        release_setup(setup)
+        raise
+
+
+def release_setup(setup: ControlSetup) -> None:
+    """Stop the cameras and disconnect the robot, each whatever the other did (idempotent)."""
+    for what, step in (("cameras", setup.close), ("robot", setup.adapter.disconnect)):
+        try:
+            step()
+        except Exception as exc:  # release the rest; say what could not be released
+            log.error("could not release the %s: %s", what, exc)
 
 
 def connect_policy(
-    server: str, setup: ControlSetup, server_key: Path | None, client_key: Path | None
-) -> ChunkSource:
-    """A non-blocking chunk source on the ZeroMQ client, after the handshake with ``server``."""
+    server: str, setup: ControlSetup, instruction: str, server_key: Path | None, client_key: Path | None
+) -> EdgeSource:
+    """A non-blocking chunk source on the ZeroMQ client behind the model edge, after the handshake
+    with ``server`` (a policy whose layout does not fit the robot is refused here)."""
     from wall_runtime.e2e.session import open_policy_link
 
+    assert setup.side is not None
     link = open_policy_link(setup.side, server, server_key=server_key, client_key=client_key)
-    meta = link.client.metadata
+    meta = link.metadata
     console.print(
         f"policy: {meta.model} ({meta.backend}), horizon {meta.action_horizon}, {meta.num_steps} steps"
     )
-    return link
+    source = EdgeSource(link.edge, link.source)
+    setup.observe = setup.side.observer(instruction, source)
+    return source
+
+
+def _recorder(
+    folder: Path, setup: ControlSetup, source: Any, cfg: LoopConfig, task: str, robot_yaml: Path | None
+) -> Any:
+    """The loop's LeRobot v3 recorder: one frame per tick, a video per camera view (the shapes
+    announced to the policy server; a dry run has no cameras)."""
+    from wall_runtime.recording.lerobot_v3 import DatasetLayout, dataset_fps
+    from wall_runtime.recording.recorder import LeRobotRecorder, loop_settings
+
+    side = setup.side
+    # the policy link behind the model edge knows the shapes the cameras announced
+    client = getattr(getattr(source, "inner", source), "client", None)
+    cameras = dict(client.robot.cameras) if client is not None and side is not None else {}
+    layout = DatasetLayout(
+        fps=dataset_fps(cfg.control_hz),
+        joint_names=tuple(setup.adapter.spec.joint_names),
+        views={view: (int(shape[0]), int(shape[1])) for view, shape in cameras.items()},
+        robot_type=side.config.name if side is not None else setup.adapter.spec.name,
+    )
+    return LeRobotRecorder(
+        folder,
+        layout,
+        task,
+        meta=loop_settings(cfg, robot_yaml),
+        images=side.latest_images if side is not None and cameras else None,
+    )
 
 
 # -- the dry run: a simulated arm, gripper and base, and a simulated policy --------------------
@@ -105,7 +160,7 @@ def dry_run_setup(instruction: str, latency: float = 0.08) -> tuple[ControlSetup
     ]
     grip = parse_joint_limits("gripper", {"min_position": 0.0, "max_position": 0.08, "max_velocity": 0.2})
     joints += [JointSpec("gripper", "gripper", "m", grip), JointSpec("base_x", "base_linear", "m/s")]
-    spec = RobotSpec("dry_run", tuple(joints), DRY_HZ)
+    spec = RobotSpec("dry_run", tuple(joints), DRY_HZ, watchdog_timeout_s=0.25)
     safety = SafetyConfig.from_dict(
         {
             "max_step": 0.02,
@@ -135,7 +190,6 @@ def dry_run_setup(instruction: str, latency: float = 0.08) -> tuple[ControlSetup
         adapter=robot,
         observe=observe,
         safety=safety,
-        control_hz=DRY_HZ,
         safe_pose=[0.0, 0.0, 0.0, 0.04, 0.0],
         close=source.close,
     )
@@ -164,6 +218,13 @@ def _print_summary(summary: dict[str, Any]) -> None:
     latency = summary["latency_p95_s"]
     table.add_row("latency p95", "n/a" if latency is None else f"{latency * 1e3:.0f} ms")
     table.add_row("safety interventions", str(summary["interventions"] or "none"))
+    if "model_edge" in summary:
+        edge = summary["model_edge"]
+        table.add_row(
+            "EE edge drops / caps",
+            f"{edge['interventions'] or 'none'}; orientation residual max "
+            f"{edge['orientation_residual_max_rad']:.3g} rad",
+        )
     table.add_row("watchdog holds / e-stops", f"{summary['watchdog_trips']} / {summary['estop_triggers']}")
     seams = summary["seams"]
     if seams.get("seams"):
@@ -203,10 +264,20 @@ def register(app: typer.Typer) -> None:
         metrics_http: str | None = typer.Option(
             None, help="serve the robot side's Prometheus metrics on HOST:PORT (/metrics)"
         ),
+        record: Path | None = typer.Option(
+            None, help="record the run as the next episode of this LeRobot v3 dataset folder"
+        ),
     ) -> None:
         """Run a robot from a served policy: chunk scheduling, smoothing, safety, watchdog, e-stop."""
         if smoother not in SMOOTHERS:
             raise typer.BadParameter(f"unknown smoother {smoother!r} (known: {', '.join(SMOOTHERS)})")
+        for name in unsafe_disable_filter:
+            if name not in FILTERS or name == "finite":
+                raise typer.BadParameter(
+                    f"--unsafe-disable-filter {name!r}: not a filter that can be disabled"
+                )
+        if not dry_run and (robot is None or server is None):
+            raise typer.BadParameter("--robot and --server are required (or --dry-run)")
         metrics_address = None
         if metrics_http is not None:
             from wall_runtime.e2e.robot_metrics import parse_host_port
@@ -215,94 +286,111 @@ def register(app: typer.Typer) -> None:
                 metrics_address = parse_host_port(metrics_http)
             except ValueError as exc:
                 raise typer.BadParameter(str(exc)) from None
-        source: ChunkSource
-        try:
-            if dry_run:
-                setup, source = dry_run_setup(instruction or "dry run")
-            else:
-                if robot is None or server is None:
-                    raise typer.BadParameter("--robot and --server are required (or --dry-run)")
-                setup = load_control_setup(robot, instruction)
-                try:
-                    source = connect_policy(server, setup, server_key, client_key)
-                except BaseException:
-                    # the robot is connected and its cameras run: release them before leaving
-                    setup.close()
-                    setup.adapter.disconnect()
-                    raise
-        except (OSError, ValueError, RuntimeError, TransportError) as exc:  # bad robot.yaml, no server
-            console.print(f"[red]cannot run:[/] {exc}")
-            raise typer.Exit(2) from None
-
-        safety = setup.safety
-        for name in unsafe_disable_filter:
-            if name not in FILTERS or name == "finite":
-                raise typer.BadParameter(
-                    f"--unsafe-disable-filter {name!r}: not a filter that can be disabled"
-                )
-            console.print(f"[bold red]WARNING: safety filter {name!r} is DISABLED for this run[/]")
-        if unsafe_disable_filter:
-            safety = dataclasses.replace(safety, disabled=safety.disabled | set(unsafe_disable_filter))
-
-        stop = EStop()
-        stop.add(SignalSource())
-        stop.add(TriggerFileSource(estop_file))
-        if estop_socket is not None:
-            stop.add(SocketSource(estop_socket))
-        if keys and sys.stdin.isatty():
-            stop.add(KeySource())
         if estop_file.exists():
             console.print(f"[red]e-stop file {estop_file} exists: remove it before running[/]")
-            stop.close()
             raise typer.Exit(2)
-
-        cfg = LoopConfig(
-            control_hz=setup.control_hz,
-            smoother=smoother,
-            scheduler=SchedulerConfig(),
-            watchdog_timeout=safety.watchdog_timeout,
-            safe_pose=setup.safe_pose if safe_pose else None,
+        options = LoopOptions(
+            smoother=smoother, safe_pose=safe_pose, disabled_filters=frozenset(unsafe_disable_filter)
         )
-        adapter = setup.adapter
-        if not getattr(adapter, "connected", False):
-            adapter.connect()
-        loop = ControlLoop(
-            adapter, source, setup.observe, cfg, safety, joint_dims=setup.joint_dims, estop=stop
-        )
-        console.print(
-            f"running {adapter.spec.name} at {cfg.control_hz:.0f} Hz ({smoother}); "
-            f"e-stop: Ctrl-C, `touch {estop_file}`"
-            + (", space" if keys and sys.stdin.isatty() else "")
-            + (f", 'estop' to {estop_socket}" if estop_socket else "")
-            + "; a second Ctrl-C exits"
-        )
+        # everything that can be checked is checked before anything is connected; from the first
+        # connection on, every exit path releases the robot, the cameras and the policy link
+        source: ChunkSource | None = None
+        setup: ControlSetup | None = None
+        recorder = None
         metrics_server = None
-        if metrics_address is not None:
-            from wall_runtime.e2e.robot_metrics import RobotMetricsServer
-
-            metrics_server = RobotMetricsServer(loop, adapter.spec.name, *metrics_address)
-            console.print(f"metrics: http://{metrics_address[0]}:{metrics_server.port}/metrics")
-        started = time.monotonic()
-
-        def no_chunk_in_time() -> bool:
-            return loop.counters["chunks_received"] == 0 and time.monotonic() - started > first_chunk_timeout
-
+        stop = EStop()
         try:
-            summary = loop.run(
-                duration=duration if duration is not None else math.inf, should_stop=no_chunk_in_time
+            try:
+                if dry_run:
+                    setup, source = dry_run_setup(instruction or "dry run")
+                else:
+                    assert robot is not None and server is not None
+                    setup = load_control_setup(robot, start=False)
+                # the loop's settings and the chain's own checks (room inside every margin), before
+                # connecting anything; assemble_loop below builds the loop from the same parts
+                cfg, safety = loop_parts(setup.adapter.spec, setup.safety, options, setup.safe_pose)
+                SafetyChain(setup.adapter.spec.joints, safety, 1.0 / cfg.control_hz)
+                start_setup(setup)  # connects the robot once (never a bus opened twice)
+                if source is None:
+                    assert server is not None
+                    source = connect_policy(server, setup, instruction, server_key, client_key)
+                if record is not None:
+                    recorder = _recorder(record, setup, source, cfg, instruction or "dry run", robot)
+                assert setup.observe is not None
+                loop = assemble_loop(
+                    setup.adapter,
+                    source,
+                    setup.observe,
+                    setup.safety,
+                    options,
+                    safe_pose=setup.safe_pose,
+                    estop=stop,
+                    recorder=recorder,
+                )
+            except (OSError, ValueError, RuntimeError, TransportError) as exc:  # bad robot.yaml, no server
+                console.print(f"[red]cannot run:[/] {exc}")
+                raise typer.Exit(2) from None
+            for name in unsafe_disable_filter:
+                console.print(f"[bold red]WARNING: safety filter {name!r} is DISABLED for this run[/]")
+            stop.add(SignalSource())
+            stop.add(TriggerFileSource(estop_file))
+            if estop_socket is not None:
+                stop.add(SocketSource(estop_socket))
+            if keys and sys.stdin.isatty():
+                stop.add(KeySource())
+            console.print(
+                f"running {setup.adapter.spec.name} at {cfg.control_hz:.0f} Hz ({smoother}); "
+                f"e-stop: Ctrl-C, `touch {estop_file}`"
+                + (", space" if keys and sys.stdin.isatty() else "")
+                + (f", 'estop' to {estop_socket}" if estop_socket else "")
+                + "; a second Ctrl-C exits"
             )
-        except KeyboardInterrupt:
-            summary = loop.summary()
+            if metrics_address is not None:
+                from wall_runtime.e2e.robot_metrics import RobotMetricsServer
+
+                metrics_server = RobotMetricsServer(loop, setup.adapter.spec.name, *metrics_address)
+                console.print(f"metrics: http://{metrics_address[0]}:{metrics_server.port}/metrics")
+            started = time.monotonic()
+
+            def no_chunk_in_time() -> bool:
+                return (
+                    loop.counters["chunks_received"] == 0 and time.monotonic() - started > first_chunk_timeout
+                )
+
+            try:
+                summary = loop.run(
+                    duration=duration if duration is not None else math.inf, should_stop=no_chunk_in_time
+                )
+            except KeyboardInterrupt:
+                summary = loop.summary()
+            except BaseException:
+                if recorder is not None:  # keep what was recorded up to the failure
+                    try:
+                        recorder.close({"command": "run", "aborted": True})
+                    except Exception as exc:
+                        console.print(f"[red]recording not saved:[/] {exc}")
+                    recorder = None
+                raise
         finally:
             if metrics_server is not None:
                 metrics_server.close()
             stop.close()
-            setup.close()
             close_source = getattr(source, "close", None)
-            if close_source is not None and not dry_run:
-                close_source()
-            adapter.disconnect()
+            if close_source is not None:
+                try:
+                    close_source()  # the edge's thread, then the policy link
+                except Exception as exc:
+                    log.error("could not close the policy link: %s", exc)
+            if setup is not None:
+                release_setup(setup)
+        if isinstance(source, EdgeSource):
+            summary["model_edge"] = {
+                "interventions": source.interventions,
+                "orientation_residual_max_rad": source.edge.orientation_residual,
+            }
         _print_summary(summary)
+        if recorder is not None:
+            console.print(f"recorded: {recorder.close({'summary': summary, 'command': 'run'})}")
         if log_json is not None:
             from wall_runtime.control.report import write_summary
 

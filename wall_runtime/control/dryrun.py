@@ -46,6 +46,10 @@ class FirstOrderRobot(RobotAdapter):
         self.commands: list[tuple[float, np.ndarray]] = []
         self.holds: list[float] = []
 
+    @property
+    def is_connected(self) -> bool:
+        return self.connected
+
     def connect(self) -> None:
         self._position = self._initial.copy()
         self._target = self._initial.copy()

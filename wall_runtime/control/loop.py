@@ -9,6 +9,10 @@ arrived or ``None``), and observations from a callable that returns the latest c
 ``None`` — both must not block; a slow camera or a dead server shows as a missing target, which is
 the watchdog's business, never as a late tick.
 
+Chunks arrive in the robot's joint order and units: the model edge (``wall_runtime.action_space``)
+converts the checkpoint's layout before the loop sees it, so the scheduler, smoothers, seam metrics
+and the safety chain all speak the robot's joints.
+
 Deadlines are ``t0 + k * period`` on ``time.monotonic``, so the rate does not drift; a tick that
 overruns skips the deadlines it missed (counted) rather than bunching ticks to catch up.
 """
@@ -30,6 +34,7 @@ from wall_runtime.control.scheduler import ChunkScheduler, SchedulerConfig, Spli
 from wall_runtime.control.seams import SeamRecord, seam_metrics, summarize
 from wall_runtime.control.smoothing import make_smoother
 from wall_runtime.control.watchdog import Watchdog
+from wall_runtime.recording.subscriber import LoopRecorder, TickRecord
 from wall_runtime.robot import RobotAdapter
 from wall_runtime.types import ActionChunk, Observation, RobotState
 
@@ -125,12 +130,14 @@ class ControlLoop:
         observe: ObservationProvider,
         config: LoopConfig,
         safety_config: SafetyConfig | None = None,
-        joint_dims: Sequence[int] | None = None,
         estop: EStop | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        recorder: LoopRecorder | None = None,
     ) -> None:
         self.adapter = adapter
+        # told about every chunk, request and tick (e.g. a LeRobot dataset being written)
+        self.recorder = recorder
         self.spec = adapter.spec
         self.source = source
         self.observe = observe
@@ -147,14 +154,11 @@ class ControlLoop:
             log.warning(
                 "safety.workspace is set but %s has no forward kinematics: box not enforced", self.spec.name
             )
-        self.joint_dims = (
-            np.arange(self.spec.dof) if joint_dims is None else np.asarray(joint_dims, dtype=int)
-        )
-        if self.joint_dims.shape != (self.spec.dof,):
-            raise ValueError(f"joint_dims must name one action dim per joint ({self.spec.dof})")
         self.scheduler = ChunkScheduler(
             make_smoother(config.smoother, **config.smoother_options), config.scheduler
         )
+        self.scheduler.set_control_period(self.period)
+        self.scheduler.min_action_dim = self.spec.dof
         self._joint_step = joint_step_limits(self.spec.joints, self.safety_config, self.period)
         self.watchdog = Watchdog(config.watchdog_timeout)
         self.estop = estop if estop is not None else EStop()
@@ -190,38 +194,28 @@ class ControlLoop:
         self.safety.reset(None)
 
     def _anchor(self, chunk: ActionChunk, state: RobotState, now: float) -> None:
-        """Start the plan from where the robot is: the chunk's value for now, with the driven dims
-        replaced by the last command (or the measured state), so the first splice cannot jump."""
-        actions = np.asarray(chunk.actions, dtype=np.float64)
-        if actions.ndim != 2 or not np.all(np.isfinite(actions)) or not chunk.dt > 0:
+        """Start the plan from where the robot is: the last command (or the measured state; base
+        velocities at rest), so the first splice cannot jump. Chunks arrive in the robot's joints
+        (the model edge converted them), so every dim here is a joint."""
+        if self.scheduler.check(chunk, now) is not None:
             return  # the scheduler rejects it and says why
-        i = int(np.clip(round((now - chunk.stamp) / chunk.dt), 0, len(actions) - 1))
-        anchor = actions[i].copy()
-        if self.joint_dims.max() >= anchor.size:
-            return
         last = self.safety.last_command
         joints = last if last is not None else np.asarray(state.position, dtype=np.float64)
         is_base = np.array([j.kind in BASE_KINDS for j in self.spec.joints])
-        anchor[self.joint_dims] = np.where(is_base & (last is None), 0.0, joints)
-        self._set_scheduler_limits(anchor.size)
+        anchor = np.where(is_base & (last is None), 0.0, joints)
+        self._set_scheduler_limits()
         self.scheduler.anchor(anchor, now - self.period)
 
-    def _set_scheduler_limits(self, action_dim: int) -> None:
-        """The joint limits, per action dim, for the scheduler's splice blend and guard."""
-
-        def spread(per_joint: np.ndarray) -> np.ndarray:
-            out = np.full(action_dim, math.inf)
-            out[self.joint_dims] = per_joint
-            return out
-
+    def _set_scheduler_limits(self) -> None:
+        """The joint limits for the scheduler's splice blend and guard."""
         chain = self.safety
         # a base velocity joint's "position" is a velocity: its blend speed is the base acceleration
         velocity = np.where(chain.is_base, chain.base_acc, self._joint_step / self.period)
         self.scheduler.set_limits(
-            max_step=spread(self._joint_step),
-            velocity=spread(velocity),
-            acceleration=spread(np.where(chain.is_base, math.inf, chain.max_acc)),
-            jerk=spread(np.where(chain.is_base, math.inf, chain.max_jerk)),
+            max_step=self._joint_step,
+            velocity=velocity,
+            acceleration=np.where(chain.is_base, math.inf, chain.max_acc),
+            jerk=np.where(chain.is_base, math.inf, chain.max_jerk),
         )
 
     def tick(self, now: float) -> None:
@@ -236,10 +230,14 @@ class ControlLoop:
                 break
             chunks.append(chunk)
         self.counters["chunks_received"] += len(chunks)
+        if self.recorder is not None:
+            for chunk in chunks:
+                self.recorder.on_chunk(self._tick, chunk)
 
         target_joints = self._nan_row
         commanded = self._nan_row
         status = "ok"
+        intervened: tuple[str, ...] = ()
         if self.estop.engaged:
             status = "estop"
             self.counters["chunks_discarded_estop"] += len(chunks)
@@ -263,15 +261,16 @@ class ControlLoop:
                     self.log.splices.append((self._tick - 1, event))
             target = self.scheduler.target(now)
             if target is not None:
-                target_joints = target[self.joint_dims]
-                # after an overrun the command follows a longer interval than one period
+                target_joints = target
+                # after idle ticks or an overrun the chain starts again at rest (SafetyChain.filter)
                 elapsed = now - self._last_command_time
-                late = elapsed > 1.5 * self.period and elapsed < 10 * self.period
-                commanded = self.safety.filter(target_joints, state, dt=elapsed if late else None)
+                gap = math.isfinite(elapsed) and elapsed > 1.5 * self.period
+                commanded = self.safety.filter(target_joints, state, dt=elapsed if gap else None)
                 self._last_command_time = now
                 self.adapter.command(commanded)
                 row = self._tick - 1
                 self.log.interventions.extend((row, e) for e in self.safety.last_tick_interventions)
+                intervened = tuple(e.filter for e in self.safety.last_tick_interventions)
                 self.watchdog.feed(now)
                 self._held = False
             else:
@@ -289,6 +288,18 @@ class ControlLoop:
             self.log.commanded.append(np.array(commanded, dtype=np.float64))
             self.log.measured.append(np.asarray(state.position, dtype=np.float64).copy())
             self.log.status.append(status)
+        if self.recorder is not None:
+            self.recorder.on_tick(
+                TickRecord(
+                    self._tick,
+                    now,
+                    np.asarray(state.position, dtype=np.float64),
+                    np.asarray(target_joints, dtype=np.float64),
+                    np.asarray(commanded, dtype=np.float64),
+                    status,
+                    intervened,
+                )
+            )
 
     def _maybe_request(self, state: RobotState, now: float) -> None:
         if not self.scheduler.should_request(now):
@@ -312,6 +323,8 @@ class ControlLoop:
             return
         self.counters["requests"] += 1
         self.scheduler.note_request(obs.stamp, now)
+        if self.recorder is not None:
+            self.recorder.on_request(self._tick, obs)
 
     # -- the loop -----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -43,6 +44,11 @@ class SchedulerConfig:
     blend_acceleration: np.ndarray | float | None = None
     blend_jerk: np.ndarray | float | None = None
     blend_margin: float = 1.5  # the new plan's own motion shares the limits with the blend
+    # a chunk's timing is not trusted: its dt must be at least this (default: a tenth of the
+    # control period, where the loop has set one) and all of it must fit in max_chunk_s, so a
+    # chunk can never pin the plan (dt = 1e9 s would be followed forever, nothing requested again)
+    min_action_dt_s: float | None = None
+    max_chunk_s: float = 10.0
 
 
 @dataclass
@@ -83,6 +89,12 @@ class ChunkScheduler:
         # running splice blends: (from, offset, velocity difference, duration)
         self._blends: list[tuple[float, np.ndarray, np.ndarray, float]] = []
         self._last_velocity: np.ndarray | float = 0.0
+        self.control_period: float | None = None  # set by the control loop
+        self.min_action_dim: int | None = None  # the loop's joints need this many action dims
+
+    def set_control_period(self, period: float) -> None:
+        """The loop's period: the default lower bound on a chunk's dt is a tenth of it."""
+        self.control_period = period
 
     # -- chunks -------------------------------------------------------------------------------
 
@@ -90,33 +102,48 @@ class ChunkScheduler:
         self.rejected[reason] += 1
         log.warning("chunk seq=%s rejected (%s): %s", chunk.seq, reason, detail)
 
+    def check(self, chunk: ActionChunk, now: float) -> tuple[str, str] | None:
+        """Why ``chunk`` would be rejected now, as (reason, detail); ``None`` if it is usable."""
+        actions = np.asarray(chunk.actions)
+        if actions.ndim != 2 or actions.shape[0] < 1 or actions.shape[1] < 1:
+            return "malformed", f"actions must be [H >= 1, D >= 1], got shape {actions.shape}"
+        if self.action_dim is not None and actions.shape[1] != self.action_dim:
+            return "malformed", f"action dim {actions.shape[1]} != {self.action_dim}"
+        if self.min_action_dim is not None and actions.shape[1] < self.min_action_dim:
+            return "malformed", f"action dim {actions.shape[1]} < {self.min_action_dim}, what the joints need"
+        dt = chunk.dt
+        if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not (math.isfinite(dt) and dt > 0):
+            return "bad_dt", f"dt must be a positive number of seconds, got {dt!r}"
+        min_dt = self.config.min_action_dt_s
+        if min_dt is None and self.control_period is not None:
+            min_dt = self.control_period / 10
+        if min_dt is not None and dt < min_dt:
+            return "bad_dt", f"dt {dt!r} s is below {min_dt:.3g} s (a tenth of the control period)"
+        if actions.shape[0] * dt > self.config.max_chunk_s:
+            return "bad_dt", (
+                f"{actions.shape[0]} actions at dt {dt!r} s last longer than max_chunk_s "
+                f"({self.config.max_chunk_s:g} s)"
+            )
+        if not isinstance(chunk.stamp, numbers.Real) or not math.isfinite(chunk.stamp) or chunk.stamp > now:
+            return "malformed", f"stamp {chunk.stamp!r} is not a past robot-clock time"
+        if not np.all(np.isfinite(actions)):
+            return "non_finite", "actions contain NaN or inf"
+        if (self._last_seq is not None and chunk.seq <= self._last_seq) or chunk.stamp < self._last_stamp:
+            return "out_of_order", f"older than the chunk in use (seq {self._last_seq})"
+        if chunk.stamp + (actions.shape[0] - 1) * dt <= now:
+            return "stale", f"all {actions.shape[0]} actions are in the past"
+        return None
+
     def accept(self, chunk: ActionChunk, now: float) -> SpliceEvent | None:
         """Take a chunk in; returns the splice, or ``None`` when the chunk was rejected (counted)."""
         self._in_flight = [r for r in self._in_flight if r.stamp != chunk.stamp]
+        problem = self.check(chunk, now)
+        if problem is not None:
+            self._reject(problem[0], chunk, problem[1])
+            return None
         actions = np.asarray(chunk.actions)
-        if actions.ndim != 2 or actions.shape[0] < 1:
-            self._reject("malformed", chunk, f"actions must be [H, D], got shape {actions.shape}")
-            return None
-        if self.action_dim is not None and actions.shape[1] != self.action_dim:
-            self._reject("malformed", chunk, f"action dim {actions.shape[1]} != {self.action_dim}")
-            return None
-        if not (math.isfinite(chunk.dt) and chunk.dt > 0):
-            self._reject("malformed", chunk, f"dt must be a positive number of seconds, got {chunk.dt!r}")
-            return None
-        if not math.isfinite(chunk.stamp) or chunk.stamp > now:
-            self._reject("malformed", chunk, f"stamp {chunk.stamp!r} is not a past robot-clock time")
-            return None
-        if not np.all(np.isfinite(actions)):
-            self._reject("non_finite", chunk, "actions contain NaN or inf")
-            return None
-        if (self._last_seq is not None and chunk.seq <= self._last_seq) or chunk.stamp < self._last_stamp:
-            self._reject("out_of_order", chunk, f"older than the chunk in use (seq {self._last_seq})")
-            return None
         times = chunk.stamp + np.arange(actions.shape[0]) * chunk.dt
         future = np.flatnonzero(times > now)
-        if future.size == 0:
-            self._reject("stale", chunk, f"all {actions.shape[0]} actions are in the past")
-            return None
         k = int(future[0])
         latency = now - chunk.stamp
         self.latency.add(latency)

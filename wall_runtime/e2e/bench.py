@@ -136,9 +136,7 @@ def run_config(config: BenchConfig, seconds: float, variant: str = "flow") -> di
         endpoint = stack.enter_context(policy_server_process(checkpoint, config.backend, options))
         side.start()
         stack.callback(side.close)
-        session = Session(
-            side, endpoint, SessionOptions(instruction="benchmark", record=False, safe_pose=False)
-        )
+        session = Session(side, endpoint, SessionOptions(instruction="benchmark", safe_pose=False))
         stack.callback(session.close)
         timed = _Timed(session)
         summary = session.run(seconds)

@@ -98,7 +98,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("replay")
     def replay(
-        episode: Path = typer.Argument(..., help="an episode folder (a report's episode/)"),
+        episode: Path = typer.Argument(
+            ..., help="a recorded dataset (a report's dataset/) or a legacy npz folder"
+        ),
+        index: int | None = typer.Option(
+            None, "--episode", help="which episode of the dataset (default: the last)"
+        ),
         robot: Path | None = typer.Option(None, help="robot.yaml, if not the one the recording names"),
         drive: bool = typer.Option(
             False, help="drive the robot (its adapter) with the recorded chunks in real time"
@@ -112,9 +117,17 @@ def register(app: typer.Typer) -> None:
         from wall_runtime.e2e.recording import Episode
         from wall_runtime.e2e.replay import replay_dry
 
-        ep = Episode.load(episode)
+        try:
+            ep = Episode.load(episode, index)
+        except (OSError, ValueError, KeyError) as exc:  # not a recording, no such episode, malformed
+            console.print(f"[red]cannot replay:[/] {exc}")
+            raise typer.Exit(2) from None
         if not drive:
-            result = replay_dry(ep, robot)
+            try:
+                result = replay_dry(ep, robot)
+            except (OSError, ValueError) as exc:  # robot.yaml gone, chunks not in joints
+                console.print(f"[red]cannot replay:[/] {exc}")
+                raise typer.Exit(2) from None
             record = {
                 "ticks": result.ticks,
                 "chunks": result.chunks,
@@ -137,13 +150,32 @@ def register(app: typer.Typer) -> None:
             return
         from wall_runtime.e2e.replay import drive_with_recording
 
-        summary = drive_with_recording(ep, robot)
+        try:
+            summary = drive_with_recording(ep, robot)
+        except (OSError, ValueError) as exc:
+            console.print(f"[red]cannot replay:[/] {exc}")
+            raise typer.Exit(2) from None
         console.print(
             f"drove {summary['robot']} for {summary['counters']['ticks']} ticks; "
             f"interventions {sum(summary['interventions'].values())}"
         )
         if json_out:
             json_out.write_text(json.dumps(summary, indent=2, default=str))
+
+    @app.command("convert-recording")
+    def convert_recording(
+        episode: Path = typer.Argument(..., help="a legacy npz recording folder (meta.json, ticks.npz, ...)"),
+        dataset: Path = typer.Argument(..., help="the LeRobot v3 dataset folder to add it to (made if new)"),
+    ) -> None:
+        """Turn a legacy npz episode recording into an episode of a LeRobot v3 dataset."""
+        from wall_runtime.recording.convert import convert_npz_episode
+
+        try:
+            index = convert_npz_episode(episode, dataset)
+        except (OSError, ValueError, KeyError) as exc:
+            console.print(f"[red]cannot convert:[/] {exc}")
+            raise typer.Exit(2) from None
+        console.print(f"{episode} -> {dataset} (episode {index})")
 
     @app.command("bench")
     def bench(

@@ -55,7 +55,7 @@ class DemoOptions:
     instruction: str = "pick up the red cube and place it in the bowl"
     smoother: str = "crossfade"
     report: Path | None = None
-    record_images: bool = True
+    record: bool = True  # the run as a LeRobot v3 dataset episode, in <report>/dataset
     live: bool = True
     metrics_http: tuple[str, int] | None = None  # serve the robot side's Prometheus metrics here
 
@@ -79,6 +79,7 @@ def _status_table(loop: ControlLoop, session: Session, started: float) -> Table:
         "policy_prefix",
         "policy_denoise",
         "capture_to_chunk",
+        "model_edge",
     ):
         if stage in stages:
             s = stages[stage]
@@ -194,13 +195,14 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
         estop = EStop()
         estop.add(SignalSource())
         stack.callback(estop.close)
+        report = options.report or default_report_dir("demo")
         session = Session(
             side,
             endpoint,
             SessionOptions(
                 instruction=options.instruction,
                 smoother=options.smoother,
-                record_images=options.record_images,
+                record_to=Path(report) / "dataset" if options.record else None,
             ),
             estop=estop,
         )
@@ -231,7 +233,6 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
         finally:
             if live is not None:
                 live.stop()
-        report = options.report or default_report_dir("demo")
         meta = {
             "checkpoint": str(checkpoint) if checkpoint else None,
             "backend": options.backend,

@@ -1,14 +1,15 @@
-"""Episode recordings: what a run saw and did, tick by tick, for replay and for datasets.
+"""Episode recordings read back for replay: a LeRobot v3 dataset episode (what ``run`` and ``demo``
+record now, see :mod:`wall_runtime.recording.lerobot_v3`) or a legacy npz folder.
 
-A recording is a folder::
+A legacy recording (written by earlier versions; ``wall-runtime convert-recording`` turns it into
+a dataset episode) is a folder::
 
     meta.json          robot, joints, control rate, loop settings, instruction, checkpoint, summary
     ticks.npz          per tick: deadline, measured joints, scheduler target, command, status
     chunks.npz         every chunk the loop received: the tick it arrived on, stamp, dt, seq, actions
     observations.npz   every observation sent: the tick, stamp, state, masks, and one image stack per view
 
-``EpisodeRecorder`` wraps the loop's chunk source and observation provider (nothing on the
-control path changes), and ``save`` writes the folder after the run from the loop's own log.
+Both load into :class:`Episode`, the arrays replay needs.
 """
 
 from __future__ import annotations
@@ -20,122 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from wall_runtime.control.loop import ChunkSource, ControlLoop, ObservationProvider
-from wall_runtime.types import ActionChunk, Observation, RobotState
+from wall_runtime.types import ActionChunk, Observation
 
 FORMAT_VERSION = 1
-
-
-class _RecordingSource:
-    def __init__(self, inner: ChunkSource, recorder: EpisodeRecorder) -> None:
-        self.inner = inner
-        self.recorder = recorder
-
-    def request(self, observation: Observation) -> None:
-        self.inner.request(observation)
-
-    def poll(self) -> ActionChunk | None:
-        chunk = self.inner.poll()
-        if chunk is not None:
-            self.recorder.chunks.append((self.recorder.tick(), chunk))
-        return chunk
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
-class EpisodeRecorder:
-    def __init__(self, record_images: bool = True) -> None:
-        self.record_images = record_images
-        self.chunks: list[tuple[int, ActionChunk]] = []
-        self.observations: list[tuple[int, Observation]] = []
-        self._loop: ControlLoop | None = None
-
-    def tick(self) -> int:
-        """The loop's current tick (1-based, as the loop counts it)."""
-        return self._loop.counters["ticks"] if self._loop is not None else 0
-
-    def wrap_source(self, source: ChunkSource) -> ChunkSource:
-        return _RecordingSource(source, self)
-
-    def wrap_observe(self, observe: ObservationProvider) -> ObservationProvider:
-        def recorded(state: RobotState, now: float) -> Observation | None:
-            obs = observe(state, now)
-            if obs is not None:
-                self.observations.append((self.tick(), obs))
-            return obs
-
-        return recorded
-
-    def bind(self, loop: ControlLoop) -> None:
-        self._loop = loop
-
-    def save(self, path: str | Path, loop: ControlLoop, meta: dict[str, Any]) -> Path:
-        root = Path(path)
-        root.mkdir(parents=True, exist_ok=True)
-        log = loop.log
-        n = len(log.deadline)
-        np.savez_compressed(
-            root / "ticks.npz",
-            deadline=np.asarray(log.deadline, dtype=np.float64),
-            time=np.asarray(log.time[:n], dtype=np.float64),
-            measured=np.asarray(log.measured[:n], dtype=np.float64),
-            target=np.asarray(log.target[:n], dtype=np.float64),
-            commanded=np.asarray(log.commanded[:n], dtype=np.float64),
-            status=np.asarray(log.status[:n], dtype="U8"),
-        )
-        if self.chunks:
-            np.savez_compressed(
-                root / "chunks.npz",
-                tick=np.array([t for t, _ in self.chunks], dtype=np.int64),
-                stamp=np.array([c.stamp for _, c in self.chunks], dtype=np.float64),
-                dt=np.array([c.dt for _, c in self.chunks], dtype=np.float64),
-                seq=np.array([c.seq for _, c in self.chunks], dtype=np.int64),
-                actions=np.stack([np.asarray(c.actions, dtype=np.float32) for _, c in self.chunks]),
-            )
-        if self.observations:
-            arrays: dict[str, np.ndarray] = {
-                "tick": np.array([t for t, _ in self.observations], dtype=np.int64),
-                "stamp": np.array([o.stamp for _, o in self.observations], dtype=np.float64),
-                "state": np.stack([np.asarray(o.state, dtype=np.float32) for _, o in self.observations]),
-            }
-            first = self.observations[0][1]
-            for mask in ("state_mask", "dof_mask"):
-                if getattr(first, mask) is not None:
-                    arrays[mask] = np.asarray(getattr(first, mask), dtype=np.float32)
-            if self.record_images:
-                for view in first.images:
-                    arrays[f"image.{view}"] = np.stack([o.images[view] for _, o in self.observations])
-            np.savez_compressed(root / "observations.npz", **arrays)
-        record = {
-            "format": FORMAT_VERSION,
-            "robot": loop.spec.name,
-            "joints": loop.spec.joint_names,
-            "control_hz": loop.config.control_hz,
-            "smoother": loop.config.smoother,
-            "smoother_options": loop.config.smoother_options,
-            "watchdog_timeout": loop.config.watchdog_timeout,
-            "max_observation_age": loop.config.max_observation_age,
-            "joint_dims": [int(d) for d in loop.joint_dims],
-            "instruction": first_instruction(self.observations),
-            **meta,
-        }
-        (root / "meta.json").write_text(json.dumps(record, indent=2, default=_jsonable))
-        return root
-
-
-def first_instruction(observations: list[tuple[int, Observation]]) -> str:
-    return observations[0][1].instruction if observations else ""
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    return str(value)
 
 
 @dataclass
@@ -149,8 +37,11 @@ class Episode:
     observations: dict[str, np.ndarray]
 
     @classmethod
-    def load(cls, path: str | Path) -> Episode:
+    def load(cls, path: str | Path, episode: int | None = None) -> Episode:
+        """A dataset folder's episode ``episode`` (default: the last), or a legacy npz folder."""
         root = Path(path)
+        if (root / "meta" / "info.json").exists():
+            return cls.from_dataset(root, episode)
         meta_path = root / "meta.json"
         if not meta_path.exists():
             raise FileNotFoundError(f"{root}: not an episode recording (no meta.json)")
@@ -167,6 +58,32 @@ class Episode:
 
         return cls(root, meta, read("ticks.npz"), read("chunks.npz"), read("observations.npz"))
 
+    @classmethod
+    def from_dataset(cls, root: str | Path, episode: int | None = None) -> Episode:
+        from wall_runtime.recording.lerobot_v3 import STATUS_NAMES, read_episode
+
+        ep = read_episode(root, episode)
+        f = ep.frames
+        ticks = {
+            "deadline": f["wall.deadline"].astype(np.float64),
+            "measured": f["wall.measured"].astype(np.float64),
+            "target": f["wall.target"].astype(np.float64),
+            "commanded": f["wall.commanded"].astype(np.float64),
+            "status": np.array([STATUS_NAMES.get(int(c), "?") for c in f["wall.status"]], dtype="U8"),
+        }
+        sent = np.flatnonzero(np.isfinite(f["wall.obs_stamp"]))
+        observations: dict[str, np.ndarray] = {}
+        if sent.size:
+            observations = {
+                "tick": f["frame_index"][sent].astype(np.int64) + 1,
+                "stamp": f["wall.obs_stamp"][sent].astype(np.float64),
+                "state": f["wall.measured"][sent].astype(
+                    np.float32
+                ),  # the joints then (images: in the videos)
+            }
+        meta = {"instruction": ep.meta.get("task", ""), **ep.meta}
+        return cls(Path(root), meta, ticks, dict(ep.chunks), observations)
+
     @property
     def num_ticks(self) -> int:
         return int(self.ticks["deadline"].shape[0]) if self.ticks else 0
@@ -175,10 +92,14 @@ class Episode:
         out: dict[int, list[ActionChunk]] = {}
         if not self.chunks:
             return out
+        lengths = self.chunks.get("length")
         for i, tick in enumerate(self.chunks["tick"]):
+            actions = self.chunks["actions"][i]
+            if lengths is not None:
+                actions = actions[: int(lengths[i])]
             out.setdefault(int(tick), []).append(
                 ActionChunk(
-                    actions=self.chunks["actions"][i],
+                    actions=actions,
                     stamp=float(self.chunks["stamp"][i]),
                     dt=float(self.chunks["dt"][i]),
                     seq=int(self.chunks["seq"][i]),

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wall_runtime.control.estop import EStop
-from wall_runtime.control.loop import ControlLoop, LoopConfig
+from wall_runtime.control.loop import ControlLoop
 from wall_runtime.control.safety import SafetyConfig
+from wall_runtime.e2e.assemble import LoopOptions, assemble_loop
 from wall_runtime.e2e.recording import Episode
 from wall_runtime.robot import RobotAdapter, RobotSpec
 from wall_runtime.types import ActionChunk, Observation, RobotState
@@ -95,6 +95,18 @@ class DryReplay:
         return self.nan_mismatches == 0 and self.max_abs_diff <= 1e-9
 
 
+def check_joint_chunks(episode: Episode, spec: RobotSpec) -> None:
+    """A recording made before the model edge holds chunks in the checkpoint's layout (its meta says
+    which action dim drove each joint, ``joint_dims``); replay drives the loop with joint chunks."""
+    dims = episode.meta.get("joint_dims")
+    width = episode.chunks["actions"].shape[-1] if episode.chunks else spec.dof
+    if (dims is not None and list(dims) != list(range(spec.dof))) or width != spec.dof:
+        raise ValueError(
+            f"{episode.root}: its chunks are {width} wide in the checkpoint's layout (recorded before "
+            f"the model edge), not the {spec.dof} joints of {spec.name}; record it again to replay it"
+        )
+
+
 def _robot_setup(episode: Episode) -> tuple[RobotSpec, SafetyConfig, Callable | None]:
     """The recorded robot's spec, safety settings and forward kinematics (the workspace filter
     needs the same kinematics as the run; the adapter is built but never connected)."""
@@ -117,6 +129,7 @@ def replay_dry(episode: Episode, robot_yaml: str | Path | None = None) -> DryRep
     if robot_yaml is not None:
         episode.meta["robot_yaml"] = str(robot_yaml)
     spec, safety, fk = _robot_setup(episode)
+    check_joint_chunks(episode, spec)
     ticks = episode.ticks
     robot = RecordedRobot(spec, ticks["measured"], ticks["deadline"], fk)
     # each observation is handed back on the tick it was taken on (None on the others, as a
@@ -124,23 +137,24 @@ def replay_dry(episode: Episode, robot_yaml: str | Path | None = None) -> DryRep
     recorded_obs = dict(
         zip(episode.observations.get("tick", []).tolist(), episode.observations_in_order(), strict=True)
     )
-    cfg = LoopConfig(
-        control_hz=float(episode.meta["control_hz"]),
+    options = LoopOptions(
         smoother=episode.meta["smoother"],
         smoother_options=dict(episode.meta.get("smoother_options") or {}),
-        watchdog_timeout=float(episode.meta["watchdog_timeout"]),
-        max_observation_age=float(episode.meta["max_observation_age"]),
+        safe_pose=False,
+        overrides={
+            "control_hz": float(episode.meta["control_hz"]),
+            "watchdog_timeout": float(episode.meta["watchdog_timeout"]),
+            "max_observation_age": float(episode.meta["max_observation_age"]),
+        },
     )
     holder: dict[str, ControlLoop] = {}
     source = _TickSource(episode.chunks_by_tick(), lambda: holder["loop"].counters["ticks"])
-    loop = ControlLoop(
+    loop = assemble_loop(
         robot,
         source,
         lambda state, now: recorded_obs.get(holder["loop"].counters["ticks"]),
-        cfg,
         safety,
-        joint_dims=episode.meta["joint_dims"],
-        estop=EStop(),
+        options,
     )
     holder["loop"] = loop
     loop.watchdog.arm(float(ticks["deadline"][0]))
@@ -203,18 +217,17 @@ def drive_with_recording(episode: Episode, robot_yaml: str | Path | None = None)
     if not path:
         raise FileNotFoundError(f"{episode.root}: the recording names no robot.yaml; pass one")
     side = load_robot_side(path)
+    check_joint_chunks(episode, side.adapter.spec)
     side.adapter.connect()
     try:
         source = ReplaySource(episode)
-        cfg = LoopConfig(
-            control_hz=side.config.control_hz,
+        options = LoopOptions(
             smoother=episode.meta["smoother"],
             smoother_options=dict(episode.meta.get("smoother_options") or {}),
-            watchdog_timeout=side.config.watchdog_timeout_s,
+            safe_pose=False,
         )
-        loop = ControlLoop(
-            side.adapter, source, lambda state, now: None, cfg, side.safety, joint_dims=side.joint_dims
-        )
+        # the recording holds joint chunks (recorded after the model edge): no edge here
+        loop = assemble_loop(side.adapter, source, lambda state, now: None, side.safety, options)
         horizon_s = (
             float(episode.chunks["actions"].shape[1] * episode.chunks["dt"][-1]) if episode.chunks else 0.0
         )

@@ -17,8 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from wall_runtime.action_space.edge import FitError, ModelEdge, build_edge
+from wall_runtime.action_space.source import EdgeSource
 from wall_runtime.adapters.config import RobotConfig, load_robot
 from wall_runtime.adapters.registry import build_adapter
+from wall_runtime.backends.base import PolicyMetadata
 from wall_runtime.cameras.config import CamerasConfig
 from wall_runtime.cameras.group import CameraGroup, SnapshotError
 from wall_runtime.control.safety import SafetyConfig
@@ -34,11 +37,26 @@ class RobotSide:
     adapter: RobotAdapter
     cameras: CameraGroup | None
     safety: SafetyConfig
+    kinematics: dict[str, Any] = field(default_factory=dict)  # arm name -> ArmKinematics
     camera_refusals: Counter = field(default_factory=Counter)
 
-    @property
-    def joint_dims(self) -> tuple[int, ...]:
-        return self.config.mapping.action_index
+    def edge(self, meta: PolicyMetadata) -> ModelEdge:
+        """The model edge for the policy's layouts, or a :class:`FitError` naming the slot that does
+        not fit (refused at the handshake)."""
+        if not meta.dof_config or not meta.agent_pos_config:
+            raise FitError(
+                f"the policy ({meta.model}, {meta.backend}) does not report its dof_config / "
+                "agent_pos_config, so its slots cannot be mapped onto this robot's parts"
+            )
+        return build_edge(
+            self.config.joints,
+            self.config.mapping,
+            meta.dof_config,
+            meta.agent_pos_config,
+            self.kinematics,
+            self.config.ee_limits,
+            horizon=meta.action_horizon,
+        )
 
     @property
     def safe_pose(self) -> list[float] | None:
@@ -51,10 +69,12 @@ class RobotSide:
         if self.cameras is not None:
             self.cameras.start()
 
-    def observer(self, instruction: str) -> Callable[[RobotState, float], Observation | None]:
-        mapping = self.config.mapping
-        dof_mask = mapping.dof_mask
-        state_mask = mapping.state_mask
+    def observer(
+        self, instruction: str, edge: EdgeSource
+    ) -> Callable[[RobotState, float], Observation | None]:
+        """Observations with the newest synchronised images and the checkpoint's state vector (the
+        edge builds it from the measured joints and keeps the context its chunk is composed onto)."""
+        norm_key = self.config.mapping.norm_key
 
         def observe(state: RobotState, now: float) -> Observation | None:
             images: dict[str, np.ndarray] = {}
@@ -68,17 +88,29 @@ class RobotSide:
                 images = snap.images(self.cameras.views)
                 # the observation is as old as its oldest part
                 stamp = min(stamp, snap.stamp)
-            return Observation(
+            obs = Observation(
                 stamp=stamp,
                 images=images,
-                state=mapping.state_vector(state.position),
+                state=np.zeros(0, np.float32),
                 instruction=instruction,
-                state_mask=state_mask,
-                dof_mask=dof_mask,
-                norm_key=mapping.norm_key,
+                norm_key=norm_key,
             )
+            return edge.observe(obs, state)
 
         return observe
+
+    def latest_images(self) -> dict[str, np.ndarray] | None:
+        """The newest frame of each camera, keyed by model view, without the sync checks (for the
+        recorder: a frame per tick, whatever the cameras have); ``None`` when one has none yet."""
+        if self.cameras is None:
+            return None
+        out: dict[str, np.ndarray] = {}
+        for name, cam in self.cameras.cameras.items():
+            try:
+                out[self.cameras.views.get(name, name)] = cam.latest().image
+            except Exception:  # no frame yet, or stalled: the recorder repeats the last one
+                return None
+        return out
 
     def close(self) -> None:
         if self.cameras is not None:
@@ -108,12 +140,22 @@ def camera_group(config: RobotConfig, adapter: RobotAdapter) -> CameraGroup | No
 
 
 def load_robot_side(path: str | Path) -> RobotSide:
+    """robot.yaml parsed once: the adapter, cameras, safety settings and the arms' kinematics."""
+    from wall_runtime.kinematics import load_robot_kinematics
+
     config = load_robot(path)
     adapter = build_adapter(config)
     safety = safety_config(config, adapter.spec)
-    return RobotSide(config=config, adapter=adapter, cameras=camera_group(config, adapter), safety=safety)
+    return RobotSide(
+        config=config,
+        adapter=adapter,
+        cameras=camera_group(config, adapter),
+        safety=safety,
+        kinematics=load_robot_kinematics(config),
+    )
 
 
 def safety_config(config: RobotConfig, spec: RobotSpec) -> SafetyConfig:
     """The control loop's safety settings from the ``safety:`` block (``safe_pose`` is the loop's)."""
-    return SafetyConfig.from_dict({k: v for k, v in config.safety.items() if k != "safe_pose"}, spec.joints)
+    block = {k: v for k, v in config.safety.items() if k not in ("safe_pose", "ee")}
+    return SafetyConfig.from_dict(block, spec.joints)

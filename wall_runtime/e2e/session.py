@@ -16,11 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from wall_runtime.action_space.edge import FitError, ModelEdge
+from wall_runtime.action_space.source import EdgeSource
 from wall_runtime.backends.base import PolicyMetadata
 from wall_runtime.control.estop import EStop
-from wall_runtime.control.loop import ControlLoop, LoopConfig
+from wall_runtime.control.loop import ControlLoop
+from wall_runtime.e2e.assemble import LoopOptions, assemble_loop, loop_parts
 from wall_runtime.e2e.policy_link import ClientChunkSource
-from wall_runtime.e2e.recording import EpisodeRecorder
 from wall_runtime.e2e.robot_side import RobotSide
 from wall_runtime.transport.client import PolicyClient
 from wall_runtime.transport.protocol import RobotDescription
@@ -33,45 +35,68 @@ class SessionError(RuntimeError):
     """The robot and the policy do not fit together, or a part did not come up."""
 
 
-def describe_robot(side: RobotSide, robot_id: str, timeout: float = 10.0) -> RobotDescription:
-    """The hello for this robot: its views with the shapes its cameras actually deliver."""
+def describe_robot(side: RobotSide, robot_id: str, state_dim: int, timeout: float = 10.0) -> RobotDescription:
+    """The hello for this robot: its views with the shapes its cameras actually deliver, and the
+    state vector's size (the checkpoint's: the edge fills its layout)."""
     cameras: dict[str, tuple[int, int, int]] = {}
     if side.cameras is not None:
         snap = side.cameras.wait_snapshot(timeout=timeout)
         for view, image in snap.images(side.cameras.views).items():
             cameras[view] = (int(image.shape[0]), int(image.shape[1]), 3)
-    mapping = side.config.mapping
     return RobotDescription(
         robot_id=robot_id,
-        embodiment=mapping.norm_key,
+        embodiment=side.config.mapping.norm_key,
         cameras=cameras,
-        state_dim=mapping.state_dim,
+        state_dim=state_dim,
         action_period=1.0 / side.config.control_hz,
     )
 
 
-def check_fit(meta: PolicyMetadata, side: RobotSide) -> None:
+def check_fit(meta: PolicyMetadata, side: RobotSide) -> ModelEdge:
+    """The model edge for this policy, or a :class:`SessionError` naming the slot or key that does
+    not fit."""
     mapping = side.config.mapping
-    if meta.action_dim != mapping.action_dim:
-        raise SessionError(
-            f"the policy's action vector has {meta.action_dim} dims but {side.config.path} maps the robot "
-            f"onto {mapping.action_dim} (model.action_dim)"
-        )
-    if meta.state_dim < mapping.state_dim:
-        raise SessionError(
-            f"the policy's state vector has {meta.state_dim} dims but {side.config.path} maps the robot "
-            f"onto {mapping.state_dim} (model.state_dim)"
-        )
     if mapping.norm_key and meta.norm_keys and mapping.norm_key not in meta.norm_keys:
         # the server would fail every request on it (its log says why, the robot would only wait)
         raise SessionError(
             f"{side.config.path}: model.norm_key {mapping.norm_key!r} is not a normalisation key of the "
             f"policy {meta.model} (it has: {', '.join(meta.norm_keys)})"
         )
+    try:
+        edge = side.edge(meta)
+    except FitError as exc:
+        raise SessionError(f"{side.config.path}: {exc}") from None
     views = set(side.cameras.views.values()) if side.cameras is not None else set()
     missing = [c for c in meta.cameras if c not in views]
     if missing:
         log.warning("the policy expects views %s that %s does not provide", missing, side.config.name)
+    return edge
+
+
+@dataclass
+class PolicyLink:
+    """A handshaken policy connection and the model edge that fits it to the robot."""
+
+    source: ClientChunkSource
+    edge: ModelEdge
+
+    @property
+    def client(self) -> PolicyClient:
+        return self.source.client
+
+    @property
+    def metadata(self) -> PolicyMetadata:
+        assert self.source.client.metadata is not None
+        return self.source.client.metadata
+
+
+def _probe_state_dim(side: RobotSide, endpoint: str, robot_id: str, **keys: Any) -> int:
+    """The policy's state size, from a first handshake (robot.yaml need not pin the checkpoint's)."""
+    probe = PolicyClient(endpoint, describe_robot(side, robot_id, 1), **keys)
+    try:
+        return probe.connect(timeout=30.0).state_dim
+    finally:
+        probe.close()
 
 
 def open_policy_link(
@@ -82,18 +107,26 @@ def open_policy_link(
     server_key: Path | None = None,
     client_key: Path | None = None,
     deadline_s: float | None = None,
-) -> ClientChunkSource:
-    """Handshake with the server as this robot and check the policy fits it; the client is closed
-    again if either fails. Requests default to a deadline of one chunk's duration."""
-    description = describe_robot(side, robot_id or side.config.name)
-    client = PolicyClient(endpoint, description, server_key=server_key, client_key=client_key)
+) -> PolicyLink:
+    """Handshake with the server as this robot and fit the policy's layout to it (the edge); the
+    client is closed again if either fails. Requests default to a deadline of one chunk's duration."""
+    robot_id = robot_id or side.config.name
+    keys: dict[str, Any] = {"server_key": server_key, "client_key": client_key}
+    state_dim = side.config.mapping.state_dim
+    if state_dim is None:
+        state_dim = _probe_state_dim(side, endpoint, robot_id, **keys)
+    description = describe_robot(side, robot_id, state_dim)
+    client = PolicyClient(endpoint, description, **keys)
     try:
         meta = client.connect(timeout=30.0)
-        check_fit(meta, side)
+        edge = check_fit(meta, side)
     except BaseException:
         client.close()
         raise
-    return ClientChunkSource(client, deadline_s=deadline_s or meta.action_horizon * description.action_period)
+    source = ClientChunkSource(
+        client, deadline_s=deadline_s or meta.action_horizon * description.action_period
+    )
+    return PolicyLink(source, edge)
 
 
 class StageStats:
@@ -138,53 +171,88 @@ class _TimedSource:
         return chunk
 
 
+class _EdgeTimed:
+    """Notes how long the model edge took on each chunk (composition, EE safety, IK)."""
+
+    def __init__(self, inner: EdgeSource, stats: StageStats) -> None:
+        self.inner = inner
+        self.stats = stats
+
+    def request(self, observation: Any) -> None:
+        self.inner.request(observation)
+
+    def poll(self) -> ActionChunk | None:
+        chunk = self.inner.poll()
+        if chunk is not None and "model_edge" in chunk.timing_ms:
+            self.stats.samples["model_edge"].append(float(chunk.timing_ms["model_edge"]))
+        return chunk
+
+
 @dataclass
 class SessionOptions:
     instruction: str
     smoother: str = "crossfade"
     deadline_s: float | None = None  # per request; default: the chunk's own duration
     robot_id: str = ""
-    record: bool = True
-    record_images: bool = True
+    record_to: Path | None = None  # a LeRobot v3 dataset folder: this run becomes its next episode
     safe_pose: bool = True
     disabled_filters: frozenset[str] = field(default_factory=frozenset)
+    server_key: Path | None = None  # CURVE keys (`run`)
+    client_key: Path | None = None
 
 
 class Session:
-    """Connects a started robot side to a policy server and runs the control loop."""
+    """Connects a started robot side to a policy server, puts the model edge in front of the control
+    loop and runs it."""
 
     def __init__(self, side: RobotSide, endpoint: str, options: SessionOptions, estop: EStop | None = None):
         self.side = side
         self.options = options
-        self.link = open_policy_link(
-            side, endpoint, robot_id=options.robot_id or None, deadline_s=options.deadline_s
+        policy = open_policy_link(
+            side,
+            endpoint,
+            robot_id=options.robot_id or None,
+            deadline_s=options.deadline_s,
+            server_key=options.server_key,
+            client_key=options.client_key,
         )
+        self.link = policy.source
         self.client = self.link.client
-        assert self.client.metadata is not None  # set by the handshake
-        self.metadata = self.client.metadata
+        self.metadata = policy.metadata
         self.stages = StageStats()
-        self.recorder = EpisodeRecorder(record_images=options.record_images) if options.record else None
-        source: Any = _TimedSource(self.link, self.stages, time.monotonic)
-        observe = side.observer(options.instruction)
-        if self.recorder is not None:
-            source = self.recorder.wrap_source(source)
-            observe = self.recorder.wrap_observe(observe)
-        safety = side.safety
-        if options.disabled_filters:
-            import dataclasses
-
-            safety = dataclasses.replace(safety, disabled=safety.disabled | set(options.disabled_filters))
-        cfg = LoopConfig(
-            control_hz=side.config.control_hz,
+        # the edge converts model chunks to joint chunks off the control thread; the loop (and so
+        # its recorder) sees joint chunks, so a recording replays without the checkpoint's layout
+        # or kinematics
+        self.edge = EdgeSource(policy.edge, _TimedSource(self.link, self.stages, time.monotonic))
+        source: Any = _EdgeTimed(self.edge, self.stages)
+        observe = side.observer(options.instruction, self.edge)
+        loop_options = LoopOptions(
             smoother=options.smoother,
-            watchdog_timeout=side.config.watchdog_timeout_s,
-            safe_pose=side.safe_pose if options.safe_pose else None,
+            safe_pose=options.safe_pose,
+            disabled_filters=frozenset(options.disabled_filters),
         )
-        self.loop = ControlLoop(
-            side.adapter, source, observe, cfg, safety, joint_dims=side.joint_dims, estop=estop or EStop()
+        self.recorder = None
+        if options.record_to is not None:
+            from wall_runtime.recording.recorder import LeRobotRecorder, loop_settings, recording_layout
+
+            cfg, _ = loop_parts(side.adapter.spec, side.safety, loop_options, side.safe_pose)
+            self.recorder = LeRobotRecorder(
+                options.record_to,
+                recording_layout(side, self.client.robot.cameras),
+                options.instruction,
+                meta=loop_settings(cfg, side.config.path),
+                images=side.latest_images,
+            )
+        self.loop = assemble_loop(
+            side.adapter,
+            source,
+            observe,
+            side.safety,
+            loop_options,
+            safe_pose=side.safe_pose,
+            estop=estop,
+            recorder=self.recorder,
         )
-        if self.recorder is not None:
-            self.recorder.bind(self.loop)
 
     def run(
         self,
@@ -201,19 +269,36 @@ class Session:
         summary["stages_ms"] = self.stages.percentiles()
         summary["link_errors"] = dict(self.link.errors)
         summary["camera_refusals"] = dict(self.side.camera_refusals)
+        summary["model_edge"] = {
+            "interventions": self.edge.interventions,
+            "orientation_residual_max_rad": self.edge.edge.orientation_residual,
+        }
         return summary
 
     def write_report(self, folder: str | Path, summary: dict[str, Any], meta: dict[str, Any]) -> Path:
         from wall_runtime.e2e.report import write_report
 
         root = write_report(Path(folder), self.loop, summary, self.stages)
-        if self.recorder is not None:
-            self.recorder.save(
-                root / "episode",
-                self.loop,
-                {"robot_yaml": str(self.side.config.path), "summary": summary, **meta},
-            )
+        from wall_runtime.recording.lerobot_v3 import DatasetError
+
+        try:
+            self.finish_recording({"summary": summary, **meta})
+        except DatasetError as exc:  # the report stands without it; say why it is missing
+            log.error("recording not saved: %s", exc)
         return root
 
+    def finish_recording(self, meta: dict[str, Any]) -> Path | None:
+        """Write the recorded episode's metadata (once); the dataset folder, or None if not recording."""
+        if self.recorder is None:
+            return None
+        recorder, self.recorder = self.recorder, None
+        return recorder.close(meta)
+
     def close(self) -> None:
-        self.client.close()
+        try:
+            self.finish_recording({})  # a run that ended early still keeps what it recorded
+        except Exception as exc:
+            log.error("recording not saved: %s", exc)
+        finally:
+            self.edge.close()  # stops the edge's thread
+            self.client.close()

@@ -111,6 +111,8 @@ class GraphPolicy(Policy):
             num_steps=model.settings.num_steps,
             cameras=tuple(shapes.cameras),
             norm_keys=tuple(model.normalizers.keys),
+            dof_config=dict(cfg.data.dof_config),
+            agent_pos_config=dict(cfg.data.agent_pos_config),
             resolutions={v: int(cfg.data.resolution[v]) for v in shapes.cameras},
         )
 

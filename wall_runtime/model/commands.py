@@ -10,7 +10,9 @@ import typer
 OBSERVATION_FORMAT = """\
 obs.npz: one array per camera 'image.<name>' (HxWx3 uint8 RGB), 'state' (float32), 'instruction'
 (string); optional 'state_mask' / 'dof_mask' (float32, one entry per model state / action dim,
-1 = present; when absent the first len(state) dims are present)."""
+1 = present; when absent the first len(state) dims are present). For an end-effector checkpoint,
+'pose.left' / 'pose.right' (7 floats: x, y, z, roll, pitch, yaw, gripper; base frame, Euler as
+R = Rz(yaw)·Ry(pitch)·Rx(roll)) may replace 'state': the state vector is built from them."""
 
 
 class ObservationFileError(ValueError):
@@ -19,6 +21,11 @@ class ObservationFileError(ValueError):
 
 def read_observation(path: Path):
     """An :class:`Observation` from an ``obs.npz`` file (format: ``OBSERVATION_FORMAT``)."""
+    return read_observation_file(path)[0]
+
+
+def read_observation_file(path: Path):
+    """``(Observation, {arm: pose})`` from an ``obs.npz`` file; the poses are the 'pose.<arm>' arrays."""
     from wall_runtime.types import Observation
 
     try:
@@ -29,26 +36,37 @@ def read_observation(path: Path):
         raise ObservationFileError(f"{path} is not an .npz archive.\n{OBSERVATION_FORMAT}")
     with data:
         names = set(data.files)
-        missing = [k for k in ("state", "instruction") if k not in names]
+        poses = {
+            k.removeprefix("pose."): data[k].astype(np.float64) for k in data.files if k.startswith("pose.")
+        }
+        bad = [a for a in poses if a not in ("left", "right")]
+        if bad:
+            raise ObservationFileError(f"{path}: pose.{bad[0]}: the arms are pose.left and pose.right")
+        if poses and "state" in names:
+            raise ObservationFileError(f"{path} holds both 'state' and 'pose.*': give one of them")
+        missing = [k for k in ("state", "instruction") if k not in names and not (k == "state" and poses)]
         if missing:
             raise ObservationFileError(f"{path} lacks {', '.join(missing)}.\n{OBSERVATION_FORMAT}")
         images = {k.removeprefix("image."): data[k] for k in data.files if k.startswith("image.")}
         if not images:
             raise ObservationFileError(f"{path} holds no 'image.<camera>' array.\n{OBSERVATION_FORMAT}")
         unknown = sorted(
-            names - {"state", "instruction", "state_mask", "dof_mask"} - {f"image.{k}" for k in images}
+            names
+            - {"state", "instruction", "state_mask", "dof_mask"}
+            - {f"image.{k}" for k in images}
+            - {f"pose.{k}" for k in poses}
         )
         if unknown:
             raise ObservationFileError(f"{path} holds unknown arrays {unknown}.\n{OBSERVATION_FORMAT}")
         instruction = data["instruction"]
         if instruction.dtype.kind != "U" or instruction.size != 1:
             raise ObservationFileError(f"'instruction' in {path} must be one string")
-        state = data["state"]
+        state = data["state"] if "state" in names else np.zeros(0, np.float32)
         if state.dtype.kind != "f" or state.ndim != 1:
             raise ObservationFileError(
                 f"'state' in {path} must be a 1-D float array, got {state.dtype} {state.shape}"
             )
-        return Observation(
+        obs = Observation(
             stamp=0.0,
             images=images,
             state=state.astype(np.float32),
@@ -56,6 +74,7 @@ def read_observation(path: Path):
             state_mask=data["state_mask"].astype(np.float32) if "state_mask" in names else None,
             dof_mask=data["dof_mask"].astype(np.float32) if "dof_mask" in names else None,
         )
+        return obs, poses
 
 
 def make_tiny_checkpoint(
@@ -71,6 +90,14 @@ def make_tiny_checkpoint(
         "tiny",
         help="Model size: tiny (tests), demo (the trained demo policy) or small (about 40 M parameters).",
     ),
+    robot: Path | None = typer.Option(
+        None,
+        "--robot",
+        help="a robot name (./robots/NAME or a shipped robot), folder or robot.yaml: lay the checkpoint "
+        "out on that robot's EE slots in the "
+        "generation's convention (FLOW: absolute position + Euler; 0.5: relative position + 6D), "
+        "its views and norm key.",
+    ),
 ) -> None:
     """Write a deterministic random-weight tiny WALL-OSS checkpoint in the published layout."""
     from rich import print as rprint
@@ -85,6 +112,17 @@ def make_tiny_checkpoint(
         raise typer.BadParameter(f"unknown size {size!r}; choose tiny, demo or small", param_hint="--size")
     if normalizers not in ("json", "pth", "both"):
         raise typer.BadParameter(f"unknown normalizers {normalizers!r}", param_hint="--normalizers")
+    extra: dict = {}
+    if robot is not None:
+        from wall_runtime.adapters.config import RobotConfigError, load_robot
+        from wall_runtime.e2e.demo_checkpoint import demo_layout
+
+        try:
+            config = load_robot(robot)
+            layout = demo_layout(config, variant, horizon=32 if size == "small" else 8)
+        except (RobotConfigError, ValueError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="--robot") from None
+        extra = {"layout": layout, "norm_key": config.mapping.norm_key}
     root = write_tiny_checkpoint(
         out,
         variant,  # type: ignore[arg-type]
@@ -93,9 +131,12 @@ def make_tiny_checkpoint(
         max_shard_bytes=shard_bytes or None,
         normalizers=normalizers,  # type: ignore[arg-type]
         size=size,
+        **extra,
     )
     files = ", ".join(sorted(p.name for p in root.iterdir()))
     rprint(f"[green]wrote tiny {variant} checkpoint[/green] to {root}: {files}")
+    if robot is not None:
+        rprint(f"dof_config: {extra['layout'].dof_config}")
 
 
 def predict(
@@ -107,7 +148,9 @@ def predict(
     ),
     norm_key: str | None = typer.Option(None, "--norm-key", help="Normalisation key (embodiment)."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
-    steps: int = typer.Option(10, help="Euler steps."),
+    steps: int = typer.Option(
+        10, min=0, help="Euler steps; 0 returns the initial sample (--noise) unchanged, un-normalised."
+    ),
     seed: int = typer.Option(0, help="Noise seed when no --noise is given."),
     action_attention: str | None = typer.Option(
         None,
@@ -121,6 +164,13 @@ def predict(
     state / action dim, 1 = present; when absent the first len(state) dims are present). The noise file
     is the initial flow sample [horizon, action_dim]. The result holds 'actions_normalized' (the model's
     full normalised chunk) and 'actions' (robot units), both [horizon, action_dim].
+
+    End-effector checkpoints: 'pose.left' / 'pose.right' (7 floats: x, y, z, roll, pitch, yaw,
+    gripper) in place of 'state' build the state vector in the checkpoint's layout, and the result
+    then also holds 'pose.<arm>' [horizon, 7]: absolute poses in the base frame (0.5's relative
+    actions composed onto the observation's pose as the authors' serving does), Euler wrapped to
+    [-π, π). With --steps 0 the chunk is the initial sample itself, so a chunk given as --noise can
+    be decoded to check its convention.
     """
     from rich.console import Console
     from rich.table import Table
@@ -133,21 +183,33 @@ def predict(
             f"unknown action attention {action_attention!r}", param_hint="--action-attention"
         )
     try:
-        obs = read_observation(observation)
+        obs, poses = read_observation_file(observation)
         initial = None
         if noise is not None:
             initial = np.load(noise, allow_pickle=False)
         with console.status("loading checkpoint"):
             policy = TorchPolicy.from_checkpoint(
-                checkpoint, device=device, norm_key=norm_key, seed=seed, num_steps=steps
+                checkpoint, device=device, norm_key=norm_key, seed=seed, num_steps=max(steps, 1)
             )
         obs.norm_key = policy.model.norm_key
-        result = policy.infer([obs], noise=[initial] if initial is not None else None)[0]
+        layouts = None
+        if poses:
+            layouts = _pose_state(obs, poses, policy.model.cfg.data)
+        if steps == 0:
+            result = _initial_sample(policy, obs, initial, seed)
+        else:
+            result = policy.infer([obs], noise=[initial] if initial is not None else None)[0]
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=1) from exc
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, actions_normalized=result.actions_normalized, actions=result.actions)
+    arrays = {"actions_normalized": result.actions_normalized, "actions": result.actions}
+    if layouts is not None:
+        from wall_runtime.action_space.poses import poses_from_actions
+
+        for arm, rows in poses_from_actions(layouts[0], result.actions, poses).items():
+            arrays[f"pose.{arm}"] = rows.astype(np.float64)
+    np.savez(out, **arrays)
     table = Table(title=f"predict: {policy.metadata.model} ({policy.metadata.backend}, {device})")
     table.add_column("stage")
     table.add_column("ms", justify="right")
@@ -155,6 +217,33 @@ def predict(
         table.add_row(stage, f"{ms:.1f}")
     console.print(table)
     console.print(f"chunk {result.actions.shape[0]}×{result.actions.shape[1]} written to {out}")
+
+
+def _pose_state(obs, poses: dict, data) -> tuple:
+    """Fill ``obs`` (state, masks) from per-arm poses in the checkpoint's layouts."""
+    from wall_runtime.action_space.layout import parse_layout
+    from wall_runtime.action_space.poses import dof_mask_for, state_from_poses
+
+    actions = parse_layout(data.dof_config, "dof_config")
+    state = parse_layout(data.agent_pos_config, "agent_pos_config")
+    obs.state, obs.state_mask = state_from_poses(state, poses)
+    obs.dof_mask = dof_mask_for(actions, list(poses))
+    return actions, state
+
+
+def _initial_sample(policy, obs, initial, seed: int):
+    """``--steps 0``: the initial sample as the chunk (un-normalised for the robot-unit view)."""
+    from wall_runtime.types import PolicyResult
+
+    net = policy.model.cfg.net
+    shape = (net.action_horizon, net.action_dim)
+    if initial is None:
+        initial = np.random.default_rng(seed).standard_normal(shape)
+    initial = np.asarray(initial, dtype=np.float32)
+    if initial.shape != shape:
+        raise ValueError(f"--noise has shape {initial.shape}; expected {shape}")
+    actions = policy.model.normalizers.action.unnormalize(initial, obs.norm_key)
+    return PolicyResult(actions=np.asarray(actions, np.float32), actions_normalized=initial.copy())
 
 
 def register(app: typer.Typer) -> None:

@@ -194,6 +194,8 @@ def metadata_from_dict(d: Mapping[str, Any]) -> PolicyMetadata:
             num_steps=int(d["num_steps"]),
             cameras=tuple(d["cameras"]),
             norm_keys=tuple(d.get("norm_keys", ())),
+            dof_config={str(k): int(v) for k, v in (d.get("dof_config") or {}).items()},
+            agent_pos_config={str(k): int(v) for k, v in (d.get("agent_pos_config") or {}).items()},
             resolutions=_resolutions(d.get("resolutions") or {}),
         )
     except (KeyError, TypeError, ValueError) as exc:

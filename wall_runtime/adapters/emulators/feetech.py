@@ -53,12 +53,30 @@ class Instruction:
     params: bytes
 
 
+HOMING_OFFSET_ADDR = 31  # sign-magnitude, bit 11
+
+
 class FeetechServo(EmulatedServo):
-    def __init__(self, id: int, position: float = 2048.0, **kw) -> None:
+    """An STS3215: positions on the wire are homed, ``present = actual - Homing_Offset`` (and a
+    goal is reached at ``actual = goal + Homing_Offset``), as LeRobot's calibration relies on.
+    ``position`` is the actual (unhomed) position in ticks."""
+
+    def __init__(self, id: int, position: float = 2048.0, homing_offset: int = 0, **kw) -> None:
         super().__init__(id=id, model=STS3215, position=position, **kw)
+        self.write_int(HOMING_OFFSET_ADDR, 2, sign_magnitude(homing_offset, 11))
+        self.write_int(STS3215.goal_addr, 2, max(0, min(4095, round(position) - homing_offset)))
+
+    @property
+    def homing_offset(self) -> int:
+        raw = self.read_int(HOMING_OFFSET_ADDR, 2)
+        return -(raw & ~(1 << 11)) if raw & (1 << 11) else raw
+
+    @property
+    def goal(self) -> int:
+        return super().goal + self.homing_offset
 
     def encode_present(self, ticks: int, velocity: float) -> None:
-        self.write_int(56, 2, max(0, min(4095, ticks)))
+        self.write_int(56, 2, max(0, min(4095, ticks - self.homing_offset)))
         self.write_int(58, 2, sign_magnitude(round(velocity), 15))
 
 

@@ -57,6 +57,7 @@ class MujocoRobot(RobotAdapter):
             raise RobotConfigError(f"{where}.mjcf: MuJoCo cannot load {mjcf}: {exc}") from None
         self.data = mujoco.MjData(self.model)
         self._lock = threading.RLock()
+        self._fk_lock = threading.Lock()
 
         self._pos_joints: list[int] = []  # spec indices of position joints
         self._qadr: list[int] = []
@@ -389,9 +390,14 @@ class MujocoRobot(RobotAdapter):
     def forward_kinematics(self, position: np.ndarray) -> np.ndarray | None:
         if not self._ee_sites:
             return None
-        data = self._mj.MjData(self.model)
-        with self._lock:
-            data.qpos[:] = self.data.qpos
-        data.qpos[self._qadr] = np.asarray(position)[self._idx]
-        self._mj.mj_kinematics(self.model, data)
-        return np.array([data.site_xpos[i] for i in self._ee_sites])
+        # one scratch MjData, reused under its own lock: allocating one per call cost ~0.5 ms, and
+        # the safety chain's workspace check calls this several times a tick
+        with self._fk_lock:
+            data = getattr(self, "_fk_data", None)
+            if data is None:
+                data = self._fk_data = self._mj.MjData(self.model)
+            with self._lock:
+                data.qpos[:] = self.data.qpos
+            data.qpos[self._qadr] = np.asarray(position)[self._idx]
+            self._mj.mj_kinematics(self.model, data)
+            return np.array([data.site_xpos[i] for i in self._ee_sites])

@@ -1,0 +1,488 @@
+"""Property tests of the safety chain's guarantees, measured on the command stream itself.
+
+Every command's finite differences (velocity, acceleration, jerk over the control period) are
+checked against the limits on every tick, from a start inside the limits: at the gripper range and
+the workspace box (which the chain must brake for, never hit), across idle gaps (after which the
+chain starts again at rest from the setpoint the robot held), and in a control loop fed chunks with abusive timing
+or shape. No limit may yield from such a start, and every changed command is counted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wall_runtime.control.dryrun import FirstOrderRobot
+from wall_runtime.control.limits import parse_joint_limits
+from wall_runtime.control.loop import ControlLoop, LoopConfig
+from wall_runtime.control.safety import SafetyChain, SafetyConfig
+from wall_runtime.robot import JointSpec, RobotSpec
+from wall_runtime.types import ActionChunk, Observation, RobotState
+
+DT = 0.01
+REL = 1e-6  # relative tolerance on every limit (float rounding in the finite differences)
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@dataclass
+class Meter:
+    """Measures a command stream against the limits, tick by tick; collects every violation."""
+
+    chain: SafetyChain
+    dt: float
+    fk: object = None
+    box: tuple[np.ndarray, np.ndarray] | None = None
+    p: np.ndarray | None = None
+    v: np.ndarray | None = None
+    a: np.ndarray | None = None
+    violations: list[str] = field(default_factory=list)
+    ticks: int = 0
+
+    def anchor(self, position: np.ndarray, velocity: np.ndarray | None = None) -> None:
+        """The robot was not following the stream: measure from the measured state again."""
+        self.p = np.asarray(position, dtype=np.float64).copy()
+        self.v = np.zeros_like(self.p) if velocity is None else np.asarray(velocity, dtype=np.float64)
+        self.a = np.zeros_like(self.p)
+
+    def measure(self, x: np.ndarray, target: np.ndarray | None = None) -> None:
+        assert self.p is not None and self.v is not None and self.a is not None
+        self.ticks += 1
+        c, dt = self.chain, self.dt
+        pos = c.is_pos
+        v = (x - self.p) / dt
+        a = (v - self.v) / dt
+        j = (a - self.a) / dt
+        slowing = (v * self.v >= 0) & (np.abs(v) <= np.abs(self.v))
+        acc_limit = np.where(slowing, c.limits.max_dec, c.limits.max_acc)
+
+        def over(value: np.ndarray, limit: np.ndarray) -> np.ndarray:
+            return pos & (np.abs(value) > limit * (1 + REL) + 1e-9)
+
+        checks = {
+            "position": pos & ((x < c.lower - 1e-9) | (x > c.upper + 1e-9)),
+            "step": over(x - self.p, c.max_step),
+            "velocity": over(v, c.max_vel),
+            "acceleration": over(a, acc_limit),
+            "jerk": over(j, c.max_jerk),
+        }
+        for name, bad in checks.items():
+            for i in np.flatnonzero(bad):
+                self.violations.append(
+                    f"tick {self.ticks} {c.names[i]}: {name} (x {x[i]:.6g} v {v[i]:.6g} a {a[i]:.6g} j {j[i]:.6g})"
+                )
+        if self.box is not None:
+            ee = np.asarray(self.fk(x)).reshape(-1, 3)  # type: ignore[operator]
+            out = np.max(np.maximum(self.box[0] - ee, 0) + np.maximum(ee - self.box[1], 0))
+            if out > 1e-9:
+                self.violations.append(f"tick {self.ticks}: end effector {ee} outside the box by {out:.3g}")
+        yielded = [e for e in c.last_tick_interventions if e.filter.endswith("_yielded")]
+        if yielded:
+            self.violations.append(f"tick {self.ticks}: yielded {yielded}")
+        if target is not None:  # a changed command is always counted on its joint
+            touched = {e.joint for e in c.last_tick_interventions}
+            changed = ~np.isfinite(target) | (np.abs(x - target) > 1e-9 * (1 + np.abs(target)))
+            for i in np.flatnonzero(changed):
+                if c.names[i] not in touched:
+                    self.violations.append(f"tick {self.ticks} {c.names[i]}: changed but not counted")
+        self.p, self.v, self.a = x.copy(), v, a
+
+
+def _joint(name: str, kind: str, unit: str, **limits: float) -> JointSpec:
+    return JointSpec(name, kind, unit, parse_joint_limits(name, dict(limits)))
+
+
+# -- the gripper range and the position bounds ----------------------------------------------------
+
+GRIPPER_JOINTS = (
+    _joint(
+        "wrist",
+        "revolute",
+        "rad",
+        min_position=-1.0,
+        max_position=1.0,
+        max_velocity=2.0,
+        max_acceleration=20.0,
+    ),
+    _joint(
+        "lift",
+        "prismatic",
+        "m",
+        min_position=0.0,
+        max_position=0.3,
+        max_velocity=0.5,
+        max_acceleration=4.0,
+        max_deceleration=8.0,
+    ),
+    _joint(
+        "gripper",
+        "gripper",
+        "m",
+        min_position=0.0,
+        max_position=0.08,
+        max_velocity=0.2,
+        max_acceleration=2.0,
+        max_deceleration=1.0,
+    ),
+)
+GRIPPER_SAFETY = {
+    "max_step": {"default": 0.05, "gripper": 0.01},
+    "position_margin": 0.01,
+    "gripper": {"min": 0.02, "max": 0.03},
+}
+
+wild = st.one_of(
+    st.floats(-3.0, 3.0),
+    st.sampled_from([1e300, -1e300, 0.0, 0.025, 0.02, 0.03, 1.0, -1.0, 0.3]),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@SETTINGS
+@given(
+    start=st.tuples(st.floats(-0.99, 0.99), st.floats(0.01, 0.29), st.floats(0.02, 0.03)),
+    targets=st.lists(st.lists(wild, min_size=3, max_size=3), min_size=1, max_size=120),
+    hold_each=st.integers(1, 30),
+)
+def test_the_gripper_range_and_the_bounds_are_braked_for(start, targets, hold_each) -> None:
+    chain = SafetyChain(GRIPPER_JOINTS, SafetyConfig.from_dict(GRIPPER_SAFETY, GRIPPER_JOINTS), DT)
+    meter = Meter(chain, DT)
+    meter.anchor(np.array(start))
+    state = RobotState(0.0, np.array(start))
+    for t in targets:
+        target = np.array(t, dtype=np.float64)
+        for _ in range(hold_each):  # a target held for a while runs into the bounds at speed
+            meter.measure(chain.filter(target, state), target)
+    assert not meter.violations, meter.violations[:5]
+    total = sum(chain.counts.values())
+    assert total == sum(chain.joint_counts.values()) and len(chain.events) == min(total, chain.events.maxlen)
+
+
+def test_a_narrow_gripper_range_is_reached_at_the_deceleration_limit_not_hit() -> None:
+    """The issue's case: slamming into a narrow safety.gripper range at 5.6x the limit."""
+    chain = SafetyChain(GRIPPER_JOINTS, SafetyConfig.from_dict(GRIPPER_SAFETY, GRIPPER_JOINTS), DT)
+    meter = Meter(chain, DT)
+    start = np.array([0.0, 0.1, 0.02])
+    meter.anchor(start)
+    target = np.array([0.0, 0.1, 0.08])
+    x = chain.filter(target, RobotState(0.0, start))
+    meter.measure(x, target)
+    for _ in range(200):
+        x = chain.filter(target)
+        meter.measure(x, target)
+    assert not meter.violations, meter.violations[:5]
+    assert x[2] == pytest.approx(0.03, abs=1e-6)  # it got to the range's edge
+    assert chain.counts["gripper"] > 0
+
+
+# -- the workspace box -------------------------------------------------------------------------
+
+LINKS = (0.5, 0.4)
+
+
+def planar_fk(q: np.ndarray) -> np.ndarray:
+    x1, y1 = LINKS[0] * np.cos(q[0]), LINKS[0] * np.sin(q[0])
+    return np.array([[x1 + LINKS[1] * np.cos(q[0] + q[1]), y1 + LINKS[1] * np.sin(q[0] + q[1]), 0.2]])
+
+
+ARM = (
+    _joint("a", "revolute", "rad", min_position=-3, max_position=3, max_velocity=2.0, max_acceleration=10.0),
+    _joint(
+        "b",
+        "revolute",
+        "rad",
+        min_position=-3,
+        max_position=3,
+        max_velocity=3.0,
+        max_acceleration=15.0,
+        max_deceleration=25.0,
+    ),
+)
+BOX = {"min": [0.2, -0.3, 0.0], "max": [1.0, 0.3, 0.5]}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    start=st.tuples(st.floats(-0.5, 0.5), st.floats(-1.5, 1.5)),
+    targets=st.lists(st.tuples(st.floats(-3, 3), st.floats(-3, 3)), min_size=1, max_size=10),
+    hold_each=st.integers(1, 30),
+)
+def test_the_workspace_box_is_braked_for_within_the_joint_limits(start, targets, hold_each) -> None:
+    q0 = np.array(start)
+    box = (np.array(BOX["min"]), np.array(BOX["max"]))
+    ee0 = planar_fk(q0)[0]
+    if np.any(ee0 < box[0]) or np.any(ee0 > box[1]):
+        return  # starts outside the box: not this property
+    chain = SafetyChain(
+        ARM,
+        SafetyConfig.from_dict({"max_step": 0.1, "workspace": BOX}, ARM),
+        DT,
+        forward_kinematics=planar_fk,
+    )
+    meter = Meter(chain, DT, fk=planar_fk, box=box)
+    meter.anchor(q0)
+    state = RobotState(0.0, q0)
+    for t in targets:
+        for _ in range(hold_each):
+            meter.measure(chain.filter(np.array(t), state), np.array(t))
+    assert not meter.violations, meter.violations[:5]
+
+
+def test_the_workspace_box_stops_a_fast_arm_within_its_acceleration_limit() -> None:
+    """The issue's case: the box stopped the arm at up to 5.9x max_acceleration."""
+    chain = SafetyChain(
+        ARM,
+        SafetyConfig.from_dict({"max_step": 0.1, "workspace": BOX}, ARM),
+        DT,
+        forward_kinematics=planar_fk,
+    )
+    meter = Meter(chain, DT, fk=planar_fk, box=(np.array(BOX["min"]), np.array(BOX["max"])))
+    q = np.array([0.0, 0.3])
+    meter.anchor(q)
+    target = np.array([2.5, 0.3])  # straight out of the box's y = 0.3 face at full speed
+    x = chain.filter(target, RobotState(0.0, q))
+    meter.measure(x, target)
+    for _ in range(300):
+        x = chain.filter(target)
+        meter.measure(x, target)
+    assert not meter.violations, meter.violations[:5]
+    assert planar_fk(x)[0][1] > 0.29  # it did get close to the face
+    assert chain.counts["workspace"] > 0
+
+
+# -- idle gaps ------------------------------------------------------------------------------------
+
+GAP_JOINTS = (
+    _joint(
+        "j",
+        "revolute",
+        "rad",
+        min_position=-3,
+        max_position=3,
+        max_velocity=2.0,
+        max_acceleration=20.0,
+        max_jerk=5000,
+    ),
+    _joint("k", "revolute", "rad", min_position=-3, max_position=3, max_velocity=3.0, max_acceleration=20.0),
+)
+
+
+@SETTINGS
+@given(
+    plan=st.lists(
+        st.tuples(
+            st.tuples(st.floats(-2.5, 2.5), st.floats(-2.5, 2.5)),  # target
+            st.integers(1, 30),  # ticks it is held for
+            st.integers(0, 9),  # after this many idle ticks
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_after_an_idle_gap_the_chain_starts_from_the_held_setpoint_at_rest(plan) -> None:
+    chain = SafetyChain(GAP_JOINTS, SafetyConfig.from_dict({}, GAP_JOINTS), DT)
+    meter = Meter(chain, DT)
+    last = np.zeros(2)
+    meter.anchor(last)
+    meter.measure(chain.filter(last, RobotState(0.0, last)))  # the first command: from the robot
+    for target, ticks, idle in plan:
+        target = np.array(target)
+        for k in range(ticks):
+            if k == 0 and idle > 0:
+                # the robot's setpoint stayed on the last command through the gap, at rest; the
+                # robot is measured elsewhere (still catching up), which must not matter
+                measured = RobotState(0.0, last + 0.1, velocity=np.full(2, 1.5))
+                x = chain.filter(target, measured, dt=(idle + 1) * DT)
+                meter.anchor(last)
+            else:
+                x = chain.filter(target, RobotState(0.0, last), dt=DT)
+            meter.measure(x, target)
+            last = x
+    assert not meter.violations, meter.violations[:5]
+
+
+@pytest.mark.parametrize("idle", [2, 5, 9])
+def test_the_first_command_after_a_gap_is_limited_from_rest(idle: int) -> None:
+    """The issue's case: limited with the velocity from before the gap, 3 rad/s against 2 and
+    300 rad/s^2 against 20 from rest."""
+    chain = SafetyChain(GAP_JOINTS, SafetyConfig.from_dict({}, GAP_JOINTS), DT)
+    x = chain.filter(np.zeros(2), RobotState(0.0, np.zeros(2)))
+    for _ in range(100):  # at full speed
+        x = chain.filter(np.array([2.5, 0.0]), dt=DT)
+    assert (x[0] - chain.state.p[0] + chain.state.v[0] * DT) / DT == pytest.approx(2.0)
+    at_rest = RobotState(0.0, x.copy(), velocity=np.zeros(2))
+    nxt = chain.filter(np.array([2.5, 0.0]), at_rest, dt=(idle + 1) * DT)
+    v = (nxt[0] - x[0]) / DT
+    assert 0 < v <= 20.0 * DT + 1e-9  # one tick of the acceleration limit from rest, no more
+    assert chain.gaps == 1
+
+
+# -- a control loop fed chunks with abusive timing and shape ---------------------------------------
+
+LOOP_HZ = 100.0
+LOOP_JOINTS = (
+    _joint(
+        "j1",
+        "revolute",
+        "rad",
+        min_position=-1.0,
+        max_position=1.0,
+        max_velocity=2.0,
+        max_acceleration=20.0,
+        max_deceleration=30.0,
+    ),
+    _joint(
+        "j2", "revolute", "rad", min_position=-0.5, max_position=0.5, max_velocity=1.0, max_acceleration=10.0
+    ),
+    _joint(
+        "gripper", "gripper", "m", min_position=0.0, max_position=0.08, max_velocity=0.2, max_acceleration=2.0
+    ),
+)
+LOOP_SAFETY = {
+    "max_step": {"default": 0.05, "gripper": 0.01},
+    "position_margin": 0.02,
+    "gripper": {"min": 0.02, "max": 0.03},
+}
+
+abusive_dt = st.sampled_from(
+    [0.02, 0.01, 0.05, 1e9, 1e-9, 0.0, -0.02, math.nan, math.inf, -math.inf, 1e-4, 0.5, 2.0]
+)
+chunk_recipe = st.one_of(
+    st.none(),  # no answer: the watchdog's business
+    st.fixed_dictionaries(
+        {
+            "rows": st.integers(0, 8),
+            "dims": st.sampled_from([3, 3, 3, 2, 0]),
+            "dt": abusive_dt,
+            "stamp": st.sampled_from(["obs", "obs", "future", "nan", "old"]),
+            "value": st.one_of(st.floats(-2, 2), st.sampled_from([math.nan, math.inf, 1e300, 0.025])),
+            "slope": st.floats(-5, 5),
+        }
+    ),
+)
+
+
+class _ScriptedPolicy:
+    """Answers each request on the simulated clock with the next recipe's chunk."""
+
+    def __init__(self, clock: list[float], recipes: list, latency: float = 0.03) -> None:
+        self.clock, self.recipes, self.latency, self.queue, self.seq = clock, list(recipes), latency, [], 0
+
+    def request(self, observation: Observation) -> None:
+        self.seq += 1
+        recipe = self.recipes.pop(0) if self.recipes else None
+        if recipe is None:
+            return
+        rows, dims = recipe["rows"], recipe["dims"]
+        actions = recipe["value"] + recipe["slope"] * 0.02 * np.arange(rows)[:, None] * np.ones((rows, dims))
+        stamp = {
+            "obs": observation.stamp,
+            "future": observation.stamp + 5.0,
+            "nan": math.nan,
+            "old": observation.stamp - 100.0,
+        }[recipe["stamp"]]
+        self.queue.append((self.clock[0] + self.latency, ActionChunk(actions, stamp, recipe["dt"], self.seq)))
+
+    def poll(self) -> ActionChunk | None:
+        if self.queue and self.queue[0][0] <= self.clock[0]:
+            return self.queue.pop(0)[1]
+        return None
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(recipes=st.lists(chunk_recipe, min_size=1, max_size=25))
+def test_abusive_chunks_are_refused_and_the_commands_stay_within_every_limit(recipes) -> None:
+    clock = [1000.0]
+    spec = RobotSpec("abuse", LOOP_JOINTS, LOOP_HZ)
+    robot = FirstOrderRobot(spec, initial=np.array([0.0, 0.0, 0.025]), tau=0.03, clock=lambda: clock[0])
+    robot.connect()
+    policy = _ScriptedPolicy(clock, recipes)
+
+    def observe(state: RobotState, now: float) -> Observation:
+        return Observation(stamp=now, images={}, state=state.position.astype(np.float32), instruction="")
+
+    cfg = LoopConfig(control_hz=LOOP_HZ, watchdog_timeout=0.05)
+    loop = ControlLoop(
+        robot, policy, observe, cfg, SafetyConfig.from_dict(LOOP_SAFETY, LOOP_JOINTS), clock=lambda: clock[0]
+    )
+    loop.watchdog.arm(clock[0])
+    meter = Meter(loop.safety, 1.0 / LOOP_HZ)
+    had_command, held = False, True
+    for _ in range(250):
+        loop.tick(clock[0])  # never raises, whatever arrives
+        commanded = loop.log.commanded[-1]
+        if np.all(np.isfinite(commanded)):
+            if held:  # after a hold the chain starts from the measured state
+                meter.anchor(loop.log.measured[-1])
+            elif not had_command:  # after idle ticks, from the last command, at rest
+                meter.anchor(meter.p)
+            meter.measure(commanded, loop.log.target[-1])
+            had_command, held = True, False
+        else:
+            had_command, held = False, held or loop.log.status[-1] in ("hold", "estop")
+        clock[0] += 1.0 / LOOP_HZ
+    assert not meter.violations, meter.violations[:5]
+    rejected = sum(loop.scheduler.rejected.values()) - loop.scheduler.rejected.get("request_timeout", 0)
+    assert rejected + len(loop.log.splices) == loop.counters["chunks_received"]
+    # a chunk can never pin the plan: the loop keeps asking while it is answered with abuse
+    assert loop.counters["requests"] >= min(len(recipes), 2)
+
+    def timing_ok(r: dict) -> bool:
+        return math.isfinite(r["dt"]) and r["dt"] >= 0.1 / LOOP_HZ and r["rows"] * r["dt"] <= 10.0
+
+    if all(r is None or not timing_ok(r) for r in recipes):
+        assert loop.log.splices == [] and "ok" not in loop.log.status
+
+
+def _loop_with(chunk: ActionChunk) -> tuple[ControlLoop, FirstOrderRobot, list[float]]:
+    clock = [1000.0]
+    spec = RobotSpec("abuse", LOOP_JOINTS, LOOP_HZ)
+    robot = FirstOrderRobot(spec, initial=np.array([0.0, 0.0, 0.025]), clock=lambda: clock[0])
+    robot.connect()
+
+    class Once:
+        sent = False
+        requests = 0
+
+        def request(self, observation: Observation) -> None:
+            self.requests += 1
+
+        def poll(self) -> ActionChunk | None:
+            if self.sent:
+                return None
+            self.sent = True
+            return ActionChunk(chunk.actions, clock[0] - 0.001, chunk.dt, 1)
+
+    loop = ControlLoop(
+        robot,
+        Once(),
+        lambda s, now: Observation(stamp=now, images={}, state=s.position.astype(np.float32), instruction=""),
+        LoopConfig(control_hz=LOOP_HZ, watchdog_timeout=0.05),
+        SafetyConfig.from_dict(LOOP_SAFETY, LOOP_JOINTS),
+        clock=lambda: clock[0],
+    )
+    loop.watchdog.arm(clock[0])
+    for _ in range(30):
+        loop.tick(clock[0])
+        clock[0] += 1.0 / LOOP_HZ
+    return loop, robot, clock
+
+
+@pytest.mark.parametrize(
+    ("actions", "dt", "reason"),
+    [
+        (np.zeros((0, 3)), 0.02, "malformed"),  # raised IndexError out of ControlLoop.tick
+        (np.zeros((5, 3)), 1e9, "bad_dt"),  # was followed forever, nothing requested again
+        (np.zeros((5, 3)), 1e-7, "bad_dt"),
+        (np.full((5, 3), np.nan), 0.02, "non_finite"),
+    ],
+)
+def test_a_bad_chunk_is_refused_with_a_reason_and_the_robot_holds(actions, dt, reason) -> None:
+    loop, robot, _ = _loop_with(ActionChunk(actions, 0.0, dt, 1))
+    assert loop.scheduler.rejected[reason] == 1
+    assert robot.commands == [] and robot.holds  # nothing commanded; held by the watchdog
+    assert loop.counters["requests"] >= 1

@@ -1,0 +1,526 @@
+"""The safety chain's solver: one pure function of (limits, state, target, dt).
+
+:func:`solve` takes the chain's limits (:class:`ChainLimits`, built once from the joints and the
+parsed ``safety:`` block), the state of the command stream (:class:`ChainState`: the last command,
+its velocity and acceleration as finite differences), a joint target and the tick's period, and
+returns the command, the next state and the interventions. It keeps nothing between calls;
+counting, the event log and re-anchoring on the measured state are :class:`SafetyChain`'s job.
+
+Per position joint, the filters are intervals of admissible next positions, intersected by
+priority (step and velocity are never relaxed; then position, gripper range, acceleration,
+jerk). Position bounds are *braking* constraints: the acceleration row admits only a next step
+from which the joint can still stop inside its bounds at its deceleration limit, computed on the
+discrete command stream (a step ``u`` followed by steps ``u - b, u - 2b, ...`` with
+``b = deceleration * dt**2`` covers at most ``u**2 / 2b + u``), so the bound is kept without ever
+braking harder than the limit. For a gripper the bounds are its limits narrowed by the
+``safety.gripper`` range, so the range is braked for like a limit, not hit.
+
+Acceleration is ros2_control's: ``max_acceleration`` while the speed grows (or changes sign),
+``max_deceleration`` while it shrinks with the same sign.
+
+**Workspace box.** The box lives in Cartesian space on the adapter's forward kinematics, so it is
+not an interval per joint. The chain keeps it as a braking constraint too, on a plan it can always
+carry out: braking *along the current joint-space direction of motion* (every joint's velocity
+scaled down together, the common deceleration set by the joint that reaches its deceleration
+limit first). That plan keeps the joint-space path on one straight segment, whose length has the
+same closed form as above, so the whole stopping path of a candidate command is known; the
+candidate is admitted when the end effector stays inside the box along that segment (forward
+kinematics sampled along it, each sample held inside the box by half the distance to its
+neighbour, which bounds the path between samples). Otherwise the command is moved from the
+candidate towards the braking command (the previous step, scaled down at that deceleration) by
+bisection on the straight line between them. Braking along a line is itself admissible on the
+next tick (its stopping segment is a part of the previous one), so the box is approached slowly
+enough to stop at it and is never hit; a Jacobian-based step scaling was the alternative, but
+it predicts the stopping point only to first order, which is not enough at the speeds where it
+matters. Cost: two forward-kinematics calls on a tick far from every face (the stopping path,
+extrapolated from this step's own end-effector motion, reaches less than half way to the box),
+up to 9 when near one, and up to ~70 on a tick that has to slow down for it (7 bisection steps);
+an adapter's forward kinematics should be cheap. From a pose already outside the box (a robot
+started there) only commands that do not go further out pass, and that is counted as
+``workspace_yielded``.
+
+**Jerk.** The braking plans above are acceleration plans. Under a jerk limit the position braking
+starts earlier (the time the deceleration takes to build up is added to the stopping distance),
+and the jerk row keeps the acceleration able to return to zero before the speed cap, but the
+plans are not jerk-limited themselves: a jerk-limited joint running flat out into a bound can
+still need more jerk than its limit to stop there, and then the jerk row yields (counted as
+``jerk_yielded``; about 0.6 % of ticks in a flat-out random test, up to ~4x the jerk limit,
+always within position, velocity and acceleration). The workspace plan ignores jerk the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from wall_runtime.control.safety_config import (
+    BASE_KINDS,
+    FILTERS,
+    POSITION_KINDS,
+    SafetyConfig,
+    SafetyConfigError,
+)
+from wall_runtime.robot import JointSpec
+
+# rows of the interval table, and the filter each row belongs to
+_POS, _STEP, _VEL, _ACC, _JERK, _GRIP = range(6)
+_ROW_FILTER = (1, 2, 3, 4, 5, 7)  # indices into FILTERS
+_TOL = 1e-9
+_WS_SAMPLE = 0.1  # joint-space spacing of the forward-kinematics samples along a stopping path
+_WS_MAX_SAMPLES = 8
+_WS_BISECT = 7
+
+ForwardKinematics = Callable[[np.ndarray], "np.ndarray | None"]
+
+
+@dataclass(frozen=True)
+class ChainLimits:
+    """Every per-joint number the solver needs, as arrays in the spec's joint order."""
+
+    names: tuple[str, ...]
+    is_pos: np.ndarray
+    is_base: np.ndarray
+    is_gripper: np.ndarray
+    lower: np.ndarray  # position bounds (limits less position_margin; grippers: also the range)
+    upper: np.ndarray
+    max_step: np.ndarray
+    max_vel: np.ndarray
+    max_acc: np.ndarray  # speeding up
+    max_dec: np.ndarray  # slowing down
+    max_jerk: np.ndarray
+    base_vel: np.ndarray
+    base_acc: np.ndarray
+    active: np.ndarray  # [6, n] which interval rows apply to which joint
+    disabled: frozenset[str]
+    workspace_min: np.ndarray | None
+    workspace_max: np.ndarray | None
+    # per-period constants, derived once per dt (a memo: it changes no result)
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def build(cls, joints: Sequence[JointSpec], config: SafetyConfig) -> ChainLimits:
+        unknown = [j.name for j in joints if j.kind not in POSITION_KINDS | BASE_KINDS]
+        if unknown:
+            raise ValueError(f"joints of unknown kind: {', '.join(unknown)}")
+        kinds = np.array([j.kind for j in joints])
+        is_pos = np.isin(kinds, list(POSITION_KINDS))
+        bounds = np.array([config.bounds_for(j) for j in joints], dtype=np.float64).reshape(-1, 2)
+        bad = is_pos & ~(bounds[:, 0] < bounds[:, 1])
+        if bad.any():
+            raise SafetyConfigError(
+                "safety.position_margin leaves no room inside the limits of "
+                f"{', '.join(np.array([j.name for j in joints])[bad])}"
+            )
+        lim = [j.limits for j in joints]
+        max_vel = np.array([x.velocity for x in lim])
+        max_acc = np.array([x.acceleration for x in lim])
+        max_dec = np.array([x.deceleration for x in lim])
+        base = config.base
+        lin = kinds == "base_linear"
+        base_vel = np.minimum(np.where(lin, base.max_linear_velocity, base.max_angular_velocity), max_vel)
+        base_acc = np.minimum(
+            np.where(lin, base.max_linear_acceleration, base.max_angular_acceleration), max_acc
+        )
+        disabled = frozenset(config.disabled)
+        active = np.tile(is_pos, (6, 1))
+        for name, row in {
+            "position": _POS,
+            "step": _STEP,
+            "velocity": _VEL,
+            "acceleration": _ACC,
+            "jerk": _JERK,
+            "gripper": _GRIP,
+        }.items():
+            if name in disabled:
+                active[row] = False
+        is_gripper = kinds == "gripper"
+        active[_POS] &= ~is_gripper  # a gripper's bounds are the gripper row (limits and range)
+        active[_GRIP] &= is_gripper
+        ws = config.workspace_min is not None and "workspace" not in disabled
+        return cls(
+            names=tuple(j.name for j in joints),
+            is_pos=is_pos,
+            is_base=~is_pos,
+            is_gripper=is_gripper,
+            lower=bounds[:, 0],
+            upper=bounds[:, 1],
+            max_step=np.array([config.step_for(j.name) for j in joints]),
+            max_vel=max_vel,
+            max_acc=max_acc,
+            max_dec=max_dec,
+            max_jerk=np.array([x.jerk for x in lim]),
+            base_vel=base_vel,
+            base_acc=base_acc,
+            active=active,
+            disabled=disabled,
+            workspace_min=np.asarray(config.workspace_min, dtype=np.float64) if ws else None,
+            workspace_max=np.asarray(config.workspace_max, dtype=np.float64) if ws else None,
+        )
+
+    @property
+    def brake(self) -> np.ndarray:
+        """The deceleration the position bounds are braked for (``inf``: acceleration is off)."""
+        if "acceleration" in self.disabled:
+            return np.full(len(self.names), math.inf)
+        return self.max_dec
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """The command stream so far: the last command and its finite-difference derivatives."""
+
+    p: np.ndarray
+    v: np.ndarray
+    a: np.ndarray
+    last_request: np.ndarray  # the last finite target (for the approach shaping)
+    # the end effector stays in the workspace box while the last command brakes along its line
+    braking_verified: bool = False
+
+    @classmethod
+    def at_rest(cls, p: np.ndarray, v: np.ndarray | None = None) -> ChainState:
+        p = np.asarray(p, dtype=np.float64).copy()
+        v = np.zeros_like(p) if v is None else np.asarray(v, dtype=np.float64).copy()
+        return cls(p=p, v=v, a=np.zeros_like(p), last_request=p.copy())
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One filter changing (or yielding on) some joints this tick: masks over the joints."""
+
+    filter: str  # a name from FILTERS, or "<filter>_yielded"
+    joints: np.ndarray  # bool mask
+    requested: np.ndarray
+    commanded: np.ndarray
+
+
+@dataclass(frozen=True)
+class Step:
+    command: np.ndarray
+    state: ChainState
+    hits: tuple[Hit, ...]
+
+
+def braking_step(room: np.ndarray, bdt2: np.ndarray, lag: np.ndarray | float = 0.0) -> np.ndarray:
+    """The largest step per tick from which steps shrinking by ``bdt2`` a tick stop within ``room``
+    (``u**2 / 2b + u <= room``, an upper bound on the discrete sum); ``inf`` where ``bdt2`` is.
+    ``lag`` ticks pass at full speed before the braking starts (``u * lag`` more room). Call it
+    under ``np.errstate(invalid="ignore", divide="ignore")`` (``solve`` does)."""
+    k = 1.0 + lag
+    u = bdt2 * (np.sqrt(k * k + 2.0 * np.maximum(room, 0.0) / bdt2) - k)
+    return np.where(np.isfinite(bdt2), u, np.inf)
+
+
+@dataclass(frozen=True)
+class _PerPeriod:
+    """What the rows need that depends on the period but not on the state."""
+
+    vel_dt: np.ndarray
+    adt: np.ndarray
+    ddt: np.ndarray
+    bdt2: np.ndarray
+    lag: np.ndarray
+    vcap: np.ndarray
+    jerk_any: bool
+    jerk_braking: np.ndarray
+    jdt2: np.ndarray
+    jdt3: np.ndarray
+
+
+def _per_period(lim: ChainLimits, dt: float) -> _PerPeriod:
+    cached = lim.cache.get(dt)
+    if cached is not None:
+        return cached
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        brake = lim.brake
+        # under a jerk limit the deceleration takes brake / jerk to build up: that long (plus a
+        # tick) at full speed is added to the stopping distance, so the braking starts earlier
+        jerk_on = np.isfinite(lim.max_jerk) & ("jerk" not in lim.disabled)
+        lag = np.where(
+            jerk_on & np.isfinite(brake), brake / np.where(jerk_on, lim.max_jerk, 1.0) / dt + 1.0, 0.0
+        )
+        vcap = np.minimum(lim.max_vel, lim.max_step / dt)
+        jerk_braking = jerk_on & np.isfinite(vcap)
+        out = _PerPeriod(
+            vel_dt=lim.max_vel * dt,
+            adt=lim.max_acc * dt,
+            ddt=lim.max_dec * dt,
+            bdt2=brake * dt * dt,
+            lag=lag,
+            vcap=vcap,
+            jerk_any=bool(np.isfinite(lim.max_jerk).any()),
+            jerk_braking=jerk_braking,
+            jdt2=np.where(jerk_braking, lim.max_jerk, 1.0) * dt * dt,
+            jdt3=lim.max_jerk * dt**3,
+        )
+    if len(lim.cache) < 8:
+        lim.cache[dt] = out
+    return out
+
+
+def _travel_after(b: float) -> float:
+    """Steps still taken after a unit step when each next step is ``b`` smaller: the exact sum."""
+    if not b < 1.0:
+        return 0.0
+    m = math.floor(1.0 / b)
+    return m - b * m * (m + 1) / 2.0
+
+
+def solve(
+    lim: ChainLimits,
+    state: ChainState,
+    target: np.ndarray,
+    dt: float,
+    fk: ForwardKinematics | None = None,
+) -> Step:
+    """One tick: the command for ``target`` from ``state`` over the period ``dt``."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _solve(lim, state, np.asarray(target, dtype=np.float64), dt, fk)
+
+
+def _solve(
+    lim: ChainLimits, state: ChainState, target: np.ndarray, dt: float, fk: ForwardKinematics | None
+) -> Step:
+    p, v, a = state.p, state.v, state.a
+    found: list[Hit] = []
+
+    def record(filt: str, mask: np.ndarray, requested: np.ndarray, commanded: np.ndarray) -> None:
+        if filt.split("_yielded")[0] in lim.disabled or not mask.any():
+            return
+        found.append(Hit(filt, mask.copy(), requested.copy(), commanded.copy()))
+
+    x = target.copy()
+    # 1. finite: one bad number means the whole target is untrustworthy
+    bad = ~np.isfinite(x)
+    if bad.any():
+        hold = np.where(lim.is_pos, p, 0.0)
+        record("finite", bad | (hold != target), target, hold)
+        x = hold
+
+    # 2-6 and 8, position joints: intervals of the next position, one row per filter
+    n = len(lim.names)
+    lo, hi = np.empty((6, n)), np.empty((6, n))
+    lo[_POS], hi[_POS] = lim.lower, lim.upper
+    lo[_GRIP], hi[_GRIP] = lim.lower, lim.upper
+    lo[_STEP], hi[_STEP] = p - lim.max_step, p + lim.max_step
+    d = _per_period(lim, dt)
+    lo[_VEL], hi[_VEL] = p - d.vel_dt, p + d.vel_dt
+    # acceleration while speeding up, deceleration while slowing down (a change of sign speeds up)
+    v_lo = np.where(v > 0, np.maximum(v - d.ddt, np.minimum(0.0, v - d.adt)), v - d.adt)
+    v_hi = np.where(v < 0, np.minimum(v + d.ddt, np.maximum(0.0, v + d.adt)), v + d.adt)
+    # ... and the braking distance to the bounds: the joint must always be able to stop inside
+    # them at its deceleration, so the admissible speed shrinks near a bound
+    u_hi = braking_step(lim.upper - p, d.bdt2, d.lag)
+    u_lo = braking_step(p - lim.lower, d.bdt2, d.lag)
+    lo[_ACC] = np.maximum(p + v_lo * dt, p - u_lo)
+    hi[_ACC] = np.minimum(p + v_hi * dt, p + u_hi)
+    # jerk, with the same idea one derivative up: the acceleration must be able to return to zero
+    # (at the jerk limit) before the speed reaches its cap
+    vdt, adt2 = v * dt, a * dt * dt
+    if d.jerk_any:
+        w_hi = np.where(d.jerk_braking, braking_step(d.vcap - v, d.jdt2), np.inf)
+        w_lo = np.where(d.jerk_braking, braking_step(v + d.vcap, d.jdt2), np.inf)
+        lo[_JERK] = np.maximum(p + vdt + adt2 - d.jdt3, p + vdt - w_lo * dt)
+        hi[_JERK] = np.minimum(p + vdt + adt2 + d.jdt3, p + vdt + w_hi * dt)
+    else:
+        lo[_JERK], hi[_JERK] = -np.inf, np.inf
+    act = lim.active.copy()
+    # which rows can hold together: step and velocity always; then by priority
+    lo_all = np.maximum(lo[_STEP], lo[_VEL])
+    hi_all = np.minimum(hi[_STEP], hi[_VEL])
+    for row in (_POS, _GRIP, _ACC, _JERK):
+        if not act[row].any():
+            continue
+        lo2 = np.where(act[row], np.maximum(lo_all, lo[row]), lo_all)
+        hi2 = np.where(act[row], np.minimum(hi_all, hi[row]), hi_all)
+        fits = lo2 <= hi2
+        if not fits.all():
+            yielded = act[row] & ~fits
+            record(f"{FILTERS[_ROW_FILTER[row]]}_yielded", yielded, target, p)
+            if row in (_POS, _GRIP):
+                # started outside: never further out, back inside as fast as step and velocity allow
+                lo[row] = np.where(yielded, np.minimum(p, lo[row]), lo[row])
+                hi[row] = np.where(yielded, np.maximum(p, hi[row]), hi[row])
+                lo2 = np.where(act[row], np.maximum(lo_all, lo[row]), lo_all)
+                hi2 = np.where(act[row], np.minimum(hi_all, hi[row]), hi_all)
+                fits = lo2 <= hi2
+            else:
+                act[row] &= fits
+        lo_all = np.where(fits, lo2, lo_all)
+        hi_all = np.where(fits, hi2, hi_all)
+    requested = x
+    lo_lim, hi_lim = lo_all, hi_all  # the limits alone, before the approach shaping
+    tol = _TOL * (1.0 + np.abs(x))
+    outside = lim.is_pos & ((x < lo_all - tol) | (x > hi_all + tol))
+    if outside.any():
+        # the target is out of reach this tick. Clipping alone would head for it flat out and
+        # overshoot (then ring) under acceleration limits, so the approach is also bounded by
+        # the speed from which the command can still settle onto the target's own motion.
+        # Not a limit: it only shapes a command that is being limited anyway, always inside
+        # the limits' intersection.
+        lo_a, hi_a = _approach_bounds(lim, state, x, dt)
+        lo2 = np.minimum(np.maximum(lo_a, lo_all), hi_all)
+        hi2 = np.maximum(np.minimum(hi_a, hi_all), lo_all)
+        lo_all, hi_all = np.where(outside, lo2, lo_all), np.where(outside, hi2, hi_all)
+    # clipping in the fixed order is clipping to the intersection of the rows kept
+    x = np.where(lim.is_pos, np.minimum(np.maximum(x, lo_all), hi_all), x)
+    # the interventions: limit rows that excluded the target, on joints whose command differs
+    hits = act & ((requested < lo - tol) | (requested > hi + tol))
+    if hits.any():
+        hits &= np.abs(x - requested) > tol
+        for row in np.flatnonzero(hits.any(axis=1)):
+            record(FILTERS[_ROW_FILTER[row]], hits[row], requested, x)
+    last_request = np.where(np.isfinite(requested), requested, p)
+
+    # 7. workspace box on the forward kinematics, as a braking constraint
+    verified = False
+    if lim.workspace_min is not None and fk is not None:
+        x, verified = _workspace(lim, state, x, lo_lim, hi_lim, dt, fk, record)
+
+    # 9. base velocity joints: speed and acceleration
+    if "base" not in lim.disabled and lim.is_base.any():
+        # speed first, then acceleration: a base already over its speed limit brakes at the
+        # acceleration limit instead of stopping dead
+        speed = np.clip(x, -lim.base_vel, lim.base_vel)
+        lo_b, hi_b = p - lim.base_acc * dt, p + lim.base_acc * dt
+        record("base", lim.is_base & (np.abs(speed - x) > _TOL * (1.0 + np.abs(x))), x, speed)
+        x = np.where(lim.is_base, speed, x)
+        clipped = np.where(lim.is_base, np.clip(x, lo_b, hi_b), x)
+        moved = lim.is_base & (np.abs(clipped - x) > _TOL * (1.0 + np.abs(x)))
+        record("base", moved, x, clipped)
+        x = clipped
+
+    v_new = np.where(lim.is_pos, (x - p) / dt, 0.0)
+    a_new = np.where(lim.is_pos, (v_new - v) / dt, 0.0)
+    return Step(x, ChainState(x.copy(), v_new, a_new, last_request, verified), tuple(found))
+
+
+def _approach_bounds(
+    lim: ChainLimits, state: ChainState, x: np.ndarray, dt: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Next-position bounds from which the command can still brake onto a target moving at its
+    current velocity (estimated from the last two targets) without passing it."""
+    p = state.p
+    # braking used to settle onto a target: half the acceleration where jerk is limited too,
+    # as the acceleration itself needs time to turn round
+    b = np.where(np.isfinite(lim.max_jerk), 0.5, 1.0) * np.minimum(lim.max_acc, lim.max_dec)
+    vcap = np.minimum(lim.max_vel, lim.max_step / dt)
+    v_t = np.nan_to_num(np.clip((x - state.last_request) / dt, -vcap, vcap))
+    e = x - p
+    gap = np.abs(e) - np.sign(e) * v_t * dt  # what is left after the target moves on a tick
+    # under a jerk limit the acceleration needs time to turn round before braking starts;
+    # meanwhile the closing speed keeps eating the gap: gap >= w^2 / 2b + w * (t_turn + dt)
+    b_safe = np.where(np.isfinite(b), b, 1.0)
+    push = np.maximum(np.sign(e) * state.a, 0.0)
+    t_turn = np.where(np.isfinite(lim.max_jerk), (push + b_safe) / lim.max_jerk, 0.0) + dt
+    w = b_safe * (np.sqrt(t_turn * t_turn + 2.0 * np.maximum(gap, 0.0) / b_safe) - t_turn)
+    reach = np.where(gap >= 0.0, (np.sign(e) * v_t + w) * dt, np.abs(e))  # along the gap
+    bounded = np.isfinite(b) & (e != 0.0)
+    hi_a = np.where(bounded & (e > 0), p + reach, np.inf)
+    lo_a = np.where(bounded & (e < 0), p - reach, -np.inf)
+    return lo_a, hi_a
+
+
+def _line_brake(lim: ChainLimits, step: np.ndarray, dt: float) -> float:
+    """How much a step along ``step`` can shrink per tick, as a fraction of it, when every joint
+    slows down together and none beyond its deceleration limit (``inf``: it can stop at once)."""
+    moving = lim.is_pos & (np.abs(step) > 0)
+    if not moving.any():
+        return math.inf
+    bdt2 = lim.brake[moving] * dt * dt
+    return float(np.min(bdt2 / np.abs(step[moving])))
+
+
+def _workspace(
+    lim: ChainLimits,
+    state: ChainState,
+    x: np.ndarray,
+    lo_all: np.ndarray,
+    hi_all: np.ndarray,
+    dt: float,
+    fk: ForwardKinematics,
+    record: Callable[[str, np.ndarray, np.ndarray, np.ndarray], None],
+) -> tuple[np.ndarray, bool]:
+    """The command, and whether its stopping path was verified inside the box."""
+    box_lo, box_hi = lim.workspace_min, lim.workspace_max
+    assert box_lo is not None and box_hi is not None
+    p = state.p
+    cache: dict[bytes, np.ndarray | None] = {}
+
+    def ee(q: np.ndarray) -> np.ndarray | None:
+        key = q.tobytes()
+        if key not in cache:
+            pts = fk(q)
+            cache[key] = None if pts is None else np.asarray(pts, dtype=np.float64).reshape(-1, 3)
+        return cache[key]
+
+    def excess(pts: np.ndarray | None, slack: float = 0.0) -> float:
+        if pts is None:
+            return 0.0
+        out = np.maximum(box_lo + slack - pts, 0.0) + np.maximum(pts - box_hi + slack, 0.0)
+        return float(np.max(out, initial=0.0))
+
+    def margin(pts: np.ndarray) -> float:
+        return float(np.min(np.minimum(pts - box_lo, box_hi - pts), initial=np.inf))
+
+    def viable(q: np.ndarray) -> bool:
+        """The end effector stays in the box while the command brakes along its direction."""
+        step = np.where(lim.is_pos, q - p, 0.0)
+        travel = _travel_after(_line_brake(lim, step, dt))
+        here, start = ee(q), ee(p)
+        if here is None or start is None:
+            return True
+        # far from every face: the stopping path, extrapolated from this step's own end-effector
+        # motion, reaches less than half way (forward kinematics is costly on some adapters)
+        reach = float(np.max(np.linalg.norm(here - start, axis=1))) * (travel + 1.0)
+        if margin(here) > 2.0 * reach + 1e-6:
+            return True
+        length = float(np.max(np.abs(step))) * travel
+        k = min(_WS_MAX_SAMPLES, 1 + math.ceil(length / _WS_SAMPLE)) if length > 0 else 0
+        pts = [ee(q)]
+        for i in range(1, k + 1):
+            pts.append(ee(q + step * (travel * i / k)))
+        if pts[0] is None:
+            return True
+        for i, here in enumerate(pts):
+            assert here is not None
+            near = [pts[j] for j in (i - 1, i + 1) if 0 <= j < len(pts)]
+            slack = max((0.5 * float(np.max(np.linalg.norm(here - o, axis=1))) for o in near), default=0.0)
+            if excess(here, slack) > 0.0:
+                return False
+        return True
+
+    e_here = excess(ee(p))
+    if e_here > 0.0:
+        # already outside (e.g. started there): only moves that do not go further out
+        if excess(ee(x)) <= e_here:
+            return x, False
+        out = np.where(lim.is_pos, np.clip(p, lo_all, hi_all), x)
+        record("workspace_yielded", lim.is_pos & (np.abs(out - x) > 0), x, out)
+        return out, False
+    if viable(x):
+        return x, True
+    # the braking command: the previous step, shrunk at the common deceleration. Its stopping
+    # path is the rest of the previous command's, so where that was verified, so is this one
+    prev_step = np.where(lim.is_pos, state.v * dt, 0.0)
+    shrink = max(0.0, 1.0 - _line_brake(lim, prev_step, dt))
+    on_line = p + shrink * prev_step
+    brake = np.where(lim.is_pos, np.clip(on_line, lo_all, hi_all), x)
+    inherited = state.braking_verified and bool(
+        np.all(np.abs(brake - on_line)[lim.is_pos] <= _TOL * (1.0 + np.abs(on_line[lim.is_pos])))
+    )
+    if not (inherited or viable(brake)):
+        record("workspace_yielded", lim.is_pos & (np.abs(brake - x) > 0), x, brake)
+        return brake, False
+    s_in, s_out = 0.0, 1.0
+    for _ in range(_WS_BISECT):
+        mid = 0.5 * (s_in + s_out)
+        if viable(brake + mid * (x - brake)):
+            s_in = mid
+        else:
+            s_out = mid
+    out = brake + s_in * (x - brake)
+    record("workspace", lim.is_pos & (np.abs(out - x) > _TOL * (1.0 + np.abs(x))), x, out)
+    return out, True
