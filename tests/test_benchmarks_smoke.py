@@ -69,6 +69,12 @@ CASES = {
         {"machine", "observation", "calls", "links"},
         ["wire_bytes.png"],
     ),
+    "bench_training.py": (
+        ["benchmarks/bench_training.py"],
+        "training_pick_cube.json",
+        {"machine", "settings", "data", "log", "loss_first", "cpu_seconds_per_step"},
+        ["training_pick_cube.png"],
+    ),
     "wall-runtime bench": (
         ["-m", "wall_runtime", "bench"],
         "e2e-cpu.json",

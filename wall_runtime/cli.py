@@ -30,6 +30,8 @@ COMMAND_MODULES = (
     "wall_runtime.adapters.commands",  # check-robot
     "wall_runtime.e2e.commands",  # demo, bench, replay
     "wall_runtime.eval.commands",  # eval
+    "wall_runtime.training.commands",  # train
+    "wall_runtime.tasks.commands",  # pick-cube record | eval
 )
 
 

@@ -86,7 +86,10 @@ def make_tiny_checkpoint(
         0, help="Shard the weights into files of at most this many bytes (0 = one file)."
     ),
     normalizers: str = typer.Option("json", help="Statistics files: json (norm_stats.json), pth or both."),
-    size: str = typer.Option("tiny", help="Model size: tiny (tests) or small (about 40 M parameters)."),
+    size: str = typer.Option(
+        "tiny",
+        help="Model size: tiny (tests), demo (the trained demo policy) or small (about 40 M parameters).",
+    ),
     robot: Path | None = typer.Option(
         None,
         "--robot",
@@ -110,8 +113,8 @@ def make_tiny_checkpoint(
         raise typer.BadParameter(f"unknown variant {variant!r}; choose flow or 0.5", param_hint="--variant")
     if form not in ("published", "fused", "unfused"):
         raise typer.BadParameter(f"unknown form {form!r}", param_hint="--form")
-    if size not in ("tiny", "small"):
-        raise typer.BadParameter(f"unknown size {size!r}; choose tiny or small", param_hint="--size")
+    if size not in ("tiny", "demo", "small"):
+        raise typer.BadParameter(f"unknown size {size!r}; choose tiny, demo or small", param_hint="--size")
     if normalizers not in ("json", "pth", "both"):
         raise typer.BadParameter(f"unknown normalizers {normalizers!r}", param_hint="--normalizers")
     extra: dict = {}

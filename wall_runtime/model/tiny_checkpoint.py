@@ -150,7 +150,7 @@ def _tokenizer_config(tok) -> dict:
     }
 
 
-# Sizes of the generated models: "tiny" for tests, "small" for CPU benchmarks (about 40 M parameters).
+# Sizes of the generated models: "tiny" for tests, "demo" for the trained demo policy, "small" for CPU benchmarks (about 40 M parameters).
 SIZES: dict[str, dict] = {
     "tiny": dict(
         hidden=64,
@@ -163,6 +163,21 @@ SIZES: dict[str, dict] = {
         action_inter={"flow": 64, "0.5": 64},
         vision=dict(depth=2, hidden=32, inter=64, heads=2, window=56, full=[1]),
         horizon=8,
+        resolution={"flow": 112, "0.5": 112},
+        max_length=512,
+    ),
+    # the trained demo policy (wall-runtime train): small enough to train on a 2-core CPU in an hour
+    "demo": dict(
+        hidden=128,
+        layers=4,
+        heads=4,
+        kv_heads=2,
+        mrope=[4, 6, 6],
+        inter=256,
+        action_width={"flow": 128, "0.5": 64},
+        action_inter={"flow": 128, "0.5": 128},
+        vision=dict(depth=2, hidden=64, inter=128, heads=2, window=56, full=[1]),
+        horizon=16,
         resolution={"flow": 112, "0.5": 112},
         max_length=512,
     ),

@@ -1,0 +1,1 @@
+"""Simulated tasks with their own success criteria (physics), scripted experts and data recording."""

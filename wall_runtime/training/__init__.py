@@ -1,0 +1,1 @@
+"""Training a small WALL-OSS-architecture model (``wall-runtime train``) and its data format."""

@@ -1,0 +1,78 @@
+"""``wall-runtime train``: train a small WALL-OSS-architecture model on an episode dataset."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import typer
+
+
+def train_command(
+    data: Path = typer.Option(..., "--data", help="Episode dataset (.npz, see docs/training.md)."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (published layout)."),
+    steps: int = typer.Option(2000, help="Optimizer steps."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Samples per step."),
+    lr: float = typer.Option(3e-4, help="Peak learning rate (AdamW; linear warm-up, cosine decay)."),
+    warmup: int = typer.Option(100, help="Warm-up steps."),
+    seed: int = typer.Option(0, help="Seed of the initial weights, batches, times and noise."),
+    variant: str = typer.Option("flow", help="Generation: flow or 0.5."),
+    size: str = typer.Option("demo", help="Model size: tiny, demo or small."),
+    threads: int = typer.Option(2, help="Torch CPU threads (fixed: part of what makes a run reproducible)."),
+    log_every: int = typer.Option(10, "--log-every", help="Write a log line every this many steps."),
+) -> None:
+    """Train with the flow-matching objective of WALL-OSS and write a checkpoint the server loads."""
+    from rich import print as rprint
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from wall_runtime.training.dataset import DatasetError, read_dataset
+    from wall_runtime.training.trainer import LOG_NAME, TrainSettings, train
+
+    settings = TrainSettings(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=warmup,
+        seed=seed,
+        variant=variant,
+        size=size,
+        threads=threads,
+        log_every=log_every,
+    )
+    try:
+        settings.check()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    try:
+        ds = read_dataset(data)
+    except DatasetError as exc:
+        rprint(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    digest = hashlib.sha256(data.read_bytes()).hexdigest()[:16]
+    rprint(
+        f"training {variant} ({size}) on {ds.num_episodes} episodes / {ds.num_frames} frames, "
+        f"tasks: {', '.join(ds.tasks)}"
+    )
+    with Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ) as progress:
+        task = progress.add_task("train", total=steps, loss=float("nan"))
+
+        def on_step(step: int, loss: float) -> None:
+            progress.update(task, completed=step + 1, loss=loss)
+
+        result = train(ds, out, settings, on_step=on_step, data_id=f"{data.name} sha256:{digest}")
+    first, last = result.losses[0], sum(result.losses[-10:]) / len(result.losses[-10:])
+    rprint(
+        f"loss {first:.4f} -> {last:.4f} (mean of the last 10) in {result.seconds:.0f} s; "
+        f"checkpoint {out} (model.safetensors sha256 {result.weights_sha256[:16]}), log {out / LOG_NAME}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
