@@ -56,6 +56,7 @@ def check_robot(
         _report(console, config, [result], False, json_out)
         return
     from wall_runtime.adapters.emulators import EMULATED_PART_TYPES, emulated
+    from wall_runtime.adapters.registry import SIMULATED_PART_TYPES
 
     if emulate and hardware:
         console.print("[red]--emulate and --hardware exclude each other[/red]")
@@ -63,7 +64,7 @@ def check_robot(
     if emulate and not all(p.type in (*EMULATED_PART_TYPES, "mujoco") for p in config.parts):
         console.print(f"[red]--emulate covers {', '.join(EMULATED_PART_TYPES)} parts only[/red]")
         raise typer.Exit(2)
-    simulated = all(p.type in ("mujoco", "gym_aloha") for p in config.parts)
+    simulated = all(p.type in SIMULATED_PART_TYPES for p in config.parts)
     if not simulated and not hardware and not emulate:
         console.print(
             f"[red]{config.name} has hardware parts ({', '.join(p.type for p in config.parts)}); "

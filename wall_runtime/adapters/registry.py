@@ -25,6 +25,9 @@ PART_TYPES: dict[str, str] = {
     "lerobot": "wall_runtime.adapters.lerobot_bridge:LeRobotBridge",
     "gym_aloha": "wall_runtime.sims.aloha:AlohaTask",
 }
+# part types that are simulations (no hardware behind them): check-robot runs them without
+# --hardware, and `cameras snapshot` renders their simulated cameras
+SIMULATED_PART_TYPES = frozenset({"mujoco", "gym_aloha"})
 
 
 class PartFactory(Protocol):

@@ -88,7 +88,9 @@ def register(app: typer.Typer) -> None:
                 from wall_runtime.robot_files import resolve_robot
 
                 side = load_robot_side(resolve_robot(config if config is not None else str(robot)))
-                if any(p.type != "mujoco" for p in side.config.parts):
+                from wall_runtime.adapters.registry import SIMULATED_PART_TYPES
+
+                if any(p.type not in SIMULATED_PART_TYPES for p in side.config.parts):
                     raise CameraConfigError(
                         "cameras.devices: simulated cameras on a robot with hardware parts; "
                         "snapshot renders simulated robots only"

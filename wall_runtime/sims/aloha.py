@@ -244,6 +244,12 @@ class AlohaTask(RobotAdapter):
                 "right_base": [float(v) for v in _quat(p, "vx300s_right")],
             }
 
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        """The MJCF's cameras (what a composite robot, and so ``cameras snapshot``, may render)."""
+        model = self.physics.model
+        return tuple(model.id2name(i, "camera") for i in range(model.ncam))
+
     def render(self, camera: str, width: int | None = None, height: int | None = None) -> np.ndarray:
         """One MJCF camera's view (``top``, ``angle``, ``front_close``, ``left_wrist``, ...), HxWx3 uint8."""
         with self._lock:
