@@ -148,44 +148,14 @@ def test_shards_without_an_index_are_read(tmp_path):
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
-def _full_size_files(variant: str) -> tuple[dict, dict]:
-    """Published sizes (spec §0, §2): Qwen2.5-VL-3B backbone; FLOW 2048-wide action FFN; 0.5 1024-wide expert."""
-    from wall_runtime.model.tiny_checkpoint import tiny_config_files
-
-    cfg, yml = tiny_config_files(variant, 151667)
-    cfg.update(
-        hidden_size=2048,
-        intermediate_size=11008,
-        num_attention_heads=16,
-        num_hidden_layers=36,
-        num_key_value_heads=2,
-        rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
-    )
-    cfg["vision_config"].update(
-        depth=32,
-        hidden_size=1280,
-        intermediate_size=3420,
-        num_heads=16,
-        out_hidden_size=2048,
-        window_size=112,
-        fullatt_block_indexes=[7, 15, 23, 31],
-    )
-    width = 2048 if variant == "flow" else 1024
-    cfg["experts"] = [
-        {"hidden_size": 2048, "intermediate_size": 11008},
-        {"hidden_size": width, "intermediate_size": 2048 if variant == "flow" else 4096},
-    ]
-    cfg.update(dim_inputs=[2048, width], action_hidden_size=width, state_hidden_size=2048)
-    return cfg, yml
-
-
 def test_full_size_flow_layout_has_the_published_parameter_count():
     import math
 
     from wall_runtime.model.checkpoint import unfused_weight_shapes
     from wall_runtime.model.config import build_config
+    from wall_runtime.model.size import published_config_files
 
-    cfg = build_config(*_full_size_files("flow"), vocab_size=151667)
+    cfg = build_config(*published_config_files("flow"), vocab_size=151667)
     total = sum(math.prod(s) for s in unfused_weight_shapes(cfg).values())
     assert 4.15e9 < total < 4.3e9  # "about 4.2 B" on the model cards
 
@@ -193,8 +163,9 @@ def test_full_size_flow_layout_has_the_published_parameter_count():
 def test_full_size_05_action_expert_shapes():
     from wall_runtime.model.checkpoint import fuse_shapes, published_fused_names, unfused_weight_shapes
     from wall_runtime.model.config import build_config
+    from wall_runtime.model.size import published_config_files
 
-    cfg = build_config(*_full_size_files("0.5"), vocab_size=151667)
+    cfg = build_config(*published_config_files("0.5"), vocab_size=151667)
     shapes = fuse_shapes(unfused_weight_shapes(cfg), published_fused_names(cfg, "published"))
     assert shapes["model.layers.0.self_attn.qkv_proj_experts.1.weight"] == (2560, 1024)
     assert shapes["model.layers.0.self_attn.qkv_proj_experts.1.bias"] == (2560,)
@@ -203,6 +174,6 @@ def test_full_size_05_action_expert_shapes():
     assert shapes["visual.blocks.0.mlp.gate_proj.weight"] == (3420, 1280)  # vision MLP unfused in 0.5
     assert shapes["visual.blocks.0.attn.qkv.weight"] == (3840, 1280)
     assert shapes["model.norms.1.weight"] == (1024,)
-    assert shapes["action_preprocessor.w1.weight"] == (1024, 2 * 12)
+    assert shapes["action_preprocessor.w1.weight"] == (1024, 2 * 26)  # the 26-D contract, proj_with_mask
     assert "action_preprocessor.propri_proj.weight" not in shapes  # state is text
     assert "lm_head.weight" not in shapes
