@@ -86,10 +86,13 @@ def test_replay_display_shows_the_replayed_run(demo_view: tuple[Path, Path], tmp
     assert result.exit_code == 0, result.output
     assert "identical commands" in result.output
     rows = rrd_rows(rrd)
-    ticks = Episode.load(report / "dataset").num_ticks
+    episode = Episode.load(report / "dataset")
     # a dry replay's view is lossless: every replayed tick, every recorded chunk
-    assert rows["joints/waist"] == ticks
-    assert rows["chunks/seq"] == len(Episode.load(report / "dataset").chunks["tick"])
+    assert rows["joints/waist"] == episode.num_ticks
+    assert rows["chunks/seq"] == len(episode.chunks["tick"])
+    # the images of every replayed request, decoded from the dataset's videos
+    sent = len(episode.observations["tick"])
+    assert sent > 0 and rows["cameras/face_view"] == rows["cameras/left_wrist_view"] == sent
 
 
 def test_run_dry_run_display_has_every_joint(tmp_path: Path) -> None:

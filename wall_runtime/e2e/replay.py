@@ -129,6 +129,30 @@ def _robot_setup(episode: Episode) -> tuple[RobotSpec, SafetyConfig, Callable | 
     return spec, safety_config(config, spec), build_adapter(config).forward_kinematics
 
 
+def dataset_images(episode: Episode, ticks: set[int]) -> dict[int, dict[str, np.ndarray]]:
+    """The recorded camera frames (decoded from the dataset's videos, one frame per tick) of the
+    given ticks, by view; nothing for a legacy recording (its observations carry their images)."""
+    import av
+
+    from wall_runtime.recording.lerobot_v3 import IMAGE_PREFIX, VIDEO_PATH, _chunk_file, read_info
+
+    index = episode.meta.get("episode_index")
+    if index is None or not (episode.root / "meta" / "info.json").exists():
+        return {}
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for key, feature in read_info(episode.root)["features"].items():
+        if feature.get("dtype") != "video" or not key.startswith(IMAGE_PREFIX):
+            continue
+        path = episode.root / VIDEO_PATH.format(video_key=key, **_chunk_file(int(index)))
+        with av.open(str(path)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i + 1 in ticks:  # frame i was recorded on tick i + 1
+                    out.setdefault(i + 1, {})[key.removeprefix(IMAGE_PREFIX)] = frame.to_ndarray(
+                        format="rgb24"
+                    )
+    return out
+
+
 def _view(spec: RobotSpec, display: DisplayOptions | None, name: str, fk: Callable | None, lossless: bool):
     if display is None or not display.wanted:
         return None
@@ -164,6 +188,9 @@ def _replay_dry(
     recorded_obs = dict(
         zip(episode.observations.get("tick", []).tolist(), episode.observations_in_order(), strict=True)
     )
+    if view is not None:  # the view shows the images; the replayed loop never looks at them
+        for tick, images in dataset_images(episode, set(recorded_obs)).items():
+            recorded_obs[tick].images = images
     options = LoopOptions(
         smoother=episode.meta["smoother"],
         smoother_options=dict(episode.meta.get("smoother_options") or {}),
