@@ -162,3 +162,28 @@ print(r.output)
     code_line, _, output = out.stdout.partition("\n")
     assert code_line == "2", out.stdout
     assert "rerun-sdk" in output and "wall-runtime[display]" in output
+
+
+def test_display_without_a_screen_serves_on_loopback_or_says_the_port_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from wall_runtime.recording.rerun_view import VIEW_PORT
+
+    if sys.platform in ("darwin", "win32"):
+        pytest.skip("there is always a screen: --display spawns a viewer")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    args = ["run", "--dry-run", "--duration", "0.5", "--no-safe-pose", "--display"]
+    with socket.socket() as taken:
+        try:
+            taken.bind(("127.0.0.1", VIEW_PORT))
+        except OSError:
+            pytest.skip(f"port {VIEW_PORT} is in use on this machine")
+        taken.listen()
+        result = CliRunner().invoke(app, [*args, "--estop-file", str(tmp_path / "e1")])
+    assert result.exit_code == 2 and f"port {VIEW_PORT} is in use" in result.output
+    result = CliRunner().invoke(app, [*args, "--estop-file", str(tmp_path / "e2")])
+    assert result.exit_code == 0, result.output
+    assert f"rerun+http://127.0.0.1:{VIEW_PORT}/proxy" in " ".join(result.output.split())

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -59,6 +60,18 @@ class DisplayOptions:
     @property
     def wanted(self) -> bool:
         return self.show or self.save is not None
+
+
+def _check_port_free(port: int) -> None:
+    """rerun's gRPC server fails on its own thread when the port is taken: say so up front."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a listener still refuses it
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise DisplayError(
+                f"--display: port {port} is in use ({exc.strerror}); is another run serving a view?"
+            ) from None
 
 
 def has_display() -> bool:
@@ -118,6 +131,7 @@ class RerunView:
                 announce("display: rerun viewer spawned")
             else:
                 # loopback only: camera images and joint data are not for the whole network
+                _check_port_free(VIEW_PORT)
                 server = rr.GrpcServerSink(bind_ip="127.0.0.1", port=VIEW_PORT)
                 sinks.append(server)
                 self.viewer_url = str(server.uri)
@@ -282,8 +296,11 @@ class RerunView:
         self._thread.join(timeout)
         if self.dropped:
             log.warning("display: %d events dropped (the view could not keep up)", self.dropped)
-        self.rec.flush()
-        self.rec.disconnect()
+        try:
+            self.rec.flush()
+            self.rec.disconnect()
+        except Exception as exc:  # a sink that died (viewer closed, server gone): the run stands
+            log.warning("display: could not flush the view: %s", exc)
 
 
 def open_view(
