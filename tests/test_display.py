@@ -30,12 +30,27 @@ def rrd_rows(path: Path) -> Counter[str]:
     from rerun.chunk import RrdReader
 
     reader = RrdReader(path)
-    assert len(reader.recordings()) == 1
+    assert len(reader.recordings()) == 1 and reader.blueprints()  # the data and its layout
     rows: Counter[str] = Counter()
     for chunk in reader.stream():
         if not chunk.is_static:
             rows[chunk.entity_path.lstrip("/")] += chunk.num_rows
     return rows
+
+
+def blueprint_origins(path: Path) -> set[str]:
+    """The views' origins in the layout the .rrd holds."""
+    from rerun.chunk import RrdReader
+
+    reader = RrdReader(path)
+    origins: set[str] = set()
+    assert len(reader.blueprints()) == 1  # laid out once, with the cameras known from the start
+    for chunk in reader.stream(store=reader.blueprints()[0]):
+        batch = chunk.to_record_batch()
+        for name in batch.schema.names:
+            if name.endswith("_origin"):  # ViewBlueprint:space_origin
+                origins.update(o for row in batch.column(name).to_pylist() if row for o in row)
+    return origins
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +91,10 @@ def test_demo_display_has_cameras_joints_chunks_and_ee_targets(demo_view: tuple[
     assert rows["chunks/seq"] > 0 and rows["world/ee_target"] == rows["chunks/seq"]
     assert rows["world/ee_measured"] == ticks
     assert rows["safety/interventions"] == ticks
+    # the layout: a plot per joint, a view per camera, the EE in 3D, chunks, interventions, events
+    joints = {f"joints/{j.name}" for j in load_robot(DEFAULT_ROBOT).joints}
+    cameras = {"cameras/face_view", "cameras/left_wrist_view"}
+    assert blueprint_origins(rrd) == joints | cameras | {"world", "chunks", "safety", "events"}
 
 
 @pytest.mark.slow

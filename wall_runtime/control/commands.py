@@ -140,6 +140,12 @@ def _recorder(
     )
 
 
+def _camera_views(setup: ControlSetup) -> list[str]:
+    """The model views the robot's cameras deliver (none in a dry run)."""
+    cameras = setup.side.cameras if setup.side is not None else None
+    return list(cameras.views.values()) if cameras is not None else []
+
+
 # -- the dry run: a simulated arm, gripper and base, and a simulated policy --------------------
 
 DRY_HZ = 100.0
@@ -342,6 +348,7 @@ def register(app: typer.Typer) -> None:
                         DisplayOptions(show=display, save=display_save),
                         name=f"run {setup.adapter.spec.name}",
                         forward_kinematics=setup.adapter.forward_kinematics,
+                        views=_camera_views(setup),
                         announce=console.print,
                     )
                 assert setup.observe is not None

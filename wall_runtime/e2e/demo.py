@@ -207,6 +207,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
                 DisplayOptions(show=options.display, save=options.display_save),
                 name=f"demo {side.config.name}",
                 forward_kinematics=side.adapter.forward_kinematics,
+                views=list(side.cameras.views.values()) if side.cameras is not None else [],
                 announce=console.print,
             )
             stack.callback(view.close)  # after the session's close (callbacks run last first)

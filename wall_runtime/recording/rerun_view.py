@@ -27,7 +27,7 @@ import queue
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -103,11 +103,13 @@ class RerunView:
         *,
         name: str = "wall-runtime",
         forward_kinematics: Callable[[np.ndarray], np.ndarray | None] | None = None,
+        views: Sequence[str] = (),
         queue_size: int = 4096,
         lossless: bool = False,
         announce: Callable[[str], None] = log.info,
     ) -> None:
-        """``lossless``: the loop waits for room on the queue instead of dropping (a replay, which
+        """``views``: the model views the cameras will send (laid out from the start; others are
+        added when their first image comes). ``lossless``: the loop waits for room on the queue instead of dropping (a replay, which
         runs faster than real time and drives no robot)."""
         rr = require_rerun()
         self._rr = rr
@@ -144,6 +146,8 @@ class RerunView:
         if self._fk is not None and self._fk(np.zeros(spec.dof)) is None:
             self._fk = None  # the adapter answers None: no kinematics
         self._log_static()
+        self._views = tuple(sorted(set(views)))
+        self.rec.send_blueprint(self._blueprint())  # again once the camera views are known
         self.dropped = 0
         self._lossless = lossless
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
@@ -200,6 +204,28 @@ class RerunView:
         lines += [f"- {j.name}: {j.kind}, {j.unit}" for j in self.spec.joints]
         self.rec.log("robot", rr.TextDocument("\n".join(lines), media_type="text/markdown"), static=True)
 
+    def _blueprint(self) -> Any:
+        """The layout: cameras, the EE in 3D and the event log on the left; a plot per joint, the
+        chunks and the interventions on the right."""
+        rrb = self._rr.blueprint
+        left: list[Any] = [rrb.Spatial2DView(origin=f"cameras/{v}", name=v) for v in self._views]
+        if self._fk is not None:
+            left.append(rrb.Spatial3DView(origin="world", name="end effector"))
+        left.append(rrb.TextLogView(origin="events", name="events"))
+        joints = [
+            rrb.TimeSeriesView(origin=f"joints/{j.name}", name=f"{j.name} [{j.unit}]")
+            for j in self.spec.joints
+        ]
+        right = rrb.Vertical(
+            rrb.Grid(*joints),
+            rrb.Horizontal(
+                rrb.TimeSeriesView(origin="chunks", name="chunks"),
+                rrb.TimeSeriesView(origin="safety", name="safety interventions"),
+            ),
+            row_shares=[4, 1],
+        )
+        return rrb.Blueprint(rrb.Horizontal(rrb.Vertical(*left), right, column_shares=[1, 2]))
+
     def _run(self) -> None:
         while True:
             item = self._queue.get()
@@ -234,6 +260,10 @@ class RerunView:
 
     def _log_images(self, images: dict[str, np.ndarray]) -> None:
         rr = self._rr
+        views = tuple(sorted(images))
+        if views and not set(views) <= set(self._views):
+            self._views = tuple(sorted({*self._views, *views}))
+            self.rec.send_blueprint(self._blueprint())
         for view, image in images.items():
             img = rr.Image(np.ascontiguousarray(image), color_model="RGB")
             self.rec.log(f"cameras/{view}", img.compress(jpeg_quality=80))
@@ -309,6 +339,7 @@ def open_view(
     *,
     name: str,
     forward_kinematics: Callable[[np.ndarray], np.ndarray | None] | None = None,
+    views: Sequence[str] = (),
     lossless: bool = False,
     announce: Callable[[str], None] = log.info,
 ) -> RerunView | None:
@@ -320,6 +351,7 @@ def open_view(
         options,
         name=name,
         forward_kinematics=forward_kinematics,
+        views=views,
         lossless=lossless,
         announce=announce,
     )
