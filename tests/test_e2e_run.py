@@ -30,7 +30,11 @@ FLOW = {
 
 
 def _server(layout: dict[str, int]) -> PolicyServer:
-    policy = EchoPolicy.from_checkpoint(
+    return PolicyServer(_policy(layout), ServerConfig(bind="tcp://127.0.0.1:0"))
+
+
+def _policy(layout: dict[str, int]) -> EchoPolicy:
+    return EchoPolicy.from_checkpoint(
         None,
         dof_config=layout,
         agent_pos_config=layout,
@@ -38,7 +42,6 @@ def _server(layout: dict[str, int]) -> PolicyServer:
         cameras=("face_view", "left_wrist_view"),
         norm_keys=("sim_arm",),
     )
-    return PolicyServer(policy, ServerConfig(bind="tcp://127.0.0.1:0"))
 
 
 def test_run_drives_the_sim_arm_from_a_served_policy(tmp_path: Path, monkeypatch) -> None:
@@ -146,3 +149,48 @@ def test_run_with_a_broken_robot_yaml_names_the_field(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "control_hz" in result.output
+
+
+def test_run_refused_by_curve_stops_at_once_naming_the_key(tmp_path: Path) -> None:
+    import shutil
+    import time
+
+    from wall_runtime.transport.auth import generate_keys
+
+    keys = tmp_path / "keys"
+    server_public, server_secret = generate_keys(keys, "server")
+    robot_public, _ = generate_keys(keys, "robot")
+    _, intruder_secret = generate_keys(keys, "intruder")
+    allow = tmp_path / "allowed"
+    allow.mkdir()
+    shutil.copy(robot_public, allow / "robot.key")
+    policy = _policy(FLOW)
+    config = ServerConfig(bind="tcp://127.0.0.1:0", server_key=server_secret, allow_dir=allow)
+    with PolicyServer(policy, config) as server:
+        endpoint = server.start()
+        started = time.monotonic()
+        result = CliRunner().invoke(
+            app,
+            [
+                "run",
+                "--robot",
+                str(DEFAULT_ROBOT),
+                "--server",
+                endpoint,
+                "--server-key",
+                str(server_public),
+                "--client-key",
+                str(intruder_secret),
+                "--duration",
+                "1",
+                "--no-keys",
+                "--estop-file",
+                str(tmp_path / "estop"),
+            ],
+        )
+        elapsed = time.monotonic() - started
+    assert result.exit_code == 2, result.output
+    # the connect timeout is 30 s: the socket monitor saw ZAP refuse the key at the first handshake
+    assert elapsed < 15, elapsed
+    output = " ".join(result.output.split())
+    assert "ZAP status 400" in output and "--allow" in output

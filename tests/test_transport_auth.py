@@ -168,3 +168,59 @@ def test_key_removed_from_the_allow_list_stops_working_without_a_restart(tmp_pat
             time.sleep(0.05)
         assert isinstance(error, (ServerError, NotConnected, ConnectionLost)), error
         assert server.queue.summary()["robots"] == 0
+
+
+def _refused_fast(endpoint: str, **kwargs) -> str:
+    """connect() with the usual 30 s timeout must fail within 2 s; returns the error's text."""
+    client = PolicyClient(endpoint, robot("arm-1"), **kwargs)
+    try:
+        started = time.monotonic()
+        with pytest.raises(NotConnected) as info:
+            client.connect(timeout=30.0)
+        assert time.monotonic() - started < 2.0
+        assert not client.connected
+    finally:
+        client.close()
+    return str(info.value)
+
+
+def test_a_curve_refusal_fails_fast_and_names_the_key_files(keys: dict[str, Path]) -> None:
+    with serving(echo_policy(), server_key=keys["server_secret"], allow_dir=keys["allow"]) as server:
+        # the wrong server key (another key pair's public half): the server cannot decrypt the hello
+        message = _refused_fast(server.endpoint, server_key=keys["intruder"], client_key=keys["robot_secret"])
+        assert str(keys["intruder"]) in message and "not this server's public key" in message
+        # a well-formed client key that is not on the allow-list: ZAP refuses it (status 400)
+        message = _refused_fast(
+            server.endpoint, server_key=keys["server"], client_key=keys["intruder_secret"]
+        )
+        assert "ZAP status 400" in message and "--allow" in message
+        assert str(keys["intruder"]) in message  # the public half to copy there, by its file
+        assert keys["intruder"].read_text().split('public-key = "')[1].split('"')[0] in message
+        # no keys at all against a CURVE server
+        assert "requires CURVE" in _refused_fast(server.endpoint)
+        # the allowed key still gets in
+        with client_for(server.endpoint, server_key=keys["server"], client_key=keys["robot_secret"]) as ok:
+            assert ok.submit(observation(1.0), deadline=2.0).result(timeout=5).stamp == 1.0
+    with serving(echo_policy()) as plain:  # keys against a server without CURVE
+        message = _refused_fast(plain.endpoint, server_key=keys["server"], client_key=keys["robot_secret"])
+        # (libzmq reports it as a mechanism mismatch or, as for a wrong key, without a reason)
+        assert "runs without CURVE" in message and str(keys["robot_secret"]) in message
+
+
+def test_a_refused_client_gets_in_once_its_key_is_allowed(tmp_path: Path) -> None:
+    k = _curve_keys(tmp_path, "robot")
+    k["late"], k["late_secret"] = generate_keys(tmp_path / "keys", "late")
+    with serving(echo_policy(), server_key=k["server_secret"], allow_dir=k["allow"]) as server:
+        client = PolicyClient(
+            server.endpoint, robot("late"), server_key=k["server"], client_key=k["late_secret"]
+        )
+        try:
+            with pytest.raises(NotConnected, match="ZAP status 400"):
+                client.connect(timeout=30.0)
+            shutil.copy(k["late"], k["allow"] / "late.key")
+            server.reload_allow_list()
+            # libzmq keeps reconnecting; the next handshake is admitted on the same client
+            assert client.connect(timeout=10.0).model
+            assert client.submit(observation(3.0), deadline=2.0).result(timeout=5).stamp == 3.0
+        finally:
+            client.close()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from wall_runtime.action_space.source import EdgeSource
@@ -137,6 +138,12 @@ def _recorder(
         meta=loop_settings(cfg, robot_yaml),
         images=side.latest_images if side is not None and cameras else None,
     )
+
+
+def _camera_views(setup: ControlSetup) -> list[str]:
+    """The model views the robot's cameras deliver (none in a dry run)."""
+    cameras = setup.side.cameras if setup.side is not None else None
+    return list(cameras.views.values()) if cameras is not None else []
 
 
 # -- the dry run: a simulated arm, gripper and base, and a simulated policy --------------------
@@ -267,6 +274,14 @@ def register(app: typer.Typer) -> None:
         record: Path | None = typer.Option(
             None, help="record the run as the next episode of this LeRobot v3 dataset folder"
         ),
+        display: bool = typer.Option(
+            False,
+            "--display",
+            help="live view in the rerun viewer: cameras, joints, chunks, EE targets, interventions",
+        ),
+        display_save: Path | None = typer.Option(
+            None, "--display-save", help="write the live view to this .rrd file (open: rerun FILE.rrd)"
+        ),
     ) -> None:
         """Run a robot from a served policy: chunk scheduling, smoothing, safety, watchdog, e-stop."""
         if smoother not in SMOOTHERS:
@@ -289,6 +304,14 @@ def register(app: typer.Typer) -> None:
         if estop_file.exists():
             console.print(f"[red]e-stop file {estop_file} exists: remove it before running[/]")
             raise typer.Exit(2)
+        if display or display_save is not None:
+            from wall_runtime.recording.rerun_view import DisplayError, require_rerun
+
+            try:
+                require_rerun()
+            except DisplayError as exc:
+                console.print(f"[red]cannot run:[/] {escape(str(exc))}")
+                raise typer.Exit(2) from None
         options = LoopOptions(
             smoother=smoother, safe_pose=safe_pose, disabled_filters=frozenset(unsafe_disable_filter)
         )
@@ -297,6 +320,7 @@ def register(app: typer.Typer) -> None:
         source: ChunkSource | None = None
         setup: ControlSetup | None = None
         recorder = None
+        view = None
         metrics_server = None
         stop = EStop()
         try:
@@ -316,6 +340,17 @@ def register(app: typer.Typer) -> None:
                     source = connect_policy(server, setup, instruction, server_key, client_key)
                 if record is not None:
                     recorder = _recorder(record, setup, source, cfg, instruction or "dry run", robot)
+                if display or display_save is not None:
+                    from wall_runtime.recording.rerun_view import DisplayOptions, open_view
+
+                    view = open_view(
+                        setup.adapter.spec,
+                        DisplayOptions(show=display, save=display_save),
+                        name=f"run {setup.adapter.spec.name}",
+                        forward_kinematics=setup.adapter.forward_kinematics,
+                        views=_camera_views(setup),
+                        announce=console.print,
+                    )
                 assert setup.observe is not None
                 loop = assemble_loop(
                     setup.adapter,
@@ -326,9 +361,10 @@ def register(app: typer.Typer) -> None:
                     safe_pose=setup.safe_pose,
                     estop=stop,
                     recorder=recorder,
+                    subscribers=[view] if view is not None else [],
                 )
             except (OSError, ValueError, RuntimeError, TransportError) as exc:  # bad robot.yaml, no server
-                console.print(f"[red]cannot run:[/] {exc}")
+                console.print(f"[red]cannot run:[/] {escape(str(exc))}")
                 raise typer.Exit(2) from None
             for name in unsafe_disable_filter:
                 console.print(f"[bold red]WARNING: safety filter {name!r} is DISABLED for this run[/]")
@@ -374,6 +410,10 @@ def register(app: typer.Typer) -> None:
         finally:
             if metrics_server is not None:
                 metrics_server.close()
+            if view is not None:
+                view.close()  # the .rrd is complete after this
+                if display_save is not None:
+                    console.print(f"display: {display_save}")
             stop.close()
             close_source = getattr(source, "close", None)
             if close_source is not None:

@@ -14,9 +14,10 @@ from wall_runtime.control.loop import ControlLoop
 
 def plot_run(
     loop: ControlLoop, path: Path, joints: Sequence[int] | None = None, title: str | None = None
-) -> None:
-    """Target, command and measurement per joint, chunk boundaries as green lines, safety
-    interventions as red crosses, holds and e-stops shaded."""
+) -> list[str]:
+    """Target, command and measurement per joint (every joint unless ``joints`` picks some), chunk
+    boundaries as green lines, safety interventions as red crosses, holds and e-stops shaded.
+    Returns the names of the joints drawn, top to bottom."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,9 +31,11 @@ def plot_run(
     n = min(len(t), len(log.commanded))
     t = t[:n]
     commanded, measured, target = (log.array(k)[:n] for k in ("commanded", "measured", "target"))
-    joints = list(range(min(loop.spec.dof, 4))) if joints is None else list(joints)
+    joints = list(range(loop.spec.dof)) if joints is None else list(joints)
+    # a panel per joint; flatter panels when there are many (a bimanual robot has 14 and more)
+    panel = 2.6 if len(joints) <= 4 else 1.8
     fig, axes = plt.subplots(
-        len(joints), 1, figsize=(12, 2.6 * len(joints) + 0.8), sharex=True, squeeze=False
+        len(joints), 1, figsize=(12, panel * len(joints) + 0.8), sharex=True, squeeze=False
     )
     held = np.array([s in ("hold", "estop") for s in log.status[:n]])
     for ax, j in zip(axes[:, 0], joints, strict=True):
@@ -56,6 +59,7 @@ def plot_run(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return [loop.spec.joints[j].name for j in joints]
 
 
 def write_summary(loop: ControlLoop, summary: dict[str, Any], path: Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from wall_runtime.control.estop import EStop
 from wall_runtime.control.loop import ChunkSource, ControlLoop, LoopConfig, ObservationProvider
 from wall_runtime.control.safety import SafetyConfig
-from wall_runtime.recording.subscriber import LoopRecorder
+from wall_runtime.recording.subscriber import LoopRecorder, fan_out
 from wall_runtime.robot import RobotAdapter, RobotSpec
 
 
@@ -61,11 +61,14 @@ def assemble_loop(
     safe_pose: Sequence[float] | None = None,
     estop: EStop | None = None,
     recorder: LoopRecorder | None = None,
+    subscribers: Sequence[LoopRecorder] = (),
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ControlLoop:
     """The control loop for ``adapter``; ``clock`` / ``sleep`` default to wall time (``wall-runtime
-    eval`` passes a simulated clock's, so the loop's waits advance the simulation)."""
+    eval`` passes a simulated clock's, so the loop's waits advance the simulation). ``recorder`` and
+    ``subscribers`` (e.g. the live ``--display`` view) are all told every chunk, request and tick,
+    the recorder first."""
     cfg, safety = loop_parts(adapter.spec, safety, options, safe_pose)
     return ControlLoop(
         adapter,
@@ -74,7 +77,7 @@ def assemble_loop(
         cfg,
         safety,
         estop=estop or EStop(),
-        recorder=recorder,
+        recorder=fan_out(recorder, *subscribers),
         clock=clock,
         sleep=sleep,
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=True)
 
@@ -28,6 +29,10 @@ def _metrics_address(value: str | None) -> tuple[str, int] | None:
         return None if value is None else parse_host_port(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+DISPLAY_HELP = "live view in the rerun viewer: cameras, joints, chunks, EE targets, interventions"
+DISPLAY_SAVE_HELP = "write the live view to this .rrd file (open it with: rerun FILE.rrd)"
 
 
 def register(app: typer.Typer) -> None:
@@ -57,6 +62,8 @@ def register(app: typer.Typer) -> None:
         metrics_http: str | None = typer.Option(
             None, help="serve the robot side's Prometheus metrics on HOST:PORT (/metrics)"
         ),
+        display: bool = typer.Option(False, "--display", help=DISPLAY_HELP),
+        display_save: Path | None = typer.Option(None, "--display-save", help=DISPLAY_SAVE_HELP),
     ) -> None:
         """Server, simulated robot with rendered cameras, control loop with smoothing and safety: closed loop."""
         from wall_runtime.e2e.demo import DemoOptions, run_demo
@@ -75,6 +82,8 @@ def register(app: typer.Typer) -> None:
             report=report,
             live=live,
             metrics_http=_metrics_address(metrics_http),
+            display=display,
+            display_save=display_save,
         )
         if option:
             opts.backend_options = {**opts.backend_options, **_options(option)}
@@ -86,7 +95,15 @@ def register(app: typer.Typer) -> None:
             parse_options(backend, opts.backend_options)
         except BackendOptionError as exc:
             raise typer.BadParameter(str(exc), param_hint="'--option' / '-o'") from None
-        summary = run_demo(opts, console)
+        from wall_runtime.recording.rerun_view import DisplayError, require_rerun
+
+        try:
+            if display or display_save is not None:  # before a server process starts
+                require_rerun()
+            summary = run_demo(opts, console)
+        except DisplayError as exc:
+            console.print(f"[red]cannot run the demo:[/] {escape(str(exc))}")
+            raise typer.Exit(2) from None
         counters = summary["counters"]
         console.print(
             f"chunks received {counters['chunks_received']} / requested {counters['requests']}; "
@@ -109,6 +126,8 @@ def register(app: typer.Typer) -> None:
             False, help="drive the robot (its adapter) with the recorded chunks in real time"
         ),
         json_out: Path | None = typer.Option(None, "--json", help="write the result here"),
+        display: bool = typer.Option(False, "--display", help=DISPLAY_HELP),
+        display_save: Path | None = typer.Option(None, "--display-save", help=DISPLAY_SAVE_HELP),
     ) -> None:
         """Play a recording back through the same scheduler, smoother and safety chain, without a model.
 
@@ -116,17 +135,20 @@ def register(app: typer.Typer) -> None:
         commands exactly. With --drive, the recorded chunks drive the robot (e.g. the simulator)."""
         from wall_runtime.e2e.recording import Episode
         from wall_runtime.e2e.replay import replay_dry
+        from wall_runtime.recording.rerun_view import DisplayError, DisplayOptions
+
+        view = DisplayOptions(show=display, save=display_save)
 
         try:
             ep = Episode.load(episode, index)
         except (OSError, ValueError, KeyError) as exc:  # not a recording, no such episode, malformed
-            console.print(f"[red]cannot replay:[/] {exc}")
+            console.print(f"[red]cannot replay:[/] {escape(str(exc))}")
             raise typer.Exit(2) from None
         if not drive:
             try:
-                result = replay_dry(ep, robot)
-            except (OSError, ValueError) as exc:  # robot.yaml gone, chunks not in joints
-                console.print(f"[red]cannot replay:[/] {exc}")
+                result = replay_dry(ep, robot, display=view)
+            except (OSError, ValueError, DisplayError) as exc:  # robot.yaml gone, chunks not in joints
+                console.print(f"[red]cannot replay:[/] {escape(str(exc))}")
                 raise typer.Exit(2) from None
             record = {
                 "ticks": result.ticks,
@@ -151,9 +173,9 @@ def register(app: typer.Typer) -> None:
         from wall_runtime.e2e.replay import drive_with_recording
 
         try:
-            summary = drive_with_recording(ep, robot)
-        except (OSError, ValueError) as exc:
-            console.print(f"[red]cannot replay:[/] {exc}")
+            summary = drive_with_recording(ep, robot, display=view)
+        except (OSError, ValueError, DisplayError) as exc:
+            console.print(f"[red]cannot replay:[/] {escape(str(exc))}")
             raise typer.Exit(2) from None
         console.print(
             f"drove {summary['robot']} for {summary['counters']['ticks']} ticks; "

@@ -58,6 +58,8 @@ class DemoOptions:
     record: bool = True  # the run as a LeRobot v3 dataset episode, in <report>/dataset
     live: bool = True
     metrics_http: tuple[str, int] | None = None  # serve the robot side's Prometheus metrics here
+    display: bool = False  # live rerun view (a spawned viewer, or served when there is no screen)
+    display_save: Path | None = None  # the live view written to this .rrd file
 
 
 def _status_table(loop: ControlLoop, session: Session, started: float) -> Table:
@@ -196,6 +198,19 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
         estop.add(SignalSource())
         stack.callback(estop.close)
         report = options.report or default_report_dir("demo")
+        view = None
+        if options.display or options.display_save is not None:
+            from wall_runtime.recording.rerun_view import DisplayOptions, open_view
+
+            view = open_view(
+                side.adapter.spec,
+                DisplayOptions(show=options.display, save=options.display_save),
+                name=f"demo {side.config.name}",
+                forward_kinematics=side.adapter.forward_kinematics,
+                views=list(side.cameras.views.values()) if side.cameras is not None else [],
+                announce=console.print,
+            )
+            stack.callback(view.close)  # after the session's close (callbacks run last first)
         session = Session(
             side,
             endpoint,
@@ -205,6 +220,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
                 record_to=Path(report) / "dataset" if options.record else None,
             ),
             estop=estop,
+            subscribers=[view] if view is not None else [],
         )
         stack.callback(session.close)
         if options.metrics_http is not None:

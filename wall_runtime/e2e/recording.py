@@ -81,7 +81,7 @@ class Episode:
                     np.float32
                 ),  # the joints then (images: in the videos)
             }
-        meta = {"instruction": ep.meta.get("task", ""), **ep.meta}
+        meta = {"instruction": ep.meta.get("task", ""), **ep.meta, "episode_index": ep.index}
         return cls(Path(root), meta, ticks, dict(ep.chunks), observations)
 
     @property

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from wall_runtime.e2e.assemble import LoopOptions, assemble_loop
 from wall_runtime.e2e.recording import Episode
 from wall_runtime.robot import RobotAdapter, RobotSpec
 from wall_runtime.types import ActionChunk, Observation, RobotState
+
+if TYPE_CHECKING:
+    from wall_runtime.recording.rerun_view import DisplayOptions
 
 
 class RecordedRobot(RobotAdapter):
@@ -125,11 +129,58 @@ def _robot_setup(episode: Episode) -> tuple[RobotSpec, SafetyConfig, Callable | 
     return spec, safety_config(config, spec), build_adapter(config).forward_kinematics
 
 
-def replay_dry(episode: Episode, robot_yaml: str | Path | None = None) -> DryReplay:
+def dataset_images(episode: Episode, ticks: set[int]) -> dict[int, dict[str, np.ndarray]]:
+    """The recorded camera frames (decoded from the dataset's videos, one frame per tick) of the
+    given ticks, by view; nothing for a legacy recording (its observations carry their images)."""
+    import av
+
+    from wall_runtime.recording.lerobot_v3 import IMAGE_PREFIX, VIDEO_PATH, _chunk_file, read_info
+
+    index = episode.meta.get("episode_index")
+    if index is None or not (episode.root / "meta" / "info.json").exists():
+        return {}
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for key, feature in read_info(episode.root)["features"].items():
+        if feature.get("dtype") != "video" or not key.startswith(IMAGE_PREFIX):
+            continue
+        path = episode.root / VIDEO_PATH.format(video_key=key, **_chunk_file(int(index)))
+        with av.open(str(path)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i + 1 in ticks:  # frame i was recorded on tick i + 1
+                    out.setdefault(i + 1, {})[key.removeprefix(IMAGE_PREFIX)] = frame.to_ndarray(
+                        format="rgb24"
+                    )
+    return out
+
+
+def _view(spec: RobotSpec, display: DisplayOptions | None, name: str, fk: Callable | None, lossless: bool):
+    if display is None or not display.wanted:
+        return None
+    from wall_runtime.recording.rerun_view import open_view
+
+    return open_view(spec, display, name=name, forward_kinematics=fk, lossless=lossless)
+
+
+def replay_dry(
+    episode: Episode, robot_yaml: str | Path | None = None, display: DisplayOptions | None = None
+) -> DryReplay:
+    """``display``: the replayed run in the live view too (lossless: the loop waits for the view,
+    as a dry replay runs faster than real time)."""
     if robot_yaml is not None:
         episode.meta["robot_yaml"] = str(robot_yaml)
     spec, safety, fk = _robot_setup(episode)
     check_joint_chunks(episode, spec)
+    view = _view(spec, display, f"replay {spec.name}", fk, lossless=True)
+    try:
+        return _replay_dry(episode, spec, safety, fk, view)
+    finally:
+        if view is not None:
+            view.close()
+
+
+def _replay_dry(
+    episode: Episode, spec: RobotSpec, safety: SafetyConfig, fk: Callable | None, view: Any
+) -> DryReplay:
     ticks = episode.ticks
     robot = RecordedRobot(spec, ticks["measured"], ticks["deadline"], fk)
     # each observation is handed back on the tick it was taken on (None on the others, as a
@@ -137,6 +188,9 @@ def replay_dry(episode: Episode, robot_yaml: str | Path | None = None) -> DryRep
     recorded_obs = dict(
         zip(episode.observations.get("tick", []).tolist(), episode.observations_in_order(), strict=True)
     )
+    if view is not None:  # the view shows the images; the replayed loop never looks at them
+        for tick, images in dataset_images(episode, set(recorded_obs)).items():
+            recorded_obs[tick].images = images
     options = LoopOptions(
         smoother=episode.meta["smoother"],
         smoother_options=dict(episode.meta.get("smoother_options") or {}),
@@ -155,6 +209,7 @@ def replay_dry(episode: Episode, robot_yaml: str | Path | None = None) -> DryRep
         lambda state, now: recorded_obs.get(holder["loop"].counters["ticks"]),
         safety,
         options,
+        subscribers=[view] if view is not None else [],
     )
     holder["loop"] = loop
     loop.watchdog.arm(float(ticks["deadline"][0]))
@@ -208,9 +263,12 @@ class ReplaySource:
         return ActionChunk(actions=chunk.actions, stamp=chunk.stamp + self.offset, dt=chunk.dt, seq=chunk.seq)
 
 
-def drive_with_recording(episode: Episode, robot_yaml: str | Path | None = None) -> dict:
+def drive_with_recording(
+    episode: Episode, robot_yaml: str | Path | None = None, display: DisplayOptions | None = None
+) -> dict:
     """Drive the robot named by the recording (or ``robot_yaml``) with its chunks, in real time,
-    through the same loop, smoother and safety chain; stops when the last chunk has played out."""
+    through the same loop, smoother and safety chain; stops when the last chunk has played out.
+    ``display``: the drive in the live view."""
     from wall_runtime.e2e.robot_side import load_robot_side
 
     path = robot_yaml or episode.meta.get("robot_yaml")
@@ -218,6 +276,9 @@ def drive_with_recording(episode: Episode, robot_yaml: str | Path | None = None)
         raise FileNotFoundError(f"{episode.root}: the recording names no robot.yaml; pass one")
     side = load_robot_side(path)
     check_joint_chunks(episode, side.adapter.spec)
+    view = _view(
+        side.adapter.spec, display, f"replay {side.config.name}", side.adapter.forward_kinematics, False
+    )
     side.adapter.connect()
     try:
         source = ReplaySource(episode)
@@ -227,7 +288,14 @@ def drive_with_recording(episode: Episode, robot_yaml: str | Path | None = None)
             safe_pose=False,
         )
         # the recording holds joint chunks (recorded after the model edge): no edge here
-        loop = assemble_loop(side.adapter, source, lambda state, now: None, side.safety, options)
+        loop = assemble_loop(
+            side.adapter,
+            source,
+            lambda state, now: None,
+            side.safety,
+            options,
+            subscribers=[view] if view is not None else [],
+        )
         horizon_s = (
             float(episode.chunks["actions"].shape[1] * episode.chunks["dt"][-1]) if episode.chunks else 0.0
         )
@@ -243,3 +311,5 @@ def drive_with_recording(episode: Episode, robot_yaml: str | Path | None = None)
         return summary
     finally:
         side.adapter.disconnect()
+        if view is not None:
+            view.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from wall_runtime.control.loop import ControlLoop
 from wall_runtime.e2e.assemble import LoopOptions, assemble_loop, loop_parts
 from wall_runtime.e2e.policy_link import ClientChunkSource
 from wall_runtime.e2e.robot_side import RobotSide
+from wall_runtime.recording.subscriber import LoopRecorder
 from wall_runtime.transport.client import PolicyClient
 from wall_runtime.transport.protocol import RobotDescription
 from wall_runtime.types import ActionChunk
@@ -205,7 +206,15 @@ class Session:
     """Connects a started robot side to a policy server, puts the model edge in front of the control
     loop and runs it."""
 
-    def __init__(self, side: RobotSide, endpoint: str, options: SessionOptions, estop: EStop | None = None):
+    def __init__(
+        self,
+        side: RobotSide,
+        endpoint: str,
+        options: SessionOptions,
+        estop: EStop | None = None,
+        subscribers: Sequence[LoopRecorder] = (),
+    ):
+        """``subscribers`` are told what the loop does, after the recorder (e.g. the live view)."""
         self.side = side
         self.options = options
         policy = open_policy_link(
@@ -252,6 +261,7 @@ class Session:
             safe_pose=side.safe_pose,
             estop=estop,
             recorder=self.recorder,
+            subscribers=subscribers,
         )
 
     def run(

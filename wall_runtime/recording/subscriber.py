@@ -7,6 +7,7 @@ never block on disk or an encoder. ``tick`` is the loop's 1-based tick counter.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,3 +41,32 @@ class LoopRecorder(Protocol):
     def on_tick(self, record: TickRecord) -> None:
         """The tick is done."""
         ...
+
+
+class FanOut:
+    """Several subscribers on one loop (a recorder and a live view, say): each is told everything,
+    in the order given. The loop keeps one subscriber slot; this is what goes in it."""
+
+    def __init__(self, subscribers: Sequence[LoopRecorder]) -> None:
+        self.subscribers = tuple(subscribers)
+
+    def on_chunk(self, tick: int, chunk: ActionChunk) -> None:
+        for sub in self.subscribers:
+            sub.on_chunk(tick, chunk)
+
+    def on_request(self, tick: int, observation: Observation) -> None:
+        for sub in self.subscribers:
+            sub.on_request(tick, observation)
+
+    def on_tick(self, record: TickRecord) -> None:
+        for sub in self.subscribers:
+            sub.on_tick(record)
+
+
+def fan_out(*subscribers: LoopRecorder | None) -> LoopRecorder | None:
+    """One subscriber for the loop from any number (``None`` entries skipped): none, the one, or
+    a :class:`FanOut` of them."""
+    subs = [s for s in subscribers if s is not None]
+    if not subs:
+        return None
+    return subs[0] if len(subs) == 1 else FanOut(subs)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from wall_runtime.backends.base import PolicyMetadata
 from wall_runtime.model.image_processing import shrink_all_for_wire
@@ -55,6 +56,14 @@ log = logging.getLogger(__name__)
 ConnectionCallback = Callable[[str, str], None]
 HELLO_RETRY_S = 0.5  # a queued hello is delivered once connected; retries cover a lost one
 REFUSED_RETRY_S = 5.0  # after a refused hello (e.g. wrong cameras), retry only now and then
+# what the socket monitor reports: a CURVE refusal is silent on the wire (the server just closes),
+# but libzmq tells the client's own monitor why its handshake failed
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+HANDSHAKE_EVENTS = HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 
 
 @dataclass
@@ -114,6 +123,11 @@ class PolicyClient:
         self._curve = (
             (auth.load_secret(client_key), auth.load_public(server_key)) if server_key is not None else None
         )
+        self._key_files = (server_key, client_key)  # named in the hint when a handshake fails
+        self._monitor: zmq.Socket | None = None  # the current socket's handshake events
+        self._handshake_failed: NotConnected | None = None  # why the last ZMTP handshake failed
+        self._handshake_failures = 0  # how many have failed (connect() fails on one during its wait)
+        self._no_detail = 0  # handshakes the server closed without a reason, in a row
         self.metadata: PolicyMetadata | None = None
         self.limits: dict[str, Any] = {}  # what the policy refuses beyond shapes (from the welcome)
         self.session: str | None = None
@@ -152,12 +166,18 @@ class PolicyClient:
             self._thread.start()
 
     def connect(self, timeout: float = 10.0) -> PolicyMetadata:
-        """Start and wait for the handshake; return the policy's metadata."""
+        """Start and wait for the handshake; return the policy's metadata. A handshake the server
+        fails while waiting (a CURVE key refused, CURVE on one side only) raises at once, saying
+        which key file to check."""
+        failures = self._handshake_failures
         self.start()
         deadline = time.monotonic() + timeout
         while not self._connected.wait(0.05):
             if self._refused is not None:
                 raise self._refused
+            failed = self._handshake_failed
+            if failed is not None and self._handshake_failures > failures:  # no point waiting
+                raise failed
             if time.monotonic() > deadline:
                 why = self._waiting_reason or self._no_handshake_hint()
                 raise NotConnected(f"no handshake with {self.endpoint} within {timeout:.1f} s: {why}")
@@ -176,6 +196,70 @@ class PolicyClient:
             "check that the server runs at that endpoint; a server with CURVE keys ignores clients "
             "without them (pass --server-key and --client-key)"
         )
+
+    def _handshake_hint(self, event: int, value: int) -> str:
+        """Why the ZMTP handshake failed, from the socket monitor's event, naming the key files."""
+        server_key, client_key = self._key_files
+        mismatch = event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value in (
+            zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH,
+            zmq.PROTOCOL_ERROR_ZMTP_UNEXPECTED_COMMAND,
+        )
+        if self._curve is None:
+            if mismatch or event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                return (
+                    "the server requires CURVE: pass its public key (--server-key SERVER.key) and this "
+                    "host's secret key (--client-key ROBOT.key_secret, its ROBOT.key in the server's --allow folder)"
+                )
+            return f"handshake failed ({_event_name(event)} {value}): is this a wall-runtime server?"
+        public = Path(str(client_key)).with_suffix(".key")
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return (
+                f"the server refused this host's CURVE key (ZAP status {value}): its public key "
+                f"{self._curve[0].public.decode()} ({public}, beside --client-key {client_key}) is not in "
+                "the server's --allow folder; copy it there (the server rereads the folder within 1 s)"
+            )
+        if mismatch:
+            return (
+                f"the server runs without CURVE: drop --server-key {server_key} and --client-key "
+                f"{client_key}, or start the server with --server-key and --allow"
+            )
+        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            # libzmq cannot tell these apart: the server closes in both cases (a CURVE client to a
+            # plain server is sometimes reported as a mechanism mismatch, sometimes not)
+            return (
+                f"the server dropped the CURVE handshake: --server-key {server_key} is not this server's "
+                "public key (use the .key beside the server's --server-key .key_secret), or the server "
+                f"runs without CURVE (then drop --server-key and --client-key {client_key})"
+            )
+        return f"CURVE handshake failed ({_event_name(event)} {value}): check --server-key {server_key}"
+
+    def _check_handshake(self) -> None:
+        """Drain the socket monitor (I/O thread, lock held): a failed handshake makes ``connect``
+        fail at once with the reason, reported once; libzmq keeps reconnecting meanwhile, so a key
+        added to the server's allow-list later still gets in."""
+        mon = self._monitor
+        while mon is not None:
+            try:
+                event = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind, value = int(event["event"]), int(event["value"])
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshake_failed = None
+                self._no_detail = 0
+            elif kind & HANDSHAKE_FAILED and not self.connected:
+                if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                    # the peer closed mid-handshake: a wrong server key, or CURVE on one side only,
+                    # which the next attempt (libzmq retries within 100 ms) often says outright
+                    self._no_detail += 1
+                    if self._no_detail < 2:
+                        continue
+                hint = self._handshake_hint(kind, value)
+                if self._handshake_failed is None or not str(self._handshake_failed).endswith(hint):
+                    log.error("no handshake with %s: %s", self.endpoint, hint)
+                    self._events.append(("refused", hint))
+                self._handshake_failed = NotConnected(f"no handshake with {self.endpoint}: {hint}")
+                self._handshake_failures += 1
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -231,6 +315,9 @@ class PolicyClient:
             self._thread.join(5.0)
             self._io.sock.close(linger=200)  # lets the goodbye reach the server
             self._io.close()
+        if self._monitor is not None:
+            self._monitor.close(linger=0)  # before term(), which waits for every socket
+            self._monitor = None
         self._ctx.term()
 
     def __enter__(self) -> PolicyClient:
@@ -273,6 +360,10 @@ class PolicyClient:
         if self._curve is not None:
             client, server_public = self._curve
             auth.apply_client_curve(sock, client, server_public)
+        # the handshake's outcome, read on the I/O thread (the old socket's monitor goes with it)
+        old, self._monitor = self._monitor, sock.get_monitor_socket(HANDSHAKE_EVENTS)
+        if old is not None:
+            old.close(linger=0)
         sock.connect(self.endpoint)
         return sock
 
@@ -292,6 +383,8 @@ class PolicyClient:
                 with io.lock:
                     for frames in io.recv_ready(64):
                         self._on_message_safely(frames)
+                    if not self.connected:
+                        self._check_handshake()
                     now = time.perf_counter()
                     self._expire(now)
                     self._heartbeat(now)
@@ -503,6 +596,13 @@ class PolicyClient:
                     self._io.send(encode(protocol.simple_header(protocol.PING, 0)))
         elif now - self._last_hello >= (HELLO_RETRY_S if self._refused is None else REFUSED_RETRY_S):
             self._send_hello()
+
+
+def _event_name(event: int) -> str:
+    try:
+        return zmq.Event(event).name
+    except ValueError:
+        return str(event)
 
 
 __all__ = [
