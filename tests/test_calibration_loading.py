@@ -224,3 +224,25 @@ def test_check_robot_lists_the_calibration_files(robot_dir):
     set_camera(robot_dir, "face_view", width=320, height=240)
     bad = CliRunner().invoke(app, ["check-robot", str(robot_dir)], env={"COLUMNS": "250"})
     assert bad.exit_code == 2 and "intrinsics_face_view.yaml: intrinsics are for 224x224" in bad.output
+
+
+def test_display_draws_a_fixed_cameras_calibrated_pose(robot_dir, tmp_path):
+    """An eye-to-hand result reaches the rerun view as the camera's pose in the 3D world."""
+    pytest.importorskip("rerun", reason="rerun-sdk is not installed (the display extra)")
+    from rerun.chunk import RrdReader
+
+    from wall_runtime.recording.rerun_view import DisplayOptions, open_view
+
+    x_face = random_pose(np.random.default_rng(2), 40, 0.6)
+    solved_hand_eye(x_face, "eye-to-hand", 4).save(cal_dir(robot_dir) / "hand_eye_face_view.yaml")
+    solved_hand_eye(x_face, "eye-in-hand", 5).save(cal_dir(robot_dir) / "hand_eye_left_wrist_view.yaml")
+    side = load_robot_side(robot_dir)
+    assert set(side.fixed_camera_poses) == {"face_view"}  # the wrist camera moves with the gripper
+    rrd = tmp_path / "view.rrd"
+    view = open_view(
+        side.adapter.spec, DisplayOptions(save=rrd), name="t", camera_poses=side.fixed_camera_poses
+    )
+    assert view is not None
+    view.close()
+    static = {c.entity_path.lstrip("/") for c in RrdReader(rrd).stream() if c.is_static}
+    assert "world/cameras/face_view" in static and "world/cameras/left_wrist_view" not in static

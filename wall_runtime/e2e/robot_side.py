@@ -47,6 +47,12 @@ class RobotSide:
         eye-in-hand camera, the base frame for eye-to-hand; ``calibration.camera_frames[view]``)."""
         return {} if self.calibration is None else self.calibration.camera_extrinsics
 
+    @property
+    def fixed_camera_poses(self) -> dict[str, np.ndarray]:
+        """The eye-to-hand cameras' poses in the base frame (what a 3D view can draw as is)."""
+        frames = {} if self.calibration is None else self.calibration.camera_frames
+        return {v: t for v, t in self.camera_extrinsics.items() if frames.get(v) == "base"}
+
     def edge(self, meta: PolicyMetadata) -> ModelEdge:
         """The model edge for the policy's layouts, or a :class:`FitError` naming the slot that does
         not fit (refused at the handshake)."""
