@@ -45,6 +45,7 @@ def check_robot(
     except RobotConfigError as exc:
         console.print(f"[red]robot.yaml is invalid:[/red] {exc}")
         raise typer.Exit(2) from None
+    _show_calibration(console, config)
     if mapping_only:
         if checkpoint is None:
             console.print("[red]--mapping-only needs --checkpoint[/red]")
@@ -87,6 +88,24 @@ def check_robot(
     if checkpoint is not None:
         results.append(_check_mapping(config, checkpoint))
     _report(console, config, results, hardware, json_out)
+
+
+def _show_calibration(console, config) -> None:
+    """One line per calibration file found for this robot (a bad one ends the check, naming it)."""
+    from rich.markup import escape
+
+    from wall_runtime.calibration.runtime import calibration_root, load_calibration
+    from wall_runtime.cameras.config import CamerasConfig
+
+    try:
+        loaded = load_calibration(config.name, CamerasConfig.from_dict(config.cameras or None))
+    except ValueError as exc:
+        console.print(f"[red]calibration:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    if not loaded.lines:
+        console.print(f"calibration: none under {calibration_root() / config.name}")
+    for line in loaded.lines:
+        console.print(f"calibration: {escape(line)}")
 
 
 def _run(console, config, options, hardware: bool, emulate: bool) -> list:

@@ -16,10 +16,14 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wall_runtime.cameras.transforms import ImageTransform
+
+if TYPE_CHECKING:
+    from wall_runtime.calibration.intrinsics import Intrinsics
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +124,9 @@ class Camera(abc.ABC):
         self.name = name
         self.fps = fps
         self.transform = transform or ImageTransform()
+        # calibrated intrinsics of the raw sensor image (calibration/<robot>/intrinsics_<name>.yaml),
+        # attached by the factory when a result file exists
+        self.intrinsics: Intrinsics | None = None
         self.frozen_after = frozen_after
         self.stall_timeout = stall_timeout if stall_timeout is not None else max(0.5, 5.0 / (fps or 30.0))
         self._ring: deque[Frame] = deque(maxlen=buffer_size)

@@ -16,6 +16,7 @@ cameras:
       rotation: 0                   # clockwise degrees: 0 | 90 | 180 | 270
       crop: [80, 0, 480, 480]       # x, y, width, height (after rotation)
       resize: [224, 224]            # width, height sent to the model
+      undistort: true               # remap with calibration/<robot>/intrinsics_front.yaml first
     wrist:
       type: realsense
       serial: "123456789012"        # or playback: path/to/recording.db3
@@ -70,6 +71,9 @@ class CameraConfig:
     frozen_after: int | None = 5
     stall_timeout: float | None = None
     buffer_size: int = 8
+    undistort: bool = (
+        False  # apply the calibrated intrinsics (needs calibration/<robot>/intrinsics_<name>.yaml)
+    )
 
     @property
     def transform(self) -> ImageTransform:
@@ -112,6 +116,7 @@ class CameraConfig:
             frozen_after=f.integer("frozen_after", default=frozen_default, minimum=2),
             stall_timeout=f.number("stall_timeout"),
             buffer_size=f.integer("buffer_size", default=8),
+            undistort=f.boolean("undistort", False),
         )
         if cfg.fourcc is not None and len(cfg.fourcc) != 4:
             raise CameraConfigError(

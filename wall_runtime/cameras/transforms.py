@@ -1,8 +1,13 @@
-"""Per-camera image transform: rotate, then crop, then resize (in that order, on the capture thread)."""
+"""Per-camera image transform: undistort, rotate, crop, resize (in that order, on the capture thread).
+
+Undistortion works on the sensor's image, so it comes first: the calibrated intrinsics describe the
+raw frame, before any rotation or crop.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,15 +20,47 @@ _ROTATIONS = {
 }
 
 
+class Undistort:
+    """Removes lens distortion with the maps ``cv2.initUndistortRectifyMap`` precomputes once from
+    the calibrated camera matrix and distortion coefficients; each frame is then one ``cv2.remap``.
+    The output keeps the same camera matrix and size (pixels outside the lens's view turn black).
+    ``source`` names the calibration file, so a frame of the wrong size is an error naming it."""
+
+    def __init__(
+        self,
+        camera_matrix: np.ndarray,
+        dist_coeffs: np.ndarray,
+        image_size: tuple[int, int],
+        source: Path | str = "intrinsics",
+    ) -> None:
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.source = str(source)
+        k = np.asarray(camera_matrix, np.float64)
+        self._map1, self._map2 = cv2.initUndistortRectifyMap(
+            k, np.asarray(dist_coeffs, np.float64), None, k, self.image_size, cv2.CV_16SC2
+        )
+
+    def apply(self, img: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+        if (img.shape[1], img.shape[0]) != self.image_size:
+            w, h = self.image_size
+            raise ValueError(
+                f"{self.source}: intrinsics are for {w}x{h} frames, the camera delivers "
+                f"{img.shape[1]}x{img.shape[0]}"
+            )
+        return cv2.remap(img, self._map1, self._map2, interpolation, borderMode=cv2.BORDER_CONSTANT)
+
+
 @dataclass(frozen=True)
 class ImageTransform:
     """``rotation`` clockwise degrees (0/90/180/270); ``crop`` (x, y, width, height) in the rotated
-    image; ``resize`` (width, height) of the result. Depth follows the same geometry with
+    image; ``resize`` (width, height) of the result; ``undistort`` (from the camera's calibrated
+    intrinsics) runs before all of them. Depth follows the same geometry with
     nearest-neighbour resizing, so an aligned depth map stays aligned."""
 
     rotation: int = 0
     crop: tuple[int, int, int, int] | None = None
     resize: tuple[int, int] | None = None
+    undistort: Undistort | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.rotation not in _ROTATIONS:
@@ -37,7 +74,7 @@ class ImageTransform:
 
     @property
     def identity(self) -> bool:
-        return self.rotation == 0 and self.crop is None and self.resize is None
+        return self.rotation == 0 and self.crop is None and self.resize is None and self.undistort is None
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of the transformed image for a source of the given size."""
@@ -54,6 +91,10 @@ class ImageTransform:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         if self.identity:
             return image, depth
+        if self.undistort is not None:
+            image = self.undistort.apply(image)
+            if depth is not None:
+                depth = self.undistort.apply(depth, cv2.INTER_NEAREST)
         image = self._geometry(image, cv2.INTER_AREA)
         if depth is not None:
             depth = self._geometry(depth, cv2.INTER_NEAREST)

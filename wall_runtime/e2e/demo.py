@@ -209,6 +209,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
                 forward_kinematics=side.adapter.forward_kinematics,
                 views=list(side.cameras.views.values()) if side.cameras is not None else [],
                 announce=console.print,
+                camera_poses=side.fixed_camera_poses,
             )
             stack.callback(view.close)  # after the session's close (callbacks run last first)
         session = Session(

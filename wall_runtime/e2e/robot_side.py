@@ -39,6 +39,19 @@ class RobotSide:
     safety: SafetyConfig
     kinematics: dict[str, Any] = field(default_factory=dict)  # arm name -> ArmKinematics
     camera_refusals: Counter = field(default_factory=Counter)
+    calibration: Any = None  # LoadedCalibration: what calibration/<robot>/ held
+
+    @property
+    def camera_extrinsics(self) -> dict[str, np.ndarray]:
+        """Model view -> 4x4 camera pose from ``calibrate hand-eye`` (in the gripper frame for an
+        eye-in-hand camera, the base frame for eye-to-hand; ``calibration.camera_frames[view]``)."""
+        return {} if self.calibration is None else self.calibration.camera_extrinsics
+
+    @property
+    def fixed_camera_poses(self) -> dict[str, np.ndarray]:
+        """The eye-to-hand cameras' poses in the base frame (what a 3D view can draw as is)."""
+        frames = {} if self.calibration is None else self.calibration.camera_frames
+        return {v: t for v, t in self.camera_extrinsics.items() if frames.get(v) == "base"}
 
     def edge(self, meta: PolicyMetadata) -> ModelEdge:
         """The model edge for the policy's layouts, or a :class:`FitError` naming the slot that does
@@ -118,8 +131,9 @@ class RobotSide:
         self.adapter.disconnect()
 
 
-def camera_group(config: RobotConfig, adapter: RobotAdapter) -> CameraGroup | None:
-    """The robot's cameras from its ``cameras:`` block; simulated ones render through the adapter."""
+def camera_group(config: RobotConfig, adapter: RobotAdapter, calibration: Any = None) -> CameraGroup | None:
+    """The robot's cameras from its ``cameras:`` block; simulated ones render through the adapter;
+    ``calibration`` (a LoadedCalibration) gives them their intrinsics."""
     from wall_runtime.cameras.factory import make_group
 
     block: Any = config.cameras
@@ -136,22 +150,30 @@ def camera_group(config: RobotConfig, adapter: RobotAdapter) -> CameraGroup | No
                 )
             # a simulated camera is named after the MJCF camera it renders
             renderers[cam.name] = lambda s=cam.name, w=cam.width, h=cam.height, r=render: r(s, w, h)
-    return make_group(cams, renderers=renderers, base_dir=config.root)
+    intrinsics = calibration.intrinsics if calibration is not None else None
+    return make_group(cams, renderers=renderers, base_dir=config.root, intrinsics=intrinsics)
 
 
 def load_robot_side(path: str | Path) -> RobotSide:
-    """robot.yaml parsed once: the adapter, cameras, safety settings and the arms' kinematics."""
+    """robot.yaml parsed once: the adapter, cameras, safety settings and the arms' kinematics, with
+    the robot's calibration (``$WALL_RUNTIME_CALIBRATION`` or ./calibration, ``<robot>/``) loaded
+    and checked before anything connects."""
+    from wall_runtime.calibration.runtime import load_calibration
     from wall_runtime.kinematics import load_robot_kinematics
 
     config = load_robot(path)
+    calibration = load_calibration(config.name, CamerasConfig.from_dict(config.cameras or None))
+    for line in calibration.lines:
+        log.info("calibration: %s", line)
     adapter = build_adapter(config)
     safety = safety_config(config, adapter.spec)
     return RobotSide(
         config=config,
         adapter=adapter,
-        cameras=camera_group(config, adapter),
+        cameras=camera_group(config, adapter, calibration),
         safety=safety,
         kinematics=load_robot_kinematics(config),
+        calibration=calibration,
     )
 
 

@@ -27,7 +27,7 @@ import queue
 import socket
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -107,10 +107,12 @@ class RerunView:
         queue_size: int = 4096,
         lossless: bool = False,
         announce: Callable[[str], None] = log.info,
+        camera_poses: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """``views``: the model views the cameras will send (laid out from the start; others are
         added when their first image comes). ``lossless``: the loop waits for room on the queue instead of dropping (a replay, which
-        runs faster than real time and drives no robot)."""
+        runs faster than real time and drives no robot). ``camera_poses``: model view -> 4x4 camera pose
+        in the base frame (a fixed camera's hand-eye result), drawn in the 3D view."""
         rr = require_rerun()
         self._rr = rr
         self.spec = spec
@@ -146,6 +148,13 @@ class RerunView:
         if self._fk is not None and self._fk(np.zeros(spec.dof)) is None:
             self._fk = None  # the adapter answers None: no kinematics
         self._log_static()
+        for view, pose in (camera_poses or {}).items():
+            pose = np.asarray(pose, np.float64)
+            self.rec.log(
+                f"world/cameras/{view}",
+                rr.Transform3D(translation=pose[:3, 3], mat3x3=pose[:3, :3]),
+                static=True,
+            )
         self._views = tuple(sorted(set(views)))
         self.rec.send_blueprint(self._blueprint())  # again once the camera views are known
         self.dropped = 0
@@ -342,6 +351,7 @@ def open_view(
     views: Sequence[str] = (),
     lossless: bool = False,
     announce: Callable[[str], None] = log.info,
+    camera_poses: Mapping[str, np.ndarray] | None = None,
 ) -> RerunView | None:
     """The live view the options ask for, or ``None`` when they ask for none."""
     if not options.wanted:
@@ -354,4 +364,5 @@ def open_view(
         views=views,
         lossless=lossless,
         announce=announce,
+        camera_poses=camera_poses,
     )
