@@ -171,3 +171,17 @@ def test_metrics_prometheus_text() -> None:
 
     names = {f.name for f in text_string_to_metric_families(text)}
     assert {"wall_runtime_server_requests", "wall_runtime_server_queue_wait_seconds"} <= names
+
+
+def test_the_robot_side_transport_imports_no_backend() -> None:
+    """The client and the protocol speak PolicyMetadata from types.py: a robot host needs neither
+    torch nor any backend module to talk to a server."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, wall_runtime.transport.client, wall_runtime.transport.protocol; "
+        "print(sorted(m for m in sys.modules if m.startswith('wall_runtime.backends') or m == 'torch'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -21,12 +21,11 @@ from wall_runtime.action_space.edge import FitError, ModelEdge, build_edge
 from wall_runtime.action_space.source import EdgeSource
 from wall_runtime.adapters.config import RobotConfig, load_robot
 from wall_runtime.adapters.registry import build_adapter
-from wall_runtime.backends.base import PolicyMetadata
 from wall_runtime.cameras.config import CamerasConfig
 from wall_runtime.cameras.group import CameraGroup, SnapshotError
 from wall_runtime.control.safety import SafetyConfig
 from wall_runtime.robot import RobotAdapter, RobotSpec
-from wall_runtime.types import Observation, RobotState
+from wall_runtime.types import Observation, PolicyMetadata, RobotState
 
 log = logging.getLogger(__name__)
 

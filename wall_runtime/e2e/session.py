@@ -18,7 +18,6 @@ import numpy as np
 
 from wall_runtime.action_space.edge import FitError, ModelEdge
 from wall_runtime.action_space.source import EdgeSource
-from wall_runtime.backends.base import PolicyMetadata
 from wall_runtime.control.estop import EStop
 from wall_runtime.control.loop import ControlLoop
 from wall_runtime.e2e.assemble import LoopOptions, assemble_loop, loop_parts
@@ -27,7 +26,7 @@ from wall_runtime.e2e.robot_side import RobotSide
 from wall_runtime.recording.subscriber import LoopRecorder
 from wall_runtime.transport.client import PolicyClient
 from wall_runtime.transport.protocol import RobotDescription
-from wall_runtime.types import ActionChunk
+from wall_runtime.types import ActionChunk, PolicyMetadata
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,6 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from wall_runtime.backends.base import PolicyMetadata
 from wall_runtime.model.image_processing import shrink_all_for_wire
 from wall_runtime.transport import auth, protocol
 from wall_runtime.transport.codec import decode, encode
@@ -49,7 +48,7 @@ from wall_runtime.transport.errors import (
     server_error,
 )
 from wall_runtime.transport.shared_socket import SharedSocket
-from wall_runtime.types import Observation
+from wall_runtime.types import Observation, PolicyMetadata
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from wall_runtime.backends.base import PolicyMetadata
 from wall_runtime.model.image_processing import wire_frame_size
 from wall_runtime.transport.codec import Message, encode
 from wall_runtime.transport.errors import ErrorCode, ProtocolError
-from wall_runtime.types import ActionChunk, InpaintHint, Observation
+from wall_runtime.types import ActionChunk, InpaintHint, Observation, PolicyMetadata
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
