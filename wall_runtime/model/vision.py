@@ -113,7 +113,10 @@ class VisionPlan:
 
     ``cos``/``sin``: ``[N, head_dim]`` fp32 rotary tables in window order; ``window_index``: the window
     order of the merge blocks (``[N / merge²]``); ``reverse_index``: its inverse; ``full_mask`` and
-    ``window_mask``: ``[N, N]`` boolean, True where attention is allowed (same frame / same window).
+    ``window_mask``: ``[N, N]`` boolean, True where attention is allowed (same frame / same window);
+    ``full_segment`` / ``window_segment``: the common length of every frame / window when they are all
+    equal (0 when not), so attention can run per segment without the ``[N, N]`` mask, which for a
+    training batch of many images costs N² (4096² at 64 images of 64 patches).
     """
 
     grid_thw: tuple[tuple[int, int, int], ...]
@@ -123,6 +126,8 @@ class VisionPlan:
     reverse_index: Tensor
     full_mask: Tensor
     window_mask: Tensor
+    full_segment: int = 0
+    window_segment: int = 0
 
     @property
     def num_patches(self) -> int:
@@ -196,7 +201,13 @@ def build_plan(cfg: VisionConfig, grid_thw: Tensor | np.ndarray | Any) -> Vision
         reverse_index=torch.argsort(window_index),
         full_mask=_block_mask(frame_lengths),  # frames stay contiguous in window order
         window_mask=_block_mask(window_lengths),
+        full_segment=_common_length(frame_lengths),
+        window_segment=_common_length(window_lengths),
     )
+
+
+def _common_length(lengths: list[int]) -> int:
+    return lengths[0] if len(set(lengths)) == 1 else 0
 
 
 # ---------------------------------------------------------------------------------------------- modules
@@ -232,10 +243,18 @@ class VisionAttention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=True)
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=True)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, segment: int = 0) -> Tensor:
+        """``segment > 0``: every ``segment`` consecutive rows attend only among themselves (``mask``
+        unused); else ``mask [N, N]`` says who attends to whom."""
         n, dim = x.shape
         q, k, v = self.qkv(x).view(n, 3, self.num_heads, -1).permute(1, 2, 0, 3).unbind(0)  # [heads, N, hd]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if segment > 0:
+            q, k, v = (
+                t.reshape(self.num_heads, n // segment, segment, -1).transpose(0, 1) for t in (q, k, v)
+            )
+            out = F.scaled_dot_product_attention(q, k, v)  # [segments, heads, segment, hd]
+            return self.proj(out.permute(0, 2, 1, 3).reshape(n, dim))
         out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask)
         return self.proj(out[0].transpose(0, 1).reshape(n, dim))
 
@@ -260,8 +279,8 @@ class VisionBlock(nn.Module):
         self.attn = VisionAttention(cfg)
         self.mlp = VisionMLP(cfg)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin, mask)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, segment: int = 0) -> Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, mask, segment)
         return x + self.mlp(self.norm2(x))
 
 
@@ -342,8 +361,10 @@ class VisionTower(nn.Module):
         n, dim = x.shape
         x = x.view(n // unit, unit, dim)[plan.window_index].reshape(n, dim)
         for i, block in enumerate(self.blocks):
-            mask = plan.full_mask if i in self._full_attention else plan.window_mask
-            x = block(x, plan.cos, plan.sin, mask)
+            if i in self._full_attention:
+                x = block(x, plan.cos, plan.sin, plan.full_mask, plan.full_segment)
+            else:
+                x = block(x, plan.cos, plan.sin, plan.window_mask, plan.window_segment)
         return self.merger(x)[plan.reverse_index]
 
 
@@ -359,6 +380,7 @@ class FixedGridVisionTower(nn.Module):
         self.tower = tower
         plan = build_plan(tower.cfg, grid_thw)
         self.grid_thw = plan.grid_thw
+        self.segments = (plan.full_segment, plan.window_segment)
         for name in ("cos", "sin", "window_index", "reverse_index", "full_mask", "window_mask"):
             self.register_buffer(name, getattr(plan, name), persistent=False)
 
@@ -371,5 +393,6 @@ class FixedGridVisionTower(nn.Module):
             self.reverse_index,
             self.full_mask,
             self.window_mask,
+            *self.segments,
         )
         return self.tower(pixel_values, plan=plan)
