@@ -208,3 +208,28 @@ def test_a_declared_period_is_the_chunks_dt_and_the_30hz_robot_interpolates(trai
     policy.metadata = undeclared
     meta, chunk = chunk_from(policy)
     assert meta.action_period is None and chunk.dt == pytest.approx(1 / 30)
+
+
+def test_a_bad_declared_period_is_refused_and_old_peers_omit_it(tmp_path: Path) -> None:
+    from wall_runtime.model.config import ConfigError, load_config
+    from wall_runtime.model.tiny_checkpoint import write_tiny_checkpoint
+    from wall_runtime.training.trainer import declare_action_period
+    from wall_runtime.transport import protocol
+    from wall_runtime.transport.errors import ProtocolError
+
+    ck = tmp_path / "ck"
+    write_tiny_checkpoint(ck, "flow")
+    assert load_config(ck).data.action_period is None
+    declare_action_period(ck, -0.1)
+    with pytest.raises(ConfigError, match=r"data\.action_period"):
+        load_config(ck)
+    declare_action_period(ck, 0.1)
+    old = {"model": "m", "variant": "flow", "backend": "torch", "action_horizon": 4, "action_dim": 7}
+    meta = protocol.metadata_from_dict({**old, "state_dim": 7, "num_steps": 2, "cameras": ["face_view"]})
+    assert meta.action_period is None  # a welcome from a server that predates the field
+    assert (
+        protocol.metadata_from_dict(dataclasses.replace(meta, action_period=0.1).to_dict()).action_period
+        == 0.1
+    )
+    with pytest.raises(ProtocolError, match="action_period"):
+        protocol.metadata_from_dict({**meta.to_dict(), "action_period": float("nan")})
