@@ -137,8 +137,6 @@ def read_recorded_dataset(
         kinematics = load_robot_kinematics(config)
     except (RobotConfigError, KinematicsConfigError) as exc:
         raise DatasetError(f"robot: {exc}") from exc
-    if config.mapping is None:
-        raise DatasetError(f"robot {config.name}: no model: block (which checkpoint slots its parts fill)")
     layout = flow_ee_layout(config.mapping)
     try:
         edge = build_edge(config.joints, config.mapping, layout, layout, kinematics, config.ee_limits)
