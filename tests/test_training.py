@@ -186,3 +186,35 @@ def test_variant_05_trains_with_x_loss_and_loads(tmp_path):
     obs = Observation(0.0, {"face_view": ds.images["face_view"][0]}, ds.state[0], ds.tasks[0])
     (res,) = policy.infer([obs], generator=torch.Generator().manual_seed(0))
     assert np.isfinite(res.actions).all()
+
+
+def test_npz_training_declares_its_row_period(tmp_path):
+    """An .npz recorded at 10 Hz (meta fps, as `pick-cube record` writes) trains rows 0.1 s apart and
+    the checkpoint says so; --action-period 0.2 takes every 2nd frame; a dataset without fps declares
+    nothing (the robot's period applies, as for the published checkpoints)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from wall_runtime.cli import app
+    from wall_runtime.model.config import load_config
+
+    ds = _dataset(episodes=2, length=6)
+    plain = write_dataset(tmp_path / "plain.npz", ds)
+    ds.meta["fps"] = 10
+    data = write_dataset(tmp_path / "d.npz", ds)
+    base = ["--steps", "1", "--size", "tiny", "--batch-size", "2", "--threads", "1"]
+    for extra, period in (([], 0.1), (["--action-period", "0.2"], 0.2)):
+        out = tmp_path / f"ck{period}"
+        res = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), *base, *extra])
+        assert res.exit_code == 0, res.output
+        assert yaml.safe_load((out / "config.yml").read_text())["data"]["action_period"] == period
+        assert load_config(out).data.action_period == period
+        assert json.loads((out / "training.json").read_text())["chunk_stride"] == round(period * 10)
+    res = CliRunner().invoke(app, ["train", "--data", str(plain), "--out", str(tmp_path / "p"), *base])
+    assert res.exit_code == 0, res.output
+    assert "action_period" not in yaml.safe_load((tmp_path / "p" / "config.yml").read_text())["data"]
+    assert load_config(tmp_path / "p").data.action_period is None
+    res = CliRunner().invoke(
+        app, ["train", "--data", str(data), "--out", str(tmp_path / "q"), *base, "--action-period", "0.15"]
+    )
+    assert res.exit_code == 2 and "not a whole number of frames" in " ".join(res.output.split())

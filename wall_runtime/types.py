@@ -103,6 +103,10 @@ class PolicyMetadata:
     # view -> longest side of the reference's first (Pillow bicubic) resize; a client may do that
     # resize itself and send model-sized frames (the model input is the same, bit for bit)
     resolutions: dict[str, int] = field(default_factory=dict, hash=False)
+    # seconds between two rows of a chunk when the checkpoint declares it (a model trained on rows
+    # 0.1 s apart); None: rows are one robot control period apart (the published checkpoints).
+    # The server stamps it as each chunk's dt; peers that predate it ignore or omit the field
+    action_period: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)

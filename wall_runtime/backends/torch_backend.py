@@ -53,6 +53,7 @@ class TorchPolicy(Policy):
             dof_config=dict(cfg.data.dof_config),
             agent_pos_config=dict(cfg.data.agent_pos_config),
             resolutions={v: int(cfg.data.resolution[v]) for v in cfg.data.cameras},
+            action_period=cfg.data.action_period,
         )
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.input_check = ModelInputCheck(model)

@@ -123,9 +123,9 @@ def open_policy_link(
     except BaseException:
         client.close()
         raise
-    source = ClientChunkSource(
-        client, deadline_s=deadline_s or meta.action_horizon * description.action_period
-    )
+    # a chunk lasts horizon rows at the checkpoint's declared row period, else the robot's period
+    period = meta.action_period or description.action_period
+    source = ClientChunkSource(client, deadline_s=deadline_s or meta.action_horizon * period)
     return PolicyLink(source, edge)
 
 

@@ -115,6 +115,7 @@ class GraphPolicy(Policy):
             dof_config=dict(cfg.data.dof_config),
             agent_pos_config=dict(cfg.data.agent_pos_config),
             resolutions={v: int(cfg.data.resolution[v]) for v in shapes.cameras},
+            action_period=cfg.data.action_period,
         )
         self.input_check = ModelInputCheck(
             model,

@@ -11,6 +11,7 @@ raw vision config for the vision tower, and :class:`DataConfig` for prompt, imag
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +59,9 @@ class DataConfig:
     camera_name_mapping: dict[str, str]  # view name -> label written in the prompt (0.5)
     max_length: int
     noise_scheduler: dict[str, Any] = field(default_factory=dict)
+    # seconds between two rows of a chunk, when the checkpoint declares it (config.yml
+    # data.action_period, written by ``wall-runtime train``); None: the robot's control period
+    action_period: float | None = None
 
     @property
     def action_dim(self) -> int:
@@ -332,6 +336,13 @@ def build_config(
         "config.yml max_length",
     )
     mapping = {str(k): str(v) for k, v in (data_section.get("camera_name_mapping") or {}).items()}
+    action_period = None
+    if data_section.get("action_period") is not None:
+        action_period = _float(data_section["action_period"], "config.yml data.action_period")
+        if not (math.isfinite(action_period) and 0 < action_period <= 10):
+            raise ConfigError(
+                f"config.yml data.action_period must be seconds in (0, 10], got {action_period!r}"
+            )
 
     time_shift = _float(noise.get("time_shift", 1.0), "noise_scheduler.time_shift")
     time_scale = 1.0 if variant == "flow" else _float(noise.get("s", 0.999), "noise_scheduler.s")
@@ -388,6 +399,7 @@ def build_config(
         camera_name_mapping=mapping,
         max_length=max_length,
         noise_scheduler=noise,
+        action_period=action_period,
     )
     vision = dict(cfg.get("vision_config") or {}) if isinstance(cfg.get("vision_config"), dict) else {}
     if not vision:

@@ -9,7 +9,11 @@ import typer
 
 
 def train_command(
-    data: Path = typer.Option(..., "--data", help="Episode dataset (.npz, see docs/training.md)."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="Episode dataset: an .npz, or a LeRobotDataset v3 folder the runtime recorded (see docs/training.md).",
+    ),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (published layout)."),
     steps: int = typer.Option(2000, help="Optimizer steps."),
     batch_size: int = typer.Option(16, "--batch-size", help="Samples per step."),
@@ -20,6 +24,18 @@ def train_command(
     size: str = typer.Option("demo", help="Model size: tiny, demo or small."),
     threads: int = typer.Option(2, help="Torch CPU threads (fixed: part of what makes a run reproducible)."),
     log_every: int = typer.Option(10, "--log-every", help="Write a log line every this many steps."),
+    robot: str | None = typer.Option(
+        None,
+        "--robot",
+        help="A recorded dataset's robot (robot.yaml or name): its model: mapping and kinematics turn "
+        "the recorded joints into the checkpoint's end-effector state and actions.",
+    ),
+    action_period: float = typer.Option(
+        0.1,
+        "--action-period",
+        help="Seconds between two rows of a trained chunk (a recorded dataset: a whole number of its "
+        "frames); the checkpoint declares it and the server stamps it as each chunk's dt.",
+    ),
 ) -> None:
     """Train with the flow-matching objective of WALL-OSS and write a checkpoint the server loads."""
     from rich import print as rprint
@@ -44,11 +60,22 @@ def train_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     try:
-        ds = read_dataset(data)
+        if data.is_dir():
+            ds, digest, load_s = _read_recorded(data, robot, action_period)
+            rprint(
+                f"read {data}: {ds.num_frames} frames, {len(ds.images)} views decoded in {load_s:.1f} s; "
+                f"chunk rows every {ds.chunk_stride} frames ({ds.action_period:g} s)"
+            )
+        else:
+            ds = read_dataset(data)
+            digest = hashlib.sha256(data.read_bytes()).hexdigest()[:16]
+            if ds.meta.get("fps") and "chunk_stride" not in ds.meta:
+                from wall_runtime.training.lerobot_data import chunk_stride
+
+                ds.meta["chunk_stride"] = chunk_stride(action_period, float(ds.meta["fps"]))
     except DatasetError as exc:
         rprint(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    digest = hashlib.sha256(data.read_bytes()).hexdigest()[:16]
     rprint(
         f"training {variant} ({size}) on {ds.num_episodes} episodes / {ds.num_frames} frames, "
         f"tasks: {', '.join(ds.tasks)}"
@@ -72,6 +99,29 @@ def train_command(
         f"loss {first:.4f} -> {last:.4f} (mean of the last 10) in {result.seconds:.0f} s; "
         f"checkpoint {out} (model.safetensors sha256 {result.weights_sha256[:16]}), log {out / LOG_NAME}"
     )
+
+
+def _read_recorded(data: Path, robot: str | None, action_period: float):
+    """A LeRobotDataset v3 folder: the dataset, a digest of its metadata and data files, load seconds."""
+    import time
+
+    from wall_runtime.training.dataset import DatasetError
+    from wall_runtime.training.lerobot_data import is_lerobot_dataset, read_recorded_dataset
+
+    if not is_lerobot_dataset(data):
+        raise DatasetError(f"{data}: a folder but not a LeRobot dataset (no meta/info.json)")
+    if robot is None:
+        raise DatasetError(
+            f"{data}: a recorded dataset needs --robot (the robot.yaml whose model: mapping and "
+            "kinematics give the checkpoint's state and actions)"
+        )
+    start = time.perf_counter()
+    ds = read_recorded_dataset(data, robot, action_period=action_period)
+    seconds = time.perf_counter() - start
+    h = hashlib.sha256()
+    for path in [*sorted(data.rglob("*.parquet")), data / "meta" / "info.json"]:
+        h.update(path.read_bytes())
+    return ds, h.hexdigest()[:16], seconds
 
 
 def register(app: typer.Typer) -> None:

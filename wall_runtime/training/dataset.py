@@ -8,11 +8,13 @@ Arrays (``N`` frames, frames of one episode consecutive and in time order):
 - ``action``: float32 ``[N, A]``, the action *at* that frame, in ``dof_config`` order (real dims);
 - ``episode_index``: int64 ``[N]``; ``task_index``: int64 ``[N]`` into ``tasks``;
 - ``tasks``: str ``[T]``, the instructions;
-- ``meta``: one JSON string: ``{"dof_config": {...}, "agent_pos_config": {...}, "fps": ..., ...}``.
+- ``meta``: one JSON string: ``{"dof_config": {...}, "agent_pos_config": {...}, "fps": ..., ...}``;
+  optional ``chunk_stride`` (frames between two chunk rows, default 1).
 
-A training sample is frame ``i``'s observation and the chunk ``action[i : i + H]`` of its episode,
-padded past the episode's end by repeating the last action (the arm holds its final pose), as
-LeRobot's ``delta_timestamps`` loaders do with ``action_is_pad``.
+A training sample is frame ``i``'s observation and the chunk ``action[i : i + s·H : s]`` of its
+episode (``s`` = ``chunk_stride``; the rows are ``s / fps`` seconds apart, the period the checkpoint
+declares), padded past the episode's end by repeating the last action (the arm holds its final
+pose), as LeRobot's ``delta_timestamps`` loaders do with ``action_is_pad``.
 
 Normalisation statistics are the per-dim 1 % / 99 % quantiles over every frame (spec §5: min = q01,
 delta = q99 − q01).
@@ -61,13 +63,26 @@ class EpisodeDataset:
     def agent_pos_config(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.meta["agent_pos_config"].items()}
 
+    @property
+    def chunk_stride(self) -> int:
+        """Frames between two rows of an action chunk (``meta.chunk_stride``, default 1): a dataset
+        recorded at the robot's 30 Hz control rate trains rows 0.1 s apart with stride 3."""
+        return int(self.meta.get("chunk_stride", 1))
+
+    @property
+    def action_period(self) -> float | None:
+        """Seconds between two chunk rows (``chunk_stride / fps``); None when ``meta.fps`` is absent."""
+        fps = self.meta.get("fps")
+        return None if not fps else self.chunk_stride / float(fps)
+
     def chunk_indices(self, horizon: int) -> np.ndarray:
-        """``[N, horizon]`` frame indices of each frame's action chunk (clamped to its episode's end)."""
+        """``[N, horizon]`` frame indices of each frame's action chunk: frames ``i, i + s, i + 2s, …``
+        (``s`` = :attr:`chunk_stride`), clamped to its episode's end."""
         last = np.empty(self.num_frames, np.int64)
         for ep in np.unique(self.episode_index):
             rows = np.flatnonzero(self.episode_index == ep)
             last[rows] = rows[-1]
-        idx = np.arange(self.num_frames)[:, None] + np.arange(horizon)[None, :]
+        idx = np.arange(self.num_frames)[:, None] + self.chunk_stride * np.arange(horizon)[None, :]
         return np.minimum(idx, last[:, None])
 
     def stats(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
@@ -162,5 +177,11 @@ def check_dataset(ds: EpisodeDataset, where: str = "dataset") -> None:
         raise DatasetError(f"{where}: state or action holds NaN or infinity")
     if ds.task_index.min() < 0 or ds.task_index.max() >= len(ds.tasks):
         raise DatasetError(f"{where}: task_index out of range of tasks ({len(ds.tasks)})")
+    stride = ds.meta.get("chunk_stride", 1)
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise DatasetError(f"{where}: meta.chunk_stride must be an integer >= 1, got {stride!r}")
+    fps = ds.meta.get("fps")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, int | float) or not fps > 0):
+        raise DatasetError(f"{where}: meta.fps must be a positive number, got {fps!r}")
     if np.any(np.diff(ds.episode_index) < 0):
         raise DatasetError(f"{where}: episode_index must be non-decreasing (episodes stored consecutively)")

@@ -217,6 +217,18 @@ def dataset_layout(ds: EpisodeDataset, views: list[str], horizon: int) -> TinyLa
     )
 
 
+def declare_action_period(out: Path, period: float) -> None:
+    """Write the seconds between two chunk rows into the checkpoint's ``config.yml``
+    (``data.action_period``): the server stamps it as each chunk's ``dt``, so a model trained on
+    rows 0.1 s apart plays them 0.1 s apart on a robot of any control rate (docs/model.md)."""
+    import yaml
+
+    path = out / "config.yml"
+    yml = yaml.safe_load(path.read_text())
+    yml.setdefault("data", {})["action_period"] = round(float(period), 9)
+    path.write_text(yaml.safe_dump(yml, sort_keys=False))
+
+
 def train(
     ds: EpisodeDataset,
     out_dir: str | Path,
@@ -238,6 +250,9 @@ def train(
     write_tiny_checkpoint(
         out, settings.variant, seed=settings.seed, size=settings.size, layout=layout, norm_key=NORM_KEY
     )
+    period = ds.action_period
+    if period is not None:
+        declare_action_period(out, period)
     policy = WallOSS.from_checkpoint(out, device="cpu", dtype=torch.float32)
     x_loss = bool(json.loads((out / "config.json").read_text()).get("use_x_loss", False))
     net = policy.net
@@ -305,6 +320,8 @@ def train(
         "episodes": ds.num_episodes,
         "tasks": ds.tasks,
         "action_horizon": H,
+        "action_period": period,
+        "chunk_stride": ds.chunk_stride,
         "first_loss": result.losses[0],
         "final_loss_mean_last_10pct": float(np.mean(result.losses[-max(1, len(result.losses) // 10) :])),
         "seconds": round(result.seconds, 2),

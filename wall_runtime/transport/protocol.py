@@ -184,6 +184,15 @@ def _resolutions(d: Any) -> dict[str, int]:
     return out
 
 
+def _action_period(value: Any) -> float | None:
+    """The policy's declared row period (absent / None from peers that predate it)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 10:
+        raise ValueError(f"action_period must be seconds in (0, 10], got {value!r}")
+    return float(value)
+
+
 def metadata_from_dict(d: Mapping[str, Any]) -> PolicyMetadata:
     if not isinstance(d, Mapping):
         raise _bad(f"welcome carries policy metadata of type {type(d).__name__}, not a map")
@@ -201,6 +210,7 @@ def metadata_from_dict(d: Mapping[str, Any]) -> PolicyMetadata:
             dof_config={str(k): int(v) for k, v in (d.get("dof_config") or {}).items()},
             agent_pos_config={str(k): int(v) for k, v in (d.get("agent_pos_config") or {}).items()},
             resolutions=_resolutions(d.get("resolutions") or {}),
+            action_period=_action_period(d.get("action_period")),
         )
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise _bad(f"welcome carries unusable policy metadata: {exc}") from None

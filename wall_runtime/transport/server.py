@@ -757,6 +757,10 @@ class PolicyServer:
             raise ValueError("actions are not all finite (NaN or Inf); no chunk is sent")
         session = self.queue.sessions.get(pending.identity)
         dt = session.robot.action_period if session is not None and session.robot is not None else 0.0
+        if meta.action_period is not None:
+            # the checkpoint's rows are this far apart (trained at its own rate), whatever the
+            # robot's control period: the robot's scheduler interpolates between them
+            dt = meta.action_period
         t_send = time.perf_counter()
         timing = {f"policy_{k}": float(v) for k, v in result.timing_ms.items()}
         timing.update(
