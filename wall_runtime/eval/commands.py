@@ -62,6 +62,11 @@ def register(app: typer.Typer) -> None:
         direct: bool = typer.Option(True, help="also run the expert directly in the environment"),
         video: str = typer.Option("failures", help="failures | all | none"),
         out: Path = typer.Option(Path("runs/eval"), help="report folder"),
+        record: Path | None = typer.Option(
+            None,
+            help="append every episode to this LeRobot v3 dataset (images rendered each tick; the "
+            "episode's instruction as its task; success in wall_runtime/episode_NNNNNN.json)",
+        ),
     ) -> None:
         """Closed-loop episodes of a simulated task through the whole runtime (server process, ZeroMQ,
         scheduler, smoother, EE edge + IK, safety, adapter): success, time, interventions, seams."""
@@ -103,6 +108,7 @@ def register(app: typer.Typer) -> None:
             direct=direct and clock == "simulated",
             video=video,
             out=out,
+            record=record,
         )
         record = run_eval(opts, progress=lambda m: typer.echo(m, err=True))
         typer.echo(markdown_table(record))

@@ -45,7 +45,8 @@ class EvalOptions:
     video_fps: float = 10.0
     max_videos: int = 3  # per configuration (a video costs a re-run with ~0.2 s of rendering per frame)
     out: Path = Path("runs/eval")
-    instruction: str = "transfer the cube to the left arm"
+    instruction: str = "transfer the cube to the left arm"  # unless the task names its own per episode
+    record: Path | None = None  # every episode appended to this LeRobot v3 dataset (success marked)
 
 
 def _write_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
@@ -98,6 +99,12 @@ def run_eval(options: EvalOptions, progress: Callable[[str], None] = print) -> d
         # the robot's random-weight tiny checkpoint (its EE slots, its norm key), as `demo` uses
         variant = str(options.backend_options.pop("variant", "flow"))
         options.checkpoint = demo_checkpoint(side.config, variant)
+    if options.backend == "expert":
+        from wall_runtime.eval.episode import _task_part
+
+        # the task's expert (e.g. pick_cube: one arm, both views) unless the options say otherwise
+        for k, v in getattr(_task_part(side.adapter), "expert_options", {}).items():
+            options.backend_options.setdefault(k, v)
     started = time.monotonic()
     runner_meta = None
     for steps in options.steps:
@@ -117,12 +124,13 @@ def run_eval(options: EvalOptions, progress: Callable[[str], None] = print) -> d
                     execute_horizon=horizon,
                     clock=options.clock,
                     num_steps=steps,
+                    render=True if options.record is not None else None,
                 )
                 runner = EvalRunner(options.robot, endpoint, cfg, options.instruction, side=side)
                 episodes = []
                 videos = 0
                 for seed in options.seeds:
-                    ep = runner.run_episode(seed)
+                    ep = runner.run_episode(seed, record_to=options.record)
                     wanted = options.video == "all" or (options.video == "failures" and not ep.success)
                     if wanted and videos < options.max_videos:
                         videos += 1
@@ -182,7 +190,10 @@ def _direct(side: Any, seeds: list[int]) -> dict[str, Any]:
     task = _task_part(side.adapter)
     if task.sim_clock is None:
         raise ValueError("the direct baseline runs on the simulated clock")
-    results = [run_direct(task, side.kinematics, s) for s in seeds]
+    if hasattr(task, "run_direct"):  # a task with its own expert (pick_cube)
+        results = [task.run_direct(s) for s in seeds]
+    else:
+        results = [run_direct(task, side.kinematics, s) for s in seeds]
     ok = [r for r in results if r["success"]]
     return {
         "episodes": len(results),
@@ -253,7 +264,8 @@ def plot(record: dict[str, Any], path: Path) -> None:
     ax.set_ylim(-3, 103)
     opts = record["options"]
     n = len(opts["seeds"])
-    ax.set_title(f"ALOHA transfer-cube, scripted expert through the runtime ({n} seeds)")
+    robot = Path(str(opts["robot"])).parent.name or str(opts["robot"])
+    ax.set_title(f"{robot}, {opts.get('backend', 'expert')} through the runtime ({n} seeds)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
