@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -324,7 +324,7 @@ class PickCubeTask(RobotAdapter):
 
     JOINTS = (*ARM_JOINTS, "gripper")
     # the served scripted expert for this task (``wall-runtime eval --backend expert``)
-    expert_options = {"task": "pick_cube", "cameras": ",".join(VIEWS)}
+    expert_options: ClassVar[dict[str, str]] = {"task": "pick_cube", "cameras": ",".join(VIEWS)}
 
     def __init__(self, spec: RobotSpec, connection: Connection, root: Path) -> None:
         if tuple(spec.joint_names) != self.JOINTS:
