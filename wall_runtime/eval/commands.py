@@ -67,6 +67,11 @@ def register(app: typer.Typer) -> None:
             help="append every episode to this LeRobot v3 dataset (images rendered each tick; the "
             "episode's instruction as its task; success in wall_runtime/episode_NNNNNN.json)",
         ),
+        after_success: float = typer.Option(
+            0.0,
+            "--after-success-s",
+            help="run each episode on this long after success (e.g. 1.0 with --record: demos that end holding the cube)",
+        ),
     ) -> None:
         """Closed-loop episodes of a simulated task through the whole runtime (server process, ZeroMQ,
         scheduler, smoother, EE edge + IK, safety, adapter): success, time, interventions, seams."""
@@ -77,6 +82,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"--clock {clock!r}: choose simulated or real")
         if video not in ("failures", "all", "none"):
             raise typer.BadParameter(f"--video {video!r}: choose failures, all or none")
+        if after_success < 0:
+            raise typer.BadParameter(f"--after-success-s {after_success}: expected >= 0")
         if variant not in ("flow", "0.5"):
             raise typer.BadParameter(f"--variant {variant!r}: choose flow or 0.5")
         lat: float | None
@@ -109,6 +116,7 @@ def register(app: typer.Typer) -> None:
             video=video,
             out=out,
             record=record,
+            after_success_s=after_success,
         )
         record = run_eval(opts, progress=lambda m: typer.echo(m, err=True))
         typer.echo(markdown_table(record))

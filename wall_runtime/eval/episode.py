@@ -49,6 +49,9 @@ class EvalConfig:
     clock: str = "simulated"  # simulated | real
     render: bool | None = None  # observation images rendered (None: unless the policy is a scripted expert)
     num_steps: int | None = None  # a model's denoise steps (the server's option), for the record
+    after_success_s: float = (
+        0.0  # run on this long after success (within the time limit): a recorded demo's ending
+    )
 
     def label(self) -> str:
         lat = "measured" if self.latency_ms is None else f"{self.latency_ms:g}"
@@ -251,7 +254,14 @@ class EvalRunner:
         errors_before = dict(self.link.errors)
 
         def stop() -> bool:
-            return task.success or task.episode_time >= limit - 1e-9
+            if task.episode_time >= limit - 1e-9:
+                return True
+            if not task.success:
+                return False
+            return (
+                cfg.after_success_s <= 0
+                or task.episode_time >= task.success_time + cfg.after_success_s - 1e-9
+            )
 
         try:
             summary = loop.run(duration=limit + 1.0, should_stop=stop, on_tick=on_tick)

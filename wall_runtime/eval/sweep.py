@@ -47,6 +47,7 @@ class EvalOptions:
     out: Path = Path("runs/eval")
     instruction: str = "transfer the cube to the left arm"  # unless the task names its own per episode
     record: Path | None = None  # every episode appended to this LeRobot v3 dataset (success marked)
+    after_success_s: float = 0.0  # an episode runs on this long after success (a recording's ending)
 
 
 def _write_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
@@ -67,12 +68,14 @@ def _video(runner: EvalRunner, seed: int, path: Path, fps: float) -> tuple[Episo
     """Re-run ``seed`` rendering a frame every 1/fps s; returns the result and whether it matches."""
     frames: list[np.ndarray] = []
     every = max(1, round(runner.side.config.control_hz / fps))
+    # the task's overview camera (gym-aloha's ``angle``; the pick task's ``face_view``)
+    camera, width, height = getattr(runner.task, "video_view", ("angle", 320, 240))
     ticks = [0]
 
     def grab(_loop: Any) -> None:
         ticks[0] += 1
         if ticks[0] % every == 1 or every == 1:
-            frames.append(runner.task.render("angle", 320, 240))
+            frames.append(runner.task.render(camera, width, height))
 
     result = runner.run_episode(seed, on_tick=grab)
     if frames:
@@ -125,12 +128,17 @@ def run_eval(options: EvalOptions, progress: Callable[[str], None] = print) -> d
                     clock=options.clock,
                     num_steps=steps,
                     render=True if options.record is not None else None,
+                    after_success_s=options.after_success_s,
                 )
                 runner = EvalRunner(options.robot, endpoint, cfg, options.instruction, side=side)
                 episodes = []
                 videos = 0
                 for seed in options.seeds:
                     ep = runner.run_episode(seed, record_to=options.record)
+                    if options.record is not None:
+                        progress(
+                            f"seed {seed}: {'success' if ep.success else 'failure'}, recorded as episode {ep.recorded_episode}"
+                        )
                     wanted = options.video == "all" or (options.video == "failures" and not ep.success)
                     if wanted and videos < options.max_videos:
                         videos += 1

@@ -325,6 +325,7 @@ class PickCubeTask(RobotAdapter):
     JOINTS = (*ARM_JOINTS, "gripper")
     # the served scripted expert for this task (``wall-runtime eval --backend expert``)
     expert_options: ClassVar[dict[str, str]] = {"task": "pick_cube", "cameras": ",".join(VIEWS)}
+    video_view = ("face_view", 256, 256)  # the eval's videos of failed episodes
 
     def __init__(self, spec: RobotSpec, connection: Connection, root: Path) -> None:
         if tuple(spec.joint_names) != self.JOINTS:
