@@ -188,17 +188,20 @@ def test_tiny_flow_checkpoint_runs_through_eval(tmp_path) -> None:
             backend="torch",
             checkpoint=ckpt,
             backend_options={},
-            video="none",
+            video="failures",  # the task's own camera (face_view) for the failed episode's video
+            time_limit_s=3.0,
             out=tmp_path / "eval",
         ),
         progress=lambda m: None,
     )
     ep = record["configs"][0]["episodes"][0]
     assert ep["instruction"] == PickCubeEnv(render=False).reset(100002)
-    assert ep["counters"]["chunks_received"] >= 5 and not ep["link_errors"]
-    assert ep["episode_time_s"] == pytest.approx(8.0, abs=0.05)  # ran to the time limit
+    assert ep["counters"]["chunks_received"] >= 3 and not ep["link_errors"]
+    assert ep["success"] or ep["episode_time_s"] == pytest.approx(3.0, abs=0.05)  # ran to the time limit
     assert tuple(record["policy"]["cameras"]) == VIEWS
     assert "direct" not in record
+    if not ep["success"]:
+        assert ep["video"] and (tmp_path / "eval" / ep["video"]).stat().st_size > 1000
     saved = (tmp_path / "eval" / "eval.json").read_text()
     assert f'"instruction": "{ep["instruction"]}"' in saved
 

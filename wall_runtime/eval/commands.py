@@ -67,6 +67,9 @@ def register(app: typer.Typer) -> None:
             help="append every episode to this LeRobot v3 dataset (images rendered each tick; the "
             "episode's instruction as its task; success in wall_runtime/episode_NNNNNN.json)",
         ),
+        time_limit: float | None = typer.Option(
+            None, "--time-limit-s", help="an episode's time limit (default: the task's, robot.yaml)"
+        ),
         after_success: float = typer.Option(
             0.0,
             "--after-success-s",
@@ -117,6 +120,7 @@ def register(app: typer.Typer) -> None:
             out=out,
             record=record,
             after_success_s=after_success,
+            time_limit_s=time_limit,
         )
         record = run_eval(opts, progress=lambda m: typer.echo(m, err=True))
         typer.echo(markdown_table(record))

@@ -48,6 +48,7 @@ class EvalOptions:
     instruction: str = "transfer the cube to the left arm"  # unless the task names its own per episode
     record: Path | None = None  # every episode appended to this LeRobot v3 dataset (success marked)
     after_success_s: float = 0.0  # an episode runs on this long after success (a recording's ending)
+    time_limit_s: float | None = None  # an episode's limit (None: the task's own, robot.yaml)
 
 
 def _write_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
@@ -64,7 +65,9 @@ def _write_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
             container.mux(packet)
 
 
-def _video(runner: EvalRunner, seed: int, path: Path, fps: float) -> tuple[EpisodeResult, bool]:
+def _video(
+    runner: EvalRunner, seed: int, path: Path, fps: float, time_limit_s: float | None = None
+) -> tuple[EpisodeResult, bool]:
     """Re-run ``seed`` rendering a frame every 1/fps s; returns the result and whether it matches."""
     frames: list[np.ndarray] = []
     every = max(1, round(runner.side.config.control_hz / fps))
@@ -77,7 +80,7 @@ def _video(runner: EvalRunner, seed: int, path: Path, fps: float) -> tuple[Episo
         if ticks[0] % every == 1 or every == 1:
             frames.append(runner.task.render(camera, width, height))
 
-    result = runner.run_episode(seed, on_tick=grab)
+    result = runner.run_episode(seed, time_limit_s, on_tick=grab)
     if frames:
         _write_video(frames, path, fps)
     return result, True
@@ -134,7 +137,7 @@ def run_eval(options: EvalOptions, progress: Callable[[str], None] = print) -> d
                 episodes = []
                 videos = 0
                 for seed in options.seeds:
-                    ep = runner.run_episode(seed, record_to=options.record)
+                    ep = runner.run_episode(seed, options.time_limit_s, record_to=options.record)
                     if options.record is not None:
                         progress(
                             f"seed {seed}: {'success' if ep.success else 'failure'}, recorded as episode {ep.recorded_episode}"
@@ -143,7 +146,7 @@ def run_eval(options: EvalOptions, progress: Callable[[str], None] = print) -> d
                     if wanted and videos < options.max_videos:
                         videos += 1
                         name = f"{smoother}_lat{extra:g}_h{horizon or 'auto'}_s{steps or 'd'}_seed{seed}.mp4"
-                        again, _ = _video(runner, seed, out / name, options.video_fps)
+                        again, _ = _video(runner, seed, out / name, options.video_fps, options.time_limit_s)
                         ep.video = name
                         if options.clock == "simulated" and again.success != ep.success:
                             log.warning("seed %d: the re-run for the video differs (%s)", seed, again.success)
