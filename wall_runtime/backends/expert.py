@@ -1,6 +1,10 @@
 """A scripted expert served as a policy: its chunks in a WALL-OSS end-effector layout.
 
-The expert (``wall_runtime.sims.aloha_expert``) plans from a simulator's privileged state, which
+Two tasks (``task=``): ``aloha_transfer_cube`` (both arms) and ``pick_cube`` (the project's pick
+task, ``wall_runtime.sims.pick_cube``: its one arm in the left slots, FLOW only, the direct expert's
+plan rebuilt from the episode's start state and the named cube's start pose).
+
+The ALOHA expert (``wall_runtime.sims.aloha_expert``) plans from a simulator's privileged state, which
 the robot side sends with each observation (``Observation.privileged``; the eval does, a real
 robot never does). Each chunk is the expert's EE plan sampled at the chunk's action times
 (``episode_time + i * action_period``), written in one of the checkpoint generations' layouts:
