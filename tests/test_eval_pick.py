@@ -96,6 +96,7 @@ def test_served_expert_chunk_is_the_direct_plan(side) -> None:
         policy.infer([obs])
 
 
+@pytest.mark.slow  # ~10 s: a policy server process and a few closed-loop episodes
 def test_expert_through_the_runtime_succeeds_records_and_is_deterministic(tmp_path) -> None:
     """`wall-runtime eval --backend expert --record`: the expert through server process, ZeroMQ,
     scheduler, smoother, EE edge + IK, safety chain and adapter lifts the named cube; each episode
@@ -170,6 +171,7 @@ def test_expert_through_the_runtime_succeeds_records_and_is_deterministic(tmp_pa
         assert again[key] == first_run[key], key
 
 
+@pytest.mark.slow  # ~10 s: a policy server process and a few closed-loop episodes
 def test_tiny_flow_checkpoint_runs_through_eval(tmp_path) -> None:
     """A random-weight FLOW checkpoint with the task's layout (views face_view + left_wrist_view,
     the left-arm EE slots, the trainer's norm key) runs closed-loop through `wall-runtime eval` and
