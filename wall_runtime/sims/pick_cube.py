@@ -440,6 +440,10 @@ class PickCubeTask(RobotAdapter):
         if self._thread is not None:
             self._thread.join(timeout=2.0)
             self._thread = None
+        with self._lock:  # the offscreen contexts (made again on the next render)
+            for renderer in self._renderers.values():
+                renderer.close()
+            self._renderers.clear()
         self._connected = False
 
     def _check(self) -> None:
