@@ -24,10 +24,11 @@ PART_TYPES: dict[str, str] = {
     "agilex_base": "wall_runtime.adapters.agilex_base:AgilexBase",
     "lerobot": "wall_runtime.adapters.lerobot_bridge:LeRobotBridge",
     "gym_aloha": "wall_runtime.sims.aloha:AlohaTask",
+    "pick_cube": "wall_runtime.sims.pick_cube:PickCubeTask",
 }
 # part types that are simulations (no hardware behind them): check-robot runs them without
 # --hardware, and `cameras snapshot` renders their simulated cameras
-SIMULATED_PART_TYPES = frozenset({"mujoco", "gym_aloha"})
+SIMULATED_PART_TYPES = frozenset({"mujoco", "gym_aloha", "pick_cube"})
 
 
 class PartFactory(Protocol):

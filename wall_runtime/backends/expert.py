@@ -1,6 +1,10 @@
 """A scripted expert served as a policy: its chunks in a WALL-OSS end-effector layout.
 
-The expert (``wall_runtime.sims.aloha_expert``) plans from a simulator's privileged state, which
+Two tasks (``task=``): ``aloha_transfer_cube`` (both arms) and ``pick_cube`` (the project's pick
+task, ``wall_runtime.sims.pick_cube``: its one arm in the left slots, FLOW only, the direct expert's
+plan rebuilt from the episode's start state and the named cube's start pose).
+
+The ALOHA expert (``wall_runtime.sims.aloha_expert``) plans from a simulator's privileged state, which
 the robot side sends with each observation (``Observation.privileged``; the eval does, a real
 robot never does). Each chunk is the expert's EE plan sampled at the chunk's action times
 (``episode_time + i * action_period``), written in one of the checkpoint generations' layouts:
@@ -30,11 +34,19 @@ from wall_runtime.action_space import rotations as rot
 from wall_runtime.backends.base import Policy, PolicyMetadata
 from wall_runtime.types import Observation, PolicyResult
 
-TASKS = ("aloha_transfer_cube",)
+TASKS = ("aloha_transfer_cube", "pick_cube")
+# the pick task's one arm in the checkpoint's left slots (wall_runtime.sims.pick_cube.DOF_CONFIG)
+PICK_SLOTS = ("follow_left_ee_cartesian_pos", "follow_left_ee_rotation", "follow_left_gripper")
 
 
-def expert_layouts(variant: str) -> tuple[dict[str, int], dict[str, int]]:
-    """``(dof_config, agent_pos_config)`` of the expert's chunks, both arms, left first."""
+def expert_layouts(variant: str, task: str = "aloha_transfer_cube") -> tuple[dict[str, int], dict[str, int]]:
+    """``(dof_config, agent_pos_config)`` of the expert's chunks, both arms, left first (the pick
+    task: its one arm in the left slots, FLOW only)."""
+    if task == "pick_cube":
+        if variant != "flow":
+            raise ValueError(f"expert variant {variant!r}: the pick_cube expert writes the flow layout")
+        slots = {"follow_left_ee_cartesian_pos": 3, "follow_left_ee_rotation": 3, "follow_left_gripper": 1}
+        return dict(slots), dict(slots)
     dof: dict[str, int] = {}
     pos: dict[str, int] = {}
     for arm in ("left", "right"):
@@ -64,8 +76,9 @@ class ScriptedExpertPolicy(Policy):
             raise ValueError(f"expert task {task!r}: known {list(TASKS)}")
         if not 1 <= int(horizon) <= 256:
             raise ValueError(f"expert horizon {horizon!r}: expected 1..256 actions")
-        dof, pos = expert_layouts(variant)
+        dof, pos = expert_layouts(variant, task)
         self.variant = variant
+        self.task = task
         self.metadata = PolicyMetadata(
             model="scripted-expert",
             variant=variant,
@@ -89,9 +102,31 @@ class ScriptedExpertPolicy(Policy):
             options["variant"] = str(options["variant"])
         return cls(cameras=cams, **options)
 
+    def _pick_chunk(self, obs: Observation) -> np.ndarray:
+        """The pick task: the expert's plan (from the episode's start state and the named cube's
+        start pose, as the direct expert plans it) at the chunk's action times."""
+        from wall_runtime.sims.pick_cube import expert_plan, sample_plan
+
+        priv = obs.privileged
+        need = ("episode_time", "action_period", "start_state", "cube_start")
+        missing = [k for k in need if not priv or k not in priv]
+        if missing:
+            raise ValueError(
+                f"the scripted expert needs the simulator's privileged state; the observation lacks {missing}"
+            )
+        plan = expert_plan(np.asarray(priv["start_state"]), np.asarray(priv["cube_start"]))
+        dt = float(priv["action_period"][0])
+        times = float(priv["episode_time"][0]) + np.arange(self.metadata.action_horizon) * dt
+        rows = sample_plan(plan, times)
+        rows[:, 3:6] = (rows[:, 3:6] + np.pi) % (2 * np.pi) - np.pi
+        rows[:, 6] = np.clip(rows[:, 6], 0.0, 1.0)
+        return rows.astype(np.float32)
+
     def _chunk(self, obs: Observation) -> np.ndarray:
         from wall_runtime.sims.aloha_expert import arm_targets
 
+        if self.task == "pick_cube":
+            return self._pick_chunk(obs)
         priv = obs.privileged
         need = ("episode_time", "action_period", "objects", "objects_initial", "left_base", "right_base")
         missing = [k for k in need if not priv or k not in priv]

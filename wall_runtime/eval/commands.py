@@ -62,6 +62,19 @@ def register(app: typer.Typer) -> None:
         direct: bool = typer.Option(True, help="also run the expert directly in the environment"),
         video: str = typer.Option("failures", help="failures | all | none"),
         out: Path = typer.Option(Path("runs/eval"), help="report folder"),
+        record: Path | None = typer.Option(
+            None,
+            help="append every episode to this LeRobot v3 dataset (images rendered each tick; the "
+            "episode's instruction as its task; success in wall_runtime/episode_NNNNNN.json)",
+        ),
+        time_limit: float | None = typer.Option(
+            None, "--time-limit-s", help="an episode's time limit (default: the task's, robot.yaml)"
+        ),
+        after_success: float = typer.Option(
+            0.0,
+            "--after-success-s",
+            help="run each episode on this long after success (e.g. 1.0 with --record: demos that end holding the cube)",
+        ),
     ) -> None:
         """Closed-loop episodes of a simulated task through the whole runtime (server process, ZeroMQ,
         scheduler, smoother, EE edge + IK, safety, adapter): success, time, interventions, seams."""
@@ -72,6 +85,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"--clock {clock!r}: choose simulated or real")
         if video not in ("failures", "all", "none"):
             raise typer.BadParameter(f"--video {video!r}: choose failures, all or none")
+        if after_success < 0:
+            raise typer.BadParameter(f"--after-success-s {after_success}: expected >= 0")
         if variant not in ("flow", "0.5"):
             raise typer.BadParameter(f"--variant {variant!r}: choose flow or 0.5")
         lat: float | None
@@ -103,6 +118,9 @@ def register(app: typer.Typer) -> None:
             direct=direct and clock == "simulated",
             video=video,
             out=out,
+            record=record,
+            after_success_s=after_success,
+            time_limit_s=time_limit,
         )
         record = run_eval(opts, progress=lambda m: typer.echo(m, err=True))
         typer.echo(markdown_table(record))

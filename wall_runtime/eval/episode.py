@@ -26,7 +26,7 @@ import numpy as np
 
 from wall_runtime.action_space.source import EdgeSource
 from wall_runtime.control.scheduler import SchedulerConfig
-from wall_runtime.e2e.assemble import LoopOptions, assemble_loop
+from wall_runtime.e2e.assemble import LoopOptions, assemble_loop, loop_parts
 from wall_runtime.e2e.policy_link import ClientChunkSource
 from wall_runtime.e2e.robot_side import RobotSide, load_robot_side
 from wall_runtime.e2e.session import check_fit
@@ -49,6 +49,9 @@ class EvalConfig:
     clock: str = "simulated"  # simulated | real
     render: bool | None = None  # observation images rendered (None: unless the policy is a scripted expert)
     num_steps: int | None = None  # a model's denoise steps (the server's option), for the record
+    after_success_s: float = (
+        0.0  # run on this long after success (within the time limit): a recorded demo's ending
+    )
 
     def label(self) -> str:
         lat = "measured" if self.latency_ms is None else f"{self.latency_ms:g}"
@@ -77,6 +80,8 @@ class EpisodeResult:
     link_errors: dict[str, int] = field(default_factory=dict)  # failed requests, by error kind
     last_link_error: str | None = None
     video: str | None = None
+    instruction: str = ""  # what the policy was told (the task's own per-episode instruction)
+    recorded_episode: int | None = None  # its episode index in the --record dataset
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,10 +174,15 @@ class EvalRunner:
         seed: int,
         time_limit_s: float | None = None,
         on_tick: Callable[[Any], None] | None = None,
+        record_to: str | Path | None = None,
     ) -> EpisodeResult:
+        """One episode from ``seed``; ``record_to``: append it to that LeRobot v3 dataset folder
+        (the task's instruction as its task; every tick's images rendered; success in its metadata)."""
         cfg = self.config
         wall0 = time.monotonic()
         self.task.reset(seed)
+        # a task that names its goal per episode (the pick task's colour) says so; else the runner's
+        instruction = getattr(self.task, "instruction", None) or self.instruction
         limit = time_limit_s if time_limit_s is not None else self.task.time_limit_s
         latency: SimLatencySource | None = None
         inner: Any
@@ -199,7 +209,7 @@ class EvalRunner:
                 stamp=state.stamp,
                 images={v: self._frame(v) for v in views},
                 state=np.zeros(0, np.float32),
-                instruction=self.instruction,
+                instruction=instruction,
                 norm_key=self.side.config.mapping.norm_key,
             )
             obs.privileged = {**self.task.privileged_state(), "action_period": [self.period]}
@@ -215,12 +225,28 @@ class EvalRunner:
             overrides["scheduler"] = SchedulerConfig(
                 request_threshold_s=(h - cfg.execute_horizon) * self.period + lat
             )
+        loop_options = LoopOptions(smoother=cfg.smoother, safe_pose=False, overrides=overrides)
+        recorder = None
+        if record_to is not None:
+            from wall_runtime.recording.recorder import LeRobotRecorder, loop_settings, recording_layout
+
+            if not self.render:
+                raise ValueError("recording needs rendered images: run the eval with EvalConfig.render")
+            loop_cfg, _ = loop_parts(self.adapter.spec, self.side.safety, loop_options)
+            recorder = LeRobotRecorder(
+                record_to,
+                recording_layout(self.side, self.description.cameras),
+                instruction,
+                meta={**loop_settings(loop_cfg, self.side.config.path), "seed": seed},
+                images=lambda: {v: self._frame(v) for v in views},
+            )
         loop = assemble_loop(
             self.adapter,
             edge,
             observe,
             self.side.safety,
-            LoopOptions(smoother=cfg.smoother, safe_pose=False, overrides=overrides),
+            loop_options,
+            recorder=recorder,
             clock=clock,
             sleep=sleep,
         )
@@ -228,7 +254,14 @@ class EvalRunner:
         errors_before = dict(self.link.errors)
 
         def stop() -> bool:
-            return task.success or task.episode_time >= limit - 1e-9
+            if task.episode_time >= limit - 1e-9:
+                return True
+            if not task.success:
+                return False
+            return (
+                cfg.after_success_s <= 0
+                or task.episode_time >= task.success_time + cfg.after_success_s - 1e-9
+            )
 
         try:
             summary = loop.run(duration=limit + 1.0, should_stop=stop, on_tick=on_tick)
@@ -239,6 +272,12 @@ class EvalRunner:
             else:
                 _drain_real(self.link)
         result = task.episode_result()
+        recorded = None
+        if recorder is not None:
+            recorder.close(
+                {"success": bool(result["success"]), "instruction": instruction, "task_result": result}
+            )
+            recorded = recorder.episode_index
         holds = sum(1 for e in loop.log.events if e[2] == "hold")
         return EpisodeResult(
             seed=seed,
@@ -263,6 +302,8 @@ class EvalRunner:
                 if v > errors_before.get(k, 0)
             },
             last_link_error=self.link.last_error,
+            instruction=instruction,
+            recorded_episode=recorded,
         )
 
     def close(self) -> None:

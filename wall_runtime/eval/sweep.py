@@ -45,7 +45,10 @@ class EvalOptions:
     video_fps: float = 10.0
     max_videos: int = 3  # per configuration (a video costs a re-run with ~0.2 s of rendering per frame)
     out: Path = Path("runs/eval")
-    instruction: str = "transfer the cube to the left arm"
+    instruction: str = "transfer the cube to the left arm"  # unless the task names its own per episode
+    record: Path | None = None  # every episode appended to this LeRobot v3 dataset (success marked)
+    after_success_s: float = 0.0  # an episode runs on this long after success (a recording's ending)
+    time_limit_s: float | None = None  # an episode's limit (None: the task's own, robot.yaml)
 
 
 def _write_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
@@ -62,18 +65,22 @@ def _write_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
             container.mux(packet)
 
 
-def _video(runner: EvalRunner, seed: int, path: Path, fps: float) -> tuple[EpisodeResult, bool]:
+def _video(
+    runner: EvalRunner, seed: int, path: Path, fps: float, time_limit_s: float | None = None
+) -> tuple[EpisodeResult, bool]:
     """Re-run ``seed`` rendering a frame every 1/fps s; returns the result and whether it matches."""
     frames: list[np.ndarray] = []
     every = max(1, round(runner.side.config.control_hz / fps))
+    # the task's overview camera (gym-aloha's ``angle``; the pick task's ``face_view``)
+    camera, width, height = getattr(runner.task, "video_view", ("angle", 320, 240))
     ticks = [0]
 
     def grab(_loop: Any) -> None:
         ticks[0] += 1
         if ticks[0] % every == 1 or every == 1:
-            frames.append(runner.task.render("angle", 320, 240))
+            frames.append(runner.task.render(camera, width, height))
 
-    result = runner.run_episode(seed, on_tick=grab)
+    result = runner.run_episode(seed, time_limit_s, on_tick=grab)
     if frames:
         _write_video(frames, path, fps)
     return result, True
@@ -98,6 +105,12 @@ def run_eval(options: EvalOptions, progress: Callable[[str], None] = print) -> d
         # the robot's random-weight tiny checkpoint (its EE slots, its norm key), as `demo` uses
         variant = str(options.backend_options.pop("variant", "flow"))
         options.checkpoint = demo_checkpoint(side.config, variant)
+    if options.backend == "expert":
+        from wall_runtime.eval.episode import _task_part
+
+        # the task's expert (e.g. pick_cube: one arm, both views) unless the options say otherwise
+        for k, v in getattr(_task_part(side.adapter), "expert_options", {}).items():
+            options.backend_options.setdefault(k, v)
     started = time.monotonic()
     runner_meta = None
     for steps in options.steps:
@@ -117,17 +130,23 @@ def run_eval(options: EvalOptions, progress: Callable[[str], None] = print) -> d
                     execute_horizon=horizon,
                     clock=options.clock,
                     num_steps=steps,
+                    render=True if options.record is not None else None,
+                    after_success_s=options.after_success_s,
                 )
                 runner = EvalRunner(options.robot, endpoint, cfg, options.instruction, side=side)
                 episodes = []
                 videos = 0
                 for seed in options.seeds:
-                    ep = runner.run_episode(seed)
+                    ep = runner.run_episode(seed, options.time_limit_s, record_to=options.record)
+                    if options.record is not None:
+                        progress(
+                            f"seed {seed}: {'success' if ep.success else 'failure'}, recorded as episode {ep.recorded_episode}"
+                        )
                     wanted = options.video == "all" or (options.video == "failures" and not ep.success)
                     if wanted and videos < options.max_videos:
                         videos += 1
                         name = f"{smoother}_lat{extra:g}_h{horizon or 'auto'}_s{steps or 'd'}_seed{seed}.mp4"
-                        again, _ = _video(runner, seed, out / name, options.video_fps)
+                        again, _ = _video(runner, seed, out / name, options.video_fps, options.time_limit_s)
                         ep.video = name
                         if options.clock == "simulated" and again.success != ep.success:
                             log.warning("seed %d: the re-run for the video differs (%s)", seed, again.success)
@@ -182,7 +201,10 @@ def _direct(side: Any, seeds: list[int]) -> dict[str, Any]:
     task = _task_part(side.adapter)
     if task.sim_clock is None:
         raise ValueError("the direct baseline runs on the simulated clock")
-    results = [run_direct(task, side.kinematics, s) for s in seeds]
+    if hasattr(task, "run_direct"):  # a task with its own expert (pick_cube)
+        results = [task.run_direct(s) for s in seeds]
+    else:
+        results = [run_direct(task, side.kinematics, s) for s in seeds]
     ok = [r for r in results if r["success"]]
     return {
         "episodes": len(results),
@@ -253,7 +275,8 @@ def plot(record: dict[str, Any], path: Path) -> None:
     ax.set_ylim(-3, 103)
     opts = record["options"]
     n = len(opts["seeds"])
-    ax.set_title(f"ALOHA transfer-cube, scripted expert through the runtime ({n} seeds)")
+    robot = Path(str(opts["robot"])).parent.name or str(opts["robot"])
+    ax.set_title(f"{robot}, {opts.get('backend', 'expert')} through the runtime ({n} seeds)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wall_runtime.tasks.pick_cube import (
+from wall_runtime.sims.pick_cube import (
     COLOURS,
     CONTROL_HZ,
     DOF_CONFIG,
