@@ -36,6 +36,11 @@ def train_command(
         help="Seconds between two rows of a trained chunk (a recorded dataset: a whole number of its "
         "frames); the checkpoint declares it and the server stamps it as each chunk's dt.",
     ),
+    snapshot_every: int = typer.Option(
+        0,
+        "--snapshot-every",
+        help="Also write the weights so far every this many steps, to OUT-snapshots/step_N (0: never).",
+    ),
 ) -> None:
     """Train with the flow-matching objective of WALL-OSS and write a checkpoint the server loads."""
     from rich import print as rprint
@@ -93,7 +98,14 @@ def train_command(
         def on_step(step: int, loss: float) -> None:
             progress.update(task, completed=step + 1, loss=loss)
 
-        result = train(ds, out, settings, on_step=on_step, data_id=f"{data.name} sha256:{digest}")
+        result = train(
+            ds,
+            out,
+            settings,
+            on_step=on_step,
+            data_id=f"{data.name} sha256:{digest}",
+            snapshot_every=snapshot_every,
+        )
     first, last = result.losses[0], sum(result.losses[-10:]) / len(result.losses[-10:])
     rprint(
         f"loss {first:.4f} -> {last:.4f} (mean of the last 10) in {result.seconds:.0f} s; "

@@ -119,9 +119,14 @@ def read_recorded_dataset(
     *,
     action_period: float = DEFAULT_ACTION_PERIOD,
     views: Sequence[str] | None = None,
+    successful_only: bool = True,
 ) -> EpisodeDataset:
     """The recorded dataset at ``root`` for ``robot`` (a robot.yaml / name, or a loaded RobotConfig),
-    chunk rows ``action_period`` seconds apart; every problem is one :class:`DatasetError`."""
+    chunk rows ``action_period`` seconds apart; every problem is one :class:`DatasetError`.
+
+    With ``successful_only``, an episode the recording marks ``success: false`` (``wall-runtime eval
+    --record`` keeps failures, marked) is left out: a demonstration that failed is not one to imitate.
+    The skipped episodes are listed in ``meta["skipped_episodes"]``."""
     from wall_runtime.action_space.edge import FitError, build_edge
     from wall_runtime.adapters.config import RobotConfigError, load_robot
     from wall_runtime.kinematics import KinematicsConfigError, load_robot_kinematics
@@ -165,11 +170,15 @@ def read_recorded_dataset(
     images: dict[str, list[np.ndarray]] = {v: [] for v in wanted}
     states, actions, ep_index, task_index = [], [], [], []
     tasks: list[str] = []
+    skipped: list[int] = []
     for ep in range(int(info["total_episodes"])):
         try:
             rec = lr.read_episode(root, ep)
         except lr.DatasetError as exc:
             raise DatasetError(str(exc)) from exc
+        if successful_only and rec.meta.get("success") is False:
+            skipped.append(ep)
+            continue
         measured = np.asarray(rec.frames["observation.state"], np.float64)
         if "wall.commanded" in rec.frames:
             commanded = rec.frames["wall.commanded"]  # float64, exactly what was commanded
@@ -203,6 +212,7 @@ def read_recorded_dataset(
         "action_period": action_period,
         "robot": config.name,
         "source": f"LeRobotDataset v3 recorded by the runtime: {root}",
+        "skipped_episodes": skipped,
     }
     ds = EpisodeDataset(
         images={v: np.concatenate(images[v]) for v in wanted},

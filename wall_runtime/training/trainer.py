@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -229,6 +230,19 @@ def declare_action_period(out: Path, period: float) -> None:
     path.write_text(yaml.safe_dump(yml, sort_keys=False))
 
 
+def write_snapshot(policy: WallOSS, out: Path, dest: Path) -> None:
+    """A loadable checkpoint of the weights now: ``out``'s config and tokenizer files, these weights."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in out.iterdir():
+        if f.is_file() and not f.name.startswith("model") and f.name != LOG_NAME:
+            shutil.copy2(f, tmp / f.name)
+    write_state_dict(published_state_dict(policy), tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)  # an evaluation never sees a half-written snapshot
+
+
 def train(
     ds: EpisodeDataset,
     out_dir: str | Path,
@@ -236,8 +250,14 @@ def train(
     *,
     on_step: Callable[[int, float], None] | None = None,
     data_id: str = "",
+    snapshot_every: int = 0,
+    snapshot_dir: str | Path | None = None,
 ) -> TrainResult:
-    """Train on ``ds`` and write the checkpoint into ``out_dir`` (with ``training_log.jsonl``)."""
+    """Train on ``ds`` and write the checkpoint into ``out_dir`` (with ``training_log.jsonl``).
+
+    ``snapshot_every > 0``: every that many steps a complete checkpoint of the weights so far is
+    written to ``snapshot_dir/step_NNNNNN`` (default ``out_dir/../<name>-snapshots``), so a long run
+    can be evaluated while it goes on; snapshots read nothing back, so the weights do not change."""
     settings.check()
     out = Path(out_dir)
     torch.set_num_threads(settings.threads)
@@ -304,6 +324,11 @@ def train(
                 }
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+            if snapshot_every > 0 and (step + 1) % snapshot_every == 0 and step + 1 < settings.steps:
+                root = (
+                    Path(snapshot_dir) if snapshot_dir is not None else out.parent / f"{out.name}-snapshots"
+                )
+                write_snapshot(policy, out, root / f"step_{step + 1:06d}")
             if on_step is not None:
                 on_step(step, value)
     result.seconds = time.perf_counter() - start
