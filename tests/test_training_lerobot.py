@@ -233,3 +233,50 @@ def test_a_bad_declared_period_is_refused_and_old_peers_omit_it(tmp_path: Path) 
     )
     with pytest.raises(ProtocolError, match="action_period"):
         protocol.metadata_from_dict({**meta.to_dict(), "action_period": float("nan")})
+
+
+def test_failed_episodes_are_left_out(recorded: Path, tmp_path: Path) -> None:
+    """`eval --record` keeps failed episodes, marked `success: false`; they are not demonstrations."""
+    import shutil
+
+    from wall_runtime.training.lerobot_data import read_recorded_dataset
+
+    copy = tmp_path / "dataset"
+    shutil.copytree(recorded, copy)
+    side = copy / "wall_runtime" / "episode_000001.json"
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps({**meta, "success": False}))
+    full = read_recorded_dataset(recorded, ROBOT)
+    kept = read_recorded_dataset(copy, ROBOT)
+    assert kept.meta["skipped_episodes"] == [1]
+    assert set(kept.episode_index.tolist()) == {0}
+    assert kept.num_frames == int((full.episode_index == 0).sum()) < full.num_frames
+    assert read_recorded_dataset(copy, ROBOT, successful_only=False).num_frames == full.num_frames
+
+
+def test_zero_steps_is_the_untrained_start_and_snapshots_load(recorded: Path, tmp_path: Path) -> None:
+    """`--steps 0` writes the recipe's random-weight starting point (the baseline); `--snapshot-every`
+    writes loadable checkpoints of the run so far without changing the final weights."""
+    from safetensors.numpy import load_file
+
+    from wall_runtime.model.pipeline import WallOSS
+
+    base = ["train", "--data", str(recorded), "--robot", str(ROBOT), "--size", "tiny"]
+    base += ["--batch-size", "2", "--threads", "1"]
+    runs = {}
+    for name, extra in {
+        "start": ["--steps", "0"],
+        "plain": ["--steps", "2"],
+        "snap": ["--steps", "2", "--snapshot-every", "1"],
+    }.items():
+        res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / name), *extra])
+        assert res.exit_code == 0, res.output
+        runs[name] = load_file(str(tmp_path / name / "model.safetensors"))
+    snapshot = tmp_path / "snap-snapshots" / "step_000001"
+    assert (snapshot / "config.yml").exists() and not (tmp_path / "snap-snapshots" / "step_000002").exists()
+    WallOSS.from_checkpoint(snapshot)  # a complete checkpoint
+    first = load_file(str(snapshot / "model.safetensors"))
+    for key, value in runs["plain"].items():
+        assert np.array_equal(value, runs["snap"][key]), key  # snapshots do not perturb the run
+    changed = [k for k in runs["start"] if not np.array_equal(runs["start"][k], runs["plain"][k])]
+    assert changed and any(not np.array_equal(first[k], runs["start"][k]) for k in changed)

@@ -15,7 +15,9 @@ def train_command(
         help="Episode dataset: an .npz, or a LeRobotDataset v3 folder the runtime recorded (see docs/training.md).",
     ),
     out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (published layout)."),
-    steps: int = typer.Option(2000, help="Optimizer steps."),
+    steps: int = typer.Option(
+        2000, help="Optimizer steps (0: write the untrained starting checkpoint, the random-weight baseline)."
+    ),
     batch_size: int = typer.Option(16, "--batch-size", help="Samples per step."),
     lr: float = typer.Option(3e-4, help="Peak learning rate (AdamW; linear warm-up, cosine decay)."),
     warmup: int = typer.Option(100, help="Warm-up steps."),
@@ -106,11 +108,12 @@ def train_command(
             data_id=f"{data.name} sha256:{digest}",
             snapshot_every=snapshot_every,
         )
+    where = f"checkpoint {out} (model.safetensors sha256 {result.weights_sha256[:16]}), log {out / LOG_NAME}"
+    if not result.losses:
+        rprint(f"no training steps: the untrained starting checkpoint; {where}")
+        return
     first, last = result.losses[0], sum(result.losses[-10:]) / len(result.losses[-10:])
-    rprint(
-        f"loss {first:.4f} -> {last:.4f} (mean of the last 10) in {result.seconds:.0f} s; "
-        f"checkpoint {out} (model.safetensors sha256 {result.weights_sha256[:16]}), log {out / LOG_NAME}"
-    )
+    rprint(f"loss {first:.4f} -> {last:.4f} (mean of the last 10) in {result.seconds:.0f} s; {where}")
 
 
 def _read_recorded(data: Path, robot: str | None, action_period: float):

@@ -70,7 +70,9 @@ class TrainSettings:
             raise ValueError(f"variant {self.variant!r} is not flow or 0.5")
         if self.size not in SIZES:
             raise ValueError(f"size {self.size!r} is not one of {', '.join(SIZES)}")
-        for name in ("steps", "batch_size", "threads", "log_every"):
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0 (0: the untrained starting checkpoint), got {self.steps}")
+        for name in ("batch_size", "threads", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -347,8 +349,11 @@ def train(
         "action_horizon": H,
         "action_period": period,
         "chunk_stride": ds.chunk_stride,
-        "first_loss": result.losses[0],
-        "final_loss_mean_last_10pct": float(np.mean(result.losses[-max(1, len(result.losses) // 10) :])),
+        # steps 0: the untrained starting point (the random-weight baseline of the same recipe)
+        "first_loss": result.losses[0] if result.losses else None,
+        "final_loss_mean_last_10pct": (
+            float(np.mean(result.losses[-max(1, len(result.losses) // 10) :])) if result.losses else None
+        ),
         "seconds": round(result.seconds, 2),
         "cpu_seconds": round(cpu_seconds, 2),
         "model.safetensors sha256": result.weights_sha256,
