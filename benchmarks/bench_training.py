@@ -72,7 +72,7 @@ def evaluate(ckpt: Path, ds, episodes: int) -> dict:
 
     from wall_runtime.model.config import load_config
     from wall_runtime.model.tiny_checkpoint import write_tiny_checkpoint
-    from wall_runtime.tasks.pick_cube_data import EVAL_SEED_START, evaluate_checkpoint
+    from wall_runtime.sims.pick_cube_data import EVAL_SEED_START, evaluate_checkpoint
     from wall_runtime.training.trainer import NORM_KEY, dataset_layout
 
     settings = json.loads((ckpt / "training.json").read_text())["settings"]
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
             ap.error("--from-checkpoint needs --data")
         record = summarise(args.from_checkpoint, args.data, None, args.out, args.eval_episodes)
     else:
-        from wall_runtime.tasks.pick_cube_data import record_expert_dataset
+        from wall_runtime.sims.pick_cube_data import record_expert_dataset
         from wall_runtime.training.trainer import TrainSettings, train
 
         if args.smoke:

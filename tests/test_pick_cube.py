@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("mujoco")
 pytest.importorskip("mink")
 
-from wall_runtime.tasks.pick_cube import (
+from wall_runtime.sims.pick_cube import (
     COLOURS,
     PickCubeEnv,
     ScriptedExpert,
@@ -73,7 +73,7 @@ def test_picking_the_wrong_cube_fails(env):
 
 
 def test_record_train_eval(tmp_path):
-    from wall_runtime.tasks.pick_cube_data import evaluate_checkpoint, record_expert_dataset
+    from wall_runtime.sims.pick_cube_data import evaluate_checkpoint, record_expert_dataset
     from wall_runtime.training.trainer import TrainSettings, train
 
     path, summary = record_expert_dataset(tmp_path / "d.npz", 2, image_size=32)
@@ -102,7 +102,7 @@ def test_task_state_is_the_runtime_edges_state(env):
     from wall_runtime.action_space.edge import build_edge
     from wall_runtime.adapters.config import load_robot
     from wall_runtime.kinematics import load_robot_kinematics
-    from wall_runtime.tasks.pick_cube import DOF_CONFIG
+    from wall_runtime.sims.pick_cube import DOF_CONFIG
 
     robot = load_robot("robots/sim_pick")
     edge = build_edge(robot.joints, robot.mapping, DOF_CONFIG, DOF_CONFIG, load_robot_kinematics(robot))

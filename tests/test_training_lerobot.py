@@ -66,7 +66,7 @@ def trained(recorded: Path, tmp_path_factory) -> tuple[Path, str]:
 def _fk_row(kin, q: np.ndarray) -> np.ndarray:
     """The task expert's own convention, independently of the edge: base-frame fingertip position,
     [roll, pitch, yaw] of R = Rz·Ry·Rx, gripper opening 0 … 0.04 m -> 0 … 1."""
-    from wall_runtime.tasks.pick_cube import euler_from_matrix
+    from wall_runtime.sims.pick_cube import euler_from_matrix
 
     pose = kin.fk(q[:6])
     return np.concatenate([pose.position, euler_from_matrix(pose.rotation), [q[6] / 0.04]])

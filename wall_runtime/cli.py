@@ -31,7 +31,7 @@ COMMAND_MODULES = (
     "wall_runtime.e2e.commands",  # demo, bench, replay
     "wall_runtime.eval.commands",  # eval
     "wall_runtime.training.commands",  # train
-    "wall_runtime.tasks.commands",  # pick-cube record | eval
+    "wall_runtime.sims.pick_cube_commands",  # pick-cube record | eval
 )
 
 

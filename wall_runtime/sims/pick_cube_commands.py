@@ -24,7 +24,7 @@ def record(
     from rich import print as rprint
     from rich.progress import Progress
 
-    from wall_runtime.tasks.pick_cube_data import record_expert_dataset
+    from wall_runtime.sims.pick_cube_data import record_expert_dataset
 
     with Progress() as progress:
         task = progress.add_task("record", total=episodes)
@@ -53,7 +53,7 @@ def evaluate(
 
     from rich import print as rprint
 
-    from wall_runtime.tasks.pick_cube_data import EVAL_SEED_START, evaluate_checkpoint
+    from wall_runtime.sims.pick_cube_data import EVAL_SEED_START, evaluate_checkpoint
 
     def show(ep) -> None:
         rprint(

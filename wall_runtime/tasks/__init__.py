@@ -1,1 +1,0 @@
-"""Simulated tasks with their own success criteria (physics), scripted experts and data recording."""
