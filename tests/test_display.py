@@ -61,6 +61,8 @@ def demo_view(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         app,
         [
             "demo",
+            "--robot",
+            "sim_arm",
             "--duration",
             "3",
             "--no-live",

@@ -111,6 +111,11 @@ def register(app: typer.Typer) -> None:
             parse_options(backend, extra)
         except BackendOptionError as exc:
             raise typer.BadParameter(str(exc), param_hint="'--option' / '-o'") from None
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        if ckpt is not None and not (ckpt / "config.json").is_file():
+            raise typer.BadParameter(
+                f"{ckpt}: not a checkpoint folder (no config.json)", param_hint="'--checkpoint'"
+            )
         from wall_runtime.recording.rerun_view import DisplayError, require_rerun
 
         try:
@@ -123,11 +128,6 @@ def register(app: typer.Typer) -> None:
         except (RobotNotFoundError, OSError, ValueError) as exc:
             console.print(f"[red]cannot run the demo:[/] {escape(str(exc))}")
             raise typer.Exit(2) from None
-        ckpt = Path(checkpoint) if checkpoint is not None else None
-        if ckpt is not None and not (ckpt / "config.json").is_file():
-            raise typer.BadParameter(
-                f"{ckpt}: not a checkpoint folder (no config.json)", param_hint="'--checkpoint'"
-            )
         if task_part(side) is not None:
             from wall_runtime.e2e.task_demo import run_task_demo
 
