@@ -208,3 +208,24 @@ def test_display_without_a_screen_serves_on_loopback_or_says_the_port_is_taken(
     result = CliRunner().invoke(app, [*args, "--estop-file", str(tmp_path / "e2")])
     assert result.exit_code == 0, result.output
     assert f"rerun+http://127.0.0.1:{VIEW_PORT}/proxy" in " ".join(result.output.split())
+
+
+@pytest.mark.slow
+def test_task_demo_display_shows_the_task_and_summarises_interventions(tmp_path: Path) -> None:
+    """On the pick task the view has a task panel (what the policy was asked, the episode, its
+    outcome), and the safety chain's interventions as a count per filter with an event only when the
+    set of filters acting changes, not an event every tick."""
+    rrd, report = tmp_path / "task.rrd", tmp_path / "report"
+    args = ["demo", "--random-weights", "--seeds", "100000", "--time-limit-s", "2", "--no-live"]
+    result = CliRunner().invoke(app, [*args, "--display-save", str(rrd), "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    rows = rrd_rows(rrd)
+    ticks = Episode.load(report / "dataset").num_ticks
+    assert ticks > 10 and rows["joints/waist"] == ticks
+    assert rows["task"] >= 2  # the episode's start and its outcome
+    assert rows["cameras/face_view"] > 0 and rows["chunks/seq"] > 0
+    assert rows["safety/interventions"] == ticks
+    # per filter: one row per tick it acted on; events: chunks, the task, and safety onsets only
+    acted = sum(v for k, v in rows.items() if k.startswith("safety/") and k != "safety/interventions")
+    assert rows["events"] <= rows["chunks/seq"] + 2 + acted
+    assert "task" in blueprint_origins(rrd)

@@ -81,7 +81,8 @@ def register(app: typer.Typer) -> None:
         report: Path | None = typer.Option(None, help="report folder (default: ./runs/demo-<time>)"),
         live: bool = typer.Option(True, help="live status table in the terminal"),
         metrics_http: str | None = typer.Option(
-            None, help="serve the robot side's Prometheus metrics on HOST:PORT (/metrics)"
+            None,
+            help="robot without a task: serve the robot side's Prometheus metrics on HOST:PORT (/metrics)",
         ),
         display: bool = typer.Option(False, "--display", help=DISPLAY_HELP),
         display_save: Path | None = typer.Option(None, "--display-save", help=DISPLAY_SAVE_HELP),
@@ -130,6 +131,12 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         if task_part(side) is not None:
             from wall_runtime.e2e.task_demo import run_task_demo
+
+            if metrics_http is not None:
+                raise typer.BadParameter(
+                    "the robot side's metrics are served by the free-running demo (--robot sim_arm) and run",
+                    param_hint="'--metrics-http'",
+                )
 
             task_opts = TaskDemoOptions(
                 checkpoint=ckpt,

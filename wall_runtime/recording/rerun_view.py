@@ -264,6 +264,9 @@ class RerunView:
 
     def _handle(self, item: tuple[str, int, Any]) -> None:
         kind, tick, payload = item
+        if kind == "task":  # now, with the last tick's time: an episode's outcome has no tick after it
+            self._log_task(*payload)
+            return
         if kind != "tick":
             # chunks and requests come before their tick's record: logged with its time
             self._pending.append((kind, payload))
@@ -277,8 +280,6 @@ class RerunView:
         for what, data in pending:
             if what == "chunk":
                 self._log_chunk(data, record.deadline)
-            elif what == "task":
-                self._log_task(*data)
             else:
                 self._log_images(data)
         self._log_tick(record)
