@@ -126,3 +126,29 @@ def test_the_committed_trained_checkpoint_runs_one_seed(tmp_path: Path) -> None:
     assert len(LINE.findall(out)) == 1 and re.search(r"success [01]/1", out), out
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["checkpoint_kind"] == "trained"
+
+
+def test_the_served_expert_succeeds_and_the_demo_says_so(tmp_path: Path) -> None:
+    """The success path: the task's scripted expert served as the policy (``--backend expert``) picks
+    up the named cube through the runtime; the line gives the time, the count 1/1. On the simulated
+    clock (the measured latency applied), so a loaded machine does not decide the outcome."""
+    report = tmp_path / "report"
+    args = ("--backend", "expert", "--clock", "simulated", "--seeds", "100000")
+    out, code = run_demo_cli(*args, "--report", str(report))
+    assert code == 0, out
+    (line,) = LINE.findall(out)
+    assert line[2].startswith("success in "), out
+    assert "success 1/1" in out
+    summary = json.loads((report / "summary.json").read_text())
+    (ep,) = summary["episodes"]
+    assert summary["checkpoint_kind"] == "scripted-expert" and summary["successes"] == 1
+    assert summary["clock"] == "simulated"
+    assert ep["success"] and 0.5 < ep["success_time_s"] < 8.0 and ep["best_lift_m"] >= 0.05
+    assert f"success in {ep['success_time_s']:.1f} s" in out
+    # it ran on after success (--after-success-s 1 by default): the recording ends holding the cube
+    assert ep["episode_time_s"] >= ep["success_time_s"] + 0.9
+
+
+def test_the_expert_backend_needs_a_task_robot() -> None:
+    out, code = run_demo_cli("--robot", "sim_arm", "--backend", "expert")
+    assert code == 2 and "needs a task robot" in out

@@ -64,8 +64,16 @@ def register(app: typer.Typer) -> None:
         after_success: float = typer.Option(
             1.0, "--after-success-s", help="task robot: run on this long after success (holding the cube)"
         ),
+        clock: str = typer.Option(
+            "real",
+            help="task robot: real (the live view in real time) | simulated (the physics steps with the "
+            "loop, the measured inference latency applied: the outcome does not depend on the machine's load)",
+        ),
         variant: str = typer.Option("flow", help="tiny checkpoint generation: flow | 0.5"),
-        backend: str = typer.Option("torch", help="torch | onnxruntime | tensorrt"),
+        backend: str = typer.Option(
+            "torch",
+            help="torch | onnxruntime | tensorrt | expert (task robot: its scripted expert, the reference)",
+        ),
         option: list[str] = typer.Option(
             [], "--option", "-o", help="backend option KEY=VALUE (repeatable; the keys are listed below)"
         ),
@@ -102,6 +110,8 @@ def register(app: typer.Typer) -> None:
             random_weights, checkpoint = True, None
         if random_weights and checkpoint is not None:
             raise typer.BadParameter("--random-weights and --checkpoint: give one of them")
+        if clock not in ("real", "simulated"):
+            raise typer.BadParameter(f"--clock {clock!r}: choose real or simulated")
         if after_success < 0:
             raise typer.BadParameter(f"--after-success-s {after_success}: expected >= 0")
         seed_list = _seeds(seeds)
@@ -129,6 +139,11 @@ def register(app: typer.Typer) -> None:
         except (RobotNotFoundError, OSError, ValueError) as exc:
             console.print(f"[red]cannot run the demo:[/] {escape(str(exc))}")
             raise typer.Exit(2) from None
+        if backend == "expert" and task_part(side) is None:
+            raise typer.BadParameter(
+                f"{robot}: the expert backend needs a task robot (e.g. pick_cube_task)",
+                param_hint="'--backend'",
+            )
         if task_part(side) is not None:
             from wall_runtime.e2e.task_demo import run_task_demo
 
@@ -149,6 +164,7 @@ def register(app: typer.Typer) -> None:
                 time_limit_s=time_limit,
                 after_success_s=after_success,
                 smoother=smoother,
+                clock=clock,
                 report=report,
                 live=live,
                 display=display,
@@ -293,6 +309,11 @@ def register(app: typer.Typer) -> None:
         steps: list[int] = typer.Option([1, 2, 4, 10], help="denoise steps to sweep (repeatable)"),
         views: list[int] = typer.Option([1, 2, 3], help="camera views to sweep: 1, 2 or 3 (repeatable)"),
         seconds: float = typer.Option(8.0, help="closed-loop seconds per configuration"),
+        clock: str = typer.Option(
+            "real",
+            help="task robot: real (the live view in real time) | simulated (the physics steps with the "
+            "loop, the measured inference latency applied: the outcome does not depend on the machine's load)",
+        ),
         variant: str = typer.Option("flow", help="tiny checkpoint generation: flow | 0.5"),
         out: Path | None = typer.Option(
             None, help="folder for JSON, Markdown table and plot (default: ./runs/bench-<time>)"

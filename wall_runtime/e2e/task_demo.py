@@ -101,6 +101,9 @@ class TaskDemoOptions:
     time_limit_s: float | None = None  # per episode (default: the task's, robot.yaml)
     after_success_s: float = 1.0  # an episode runs on this long after success: it ends holding the cube
     smoother: str = "crossfade"
+    # real: the live view plays in real time; simulated: the physics advances with the loop and the
+    # measured inference latency is applied on the simulated clock (no machine load in the outcome)
+    clock: str = "real"
     report: Path | None = None
     record: bool = True
     live: bool = True
@@ -228,7 +231,11 @@ def run_task_demo(
     checkpoint = options.checkpoint
     kind = "given"
     backend_options = dict(options.backend_options)
-    if options.server is None and checkpoint is None:
+    if options.backend == "expert":  # the task's scripted expert served as a policy: the reference
+        checkpoint, kind = None, "scripted-expert"
+        for k, v in getattr(task, "expert_options", {}).items():
+            backend_options.setdefault(k, v)
+    elif options.server is None and checkpoint is None:
         if options.random_weights:
             from wall_runtime.e2e.demo_checkpoint import demo_checkpoint
 
@@ -240,19 +247,19 @@ def run_task_demo(
     with stack:
         endpoint = options.server
         if endpoint is None:
-            assert checkpoint is not None
-            console.print(f"policy: {checkpoint} ({kind}, {options.backend})")
+            console.print(f"policy: {checkpoint or 'the task expert'} ({kind}, {options.backend})")
             server_options = with_graph_cameras(options.backend, backend_options, side.config)
             endpoint = stack.enter_context(policy_server_process(checkpoint, options.backend, server_options))
         config = EvalConfig(
             smoother=options.smoother,
-            clock="real",
+            clock=options.clock,
             render=True,
             latency_ms=None,
             after_success_s=options.after_success_s,
         )
         runner = EvalRunner(side.config.path, endpoint, config, side=side)
         stack.callback(runner.close)
+        runner.warm_up()
         console.print(f"robot: {side.config.name} ({side.config.path}); server {endpoint}")
         view = None
         if options.display or options.display_save is not None:
@@ -350,7 +357,7 @@ def run_task_demo(
             "server": options.server,
             "backend": options.backend,
             "smoother": options.smoother,
-            "clock": "real",
+            "clock": options.clock,
             "policy": runner.metadata.to_dict() if hasattr(runner.metadata, "to_dict") else None,
             "episodes": [
                 {

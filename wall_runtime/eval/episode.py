@@ -170,6 +170,12 @@ class EvalRunner:
             return np.zeros((h, w, 3), np.uint8)  # the expert reads privileged state, not pixels
         return self.task.render(camera, w, h)
 
+    def warm_up(self) -> None:
+        """Render each view once before the first episode: the renderers' first frame (an OpenGL
+        context each) takes a second or so, which on the real clock would stall the first ticks."""
+        for view in self.description.cameras:
+            self._frame(view)
+
     # -- one episode --------------------------------------------------------------------------
 
     def run_episode(
@@ -270,15 +276,19 @@ class EvalRunner:
                 or task.episode_time >= task.success_time + cfg.after_success_s - 1e-9
             )
 
+        result: dict[str, Any] | None = None
         try:
             summary = loop.run(duration=limit + 1.0, should_stop=stop, on_tick=on_tick)
+            if cfg.clock == "real":  # now: the physics runs on while a reply still owed is drained
+                result = task.episode_result()
         finally:
             edge.close()  # its thread; the link outlives the episode (neither wrapper closes it)
             if latency is not None:
                 latency.drain()
             else:
                 _drain_real(self.link)
-        result = task.episode_result()
+        if result is None:
+            result = task.episode_result()
         recorded = None
         if recorder is not None:
             recorder.close(
