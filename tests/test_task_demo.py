@@ -43,6 +43,7 @@ def random_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     return out, report
 
 
+@pytest.mark.slow  # ~10 s: a server process and a 2 s episode on the real clock (shared with the next)
 def test_the_demo_says_what_the_policy_was_asked_and_how_it_went(random_demo: tuple[str, Path]) -> None:
     out, _ = random_demo
     assert "random-weights" in out  # which policy ran
@@ -55,6 +56,7 @@ def test_the_demo_says_what_the_policy_was_asked_and_how_it_went(random_demo: tu
     assert "safety: " not in out  # the safety chain's periodic warnings are quiet while the table runs
 
 
+@pytest.mark.slow
 def test_the_report_has_each_episode_its_plots_and_the_dataset(random_demo: tuple[str, Path]) -> None:
     out, report = random_demo
     summary = json.loads((report / "summary.json").read_text())
