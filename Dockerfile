@@ -4,7 +4,7 @@
 # Build (from the repository root):
 #   docker build -t wall-runtime:gpu .
 # The closed-loop demo on the simulated arm (reports land in the mounted ./runs):
-#   docker run --rm -v $PWD/runs:/data/runs wall-runtime:gpu demo --duration 20 --no-live
+#   docker run --rm -v $PWD/runs:/data/runs wall-runtime:gpu demo --robot sim_arm --duration 20 --no-live
 # The policy server on a GPU, reachable through -p: inside a container it must bind 0.0.0.0 (a
 # loopback bind is not reachable from outside the container), and a non-loopback bind wants CURVE
 # keys (or --insecure on a trusted network). Keys, once:

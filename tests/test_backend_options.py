@@ -146,6 +146,8 @@ def test_demo_runs_on_onnxruntime(tmp_path, monkeypatch) -> None:
         app,
         [
             "demo",
+            "--robot",
+            "sim_arm",
             "--backend",
             "onnxruntime",
             "--duration",

@@ -61,6 +61,8 @@ def demo_view(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         app,
         [
             "demo",
+            "--robot",
+            "sim_arm",
             "--duration",
             "3",
             "--no-live",
@@ -206,3 +208,57 @@ def test_display_without_a_screen_serves_on_loopback_or_says_the_port_is_taken(
     result = CliRunner().invoke(app, [*args, "--estop-file", str(tmp_path / "e2")])
     assert result.exit_code == 0, result.output
     assert f"rerun+http://127.0.0.1:{VIEW_PORT}/proxy" in " ".join(result.output.split())
+
+
+@pytest.mark.slow
+def test_task_demo_display_shows_the_task_and_summarises_interventions(tmp_path: Path) -> None:
+    """On the pick task the view has a task panel (what the policy was asked, the episode, its
+    outcome), and the safety chain's interventions as a count per filter with an event only when the
+    set of filters acting changes, not an event every tick."""
+    rrd, report = tmp_path / "task.rrd", tmp_path / "report"
+    args = ["demo", "--random-weights", "--seeds", "100000", "--time-limit-s", "2", "--no-live"]
+    result = CliRunner().invoke(app, [*args, "--display-save", str(rrd), "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    rows = rrd_rows(rrd)
+    episode = Episode.load(report / "dataset")
+    ticks = episode.num_ticks
+    status = list(episode.ticks["status"])
+    changes = sum(a != b for a, b in zip(["ok", *status], status, strict=False))
+    assert ticks > 10 and rows["joints/waist"] == ticks
+    assert rows["task"] >= 2  # the episode's start and its outcome
+    assert rows["cameras/face_view"] > 0 and rows["chunks/seq"] > 0
+    assert rows["safety/interventions"] == ticks
+    # per filter: one row per tick it acted on; events: chunks, status changes, the task's start and
+    # outcome, and safety only when the set of filters acting changes (at most one per tick acted on)
+    acted = sum(v for k, v in rows.items() if k.startswith("safety/") and k != "safety/interventions")
+    assert rows["events"] <= rows["chunks/seq"] + changes + 2 + acted
+    assert "task" in blueprint_origins(rrd)
+
+
+def test_task_view_summarises_interventions_by_filter(tmp_path: Path) -> None:
+    """Ticks with interventions, as the loop reports them: the task view logs a count per filter
+    each tick a filter acts, an event only when the set acting changes, and the task panel."""
+    import numpy as np
+
+    from wall_runtime.recording.rerun_view import DisplayOptions, RerunView
+    from wall_runtime.recording.subscriber import TickRecord
+    from wall_runtime.robot import JointSpec, RobotSpec
+
+    joints = (JointSpec("a", "revolute", "rad"), JointSpec("b", "revolute", "rad"))
+    spec = RobotSpec(name="two", joints=joints, control_hz=10.0)
+    rrd = tmp_path / "task.rrd"
+    view = RerunView(spec, DisplayOptions(save=rrd), task=True)
+    view.show_task("## 'pick up the red cube'", "episode 1: seed 100000")
+    acting = [("step",)] * 10 + [()] * 5 + [("step", "velocity")] * 4 + [()] * 3
+    for tick, filters in enumerate(acting):
+        q = np.zeros(2)
+        view.on_tick(TickRecord(tick, tick * 0.1, q, q, q, "ok", filters))
+    view.show_task("success", "seed 100000: success in 1.0 s")
+    view.close()
+    rows = rrd_rows(rrd)
+    assert rows["safety/step"] == 14 and rows["safety/velocity"] == 4
+    assert rows["safety/interventions"] == len(acting)
+    # 2 task events + onset, clear, onset of another set, clear: not one per tick (14)
+    assert rows["events"] == 6, rows
+    assert rows["task"] == 2
+    assert "task" in blueprint_origins(rrd)

@@ -133,8 +133,35 @@ def test_wheel_runs_demo_and_check_robot_from_another_directory(installed, tmp_p
     assert check.returncode == 0, check.stdout + check.stderr
     assert json.loads((tmp_path / "check.json").read_text())["passed"]
 
-    demo = _run(installed, tmp_path, "demo", "--duration", "5", "--no-live")
+    demo = _run(installed, tmp_path, "demo", "--robot", "sim_arm", "--duration", "5", "--no-live")
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     (report,) = (tmp_path / "runs").glob("demo-*")
     summary = json.loads((report / "summary.json").read_text())
     assert summary["counters"]["chunks_received"] > 0
+
+    # the pick task (its robot and sim_pick's scene are package data) with the random-weight baseline
+    task_dir = tmp_path / "task"
+    task_dir.mkdir()
+    args = ("demo", "--random-weights", "--seeds", "100000", "--time-limit-s", "2", "--no-live")
+    task = _run(installed, task_dir, *args)
+    assert task.returncode == 0, task.stdout[-3000:] + task.stderr[-3000:]
+    assert "seed 100000 'pick up the" in task.stderr and "success " in task.stderr, task.stderr[-3000:]
+    (report,) = (task_dir / "runs").glob("demo-*")
+    assert json.loads((report / "summary.json").read_text())["episodes"][0]["seed"] == 100000
+
+    # the trained demo checkpoint ships in the wheel when the checkout has it (demo's default)
+    found = subprocess.run(
+        [
+            installed / "bin" / "python",
+            "-c",
+            "from wall_runtime.e2e.task_demo import trained_checkpoint as t; print(t())",
+        ],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+    )
+    if (ROOT / "checkpoints" / "pick_cube" / "config.json").is_file():
+        assert found.returncode == 0 and found.stdout.startswith(str(installed)), found.stderr[-2000:]
+    else:
+        assert "no trained demo checkpoint checkpoints/pick_cube/" in found.stderr

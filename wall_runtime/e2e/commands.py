@@ -41,38 +41,152 @@ def register(app: typer.Typer) -> None:
     @app.command("demo", epilog=options_epilog())
     def demo(
         robot: str = typer.Option(
-            "sim_arm", help="robot name (./robots/NAME or a shipped robot), folder or robot.yaml"
+            "pick_cube_task",
+            help="robot name (./robots/NAME or a shipped robot), folder or robot.yaml; a task robot "
+            "runs episodes of its task, another (e.g. sim_arm) runs free for --duration",
         ),
-        checkpoint: Path | None = typer.Option(
-            None, help="checkpoint (default: a tiny one shaped for the robot)"
+        checkpoint: str | None = typer.Option(
+            None,
+            help="checkpoint folder, or 'random' (default: the trained checkpoints/pick_cube on the "
+            "pick task; a tiny random-weight one shaped for any other robot)",
+        ),
+        random_weights: bool = typer.Option(
+            False,
+            "--random-weights",
+            help="the random-weight tiny checkpoint of the same layout (the baseline) instead of the trained one",
+        ),
+        seeds: str = typer.Option(
+            "100000-100002", help="task robot: the episodes' seeds (held-out: 100000+), e.g. 100000-100009"
+        ),
+        time_limit: float | None = typer.Option(
+            None, "--time-limit-s", help="task robot: an episode's time limit (default: the task's)"
+        ),
+        after_success: float = typer.Option(
+            1.0, "--after-success-s", help="task robot: run on this long after success (holding the cube)"
+        ),
+        clock: str = typer.Option(
+            "real",
+            help="task robot: real (the live view in real time) | simulated (the physics steps with the "
+            "loop, the measured inference latency applied: the outcome does not depend on the machine's load)",
         ),
         variant: str = typer.Option("flow", help="tiny checkpoint generation: flow | 0.5"),
-        backend: str = typer.Option("torch", help="torch | onnxruntime | tensorrt"),
+        backend: str = typer.Option(
+            "torch",
+            help="torch | onnxruntime | tensorrt | expert (task robot: its scripted expert, the reference)",
+        ),
         option: list[str] = typer.Option(
             [], "--option", "-o", help="backend option KEY=VALUE (repeatable; the keys are listed below)"
         ),
         server: str | None = typer.Option(None, help="use a running policy server instead of starting one"),
-        duration: float = typer.Option(20.0, help="seconds to run (0: until Ctrl-C)"),
+        duration: float = typer.Option(20.0, help="robot without a task: seconds to run (0: until Ctrl-C)"),
         instruction: str = typer.Option(
-            "pick up the red cube and place it in the bowl", "--instruction", "-i"
+            "pick up the red cube and place it in the bowl",
+            "--instruction",
+            "-i",
+            help="robot without a task: the instruction sent (a task names its own per episode)",
         ),
         smoother: str = typer.Option("crossfade", help="none | crossfade | ensemble | rtc"),
         report: Path | None = typer.Option(None, help="report folder (default: ./runs/demo-<time>)"),
         live: bool = typer.Option(True, help="live status table in the terminal"),
         metrics_http: str | None = typer.Option(
-            None, help="serve the robot side's Prometheus metrics on HOST:PORT (/metrics)"
+            None,
+            help="robot without a task: serve the robot side's Prometheus metrics on HOST:PORT (/metrics)",
         ),
         display: bool = typer.Option(False, "--display", help=DISPLAY_HELP),
         display_save: Path | None = typer.Option(None, "--display-save", help=DISPLAY_SAVE_HELP),
     ) -> None:
-        """Server, simulated robot with rendered cameras, control loop with smoothing and safety: closed loop."""
+        """The whole runtime, closed loop: policy server process, ZeroMQ, scheduler, smoother, EE edge
+        + IK, safety, simulated robot. By default the trained policy does the pick task on held-out
+        seeds and prints its success."""
         from wall_runtime.e2e.demo import DemoOptions, run_demo
+        from wall_runtime.e2e.robot_side import load_robot_side
+        from wall_runtime.e2e.task_demo import CheckpointMissingError, TaskDemoOptions, task_part
+        from wall_runtime.eval.commands import _seeds
+        from wall_runtime.robot_files import RobotNotFoundError, resolve_robot
 
         if variant not in ("flow", "0.5"):
             raise typer.BadParameter(f"--variant {variant!r}: choose flow or 0.5")
+        if checkpoint == "random":
+            random_weights, checkpoint = True, None
+        if random_weights and checkpoint is not None:
+            raise typer.BadParameter("--random-weights and --checkpoint: give one of them")
+        if clock not in ("real", "simulated"):
+            raise typer.BadParameter(f"--clock {clock!r}: choose real or simulated")
+        if after_success < 0:
+            raise typer.BadParameter(f"--after-success-s {after_success}: expected >= 0")
+        seed_list = _seeds(seeds)
+        extra = _options(option)
+        from wall_runtime.backends.options import BackendOptionError, parse_options
+
+        try:  # checked here, before a server process starts and fails on it
+            parse_options(backend, extra)
+        except BackendOptionError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--option' / '-o'") from None
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        if ckpt is not None and not (ckpt / "config.json").is_file():
+            raise typer.BadParameter(
+                f"{ckpt}: not a checkpoint folder (no config.json)", param_hint="'--checkpoint'"
+            )
+        from wall_runtime.recording.rerun_view import DisplayError, require_rerun
+
+        try:
+            if display or display_save is not None:  # before a server process starts
+                require_rerun()
+            side = load_robot_side(resolve_robot(robot))
+        except DisplayError as exc:
+            console.print(f"[red]cannot run the demo:[/] {escape(str(exc))}")
+            raise typer.Exit(2) from None
+        except (RobotNotFoundError, OSError, ValueError) as exc:
+            console.print(f"[red]cannot run the demo:[/] {escape(str(exc))}")
+            raise typer.Exit(2) from None
+        if backend == "expert" and task_part(side) is None:
+            raise typer.BadParameter(
+                f"{robot}: the expert backend needs a task robot (e.g. pick_cube_task)",
+                param_hint="'--backend'",
+            )
+        if task_part(side) is not None:
+            from wall_runtime.e2e.task_demo import run_task_demo
+
+            if metrics_http is not None:
+                raise typer.BadParameter(
+                    "the robot side's metrics are served by the free-running demo (--robot sim_arm) and run",
+                    param_hint="'--metrics-http'",
+                )
+
+            task_opts = TaskDemoOptions(
+                checkpoint=ckpt,
+                random_weights=random_weights,
+                variant=variant,
+                backend=backend,
+                backend_options=extra,
+                server=server,
+                seeds=seed_list,
+                time_limit_s=time_limit,
+                after_success_s=after_success,
+                smoother=smoother,
+                clock=clock,
+                report=report,
+                live=live,
+                display=display,
+                display_save=display_save,
+            )
+            try:
+                result = run_task_demo(task_opts, side, console)
+            except CheckpointMissingError as exc:
+                console.print(f"[red]cannot run the demo:[/] {escape(str(exc))}")
+                raise typer.Exit(2) from None
+            except DisplayError as exc:
+                console.print(f"[red]cannot run the demo:[/] {escape(str(exc))}")
+                raise typer.Exit(2) from None
+            n, ok = len(result["episodes"]), result["successes"]
+            console.print(f"success {ok}/{n}; report {result['report']}")
+            if sum(e["chunks_received"] for e in result["episodes"]) == 0:
+                console.print("[red]no chunk reached the robot[/]")
+                raise typer.Exit(1)
+            return
         opts = DemoOptions(
             robot=robot,
-            checkpoint=checkpoint,
+            checkpoint=ckpt,
             variant=variant,
             backend=backend,
             server=server,
@@ -85,22 +199,12 @@ def register(app: typer.Typer) -> None:
             display=display,
             display_save=display_save,
         )
-        if option:
-            opts.backend_options = {**opts.backend_options, **_options(option)}
-        if checkpoint is not None:
+        if extra:
+            opts.backend_options = {**opts.backend_options, **extra}
+        if ckpt is not None:
             opts.backend_options.pop("noise_knots", None)  # a real checkpoint samples as the reference does
-        from wall_runtime.backends.options import BackendOptionError, parse_options
-
-        try:  # checked here, before a server process starts and fails on it
-            parse_options(backend, opts.backend_options)
-        except BackendOptionError as exc:
-            raise typer.BadParameter(str(exc), param_hint="'--option' / '-o'") from None
-        from wall_runtime.recording.rerun_view import DisplayError, require_rerun
-
         try:
-            if display or display_save is not None:  # before a server process starts
-                require_rerun()
-            summary = run_demo(opts, console)
+            summary = run_demo(opts, console, side=side)
         except DisplayError as exc:
             console.print(f"[red]cannot run the demo:[/] {escape(str(exc))}")
             raise typer.Exit(2) from None
@@ -205,6 +309,11 @@ def register(app: typer.Typer) -> None:
         steps: list[int] = typer.Option([1, 2, 4, 10], help="denoise steps to sweep (repeatable)"),
         views: list[int] = typer.Option([1, 2, 3], help="camera views to sweep: 1, 2 or 3 (repeatable)"),
         seconds: float = typer.Option(8.0, help="closed-loop seconds per configuration"),
+        clock: str = typer.Option(
+            "real",
+            help="task robot: real (the live view in real time) | simulated (the physics steps with the "
+            "loop, the measured inference latency applied: the outcome does not depend on the machine's load)",
+        ),
         variant: str = typer.Option("flow", help="tiny checkpoint generation: flow | 0.5"),
         out: Path | None = typer.Option(
             None, help="folder for JSON, Markdown table and plot (default: ./runs/bench-<time>)"

@@ -1,9 +1,11 @@
-"""``wall-runtime demo``: the whole runtime, closed loop, in one command.
+"""``wall-runtime demo`` on a robot without a task (``--robot sim_arm``): the whole runtime, closed
+loop, running free.
 
 A policy server (a tiny WALL-OSS checkpoint shaped for the robot, the torch backend on CPU by
 default) on loopback, the simulated arm with its rendered cameras, and the control loop with
 smoothing and safety, for a set time or until interrupted, with a live status line and a report.
-The same session code drives a physical robot (``wall-runtime run``).
+The same session code drives a physical robot (``wall-runtime run``). The default demo, a trained
+policy doing the pick task, is :mod:`wall_runtime.e2e.task_demo`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from rich.table import Table
 
 from wall_runtime.control.estop import EStop, SignalSource
 from wall_runtime.control.loop import ControlLoop
-from wall_runtime.e2e.robot_side import load_robot_side
+from wall_runtime.e2e.robot_side import RobotSide, load_robot_side
 from wall_runtime.e2e.session import Session, SessionOptions
 from wall_runtime.robot_files import bundled_robots_dir
 
@@ -173,10 +175,14 @@ def _safe_status(session: Session, started: float) -> Any:
         return f"(status not available this refresh: {exc})"
 
 
-def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, Any]:
-    """Run the demo; returns the run summary (with ``report`` set to the report folder)."""
+def run_demo(
+    options: DemoOptions, console: Console | None = None, side: RobotSide | None = None
+) -> dict[str, Any]:
+    """Run the free-running demo (a robot without a task; a task robot's demo is
+    :func:`wall_runtime.e2e.task_demo.run_task_demo`); returns the run summary (with ``report`` set
+    to the report folder). ``side``: the robot already loaded from ``options.robot``."""
     console = console or Console(stderr=True)
-    side = load_robot_side(options.robot)
+    side = side or load_robot_side(options.robot)
     stack = contextlib.ExitStack()
     with stack:
         endpoint = options.server

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from wall_runtime.e2e.policy_link import ClientChunkSource
 from wall_runtime.e2e.robot_side import RobotSide, load_robot_side
 from wall_runtime.e2e.session import check_fit
 from wall_runtime.eval.latency import SimLatencySource
+from wall_runtime.recording.subscriber import LoopRecorder
 from wall_runtime.transport.client import PolicyClient
 from wall_runtime.transport.protocol import RobotDescription
 from wall_runtime.types import Observation, RobotState
@@ -82,6 +83,7 @@ class EpisodeResult:
     video: str | None = None
     instruction: str = ""  # what the policy was told (the task's own per-episode instruction)
     recorded_episode: int | None = None  # its episode index in the --record dataset
+    best_lift_m: float | None = None  # the pick task's highest lift of the named cube (a failure's progress)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +116,7 @@ class EvalRunner:
         if config.clock == "real":
             self.link.deadline_s = self.metadata.action_horizon * self.period
         self.render = config.render if config.render is not None else self.metadata.model != "scripted-expert"
+        self.loop: Any = None  # the current (or last) episode's control loop: its log, counters, safety
         if not self.adapter.is_connected:
             self.adapter.connect()
 
@@ -167,6 +170,12 @@ class EvalRunner:
             return np.zeros((h, w, 3), np.uint8)  # the expert reads privileged state, not pixels
         return self.task.render(camera, w, h)
 
+    def warm_up(self) -> None:
+        """Render each view once before the first episode: the renderers' first frame (an OpenGL
+        context each) takes a second or so, which on the real clock would stall the first ticks."""
+        for view in self.description.cameras:
+            self._frame(view)
+
     # -- one episode --------------------------------------------------------------------------
 
     def run_episode(
@@ -175,9 +184,11 @@ class EvalRunner:
         time_limit_s: float | None = None,
         on_tick: Callable[[Any], None] | None = None,
         record_to: str | Path | None = None,
+        subscribers: Sequence[LoopRecorder] = (),
     ) -> EpisodeResult:
         """One episode from ``seed``; ``record_to``: append it to that LeRobot v3 dataset folder
-        (the task's instruction as its task; every tick's images rendered; success in its metadata)."""
+        (the task's instruction as its task; every tick's images rendered; success in its metadata).
+        ``subscribers`` are told what the loop does after the recorder (e.g. ``demo``'s live view)."""
         cfg = self.config
         wall0 = time.monotonic()
         self.task.reset(seed)
@@ -247,9 +258,11 @@ class EvalRunner:
             self.side.safety,
             loop_options,
             recorder=recorder,
+            subscribers=subscribers,
             clock=clock,
             sleep=sleep,
         )
+        self.loop = loop
         task = self.task
         errors_before = dict(self.link.errors)
 
@@ -263,15 +276,19 @@ class EvalRunner:
                 or task.episode_time >= task.success_time + cfg.after_success_s - 1e-9
             )
 
+        result: dict[str, Any] | None = None
         try:
             summary = loop.run(duration=limit + 1.0, should_stop=stop, on_tick=on_tick)
+            if cfg.clock == "real":  # now: the physics runs on while a reply still owed is drained
+                result = task.episode_result()
         finally:
             edge.close()  # its thread; the link outlives the episode (neither wrapper closes it)
             if latency is not None:
                 latency.drain()
             else:
                 _drain_real(self.link)
-        result = task.episode_result()
+        if result is None:
+            result = task.episode_result()
         recorded = None
         if recorder is not None:
             recorder.close(
@@ -304,6 +321,7 @@ class EvalRunner:
             last_link_error=self.link.last_error,
             instruction=instruction,
             recorded_episode=recorded,
+            best_lift_m=None if result.get("best_lift_m") is None else float(result["best_lift_m"]),
         )
 
     def close(self) -> None:

@@ -108,8 +108,12 @@ class RerunView:
         lossless: bool = False,
         announce: Callable[[str], None] = log.info,
         camera_poses: Mapping[str, np.ndarray] | None = None,
+        task: bool = False,
     ) -> None:
-        """``views``: the model views the cameras will send (laid out from the start; others are
+        """``task``: a task is run (``demo`` on a task robot): a panel shows what the policy was asked
+        and the episode's state (:meth:`show_task`), and the safety chain's interventions are
+        summarised (an event when the set of filters acting changes, a count per filter) instead of
+        an event every tick. ``views``: the model views the cameras will send (laid out from the start; others are
         added when their first image comes). ``lossless``: the loop waits for room on the queue instead of dropping (a replay, which
         runs faster than real time and drives no robot). ``camera_poses``: model view -> 4x4 camera pose
         in the base frame (a fixed camera's hand-eye result), drawn in the 3D view."""
@@ -156,6 +160,9 @@ class RerunView:
                 static=True,
             )
         self._views = tuple(sorted(set(views)))
+        self._task = task
+        self._acting: frozenset[str] = frozenset()
+        self._filter_counts: dict[str, int] = {}
         self.rec.send_blueprint(self._blueprint())  # again once the camera views are known
         self.dropped = 0
         self._lossless = lossless
@@ -183,6 +190,11 @@ class RerunView:
 
     def on_request(self, tick: int, observation: Observation) -> None:
         self._put(("request", tick, dict(observation.images)))
+
+    def show_task(self, markdown: str, event: str | None = None) -> None:
+        """The task panel's text (instruction, episode, seed, time, outcome), logged with the next
+        tick; ``event``: also a line in the event log (an episode's start or its outcome)."""
+        self._put(("task", -1, (markdown, event)))
 
     def on_tick(self, record: TickRecord) -> None:
         # the loop may reuse its arrays: keep this tick's values
@@ -220,6 +232,8 @@ class RerunView:
         left: list[Any] = [rrb.Spatial2DView(origin=f"cameras/{v}", name=v) for v in self._views]
         if self._fk is not None:
             left.append(rrb.Spatial3DView(origin="world", name="end effector"))
+        if self._task:
+            left.insert(0, rrb.TextDocumentView(origin="task", name="task"))
         left.append(rrb.TextLogView(origin="events", name="events"))
         joints = [
             rrb.TimeSeriesView(origin=f"joints/{j.name}", name=f"{j.name} [{j.unit}]")
@@ -250,6 +264,9 @@ class RerunView:
 
     def _handle(self, item: tuple[str, int, Any]) -> None:
         kind, tick, payload = item
+        if kind == "task":  # now, with the last tick's time: an episode's outcome has no tick after it
+            self._log_task(*payload)
+            return
         if kind != "tick":
             # chunks and requests come before their tick's record: logged with its time
             self._pending.append((kind, payload))
@@ -304,7 +321,9 @@ class RerunView:
             values = [record.commanded[j], record.measured[j], record.target[j]]
             self.rec.log(f"joints/{joint.name}", rr.Scalars(np.asarray(values, dtype=np.float64)))
         self.rec.log("safety/interventions", rr.Scalars(float(len(record.interventions))))
-        if record.interventions:
+        if self._task:
+            self._log_interventions_summarised(record)
+        elif record.interventions:
             self.rec.log(
                 "events",
                 rr.TextLog(f"safety: {', '.join(sorted(set(record.interventions)))}", level="WARN"),
@@ -323,6 +342,27 @@ class RerunView:
                     self.rec.log(
                         "world/ee_commanded", rr.Points3D(commanded, radii=0.008, colors=[[31, 119, 180]])
                     )
+
+    def _log_task(self, markdown: str, event: str | None) -> None:
+        rr = self._rr
+        self.rec.log("task", rr.TextDocument(markdown, media_type="text/markdown"))
+        if event:
+            self.rec.log("events", rr.TextLog(event, level="INFO"))
+
+    def _log_interventions_summarised(self, record: TickRecord) -> None:
+        """A count per filter, and an event only when the set of filters acting changes."""
+        rr = self._rr
+        acting = frozenset(record.interventions)
+        for name in acting:
+            self._filter_counts[name] = self._filter_counts.get(name, 0) + 1
+            self.rec.log(f"safety/{name}", rr.Scalars(float(self._filter_counts[name])))
+        if acting != self._acting:
+            if acting:
+                text = f"safety acting: {', '.join(sorted(acting))}"
+                self.rec.log("events", rr.TextLog(text, level="WARN"))
+            else:
+                self.rec.log("events", rr.TextLog("safety: no filter acting", level="INFO"))
+            self._acting = acting
 
     def close(self, timeout: float = 10.0) -> None:
         """Log what is queued, then flush and close the sinks (the .rrd file is complete after)."""
@@ -352,6 +392,7 @@ def open_view(
     lossless: bool = False,
     announce: Callable[[str], None] = log.info,
     camera_poses: Mapping[str, np.ndarray] | None = None,
+    task: bool = False,
 ) -> RerunView | None:
     """The live view the options ask for, or ``None`` when they ask for none."""
     if not options.wanted:
@@ -365,4 +406,5 @@ def open_view(
         lossless=lossless,
         announce=announce,
         camera_poses=camera_poses,
+        task=task,
     )
