@@ -41,7 +41,7 @@ def test_reset_places_the_cubes_as_the_recorded_task_does(side) -> None:
     task = _task_part(side.adapter)
     env = PickCubeEnv(render=False)
     colours = set()
-    for seed in (*SEEDS, 100002, 100003, 5):
+    for seed in (*SEEDS, *range(100002, 100020), 5):
         instruction = env.reset(seed)
         task.reset(seed)
         assert task.instruction == instruction and task.colour == env.colour

@@ -4,8 +4,8 @@ The scene and its expert (:class:`PickCubeEnv`, :class:`ScriptedExpert`), and th
 robot the runtime drives (:class:`PickCubeTask`, ``robots/pick_cube_task``; ``wall-runtime eval``).
 
 Scene: ``robots/sim_pick`` (sim_arm on its table with a red, a green and a blue cube). At reset the
-three cubes are placed at random, non-overlapping spots in the arm's reach (a seeded generator) and
-one colour is named: ``"pick up the red cube"``. **Success comes from the physics**: the named cube's
+three cubes are shuffled over three slots across the arm's reach (each jittered by up to 1 cm and
+turned by up to ±0.3 rad; a seeded generator) and one colour is named: ``"pick up the red cube"``. **Success comes from the physics**: the named cube's
 centre is at least ``LIFT_M`` above its resting height (and so off the table) at the end of the
 episode, or at any control step when ``stop_on_success``.
 
@@ -48,6 +48,9 @@ CONTROL_HZ = 10
 PHYSICS_DT = 0.002
 GRASP_PITCH = 1.2  # rad below the horizontal
 CUBE_HALF = 0.02
+SLOT_ANGLES = (-0.45, 0.0, 0.45)  # rad from straight ahead, seen from the arm's base
+SLOT_RADIUS_M = 0.32
+SLOT_JITTER_M = 0.01
 HOME = {"shoulder": 0.0, "elbow": 0.8, "wrist_pitch": 0.6, "gripper": 0.04}
 
 # the layout of the checkpoint this task trains (FLOW, the arm in the left slot as robots/sim_arm maps it)
@@ -140,18 +143,21 @@ class PickCubeEnv:
             self.data.qpos[adr] = value
             self.data.ctrl[self.act[name]] = value
         self.data.qpos[self.model.jnt_qposadr[self.model.joint("gripper_mirror").id]] = HOME["gripper"]
-        spots: list[np.ndarray] = []
-        while len(spots) < len(COLOURS):
-            # in the arm's reach for the tilted grasp: 0.25 … 0.40 m from the base (at world
-            # (0.12, 0, 0.40)), within ±0.55 rad of straight ahead
-            r, a = rng.uniform(0.25, 0.40), rng.uniform(-0.55, 0.55)
-            p = np.array([0.12 + r * math.cos(a), r * math.sin(a)])
-            if all(np.linalg.norm(p - q) > 0.085 for q in spots):
-                spots.append(p)
+        # three slots across the arm's reach (0.32 m from the base at world (0.12, 0, 0.40), straight
+        # ahead and ±0.45 rad to each side: 14 cm apart), the colours shuffled over them and each
+        # cube jittered by up to SLOT_JITTER_M: which slot holds the named colour is what the policy
+        # must read from the image (a 2-core CPU budget cannot teach a from-scratch vision tower
+        # centimetre localisation anywhere on the table; see docs/training.md)
+        order = rng.permutation(len(COLOURS))
+        spots = []
+        for slot in order:
+            a = SLOT_ANGLES[int(slot)]
+            jitter = rng.uniform(-SLOT_JITTER_M, SLOT_JITTER_M, size=2)
+            spots.append(np.array([0.12 + SLOT_RADIUS_M * math.cos(a), SLOT_RADIUS_M * math.sin(a)]) + jitter)
         table_z = 0.40
         for c, p in zip(COLOURS, spots, strict=True):
             adr = self.cube_adr[c]
-            yaw = rng.uniform(-0.4, 0.4)
+            yaw = rng.uniform(-0.3, 0.3)
             self.data.qpos[adr : adr + 3] = [p[0], p[1], table_z + CUBE_HALF]
             self.data.qpos[adr + 3 : adr + 7] = [math.cos(yaw / 2), 0, 0, math.sin(yaw / 2)]
         self.colour = colour if colour is not None else COLOURS[int(rng.integers(len(COLOURS)))]
