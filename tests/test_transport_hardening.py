@@ -321,15 +321,23 @@ def tiny_policy(tmp_path_factory: pytest.TempPathFactory):
     policy.close()
 
 
-def _tiny_robot(robot_id: str, shape=(96, 128, 3)) -> protocol.RobotDescription:
-    return protocol.RobotDescription(robot_id, "tiny", {"face_view": shape}, 7, 0.02)
+TINY_VIEWS = ("face_view", "right_wrist_view")  # the tiny checkpoint's views: a robot sends both
+
+
+def _tiny_robot(robot_id: str, shape=(96, 128, 3), views=TINY_VIEWS) -> protocol.RobotDescription:
+    return protocol.RobotDescription(
+        robot_id, "tiny", {v: shape if v == "face_view" else (96, 128, 3) for v in views}, 7, 0.02
+    )
 
 
 def _tiny_obs(stamp: float, instruction: str = "pick up the cup", shape=(96, 128, 3)) -> Observation:
     rng = np.random.default_rng(int(stamp))
     return Observation(
         stamp=stamp,
-        images={"face_view": rng.integers(0, 256, shape, dtype=np.uint8)},
+        images={
+            v: rng.integers(0, 256, shape if v == "face_view" else (96, 128, 3), dtype=np.uint8)
+            for v in TINY_VIEWS
+        },
         state=rng.standard_normal(7).astype(np.float32),
         instruction=instruction,
     )
@@ -356,6 +364,37 @@ def test_inputs_the_model_refuses_are_refused_per_robot_at_the_protocol_boundary
                 long.result(timeout=30)
             chunk = fine.result(timeout=30)
             assert chunk.actions.shape == (8, 10) and np.isfinite(chunk.actions).all()
+
+
+@pytest.mark.slow
+def test_a_robot_without_one_of_the_models_views_is_refused_by_name_and_others_are_served(
+    tiny_policy,
+) -> None:
+    """The reference refuses an observation without a configured view: a robot whose cameras lack
+    one is refused at its hello, naming the view and the views the model takes; the server goes on
+    serving the robots that send every view."""
+    with (
+        serving(tiny_policy, max_batch=4, max_wait_ms=50) as server,
+        client_for(server.endpoint, _tiny_robot("good")) as good,
+    ):
+        one_eyed = PolicyClient(server.endpoint, _tiny_robot("one-eyed", views=("face_view",)))
+        try:
+            with pytest.raises(ServerError) as refused:
+                one_eyed.connect(timeout=5)
+        finally:
+            one_eyed.close()
+        text = str(refused.value)
+        assert "bad_hello" in text and "missing camera view(s) ['right_wrist_view']" in text, text
+        assert "['face_view', 'right_wrist_view']" in text, text
+        chunk = good.submit(_tiny_obs(3.0), deadline=5.0).result(timeout=30)
+        assert chunk.actions.shape == (8, 10) and np.isfinite(chunk.actions).all()
+    # the same rule for an observation handed to the check directly (the openpi endpoint's path)
+    from wall_runtime.backends.input_check import InputRefused
+
+    obs = _tiny_obs(4.0)
+    del obs.images["right_wrist_view"]
+    with pytest.raises(InputRefused, match=r"missing camera view\(s\) \['right_wrist_view'\]"):
+        tiny_policy.input_check.check(obs)
 
 
 # ------------------------------------------------------------------------- client side

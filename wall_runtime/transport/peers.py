@@ -28,7 +28,8 @@ from collections import Counter
 log = logging.getLogger("wall_runtime.transport.server")
 
 FD_HEADROOM = 64  # descriptors kept free for everything but peer connections (files, pipes, ...)
-SHED_AT_FD_LIMIT = 8  # connections shut down per failed accept
+SHED_AT_FD_LIMIT = 8  # connections being shut down at once at the descriptor limit
+MAX_REFUSED_OPEN = 256  # refused connections kept open (to answer them) at once; the rest shut at once
 
 
 def fd_limit() -> int:
@@ -79,24 +80,54 @@ class LogSummary:
 
 
 class PeerTracker:
-    """Live connections by fd (from monitor events), with the cap enforced on accept."""
+    """Live connections by fd (from monitor events): the connection cap and the per-address limit
+    enforced on accept, descriptors freed at the fd limit.
 
-    def __init__(self, max_connections: int, port: int | None) -> None:
+    Connections that carry a session (``protect``, from the server's hello handling) are shed last:
+    a flood at the descriptor limit sheds the flood, not the robots already being served. A
+    connection from an address over ``max_per_address`` is refused: it stays open for
+    ``refuse_grace`` seconds so a message it sends (a robot's hello) can be answered with the reason,
+    then it is shut down; at most ``MAX_REFUSED_OPEN`` such connections are kept open at once.
+    """
+
+    def __init__(
+        self,
+        max_connections: int,
+        port: int | None,
+        max_per_address: int | None = None,
+        refuse_grace: float = 0.5,
+        refusal_log_window: float = 10.0,
+    ) -> None:
         self.port = port
         self.cap = max(1, min(max_connections, fd_limit() - FD_HEADROOM))
+        self.max_per_address = max_per_address if max_per_address and port is not None else None
+        self.refuse_grace = refuse_grace
+        self.refusal_log_window = refusal_log_window
         self.live: dict[int, float] = {}  # fd -> accept time (insertion order = accept order)
+        self.protected: set[int] = set()  # fds carrying a session: shed last
+        self.closing: dict[int, float] = {}  # fds shut down, their close not yet seen -> when
+        self.address: dict[int, str] = {}  # fd -> peer address (with a per-address limit)
+        self.per_address: Counter[str] = Counter()
+        self.refused: dict[int, tuple[str, float]] = {}  # fd -> (address, shut down after)
+        self._refusal_logged: dict[str, float] = {}  # address -> when its refusal was last logged
         self.summary = LogSummary("connections")
         self.shed = 0
+        self.refused_total = 0
 
     def accepted(self, fd: int) -> None:
-        self.live.pop(fd, None)  # a reused fd number is a new connection: it goes to the back
+        if fd in self.live:  # a reused fd number is a new connection: it goes to the back
+            self._forget(fd)
         self.live[fd] = time.monotonic()
+        self.closing.pop(fd, None)
         self.summary.note("accepted", "connection accepted (fd %d, %d open)", fd, len(self.live))
         if len(self.live) > self.cap:
             self._shed(fd, f"over the connection cap of {self.cap}")
+        elif self.max_per_address is not None:
+            self._count_address(fd)
 
     def disconnected(self, fd: int) -> None:
-        self.live.pop(fd, None)
+        self._forget(fd)
+        self.closing.pop(fd, None)
         self.summary.note(
             "disconnected",
             "connection closed (fd %d, %d open): the peer hung up, or libzmq dropped it "
@@ -105,15 +136,110 @@ class PeerTracker:
             len(self.live),
         )
 
+    def protect(self, fd: int | None) -> None:
+        """``fd`` carries a session (a robot said hello on it): shed it last."""
+        if fd is not None and fd in self.live:
+            self.protected.add(fd)
+
     def accept_failed(self, err: int) -> None:
         self.summary.note("accept_failed", "accept failed: %s", os.strerror(err) if err else "?")
-        if err in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-            # libzmq retries accept at once while it fails: free descriptors, newest peers first
-            for fd in list(reversed(self.live))[:SHED_AT_FD_LIMIT]:
-                self._shed(fd, "out of file descriptors")
+        if err not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            return
+        # libzmq retries accept at once while it fails, and reports each failure. Descriptors shut
+        # down a moment ago are freed as soon as libzmq sees their EOF: shed more only when those
+        # are gone, or every retry would shed another batch until none is left (robots included).
+        now = time.monotonic()
+        for fd, t in list(self.closing.items()):
+            if now - t > 1.0:  # its close was never reported (or the event was lost)
+                del self.closing[fd]
+        room = SHED_AT_FD_LIMIT - len(self.closing)
+        if room <= 0:
+            return
+        newest_first = list(reversed(self.live))
+        victims = [fd for fd in newest_first if fd not in self.protected][:room]
+        if len(victims) < room:  # only sessions left: the newest of them
+            victims += [fd for fd in newest_first if fd in self.protected][: room - len(victims)]
+        for fd in victims:
+            self._shed(fd, "out of file descriptors")
+
+    # ------------------------------------------------------------------ per-address limit
+
+    def refusal(self, fd: int | None) -> str | None:
+        """Why a message arriving on ``fd`` is refused (its address is over the limit), else None."""
+        if fd is None or fd not in self.refused:
+            return None
+        address = self.refused[fd][0]
+        return (
+            f"too many connections from {address}: this server takes at most {self.max_per_address} "
+            "per address (close idle connections, or raise --max-connections-per-address)"
+        )
+
+    def expire_refused(self, now: float | None = None) -> None:
+        """Shut down refused connections whose grace period is over."""
+        now = time.monotonic() if now is None else now
+        for fd, (address, until) in list(self.refused.items()):
+            if now >= until:
+                self._shed(
+                    fd, f"refused: over the limit of {self.max_per_address} connections from {address}"
+                )
+
+    def _count_address(self, fd: int) -> None:
+        address = self._peer_address(fd)
+        if address is None:
+            return
+        self.address[fd] = address
+        self.per_address[address] += 1
+        if self.per_address[address] <= self.max_per_address:
+            return
+        self.refused_total += 1
+        now = time.monotonic()
+        if now - self._refusal_logged.get(address, float("-inf")) >= self.refusal_log_window:
+            self._refusal_logged[address] = now
+            if len(self._refusal_logged) > 4096:  # a flood of addresses: forget the old windows
+                self._refusal_logged = {a: t for a, t in self._refusal_logged.items() if now - t < 60}
+            log.warning(
+                "refusing connections from %s: over the limit of %d connections per address "
+                "(logged once per %.0f s; the rest are counted in the connection summary)",
+                address,
+                self.max_per_address,
+                self.refusal_log_window,
+            )
+        self.summary.note("refused_per_address", "connection from %s refused (fd %d)", address, fd)
+        if len(self.refused) >= MAX_REFUSED_OPEN:
+            self._shed(fd, f"refused: over the limit of {self.max_per_address} connections from {address}")
+        else:
+            self.refused[fd] = (address, now + self.refuse_grace)
+
+    def _peer_address(self, fd: int) -> str | None:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            return None
+        try:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.getsockname()[1] != self.port:
+                return None  # not our listener's connection (the fd number was reused meanwhile)
+            return str(sock.getpeername()[0])
+        except (OSError, IndexError, TypeError):
+            return None
+        finally:
+            sock.detach()
+
+    # ------------------------------------------------------------------ shedding
+
+    def _forget(self, fd: int) -> None:
+        self.live.pop(fd, None)
+        self.protected.discard(fd)
+        self.refused.pop(fd, None)
+        address = self.address.pop(fd, None)
+        if address is not None:
+            left = self.per_address[address] - 1
+            if left > 0:
+                self.per_address[address] = left
+            else:
+                del self.per_address[address]
 
     def _shed(self, fd: int, reason: str) -> None:
-        self.live.pop(fd, None)
+        self._forget(fd)
         try:
             # wraps libzmq's descriptor without duplicating it (at the fd limit a dup would fail)
             sock = socket.socket(fileno=fd)
@@ -125,6 +251,7 @@ class PeerTracker:
             if sock.type == socket.SOCK_STREAM and (self.port is None or sock.getsockname()[1] == self.port):
                 sock.shutdown(socket.SHUT_RDWR)
                 self.shed += 1
+                self.closing[fd] = time.monotonic()
                 self.summary.note("shed", "connection shut down (fd %d): %s", fd, reason)
         except (OSError, IndexError, TypeError):
             pass

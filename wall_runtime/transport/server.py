@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import struct
 import threading
 import time
 from collections import deque
@@ -38,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from wall_runtime.backends.base import Policy
 from wall_runtime.transport import auth, protocol
@@ -58,6 +58,7 @@ MONITOR_EVENTS_PER_TURN = 128  # connection events handled between two looks at 
 STRANGER_BACKLOG = 8192  # messages from peers without a session (hellos) waiting to be handled
 CHORES_MAX_DEFER_S = 0.01  # a run of batches defers hellos and connection events this long at most
 STRANGER_BUDGET_S = 0.002  # time spent on them per turn of the loop, between sessions' messages
+MONITOR_EVENT = struct.Struct("=HI")  # a monitor event's first frame: event id, value (an fd, errno)
 
 __all__ = ["Pending", "PolicyServer", "ServerConfig", "Session"]
 
@@ -77,6 +78,7 @@ class ServerConfig:
     max_sessions: int = 1024  # robots + monitors that said hello
     max_connections: int = 4096  # open TCP connections (also kept under the fd limit)
     io_threads: int = 2  # libzmq I/O threads: a connection flood's handshakes share them with robots
+    max_connections_per_address: int = 256  # open TCP connections from one peer address (0: no limit)
 
 
 class PolicyServer:
@@ -95,8 +97,10 @@ class PolicyServer:
         cfg = self.config
         if cfg.max_batch < 1 or cfg.max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
-        if cfg.max_sessions < 1 or cfg.max_connections < 1:
-            raise ValueError("max_sessions and max_connections must be >= 1")
+        if cfg.max_sessions < 1 or cfg.max_connections < 1 or cfg.max_connections_per_address < 0:
+            raise ValueError(
+                "max_sessions and max_connections must be >= 1, max_connections_per_address >= 0"
+            )
         self.queue = RequestQueue(
             max_batch=cfg.max_batch,
             max_wait_s=cfg.max_wait_ms / 1000.0,
@@ -206,7 +210,7 @@ class PolicyServer:
         if self.endpoint.startswith("tcp://"):
             tail = self.endpoint.rsplit(":", 1)[-1]
             port = int(tail) if tail.isdigit() else None
-        self._peers = PeerTracker(cfg.max_connections, port)
+        self._peers = PeerTracker(cfg.max_connections, port, cfg.max_connections_per_address or None)
         # libzmq accepts and drops peers on its own (CURVE refusals, frames over MAXMSGSIZE,
         # protocol violations); its monitor events are the only place to count, cap and log them.
         # Each event costs the server thread a few microseconds under a connect flood, so only
@@ -257,39 +261,50 @@ class PolicyServer:
             log.info("server stopped")
 
     def _log_peer_events(self, monitor: zmq.Socket) -> None:
+        """Connection events since the last turn: the cap, the per-address limit, counters.
+
+        A connect flood brings two events per peer, so this is the server thread's per-peer cost:
+        events are read raw (``recv_multipart`` and one ``struct`` unpack, about a quarter of
+        pyzmq's ``recv_monitor_message``) and counted per batch, not per event."""
         peers = self._peers
         assert peers is not None
+        counts: dict[str, int] = {}
         for _ in range(MONITOR_EVENTS_PER_TURN):  # a flood of events must not starve robots' messages
-            if not monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                return
             try:
-                event = recv_monitor_message(monitor)
-            except Exception as exc:  # a malformed event must not stop the server
-                log.debug("unreadable monitor event: %s", exc)
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                kind, value = MONITOR_EVENT.unpack(frames[0])
+            except (struct.error, IndexError):  # a malformed event must not stop the server
+                log.debug("unreadable monitor event: %r", frames[:1])
                 continue
-            kind, value = event["event"], int(event.get("value") or 0)
             if kind == zmq.EVENT_ACCEPTED:
                 peers.accepted(value)
                 continue
             if kind == zmq.EVENT_DISCONNECTED:
                 peers.disconnected(value)
-                self.metrics.inc("peer_events", event="disconnected")
-                continue
-            if kind == zmq.EVENT_ACCEPT_FAILED:
+                label = "disconnected"
+            elif kind == zmq.EVENT_ACCEPT_FAILED:
                 peers.accept_failed(value)
-                self.metrics.inc("peer_events", event="accept_failed")
-                continue
-            label, text = {
-                zmq.EVENT_HANDSHAKE_FAILED_AUTH: ("auth_refused", "refused by CURVE authentication"),
-                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: ("handshake_protocol", "broke the ZMTP/CURVE handshake"),
-                zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: ("handshake_failed", "failed the handshake"),
-            }.get(kind, ("other", f"event {kind}"))
-            self.metrics.inc("peer_events", event=label)
-            # Peers hanging up mid-handshake are a flood's normal noise: DEBUG and the periodic
-            # summary. The ZAP handler logs refused CURVE peers by address and key.
-            peers.summary.note(label, "a connection %s", text)
-        if monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self._io.kick()
+                label = "accept_failed"
+            else:
+                label, text = {
+                    zmq.EVENT_HANDSHAKE_FAILED_AUTH: ("auth_refused", "refused by CURVE authentication"),
+                    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: (
+                        "handshake_protocol",
+                        "broke the ZMTP/CURVE handshake",
+                    ),
+                    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: ("handshake_failed", "failed the handshake"),
+                }.get(kind, ("other", f"event {kind}"))
+                # Peers hanging up mid-handshake are a flood's normal noise: DEBUG and the periodic
+                # summary. The ZAP handler logs refused CURVE peers by address and key.
+                peers.summary.note(label, "a connection %s", text)
+            counts[label] = counts.get(label, 0) + 1
+        else:
+            self._io.kick()  # more may wait: after the robots' messages
+        for label, n in counts.items():
+            self.metrics.inc("peer_events", n, event=label)
 
     def _member(self, monitor: zmq.Socket) -> None:
         """One of the two server threads: lead (do I/O) until a batch is due, then compute it."""
@@ -375,6 +390,10 @@ class PolicyServer:
         if self._peers is not None:
             self.metrics.set_gauge("connections", len(self._peers.live))
             self.metrics.set_gauge("connections_shed", self._peers.shed)  # since start
+            self.metrics.set_gauge(
+                "connections_refused_per_address", self._peers.refused_total
+            )  # since start
+            self._peers.expire_refused()
             self._peers.summary.flush()
         self._robots_log.flush()
         self._refusals_log.flush()
@@ -445,8 +464,11 @@ class PolicyServer:
         body = frames[1:]
         header: dict[str, Any] = {}
         try:
+            refusal = self._refusal(identity, body)
             msg = decode(body, self.config.max_message_bytes)
             header = msg.header
+            if refusal is not None:
+                raise ProtocolError(ErrorCode.OVERLOADED, refusal)
             self._dispatch(identity, msg, body, t0)
         except ProtocolError as exc:
             if exc.code == ErrorCode.TOO_LARGE or not header:
@@ -527,6 +549,13 @@ class PolicyServer:
         except (zmq.ZMQError, AttributeError, KeyError, IndexError):
             return None
 
+    def _refusal(self, identity: bytes, body: list[Any]) -> str | None:
+        """Why this peer's connection is refused (over the per-address limit), if it is."""
+        peers = self._peers
+        if peers is None or not peers.refused or identity in self.queue.sessions:
+            return None
+        return peers.refusal(_source_fd(body))
+
     @staticmethod
     def _peer_address(body: list[Any]) -> str:
         try:
@@ -578,6 +607,8 @@ class PolicyServer:
                 )
             raise
         session.image_tokens = image_tokens
+        if self._peers is not None:
+            self._peers.protect(_source_fd(body))  # at the fd limit, shed last
         if replaced is not None:
             self._session_closed(replaced, "replaced by a reconnection of the same robot")
         if robot is not None:
@@ -778,3 +809,11 @@ class PolicyServer:
     def _error_frames(self, code: ErrorCode, message: str, pending: Pending) -> list[Any]:
         self.metrics.inc("errors", code=code.value)
         return encode(protocol.error_header(code, message, pending.request.seq))
+
+
+def _source_fd(body: list[Any]) -> int | None:
+    """The descriptor of the connection a message came in on (libzmq's ``ZMQ_SRCFD``)."""
+    try:
+        return int(body[0].get(zmq.SRCFD))
+    except (zmq.ZMQError, AttributeError, IndexError, TypeError, ValueError):
+        return None
