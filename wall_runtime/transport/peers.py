@@ -29,6 +29,7 @@ log = logging.getLogger("wall_runtime.transport.server")
 
 FD_HEADROOM = 64  # descriptors kept free for everything but peer connections (files, pipes, ...)
 SHED_AT_FD_LIMIT = 8  # connections being shut down at once at the descriptor limit
+CLOSING_WAIT_S = 0.05  # at the fd limit, how long shed connections are given to close before more go
 MAX_REFUSED_OPEN = 256  # refused connections kept open (to answer them) at once; the rest shut at once
 
 
@@ -138,19 +139,21 @@ class PeerTracker:
 
     def protect(self, fd: int | None) -> None:
         """``fd`` carries a session (a robot said hello on it): shed it last."""
-        if fd is not None and fd in self.live:
+        if fd is not None:  # its accept event may come later; its close event forgets it
             self.protected.add(fd)
 
     def accept_failed(self, err: int) -> None:
         self.summary.note("accept_failed", "accept failed: %s", os.strerror(err) if err else "?")
         if err not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
             return
-        # libzmq retries accept at once while it fails, and reports each failure. Descriptors shut
-        # down a moment ago are freed as soon as libzmq sees their EOF: shed more only when those
-        # are gone, or every retry would shed another batch until none is left (robots included).
+        # libzmq retries accept at once while it fails, and reports each failure: thousands within
+        # milliseconds. Descriptors shut down a moment ago are freed as soon as libzmq sees their
+        # EOF, so shed more only when those are gone (or a little later: close events from another
+        # I/O thread may be reordered with accepts of the reused fd number), or every retry would
+        # shed another batch until no connection is left, robots included.
         now = time.monotonic()
         for fd, t in list(self.closing.items()):
-            if now - t > 1.0:  # its close was never reported (or the event was lost)
+            if now - t > CLOSING_WAIT_S:
                 del self.closing[fd]
         room = SHED_AT_FD_LIMIT - len(self.closing)
         if room <= 0:

@@ -116,6 +116,7 @@ class PolicyServer:
         self._infer_ms_ema = float("inf")  # until measured, assume inference is slow
         self._io: SharedSocket  # set in _run: the ROUTER, shared by both threads under its lock
         self._peers: PeerTracker | None = None
+        self._monitor: zmq.Socket | None = None  # the ROUTER's connection events (the leader reads them)
         self._robots_log = LogSummary("robot sessions")
         self._refusals_log = LogSummary("refused messages", info_budget=10)
         self._welcome: dict[str, Any] | None = None
@@ -227,6 +228,7 @@ class PolicyServer:
         monitor.rcvhwm = 0
         monitor.linger = 0
         monitor.connect(monitor_addr)
+        self._monitor = monitor
         self._io = SharedSocket(sock)
         self._io.watch(monitor)
         follower = threading.Thread(target=self._member, args=(monitor,), name="policy-server-2", daemon=True)
@@ -249,6 +251,7 @@ class PolicyServer:
         finally:
             follower.join(10.0)  # it finishes (and sends) the batch it may be computing
             sock.disable_monitor()
+            self._monitor = None
             monitor.close(0)
             self._shutdown()
             if http is not None:
@@ -362,8 +365,9 @@ class PolicyServer:
                 batch = self._due_batch()
                 now = time.perf_counter()
                 if batch is None or now - self._chores_done > CHORES_MAX_DEFER_S:
-                    self._work_off_strangers()
+                    # connection events first: a hello is judged with its connection's accept seen
                     self._log_peer_events(monitor)
+                    self._work_off_strangers()
                     if now >= self._next_housekeeping:
                         self._housekeeping(now)
                     self._chores_done = time.perf_counter()
@@ -552,9 +556,12 @@ class PolicyServer:
     def _refusal(self, identity: bytes, body: list[Any]) -> str | None:
         """Why this peer's connection is refused (over the per-address limit), if it is."""
         peers = self._peers
-        if peers is None or not peers.refused or identity in self.queue.sessions:
+        if peers is None or peers.max_per_address is None or identity in self.queue.sessions:
             return None
-        return peers.refusal(_source_fd(body))
+        fd = _source_fd(body)
+        if fd is not None and fd not in peers.live and self._monitor is not None:
+            self._log_peer_events(self._monitor)  # its accept event may still wait behind others
+        return peers.refusal(fd) if peers.refused else None
 
     @staticmethod
     def _peer_address(body: list[Any]) -> str:
