@@ -26,7 +26,7 @@ from wall_runtime.cli import app
 from wall_runtime.transport import protocol
 from wall_runtime.transport.client import PolicyClient, fetch_stats
 from wall_runtime.transport.codec import MAX_HEADER_BYTES, decode, encode
-from wall_runtime.transport.errors import NotConnected, RequestTimeout, ServerError
+from wall_runtime.transport.errors import NotConnected, ServerError
 from wall_runtime.transport.server import PolicyServer, ServerConfig
 from wall_runtime.types import ActionChunk, Observation
 
@@ -51,20 +51,6 @@ def _served(client: PolicyClient, policy, stamp: float) -> None:
     obs = observation(stamp, seed=int(stamp) % 1000)
     chunk = client.submit(obs, deadline=2.0).result(timeout=5)
     np.testing.assert_array_equal(chunk.actions, policy.expected_actions(obs))
-
-
-def _served_through_shedding(client: PolicyClient, policy, stamp: float, attempts: int = 5) -> None:
-    """Served within a few tries: while a server at its fd limit sheds hundreds of connections, one
-    request of the good robot may time out (seen in full-suite CI runs, never alone); the robot must be
-    served again within seconds, not lose its link for good."""
-    for attempt in range(attempts):
-        try:
-            _served(client, policy, stamp + attempt)
-            return
-        except (RequestTimeout, NotConnected):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(1.5)  # a shed robot's client reconnects once the flood's sockets are gone
 
 
 def test_issue_repro_messages_before_any_hello_are_answered_and_the_server_lives() -> None:
@@ -783,7 +769,10 @@ def test_serve_under_a_low_fd_limit_caps_connections_without_spinning(tmp_path: 
             # a listener retrying a failing accept spins a whole core
             assert busy < 0.6, f"server used {busy:.0%} of a core while holding its connection cap"
             assert fds < 200, fds
-            _served_through_shedding(good, policy, 1.0)
+            # the robot already served keeps its link: at the fd limit the flood is shed, not it
+            # (a burst of accept failures once drained every connection, the robot's included)
+            _served(good, policy, 1.0)
+            assert good.heartbeats_lost == 0
             for s in socks:
                 s.close()
             socks.clear()
