@@ -671,7 +671,13 @@ def test_flood_benchmark_smoke(tmp_path) -> None:
     assert (tmp_path / "transport_flood.png").stat().st_size > 0
     assert set(report["phases"]) == {"idle", "cpu_burn", "connect_flood", "hello_flood"}
     assert report["phases"]["hello_flood"]["flood"]["hellos"] > 0
+    assert report["phases"]["connect_flood"]["flood"]["connections"] > 0
     assert all(p["failed"] == 0 for p in report["phases"].values())
+    # the measurement says how fair it was: pinning, load, and how long the host kept the server
+    # waiting for a CPU
+    assert "pinning" in report["method"] and "run_with" in report["method"]
+    assert len(report["machine"]["load_average_at_start"]) == 3
+    assert all(p["server_runqueue_wait_s_per_s"] >= 0 for p in report["phases"].values())
 
 
 # ------------------------------------------------------------------ descriptor exhaustion

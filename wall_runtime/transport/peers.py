@@ -24,12 +24,14 @@ import resource
 import socket
 import time
 from collections import Counter
+from typing import Any
 
 log = logging.getLogger("wall_runtime.transport.server")
 
 FD_HEADROOM = 64  # descriptors kept free for everything but peer connections (files, pipes, ...)
 SHED_AT_FD_LIMIT = 8  # connections being shut down at once at the descriptor limit
-CLOSING_WAIT_S = 0.05  # at the fd limit, how long shed connections are given to close before more go
+FD_CHECK_S = 0.001  # at the fd limit, how often the shed descriptors are looked at (not per report)
+CLOSING_GIVE_UP_S = 2.0  # a shed descriptor still open after this is no longer waited for
 MAX_REFUSED_OPEN = 256  # refused connections kept open (to answer them) at once; the rest shut at once
 
 
@@ -84,8 +86,8 @@ class PeerTracker:
     """Live connections by fd (from monitor events): the connection cap and the per-address limit
     enforced on accept, descriptors freed at the fd limit.
 
-    Connections that carry a session (``protect``, from the server's hello handling) are shed last:
-    a flood at the descriptor limit sheds the flood, not the robots already being served. A
+    Connections that carry a session (``protect``, from the server's hello handling) are never shed
+    at the descriptor limit: a flood there sheds the flood, not the robots already being served. A
     connection from an address over ``max_per_address`` is refused: it stays open for
     ``refuse_grace`` seconds so a message it sends (a robot's hello) can be answered with the reason,
     then it is shut down; at most ``MAX_REFUSED_OPEN`` such connections are kept open at once.
@@ -105,8 +107,10 @@ class PeerTracker:
         self.refuse_grace = refuse_grace
         self.refusal_log_window = refusal_log_window
         self.live: dict[int, float] = {}  # fd -> accept time (insertion order = accept order)
-        self.protected: set[int] = set()  # fds carrying a session: shed last
-        self.closing: dict[int, float] = {}  # fds shut down, their close not yet seen -> when
+        self.protected: set[int] = set()  # fds carrying a session: never shed at the fd limit
+        # fds shut down whose descriptor libzmq has not closed yet -> (peer address then, when)
+        self.closing: dict[int, tuple[Any, float]] = {}
+        self._next_fd_check = 0.0
         self.address: dict[int, str] = {}  # fd -> peer address (with a per-address limit)
         self.per_address: Counter[str] = Counter()
         self.refused: dict[int, tuple[str, float]] = {}  # fd -> (address, shut down after)
@@ -146,22 +150,26 @@ class PeerTracker:
         self.summary.note("accept_failed", "accept failed: %s", os.strerror(err) if err else "?")
         if err not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
             return
-        # libzmq retries accept at once while it fails, and reports each failure: thousands within
-        # milliseconds. Descriptors shut down a moment ago are freed as soon as libzmq sees their
-        # EOF, so shed more only when those are gone (or a little later: close events from another
-        # I/O thread may be reordered with accepts of the reused fd number), or every retry would
-        # shed another batch until no connection is left, robots included.
+        # libzmq retries accept at once while it fails, and reports each failure: a hundred
+        # thousand a second, far ahead of their close events. Descriptors shut down a moment ago
+        # are freed once libzmq sees their EOF, so shed more only when those descriptors are really
+        # closed (looked at on the descriptor itself, not inferred from events that lag), or every
+        # report would shed another batch until no connection is left, robots included.
         now = time.monotonic()
-        for fd, t in list(self.closing.items()):
-            if now - t > CLOSING_WAIT_S:
+        if now < self._next_fd_check:
+            return
+        self._next_fd_check = now + FD_CHECK_S
+        for fd, (peer, t) in list(self.closing.items()):
+            if now - t > CLOSING_GIVE_UP_S or not _still_ours(fd, peer, self.port):
                 del self.closing[fd]
         room = SHED_AT_FD_LIMIT - len(self.closing)
         if room <= 0:
             return
         newest_first = list(reversed(self.live))
+        # Never a connection with a session: the events naming the connections accepted since
+        # (the ones to shed) lag behind the failure reports, so "only sessions left" is usually
+        # a stale view, and a robot cut off here loses its link.
         victims = [fd for fd in newest_first if fd not in self.protected][:room]
-        if len(victims) < room:  # only sessions left: the newest of them
-            victims += [fd for fd in newest_first if fd in self.protected][: room - len(victims)]
         for fd in victims:
             self._shed(fd, "out of file descriptors")
 
@@ -252,11 +260,35 @@ class PeerTracker:
             # The fd number may have been reused since the event: only a TCP connection accepted on
             # our port is ours to shut down.
             if sock.type == socket.SOCK_STREAM and (self.port is None or sock.getsockname()[1] == self.port):
+                try:
+                    peer = sock.getpeername()
+                except OSError:
+                    peer = None
                 sock.shutdown(socket.SHUT_RDWR)
                 self.shed += 1
-                self.closing[fd] = time.monotonic()
+                self.closing[fd] = (peer, time.monotonic())
                 self.summary.note("shed", "connection shut down (fd %d): %s", fd, reason)
         except (OSError, IndexError, TypeError):
             pass
         finally:
             sock.detach()  # never close it: the descriptor stays libzmq's, which closes it on EOF
+
+
+def _still_ours(fd: int, peer: Any, port: int | None) -> bool:
+    """Whether ``fd`` is still the shut-down connection to ``peer`` (libzmq has not closed it): the
+    descriptor number is reused at once after a close, so its peer tells the two apart."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return False  # closed
+    try:
+        if sock.type != socket.SOCK_STREAM or (port is not None and sock.getsockname()[1] != port):
+            return False
+        try:
+            return sock.getpeername() == peer
+        except OSError as exc:
+            return exc.errno == errno.ENOTCONN  # shut down and disconnected, not yet closed
+    except (OSError, IndexError, TypeError):
+        return False
+    finally:
+        sock.detach()

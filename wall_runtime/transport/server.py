@@ -54,10 +54,15 @@ log = logging.getLogger(__name__)
 
 PROMOTE_AFTER_MS = 2.0  # inference this slow gets the other thread doing I/O meanwhile
 ALLOW_LIST_CHECK_S = 1.0  # how often the allow-list folder is checked for changes
-MONITOR_EVENTS_PER_TURN = 128  # connection events handled between two looks at robots' messages
+MONITOR_EVENTS_PER_TURN = 256  # connection events handled between two looks at robots' messages
+MONITOR_BUSY_EVENTS = 16  # this many events in one turn: a flood; read them on a timer, not on arrival
+MONITOR_BATCH_S = 0.005  # the timer: each wake-up costs context switches, so a flood's events batch
 STRANGER_BACKLOG = 8192  # messages from peers without a session (hellos) waiting to be handled
 CHORES_MAX_DEFER_S = 0.01  # a run of batches defers hellos and connection events this long at most
 STRANGER_BUDGET_S = 0.002  # time spent on them per turn of the loop, between sessions' messages
+STRANGER_SHARE = 0.25  # at most this share of the time: their replies and handshakes load libzmq's
+# I/O threads, which carry the robots' chunks too, so a burst of hellos is answered over a few
+# hundred milliseconds instead of all at once
 MONITOR_EVENT = struct.Struct("=HI")  # a monitor event's first frame: event id, value (an fd, errno)
 
 __all__ = ["Pending", "PolicyServer", "ServerConfig", "Session"]
@@ -117,10 +122,13 @@ class PolicyServer:
         self._io: SharedSocket  # set in _run: the ROUTER, shared by both threads under its lock
         self._peers: PeerTracker | None = None
         self._monitor: zmq.Socket | None = None  # the ROUTER's connection events (the leader reads them)
+        self._monitor_muted = False  # under a flood: read on a timer, without waking on each event
+        self._monitor_next = 0.0  # perf_counter of the next timed read
         self._robots_log = LogSummary("robot sessions")
         self._refusals_log = LogSummary("refused messages", info_budget=10)
         self._welcome: dict[str, Any] | None = None
         self._strangers: deque[list[Any]] = deque()
+        self._strangers_next = 0.0  # perf_counter when the backlog may be worked on again
         self._limits = policy.input_check.to_dict() if policy.input_check is not None else {}
         if (cfg.server_key is None) != (cfg.allow_dir is None):
             raise auth.SecurityError("CURVE needs both a server secret key and an allow-list of client keys")
@@ -263,7 +271,23 @@ class PolicyServer:
             ctx.term()
             log.info("server stopped")
 
-    def _log_peer_events(self, monitor: zmq.Socket) -> None:
+    def _peer_events_turn(self, monitor: zmq.Socket, now: float) -> None:
+        """Connection events, read as they come while few; under a flood on a timer, in batches:
+        waking the server thread for every connect and disconnect costs the robots more than it
+        costs to enforce the caps a few milliseconds later."""
+        if self._monitor_muted and now < self._monitor_next:
+            return
+        count, drained = self._log_peer_events(monitor)
+        if count >= MONITOR_BUSY_EVENTS or not drained:
+            if not self._monitor_muted:
+                self._io.mute(monitor)
+                self._monitor_muted = True
+            self._monitor_next = now + MONITOR_BATCH_S
+        elif self._monitor_muted:
+            self._io.unmute(monitor)  # read until zmq.Again just now: the next event wakes the thread
+            self._monitor_muted = False
+
+    def _log_peer_events(self, monitor: zmq.Socket) -> tuple[int, bool]:
         """Connection events since the last turn: the cap, the per-address limit, counters.
 
         A connect flood brings two events per peer, so this is the server thread's per-peer cost:
@@ -272,11 +296,15 @@ class PolicyServer:
         peers = self._peers
         assert peers is not None
         counts: dict[str, int] = {}
+        drained = False
+        read = 0
         for _ in range(MONITOR_EVENTS_PER_TURN):  # a flood of events must not starve robots' messages
             try:
                 frames = monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
+                drained = True
                 break
+            read += 1
             try:
                 kind, value = MONITOR_EVENT.unpack(frames[0])
             except (struct.error, IndexError):  # a malformed event must not stop the server
@@ -304,10 +332,9 @@ class PolicyServer:
                 # summary. The ZAP handler logs refused CURVE peers by address and key.
                 peers.summary.note(label, "a connection %s", text)
             counts[label] = counts.get(label, 0) + 1
-        else:
-            self._io.kick()  # more may wait: after the robots' messages
         for label, n in counts.items():
             self.metrics.inc("peer_events", n, event=label)
+        return read, drained
 
     def _member(self, monitor: zmq.Socket) -> None:
         """One of the two server threads: lead (do I/O) until a batch is due, then compute it."""
@@ -350,13 +377,20 @@ class PolicyServer:
         queue = self.queue
         while not self._stop.is_set():
             with io.lock:
-                timeout_ms = max(0, int(np.ceil(queue.next_timeout(time.perf_counter()) * 1000.0)))
-            io.wait(0 if self._strangers else timeout_ms)
+                now = time.perf_counter()
+                timeout = queue.next_timeout(now)
+                if self._monitor_muted:
+                    timeout = min(timeout, self._monitor_next - now)
+                if self._strangers:
+                    timeout = min(timeout, self._strangers_next - now)
+                timeout_ms = max(0, int(np.ceil(timeout * 1000.0)))
+            io.wait(timeout_ms)
             with io.lock:
                 # Receiving is cheap, handling a hello is not. Sessions' messages (pings, observes)
                 # are handled at once and a due batch goes to compute before anything else; other
-                # peers' messages wait in a bounded backlog worked off within a time budget, and
-                # connection events after them, so a flood delays no robot's pong or chunk.
+                # peers' messages wait in a bounded backlog worked off within a time budget and a
+                # share of the time, after the connection events, so a flood delays no robot's pong
+                # or chunk.
                 for frames in io.recv_ready(1024):  # bounded so timers are not starved
                     if frames[0].bytes in queue.sessions:
                         self._handle(frames)
@@ -366,7 +400,7 @@ class PolicyServer:
                 now = time.perf_counter()
                 if batch is None or now - self._chores_done > CHORES_MAX_DEFER_S:
                     # connection events first: a hello is judged with its connection's accept seen
-                    self._log_peer_events(monitor)
+                    self._peer_events_turn(monitor, now)
                     self._work_off_strangers()
                     if now >= self._next_housekeeping:
                         self._housekeeping(now)
@@ -383,7 +417,7 @@ class PolicyServer:
         batch = None if self._stop.is_set() else self.queue.take_batch(now)
         for pending in batch or ():
             self.metrics.observe("queue_wait_ms", (now - pending.received) * 1000.0)
-        if batch and (self._strangers or self._io.readable()):
+        if batch and self._io.readable():
             self._io.kick()  # the backlog and events left for this turn are the next turn's
         return batch
 
@@ -499,11 +533,15 @@ class PolicyServer:
         self._strangers.append(frames)
 
     def _work_off_strangers(self) -> None:
-        end = time.perf_counter() + STRANGER_BUDGET_S
+        """Some of the backlog of sessionless peers' messages (hellos), within a time budget and a
+        share of the time: the rest waits for a later turn (the leader's wait ends then)."""
+        start = time.perf_counter()
+        if not self._strangers or start < self._strangers_next:
+            return
+        end = start + STRANGER_BUDGET_S
         while self._strangers and time.perf_counter() < end:
             self._handle(self._strangers.popleft())
-        if self._strangers:
-            self._io.kick()
+        self._strangers_next = start + (time.perf_counter() - start) / STRANGER_SHARE
 
     def _dispatch(self, identity: bytes, msg: Message, body: list[Any], t0: float) -> None:
         header = msg.header
@@ -615,7 +653,7 @@ class PolicyServer:
             raise
         session.image_tokens = image_tokens
         if self._peers is not None:
-            self._peers.protect(_source_fd(body))  # at the fd limit, shed last
+            self._peers.protect(_source_fd(body))  # never shed at the fd limit
         if replaced is not None:
             self._session_closed(replaced, "replaced by a reconnection of the same robot")
         if robot is not None:
