@@ -7,8 +7,11 @@ so the cap is enforced there: a connection over the cap is shut down (``shutdown
 the fd, after checking it is still a TCP connection to our port) and libzmq then
 closes it as it would any peer that hung up. The same happens when ``accept`` fails for lack of
 descriptors: libzmq's listener retries at once, spinning a core, until a descriptor frees up, so the
-newest connections are shed. The effective cap stays below the process's descriptor limit so that,
-normally, accepting never fails at all.
+newest connections without a session are shed, a few at a time (the next few once those descriptors
+are closed). The effective cap stays below the process's descriptor limit so that, normally,
+accepting never fails at all. The peer address of each accepted TCP connection is looked up once
+(``getpeername``) for the per-address limit: a connection over it is refused, answered if it speaks
+within a grace period (the server asks ``refusal``), then shut down.
 
 Per-connection lines go to DEBUG; INFO gets one summary per interval (how many connected,
 disconnected, were refused or shed), so thousands of connects cost counters, not log lines.

@@ -19,7 +19,9 @@ retried member by member, so only the robot whose input fails gets the ``policy_
 that is not finite is an error reply, never a chunk. Only a bug in the server's own loop is fatal:
 the server then stops and ``serve_forever`` raises, so ``wall-runtime serve`` exits non-zero.
 
-Resources: sessions (``max_sessions``) and connections (``max_connections``, ``peers``) are capped;
+Resources: sessions (``max_sessions``), connections (``max_connections``) and connections per peer
+address (``max_connections_per_address``) are capped (``peers``); under a flood, connection events
+are read on a timer in batches and hellos get a bounded share of the time;
 ``stats`` needs a hello and lists sessions a page at a time; connect/disconnect lines go to DEBUG
 with a periodic INFO summary; with CURVE the allow-list is re-read when its folder changes (and
 on ``reload_allow_list``, which ``serve`` wires to SIGHUP).
