@@ -810,9 +810,9 @@ def flood(args: argparse.Namespace) -> dict:
                 if flood_cpu
                 else "none: every process may run on every CPU (flooders compete with the server)"
             ),
-            "run_with": "nice -n 10 (a shared machine: a model training at nice 0 and other jobs ran "
-            "beside it; see the load averages)",
-            "server": f"own process, default caps (max_sessions 1024, max_connections 4096), "
+            "run_with": f"niceness {os.getpriority(os.PRIO_PROCESS, 0)} (on a shared machine other jobs "
+            "may run beside it at a better one; see the load averages and the server's run-queue waits)",
+            "server": f"own process, default caps (max_sessions 1024, max_connections 4096, 256 per address), "
             f"{args.io_threads} libzmq I/O threads, echo policy",
             "good_robot": "PolicyClient in the benchmark process, 3 x 224x224 RGB + state at the control rate",
             "flooders": "own processes, niced by flood_niceness more than the benchmark and pinned as "
