@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -260,6 +261,17 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
 
 
+def _run_delay_s(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (schedstat run_delay):
+    on a shared machine, how much of a tail is the host starving the server."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        # a thread that ended meanwhile, or no schedstat on this kernel, counts nothing
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 def _machine() -> dict:
     import zmq
 
@@ -323,8 +335,20 @@ def main() -> None:
     parser.add_argument(
         "--period", type=float, default=0.02, help="flood: the good robot's request period (s)."
     )
-    parser.add_argument("--flood-nice", type=int, default=10, help="flood: niceness of the flooding process.")
+    parser.add_argument(
+        "--flood-nice",
+        type=int,
+        default=None,
+        help="flood: niceness the flooders add (default 0 when pinned to their own CPU, else 10).",
+    )
     parser.add_argument("--io-threads", type=int, default=2, help="flood: the server's libzmq I/O threads.")
+    parser.add_argument(
+        "--pin",
+        choices=["split", "flooders", "none"],
+        default="split",
+        help="flood: split = flooders on the last CPU, server and good robot on the others; flooders = "
+        "only the flooders pinned (to the last CPU); none = unpinned.",
+    )
     parser.add_argument(
         "--session-timeout", type=float, default=10.0, help="flood: the server's session timeout."
     )
@@ -503,9 +527,29 @@ def _machine_line(report: dict) -> str:
 # ------------------------------------------------------------------------------- flood mode
 
 
-def serve_flood_target(ready: mp.Queue, session_timeout: float, io_threads: int = 2) -> None:
+def _pin(cpus: list[int] | None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # inherited by every thread started after this
+
+
+def flood_cpus(pin: str) -> tuple[list[int] | None, list[int] | None]:
+    """(server + good robot CPUs, flooders' CPUs). ``split``: the flooders (and the CPU-burn
+    control) get the last usable CPU to themselves, the server and the good robot the others, so
+    the flooders' own work (their sockets, their side of the kernel's loopback TCP) is not charged
+    to the server: on a real network the attacker's CPU is not the policy host's."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin == "none" or len(cpus) < 2:
+        return None, None
+    return (cpus[:-1] if pin == "split" else None), cpus[-1:]
+
+
+def serve_flood_target(
+    ready: mp.Queue, session_timeout: float, io_threads: int = 2, cpus: list[int] | None = None
+) -> None:
     """The server under a flood: default caps, the robot-facing heartbeat, quiet logging."""
     from wall_runtime.transport.server import PolicyServer, ServerConfig
+
+    _pin(cpus)  # before the server's threads (libzmq's I/O threads included) start
 
     config = ServerConfig(
         bind="tcp://127.0.0.1:*", max_batch=8, max_wait_ms=2.0, session_timeout=session_timeout
@@ -519,7 +563,17 @@ def serve_flood_target(ready: mp.Queue, session_timeout: float, io_threads: int 
 FLOOD_PHASES = ("idle", "cpu_burn", "connect_flood", "hello_flood")
 
 
-def flood_worker(endpoint: str, kind: str, peers: int, niceness: int, go, idle, stop, out: mp.Queue) -> None:
+def flood_worker(
+    endpoint: str,
+    kind: str,
+    peers: int,
+    niceness: int,
+    go,
+    idle,
+    stop,
+    out: mp.Queue,
+    cpus: list[int] | None = None,
+) -> None:
     """A process that floods while ``go`` is set (``idle`` set while it is not flooding).
 
     ``connect``: open ``peers`` connections at once (each a distinct peer: its own loopback source
@@ -532,12 +586,14 @@ def flood_worker(endpoint: str, kind: str, peers: int, niceness: int, go, idle, 
     from wall_runtime.transport.protocol import RobotDescription
 
     os.nice(niceness)
+    _pin(cpus)
     ctx = zmq.Context()
     port = endpoint.rsplit(":", 1)[1]
     endpoints = [f"tcp://127.0.{2 + i // 250}.{1 + i % 250}:0;127.0.0.1:{port}" for i in range(peers)]
     cams = {c: (224, 224, 3) for c in CAMERAS}
     counts = {"cycles": 0, "connections": 0, "hellos": 0, "welcome": 0, "error": 0, "flooding_s": 0.0}
     errors: dict[str, int] = {}
+    messages: dict[str, int] = {}
     while not stop.is_set():
         idle.set()
         if not go.wait(0.05):
@@ -575,6 +631,8 @@ def flood_worker(endpoint: str, kind: str, peers: int, niceness: int, go, idle, 
                     counts[reply] = counts.get(reply, 0) + 1
                     if reply == "error":
                         errors[header.get("code")] = errors.get(header.get("code"), 0) + 1
+                        messages.setdefault(str(header.get("message"))[:120], 0)
+                        messages[str(header.get("message"))[:120]] += 1
             counts["hellos"] += sent
         else:
             while go.is_set() and time.monotonic() < settle:
@@ -583,7 +641,8 @@ def flood_worker(endpoint: str, kind: str, peers: int, niceness: int, go, idle, 
         counts["cycles"] += 1
         counts["flooding_s"] += time.monotonic() - t0
     ctx.term()
-    out.put({**counts, "error_codes": errors, "cpu_s": time.process_time()})
+    top = dict(sorted(messages.items(), key=lambda kv: -kv[1])[:5])
+    out.put({**counts, "error_codes": errors, "error_messages": top, "cpu_s": time.process_time()})
 
 
 def _latency_phase(
@@ -618,12 +677,17 @@ def flood(args: argparse.Namespace) -> dict:
     from wall_runtime.transport.client import PolicyClient, fetch_stats
     from wall_runtime.transport.protocol import RobotDescription
 
+    machine = _machine()  # before pinning: the machine, not this process's share of it
     rng = np.random.default_rng(0)
     observations = [_observation(float(i), rng) for i in range(8)]
     ctx = mp.get_context("spawn")
     ready = ctx.Queue()
+    server_cpus, flood_cpu = flood_cpus(args.pin)
+    _pin(server_cpus)  # the good robot (this process) beside the server
     server = ctx.Process(
-        target=serve_flood_target, args=(ready, args.session_timeout, args.io_threads), daemon=True
+        target=serve_flood_target,
+        args=(ready, args.session_timeout, args.io_threads, server_cpus),
+        daemon=True,
     )
     server.start()
     endpoint = ready.get(timeout=60)
@@ -636,13 +700,14 @@ def flood(args: argparse.Namespace) -> dict:
     per_round_p99 = {p: [] for p in FLOOD_PHASES}
     failed = dict.fromkeys(FLOOD_PHASES, 0)
     cpu = dict.fromkeys(FLOOD_PHASES, 0.0)
+    waited = dict.fromkeys(FLOOD_PHASES, 0.0)
     wall = dict.fromkeys(FLOOD_PHASES, 0.0)
     try:
         for phase, kind in (("cpu_burn", "burn"), ("connect_flood", "connect"), ("hello_flood", "hello")):
             go, idle, out = ctx.Event(), ctx.Event(), ctx.Queue()
             proc = ctx.Process(
                 target=flood_worker,
-                args=(endpoint, kind, args.peers, args.flood_nice, go, idle, stop, out),
+                args=(endpoint, kind, args.peers, args.flood_nice, go, idle, stop, out, flood_cpu),
                 daemon=True,
             )
             proc.start()
@@ -658,11 +723,12 @@ def flood(args: argparse.Namespace) -> dict:
                 if worker is not None:
                     worker[1].set()
                     time.sleep(0.3)  # flooding before measuring
-                s0, t0 = _proc_cpu_s(server.pid), time.perf_counter()
+                s0, t0, d0 = _proc_cpu_s(server.pid), time.perf_counter(), _run_delay_s(server.pid)
                 got, bad, server_ms = _latency_phase(client, observations, args.phase_s, args.period)
                 in_server[phase].extend(server_ms)
                 wall[phase] += time.perf_counter() - t0
                 cpu[phase] += _proc_cpu_s(server.pid) - s0
+                waited[phase] += _run_delay_s(server.pid) - d0
                 if worker is not None:
                     worker[1].clear()
                     worker[2].wait(30)  # its cycle finished: the next phase starts clean
@@ -702,6 +768,9 @@ def flood(args: argparse.Namespace) -> dict:
             "server_total_p50_ms": float(np.percentile(in_server[phase], 50)),
             "server_total_p99_ms": float(np.percentile(in_server[phase], 99)),
             "server_cpu_fraction": cpu[phase] / wall[phase],
+            # the server's threads runnable but waiting for a CPU (other processes had it), per
+            # second of the phase: a starved server's tail is the host's, not the flood's handling
+            "server_runqueue_wait_s_per_s": waited[phase] / wall[phase],
             "flood": counts,
             "raw_latencies_ms": [round(float(x), 4) for x in a],
         }
@@ -718,8 +787,7 @@ def flood(args: argparse.Namespace) -> dict:
         ]
         for c in stats["metrics"]["counters"]
     }
-    machine = _machine()
-    machine["load_avg_1m_at_end"] = os.getloadavg()[0]
+    machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]  # other jobs ran too
     within = {
         key: all(ratios[f"{p}_over_idle_{key}"] <= 2.0 for p in ("connect_flood", "hello_flood"))
         for key in ("p99_ms", "p99_median_of_rounds_ms", "server_total_p99_ms")
@@ -736,13 +804,22 @@ def flood(args: argparse.Namespace) -> dict:
             "interleaved": "phases alternate in rounds (order reversed every other round)",
             "good_robot_period_s": args.period,
             "flood_niceness": args.flood_nice,
-            "server": f"own process, default caps (max_sessions 1024, max_connections 4096), "
+            "pinning": (
+                f"{args.pin}: server and good robot on CPUs {server_cpus or 'any'}, flooders and cpu_burn "
+                f"on CPU {flood_cpu}"
+                if flood_cpu
+                else "none: every process may run on every CPU (flooders compete with the server)"
+            ),
+            "run_with": f"niceness {os.getpriority(os.PRIO_PROCESS, 0)} (on a shared machine other jobs "
+            "may run beside it at a better one; see the load averages and the server's run-queue waits)",
+            "server": f"own process, default caps (max_sessions 1024, max_connections 4096, 256 per address), "
             f"{args.io_threads} libzmq I/O threads, echo policy",
             "good_robot": "PolicyClient in the benchmark process, 3 x 224x224 RGB + state at the control rate",
-            "flooders": "own processes (niced: on a real network the attacker's CPU is not the policy "
-            "host's); each peer a distinct loopback source address; connect: TCP + ZMTP handshake then "
-            "hang up; hello: also a hello as a new robot, then hang up without bye",
-            "cpu_burn": "control: a process of the flooders' niceness spinning one core, touching nothing",
+            "flooders": "own processes, niced by flood_niceness more than the benchmark and pinned as "
+            "'pinning' says (on a real network the attacker's CPU is not the policy host's); each peer a "
+            "distinct loopback source address; connect: TCP + ZMTP handshake then hang up; hello: also a "
+            "hello as a new robot, then hang up without bye",
+            "cpu_burn": "control: a process of the flooders' niceness and CPU spinning, touching nothing",
         },
         "phases": phases,
         "ratios": ratios,
@@ -809,6 +886,8 @@ def _plot_flood(report: dict, path: Path) -> None:
 
 
 def flood_main(args: argparse.Namespace) -> None:
+    if args.flood_nice is None:
+        args.flood_nice = 0 if flood_cpus(args.pin)[1] else 10
     if args.smoke:
         args.peers, args.phase_s, args.rounds = min(args.peers, 40), min(args.phase_s, 0.5), 1
     report = flood(args)
@@ -824,7 +903,8 @@ def flood_main(args: argparse.Namespace) -> None:
             f"{name:14s} p50 {ph['p50_ms']:7.3f} ms  p99 {ph['p99_ms']:7.3f} ms "
             f"(in the server p99 {ph['server_total_p99_ms']:6.3f})  "
             f"(median of rounds {ph['p99_median_of_rounds_ms']:7.3f})  failed {ph['failed']}  "
-            f"server cpu {100 * ph['server_cpu_fraction']:5.1f} %  {counts}"
+            f"server cpu {100 * ph['server_cpu_fraction']:5.1f} %  "
+            f"waiting for a CPU {1000 * ph['server_runqueue_wait_s_per_s']:5.1f} ms/s  {counts}"
         )
     print(json.dumps({"ratios": report["ratios"], "targets_met": report["targets_met"]}, indent=2))
 

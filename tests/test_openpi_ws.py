@@ -91,9 +91,9 @@ def test_openpi_client_gets_a_chunk_from_serve(tmp_path: Path) -> None:
         client = WebsocketClientPolicy("127.0.0.1", port)
         meta = client.get_server_metadata()
         assert meta["model"] == "wall-oss-flow" and meta["backend"] == "torch"
-        view = meta["cameras"][0]
+        rng = np.random.default_rng(0)
         obs = {
-            "images": {view: np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)},
+            "images": {view: rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for view in meta["cameras"]},
             "state": np.linspace(-0.5, 0.5, 7, dtype=np.float32),
             "prompt": "pick up the red cube",
         }

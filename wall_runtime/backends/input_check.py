@@ -10,7 +10,7 @@ a camera's frame size, so they are worked out once per robot at its hello.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from wall_runtime.types import Observation
@@ -85,8 +85,21 @@ class ModelInputCheck:
             raise InputRefused(f"camera {view!r}: {exc}") from None
         return (h // ip.PATCH_SIZE) * (w // ip.PATCH_SIZE) // self._merge
 
+    def missing_views(self, views: Iterable[str]) -> None:
+        """Refuse a set of cameras without one of the model's views: the reference's serving refuses
+        such an observation (``Missing view for ...``), and a prompt without a view the model was
+        trained with is not what it learned from."""
+        missing = [v for v in self.resolution if v not in set(views)]
+        if missing:
+            raise InputRefused(
+                f"missing camera view(s) {missing}: this policy takes {list(self.resolution)} and "
+                "refuses an observation without any of them"
+            )
+
     def camera_tokens(self, cameras: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
-        """Image tokens per view for a robot's cameras (``name -> (H, W, 3)``); refuses bad sizes."""
+        """Image tokens per view for a robot's cameras (``name -> (H, W, 3)``); refuses bad sizes
+        and a robot without one of the model's views."""
+        self.missing_views(cameras)
         if self.frame_sizes is not None and set(cameras) != set(self.frame_sizes):
             raise InputRefused(
                 f"cameras {sorted(cameras)}: the exported graphs take exactly {sorted(self.frame_sizes)}"
@@ -101,6 +114,7 @@ class ModelInputCheck:
         model, cfg = self.model, self.model.cfg
         if obs.inpaint is not None and not self.guidance:
             raise InputRefused("inpaint hints need the torch backend (this one runs forward-only graphs)")
+        self.missing_views(obs.images)
         views = [v for v in cfg.data.cameras if v in obs.images]
         if image_tokens is None:
             image_tokens = {v: self.image_tokens(v, *obs.images[v].shape[:2]) for v in views}

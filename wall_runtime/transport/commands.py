@@ -62,6 +62,12 @@ def serve(
     max_connections: int = typer.Option(
         4096, "--max-connections", min=1, help="Most open connections (kept under the fd limit)."
     ),
+    max_connections_per_address: int = typer.Option(
+        256,
+        "--max-connections-per-address",
+        min=0,
+        help="Most open TCP connections from one peer address (0: no limit); more are refused.",
+    ),
     endpoint_file: Path | None = typer.Option(None, "--endpoint-file", help="Write the bound endpoint here."),
     option: list[str] = typer.Option(
         [], "--option", "-o", help="Backend option KEY=VALUE (repeatable; the keys are listed below)."
@@ -97,6 +103,7 @@ def serve(
         metrics_http=_host_port(metrics_http),
         max_sessions=max_sessions,
         max_connections=max_connections,
+        max_connections_per_address=max_connections_per_address,
     )
     from wall_runtime.backends.options import BackendOptionError, parse_options
 

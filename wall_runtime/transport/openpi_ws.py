@@ -405,6 +405,12 @@ class OpenpiServer:
                 self.counts["reset"] += 1
                 return pack({"reset": True})
             obs = to_observation(request, self.policy, self.layout)
+            check = self.policy.input_check
+            if check is not None:  # what the model refuses (a missing view, a long prompt), by name
+                try:
+                    check.check(obs)
+                except ValueError as exc:
+                    raise RequestError("BAD_VALUE", str(exc)) from None
             t0 = time.perf_counter()
             with self.lock:
                 (result,) = self.policy.infer([obs])

@@ -19,7 +19,9 @@ retried member by member, so only the robot whose input fails gets the ``policy_
 that is not finite is an error reply, never a chunk. Only a bug in the server's own loop is fatal:
 the server then stops and ``serve_forever`` raises, so ``wall-runtime serve`` exits non-zero.
 
-Resources: sessions (``max_sessions``) and connections (``max_connections``, ``peers``) are capped;
+Resources: sessions (``max_sessions``), connections (``max_connections``) and connections per peer
+address (``max_connections_per_address``) are capped (``peers``); under a flood, connection events
+are read on a timer in batches and hellos get a bounded share of the time;
 ``stats`` needs a hello and lists sessions a page at a time; connect/disconnect lines go to DEBUG
 with a periodic INFO summary; with CURVE the allow-list is re-read when its folder changes (and
 on ``reload_allow_list``, which ``serve`` wires to SIGHUP).
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import struct
 import threading
 import time
 from collections import deque
@@ -38,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from wall_runtime.backends.base import Policy
 from wall_runtime.transport import auth, protocol
@@ -54,10 +56,16 @@ log = logging.getLogger(__name__)
 
 PROMOTE_AFTER_MS = 2.0  # inference this slow gets the other thread doing I/O meanwhile
 ALLOW_LIST_CHECK_S = 1.0  # how often the allow-list folder is checked for changes
-MONITOR_EVENTS_PER_TURN = 128  # connection events handled between two looks at robots' messages
+MONITOR_EVENTS_PER_TURN = 256  # connection events handled between two looks at robots' messages
+MONITOR_BUSY_EVENTS = 16  # this many events in one turn: a flood; read them on a timer, not on arrival
+MONITOR_BATCH_S = 0.005  # the timer: each wake-up costs context switches, so a flood's events batch
 STRANGER_BACKLOG = 8192  # messages from peers without a session (hellos) waiting to be handled
 CHORES_MAX_DEFER_S = 0.01  # a run of batches defers hellos and connection events this long at most
 STRANGER_BUDGET_S = 0.002  # time spent on them per turn of the loop, between sessions' messages
+STRANGER_SHARE = 0.25  # at most this share of the time: their replies and handshakes load libzmq's
+# I/O threads, which carry the robots' chunks too, so a burst of hellos is answered over a few
+# hundred milliseconds instead of all at once
+MONITOR_EVENT = struct.Struct("=HI")  # a monitor event's first frame: event id, value (an fd, errno)
 
 __all__ = ["Pending", "PolicyServer", "ServerConfig", "Session"]
 
@@ -77,6 +85,7 @@ class ServerConfig:
     max_sessions: int = 1024  # robots + monitors that said hello
     max_connections: int = 4096  # open TCP connections (also kept under the fd limit)
     io_threads: int = 2  # libzmq I/O threads: a connection flood's handshakes share them with robots
+    max_connections_per_address: int = 256  # open TCP connections from one peer address (0: no limit)
 
 
 class PolicyServer:
@@ -95,8 +104,10 @@ class PolicyServer:
         cfg = self.config
         if cfg.max_batch < 1 or cfg.max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
-        if cfg.max_sessions < 1 or cfg.max_connections < 1:
-            raise ValueError("max_sessions and max_connections must be >= 1")
+        if cfg.max_sessions < 1 or cfg.max_connections < 1 or cfg.max_connections_per_address < 0:
+            raise ValueError(
+                "max_sessions and max_connections must be >= 1, max_connections_per_address >= 0"
+            )
         self.queue = RequestQueue(
             max_batch=cfg.max_batch,
             max_wait_s=cfg.max_wait_ms / 1000.0,
@@ -112,10 +123,14 @@ class PolicyServer:
         self._infer_ms_ema = float("inf")  # until measured, assume inference is slow
         self._io: SharedSocket  # set in _run: the ROUTER, shared by both threads under its lock
         self._peers: PeerTracker | None = None
+        self._monitor: zmq.Socket | None = None  # the ROUTER's connection events (the leader reads them)
+        self._monitor_muted = False  # under a flood: read on a timer, without waking on each event
+        self._monitor_next = 0.0  # perf_counter of the next timed read
         self._robots_log = LogSummary("robot sessions")
         self._refusals_log = LogSummary("refused messages", info_budget=10)
         self._welcome: dict[str, Any] | None = None
         self._strangers: deque[list[Any]] = deque()
+        self._strangers_next = 0.0  # perf_counter when the backlog may be worked on again
         self._limits = policy.input_check.to_dict() if policy.input_check is not None else {}
         if (cfg.server_key is None) != (cfg.allow_dir is None):
             raise auth.SecurityError("CURVE needs both a server secret key and an allow-list of client keys")
@@ -206,7 +221,7 @@ class PolicyServer:
         if self.endpoint.startswith("tcp://"):
             tail = self.endpoint.rsplit(":", 1)[-1]
             port = int(tail) if tail.isdigit() else None
-        self._peers = PeerTracker(cfg.max_connections, port)
+        self._peers = PeerTracker(cfg.max_connections, port, cfg.max_connections_per_address or None)
         # libzmq accepts and drops peers on its own (CURVE refusals, frames over MAXMSGSIZE,
         # protocol violations); its monitor events are the only place to count, cap and log them.
         # Each event costs the server thread a few microseconds under a connect flood, so only
@@ -223,6 +238,7 @@ class PolicyServer:
         monitor.rcvhwm = 0
         monitor.linger = 0
         monitor.connect(monitor_addr)
+        self._monitor = monitor
         self._io = SharedSocket(sock)
         self._io.watch(monitor)
         follower = threading.Thread(target=self._member, args=(monitor,), name="policy-server-2", daemon=True)
@@ -245,6 +261,7 @@ class PolicyServer:
         finally:
             follower.join(10.0)  # it finishes (and sends) the batch it may be computing
             sock.disable_monitor()
+            self._monitor = None
             monitor.close(0)
             self._shutdown()
             if http is not None:
@@ -256,40 +273,70 @@ class PolicyServer:
             ctx.term()
             log.info("server stopped")
 
-    def _log_peer_events(self, monitor: zmq.Socket) -> None:
+    def _peer_events_turn(self, monitor: zmq.Socket, now: float) -> None:
+        """Connection events, read as they come while few; under a flood on a timer, in batches:
+        waking the server thread for every connect and disconnect costs the robots more than it
+        costs to enforce the caps a few milliseconds later."""
+        if self._monitor_muted and now < self._monitor_next:
+            return
+        count, drained = self._log_peer_events(monitor)
+        if count >= MONITOR_BUSY_EVENTS or not drained:
+            if not self._monitor_muted:
+                self._io.mute(monitor)
+                self._monitor_muted = True
+            self._monitor_next = now + MONITOR_BATCH_S
+        elif self._monitor_muted:
+            self._io.unmute(monitor)  # read until zmq.Again just now: the next event wakes the thread
+            self._monitor_muted = False
+
+    def _log_peer_events(self, monitor: zmq.Socket) -> tuple[int, bool]:
+        """Connection events since the last turn: the cap, the per-address limit, counters.
+
+        A connect flood brings two events per peer, so this is the server thread's per-peer cost:
+        events are read raw (``recv_multipart`` and one ``struct`` unpack, about a quarter of
+        pyzmq's ``recv_monitor_message``) and counted per batch, not per event."""
         peers = self._peers
         assert peers is not None
+        counts: dict[str, int] = {}
+        drained = False
+        read = 0
         for _ in range(MONITOR_EVENTS_PER_TURN):  # a flood of events must not starve robots' messages
-            if not monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                return
             try:
-                event = recv_monitor_message(monitor)
-            except Exception as exc:  # a malformed event must not stop the server
-                log.debug("unreadable monitor event: %s", exc)
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                drained = True
+                break
+            read += 1
+            try:
+                kind, value = MONITOR_EVENT.unpack(frames[0])
+            except (struct.error, IndexError):  # a malformed event must not stop the server
+                log.debug("unreadable monitor event: %r", frames[:1])
                 continue
-            kind, value = event["event"], int(event.get("value") or 0)
             if kind == zmq.EVENT_ACCEPTED:
                 peers.accepted(value)
                 continue
             if kind == zmq.EVENT_DISCONNECTED:
                 peers.disconnected(value)
-                self.metrics.inc("peer_events", event="disconnected")
-                continue
-            if kind == zmq.EVENT_ACCEPT_FAILED:
+                label = "disconnected"
+            elif kind == zmq.EVENT_ACCEPT_FAILED:
                 peers.accept_failed(value)
-                self.metrics.inc("peer_events", event="accept_failed")
-                continue
-            label, text = {
-                zmq.EVENT_HANDSHAKE_FAILED_AUTH: ("auth_refused", "refused by CURVE authentication"),
-                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: ("handshake_protocol", "broke the ZMTP/CURVE handshake"),
-                zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: ("handshake_failed", "failed the handshake"),
-            }.get(kind, ("other", f"event {kind}"))
-            self.metrics.inc("peer_events", event=label)
-            # Peers hanging up mid-handshake are a flood's normal noise: DEBUG and the periodic
-            # summary. The ZAP handler logs refused CURVE peers by address and key.
-            peers.summary.note(label, "a connection %s", text)
-        if monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self._io.kick()
+                label = "accept_failed"
+            else:
+                label, text = {
+                    zmq.EVENT_HANDSHAKE_FAILED_AUTH: ("auth_refused", "refused by CURVE authentication"),
+                    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: (
+                        "handshake_protocol",
+                        "broke the ZMTP/CURVE handshake",
+                    ),
+                    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: ("handshake_failed", "failed the handshake"),
+                }.get(kind, ("other", f"event {kind}"))
+                # Peers hanging up mid-handshake are a flood's normal noise: DEBUG and the periodic
+                # summary. The ZAP handler logs refused CURVE peers by address and key.
+                peers.summary.note(label, "a connection %s", text)
+            counts[label] = counts.get(label, 0) + 1
+        for label, n in counts.items():
+            self.metrics.inc("peer_events", n, event=label)
+        return read, drained
 
     def _member(self, monitor: zmq.Socket) -> None:
         """One of the two server threads: lead (do I/O) until a batch is due, then compute it."""
@@ -332,13 +379,20 @@ class PolicyServer:
         queue = self.queue
         while not self._stop.is_set():
             with io.lock:
-                timeout_ms = max(0, int(np.ceil(queue.next_timeout(time.perf_counter()) * 1000.0)))
-            io.wait(0 if self._strangers else timeout_ms)
+                now = time.perf_counter()
+                timeout = queue.next_timeout(now)
+                if self._monitor_muted:
+                    timeout = min(timeout, self._monitor_next - now)
+                if self._strangers:
+                    timeout = min(timeout, self._strangers_next - now)
+                timeout_ms = max(0, int(np.ceil(timeout * 1000.0)))
+            io.wait(timeout_ms)
             with io.lock:
                 # Receiving is cheap, handling a hello is not. Sessions' messages (pings, observes)
                 # are handled at once and a due batch goes to compute before anything else; other
-                # peers' messages wait in a bounded backlog worked off within a time budget, and
-                # connection events after them, so a flood delays no robot's pong or chunk.
+                # peers' messages wait in a bounded backlog worked off within a time budget and a
+                # share of the time, after the connection events, so a flood delays no robot's pong
+                # or chunk.
                 for frames in io.recv_ready(1024):  # bounded so timers are not starved
                     if frames[0].bytes in queue.sessions:
                         self._handle(frames)
@@ -347,8 +401,9 @@ class PolicyServer:
                 batch = self._due_batch()
                 now = time.perf_counter()
                 if batch is None or now - self._chores_done > CHORES_MAX_DEFER_S:
+                    # connection events first: a hello is judged with its connection's accept seen
+                    self._peer_events_turn(monitor, now)
                     self._work_off_strangers()
-                    self._log_peer_events(monitor)
                     if now >= self._next_housekeeping:
                         self._housekeeping(now)
                     self._chores_done = time.perf_counter()
@@ -364,7 +419,7 @@ class PolicyServer:
         batch = None if self._stop.is_set() else self.queue.take_batch(now)
         for pending in batch or ():
             self.metrics.observe("queue_wait_ms", (now - pending.received) * 1000.0)
-        if batch and (self._strangers or self._io.readable()):
+        if batch and self._io.readable():
             self._io.kick()  # the backlog and events left for this turn are the next turn's
         return batch
 
@@ -375,6 +430,10 @@ class PolicyServer:
         if self._peers is not None:
             self.metrics.set_gauge("connections", len(self._peers.live))
             self.metrics.set_gauge("connections_shed", self._peers.shed)  # since start
+            self.metrics.set_gauge(
+                "connections_refused_per_address", self._peers.refused_total
+            )  # since start
+            self._peers.expire_refused()
             self._peers.summary.flush()
         self._robots_log.flush()
         self._refusals_log.flush()
@@ -445,8 +504,11 @@ class PolicyServer:
         body = frames[1:]
         header: dict[str, Any] = {}
         try:
+            refusal = self._refusal(identity, body)
             msg = decode(body, self.config.max_message_bytes)
             header = msg.header
+            if refusal is not None:
+                raise ProtocolError(ErrorCode.OVERLOADED, refusal)
             self._dispatch(identity, msg, body, t0)
         except ProtocolError as exc:
             if exc.code == ErrorCode.TOO_LARGE or not header:
@@ -473,11 +535,15 @@ class PolicyServer:
         self._strangers.append(frames)
 
     def _work_off_strangers(self) -> None:
-        end = time.perf_counter() + STRANGER_BUDGET_S
+        """Some of the backlog of sessionless peers' messages (hellos), within a time budget and a
+        share of the time: the rest waits for a later turn (the leader's wait ends then)."""
+        start = time.perf_counter()
+        if not self._strangers or start < self._strangers_next:
+            return
+        end = start + STRANGER_BUDGET_S
         while self._strangers and time.perf_counter() < end:
             self._handle(self._strangers.popleft())
-        if self._strangers:
-            self._io.kick()
+        self._strangers_next = start + (time.perf_counter() - start) / STRANGER_SHARE
 
     def _dispatch(self, identity: bytes, msg: Message, body: list[Any], t0: float) -> None:
         header = msg.header
@@ -526,6 +592,16 @@ class PolicyServer:
             return body[0].get("User-Id")
         except (zmq.ZMQError, AttributeError, KeyError, IndexError):
             return None
+
+    def _refusal(self, identity: bytes, body: list[Any]) -> str | None:
+        """Why this peer's connection is refused (over the per-address limit), if it is."""
+        peers = self._peers
+        if peers is None or peers.max_per_address is None or identity in self.queue.sessions:
+            return None
+        fd = _source_fd(body)
+        if fd is not None and fd not in peers.live and self._monitor is not None:
+            self._log_peer_events(self._monitor)  # its accept event may still wait behind others
+        return peers.refusal(fd) if peers.refused else None
 
     @staticmethod
     def _peer_address(body: list[Any]) -> str:
@@ -578,6 +654,8 @@ class PolicyServer:
                 )
             raise
         session.image_tokens = image_tokens
+        if self._peers is not None:
+            self._peers.protect(_source_fd(body))  # never shed at the fd limit
         if replaced is not None:
             self._session_closed(replaced, "replaced by a reconnection of the same robot")
         if robot is not None:
@@ -782,3 +860,11 @@ class PolicyServer:
     def _error_frames(self, code: ErrorCode, message: str, pending: Pending) -> list[Any]:
         self.metrics.inc("errors", code=code.value)
         return encode(protocol.error_header(code, message, pending.request.seq))
+
+
+def _source_fd(body: list[Any]) -> int | None:
+    """The descriptor of the connection a message came in on (libzmq's ``ZMQ_SRCFD``)."""
+    try:
+        return int(body[0].get(zmq.SRCFD))
+    except (zmq.ZMQError, AttributeError, IndexError, TypeError, ValueError):
+        return None

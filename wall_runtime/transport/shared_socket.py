@@ -52,6 +52,21 @@ class SharedSocket:
         self._extra.append(fd)
         self._poller.register(fd, select.POLLIN)
 
+    def mute(self, sock: zmq.Socket) -> None:
+        """Stop waking on a watched socket (its owner reads it on a timer meanwhile)."""
+        fd = sock.getsockopt(zmq.FD)
+        if fd in self._extra:
+            self._extra.remove(fd)
+            self._poller.unregister(fd)
+
+    def unmute(self, sock: zmq.Socket) -> None:
+        """Wake on a watched socket again; call after reading it until ``zmq.Again`` (its FD only
+        signals input that arrives after the last read)."""
+        fd = sock.getsockopt(zmq.FD)
+        if fd not in self._extra:
+            self._extra.append(fd)
+            self._poller.register(fd, select.POLLIN)
+
     def kick(self) -> None:
         """Wake the waiting thread (from any thread)."""
         with contextlib.suppress(BlockingIOError):  # a full pipe already wakes it
