@@ -98,6 +98,10 @@ def register(app: typer.Typer) -> None:
             except ValueError:
                 raise typer.BadParameter(f"--latency-ms {latency!r}: a number or 'measured'") from None
         backend_options = _parse_options(option)
+        if backend in ("torch", "onnxruntime"):
+            # a model samples its initial noise: one seeded generator per server, so the same command
+            # gives the same episodes on the simulated clock (``-o seed=N`` picks another sequence)
+            backend_options.setdefault("seed", 0)
         if (
             backend == "expert" or checkpoint is None
         ):  # the expert's layout / the tiny checkpoint's generation
