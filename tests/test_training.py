@@ -83,6 +83,19 @@ def test_chunks_stay_in_their_episode():
     assert idx[5].tolist() == [5, 6, 7, 8]
 
 
+def test_start_frames_are_each_episodes_first_frames_and_weighting_is_reproducible(tmp_path):
+    ds = _dataset(episodes=3, length=5)
+    assert ds.start_frames(2).tolist() == [0, 1, 5, 6, 10, 11]
+    assert ds.start_frames(9).tolist() == list(range(15))  # never past an episode's end
+    digests = []
+    for name, frac in (("a", 0.5), ("b", 0.5), ("u", 0.0)):
+        train(ds, tmp_path / name, TrainSettings(steps=2, start_fraction=frac, start_frames=2, **FAST))
+        digests.append(hashlib.sha256((tmp_path / name / "model.safetensors").read_bytes()).hexdigest())
+    assert digests[0] == digests[1] != digests[2]  # the weighted draw is part of the seeded run
+    with pytest.raises(ValueError, match="start_fraction"):
+        TrainSettings(start_fraction=1.5).check()
+
+
 def test_dataset_round_trip_and_bad_files(tmp_path):
     ds = _dataset(episodes=2, length=3)
     back = read_dataset(write_dataset(tmp_path / "d.npz", ds))

@@ -38,6 +38,13 @@ def train_command(
         help="Seconds between two rows of a trained chunk (a recorded dataset: a whole number of its "
         "frames); the checkpoint declares it and the server stamps it as each chunk's dt.",
     ),
+    start_fraction: float = typer.Option(
+        0.0,
+        "--start-fraction",
+        help="Share of each batch drawn from the first --start-frames frames of the episodes, where "
+        "the instruction and images alone decide the motion (0: uniform over all frames).",
+    ),
+    start_frames: int = typer.Option(8, "--start-frames", help="Frames at each episode's start (see above)."),
     snapshot_every: int = typer.Option(
         0,
         "--snapshot-every",
@@ -61,6 +68,8 @@ def train_command(
         size=size,
         threads=threads,
         log_every=log_every,
+        start_fraction=start_fraction,
+        start_frames=start_frames,
     )
     try:
         settings.check()

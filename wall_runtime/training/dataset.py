@@ -85,6 +85,13 @@ class EpisodeDataset:
         idx = np.arange(self.num_frames)[:, None] + self.chunk_stride * np.arange(horizon)[None, :]
         return np.minimum(idx, last[:, None])
 
+    def start_frames(self, n: int) -> np.ndarray:
+        """Indices of the first ``n`` frames of every episode."""
+        first = np.r_[True, self.episode_index[1:] != self.episode_index[:-1]]
+        starts = np.flatnonzero(first)
+        ends = np.r_[starts[1:], self.num_frames]
+        return np.concatenate([np.arange(a, min(a + n, b)) for a, b in zip(starts, ends, strict=True)])
+
     def stats(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """``((action q01, q99), (state q01, q99))``, float32, widened where a dim never moves."""
         return quantile_range(self.action), quantile_range(self.state)

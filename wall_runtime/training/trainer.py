@@ -64,6 +64,12 @@ class TrainSettings:
     log_every: int = 10
     beta_alpha: float = 1.5
     time_scale: float = 0.999
+    # share of each batch drawn from the first ``start_frames`` frames of the episodes: there the
+    # instruction and the images alone decide where the arm goes; later frames are largely
+    # predictable from the arm's own pose, so a uniform draw gives the grounding a sliver of the
+    # gradient (the "copycat" shortcut of behaviour cloning)
+    start_fraction: float = 0.0
+    start_frames: int = 8
 
     def check(self) -> None:
         if self.variant not in ("flow", "0.5"):
@@ -75,6 +81,10 @@ class TrainSettings:
         for name in ("batch_size", "threads", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.start_fraction <= 1.0:
+            raise ValueError(f"start_fraction must be in [0, 1], got {self.start_fraction}")
+        if self.start_frames < 1:
+            raise ValueError(f"start_frames must be >= 1, got {self.start_frames}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
@@ -290,6 +300,8 @@ def train(
         foreach=False,
     )
     maker = BatchMaker(ds, policy)
+    start_pool = ds.start_frames(settings.start_frames)
+    n_start = round(settings.batch_size * settings.start_fraction)
     H, D = maker.H, maker.D
     result = TrainResult(out_dir=out)
     log_path = out / LOG_NAME
@@ -301,6 +313,9 @@ def train(
             for group in optim.param_groups:
                 group["lr"] = lr
             idx = torch.randint(ds.num_frames, (settings.batch_size,), generator=generator).numpy()
+            if n_start:
+                pick = torch.randint(len(start_pool), (n_start,), generator=generator).numpy()
+                idx[:n_start] = start_pool[pick]
             batch, actions = maker(idx)
             t = sample_time(settings.batch_size, generator, settings.beta_alpha, settings.time_scale)
             noise = torch.randn(settings.batch_size, H, D, generator=generator)
