@@ -9,7 +9,10 @@ or shape. No limit may yield from such a start, and every changed command is cou
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +30,19 @@ from wall_runtime.types import ActionChunk, Observation, RobotState
 DT = 0.01
 REL = 1e-6  # relative tolerance on every limit (float rounding in the finite differences)
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# the worst measured ratio of each limit (value / limit) over every tick of this module's tests;
+# written to the file WALL_SAFETY_RATIOS names, if set (how the worst case is reported)
+WORST: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_worst_ratios() -> Iterator[None]:
+    yield
+    path = os.environ.get("WALL_SAFETY_RATIOS")
+    if path:
+        with open(path, "w") as f:
+            json.dump(dict(sorted(WORST.items())), f, indent=1)
 
 
 @dataclass
@@ -63,6 +79,18 @@ class Meter:
         def over(value: np.ndarray, limit: np.ndarray) -> np.ndarray:
             return pos & (np.abs(value) > limit * (1 + REL) + 1e-9)
 
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for name, value, limit in (
+                ("step", x - self.p, c.max_step),
+                ("velocity", v, c.max_vel),
+                ("acceleration", a, acc_limit),
+                ("jerk", j, c.max_jerk),
+            ):
+                ratio = np.where(pos & np.isfinite(limit), np.abs(value) / limit, 0.0)
+                WORST[name] = max(WORST.get(name, 0.0), float(np.max(ratio, initial=0.0)))
+            beyond = np.where(pos, np.maximum(c.lower - x, 0.0) + np.maximum(x - c.upper, 0.0), 0.0)
+            WORST["position_excess"] = max(WORST.get("position_excess", 0.0), float(np.max(beyond, initial=0)))
+
         checks = {
             "position": pos & ((x < c.lower - 1e-9) | (x > c.upper + 1e-9)),
             "step": over(x - self.p, c.max_step),
@@ -78,6 +106,7 @@ class Meter:
         if self.box is not None:
             ee = np.asarray(self.fk(x)).reshape(-1, 3)  # type: ignore[operator]
             out = np.max(np.maximum(self.box[0] - ee, 0) + np.maximum(ee - self.box[1], 0))
+            WORST["workspace_excess"] = max(WORST.get("workspace_excess", 0.0), float(out))
             if out > 1e-9:
                 self.violations.append(f"tick {self.ticks}: end effector {ee} outside the box by {out:.3g}")
         yielded = [e for e in c.last_tick_interventions if e.filter.endswith("_yielded")]
@@ -98,37 +127,48 @@ def _joint(name: str, kind: str, unit: str, **limits: float) -> JointSpec:
 
 # -- the gripper range and the position bounds ----------------------------------------------------
 
-GRIPPER_JOINTS = (
-    _joint(
-        "wrist",
-        "revolute",
-        "rad",
-        min_position=-1.0,
-        max_position=1.0,
-        max_velocity=2.0,
-        max_acceleration=20.0,
-    ),
-    _joint(
-        "lift",
-        "prismatic",
-        "m",
-        min_position=0.0,
-        max_position=0.3,
-        max_velocity=0.5,
-        max_acceleration=4.0,
-        max_deceleration=8.0,
-    ),
-    _joint(
-        "gripper",
-        "gripper",
-        "m",
-        min_position=0.0,
-        max_position=0.08,
-        max_velocity=0.2,
-        max_acceleration=2.0,
-        max_deceleration=1.0,
-    ),
-)
+def _gripper_joints(jerk: bool) -> tuple[JointSpec, ...]:
+    """A wrist, a lift and a gripper; with ``jerk``, each with a jerk limit tight enough that the
+    deceleration takes several ticks to build up (so braking must plan for it)."""
+    j = (lambda value: {"max_jerk": value}) if jerk else (lambda value: {})
+    return (
+        _joint(
+            "wrist",
+            "revolute",
+            "rad",
+            min_position=-1.0,
+            max_position=1.0,
+            max_velocity=2.0,
+            max_acceleration=20.0,
+            **j(400.0),
+        ),
+        _joint(
+            "lift",
+            "prismatic",
+            "m",
+            min_position=0.0,
+            max_position=0.3,
+            max_velocity=0.5,
+            max_acceleration=4.0,
+            max_deceleration=8.0,
+            **j(150.0),
+        ),
+        _joint(
+            "gripper",
+            "gripper",
+            "m",
+            min_position=0.0,
+            max_position=0.08,
+            max_velocity=0.2,
+            max_acceleration=2.0,
+            max_deceleration=1.0,
+            **j(40.0),
+        ),
+    )
+
+
+GRIPPER_JOINTS = _gripper_joints(jerk=False)
+JERK_GRIPPER_JOINTS = _gripper_joints(jerk=True)
 GRIPPER_SAFETY = {
     "max_step": {"default": 0.05, "gripper": 0.01},
     "position_margin": 0.01,
@@ -142,14 +182,16 @@ wild = st.one_of(
 )
 
 
+@pytest.mark.parametrize("joints", [GRIPPER_JOINTS, JERK_GRIPPER_JOINTS], ids=["no-jerk", "jerk"])
 @SETTINGS
 @given(
     start=st.tuples(st.floats(-0.99, 0.99), st.floats(0.01, 0.29), st.floats(0.02, 0.03)),
     targets=st.lists(st.lists(wild, min_size=3, max_size=3), min_size=1, max_size=120),
     hold_each=st.integers(1, 30),
 )
-def test_the_gripper_range_and_the_bounds_are_braked_for(start, targets, hold_each) -> None:
-    chain = SafetyChain(GRIPPER_JOINTS, SafetyConfig.from_dict(GRIPPER_SAFETY, GRIPPER_JOINTS), DT)
+def test_the_gripper_range_and_the_bounds_are_braked_for(joints, start, targets, hold_each) -> None:
+    """Position, velocity, acceleration and (where limited) jerk hold on every tick."""
+    chain = SafetyChain(joints, SafetyConfig.from_dict(GRIPPER_SAFETY, joints), DT)
     meter = Meter(chain, DT)
     meter.anchor(np.array(start))
     state = RobotState(0.0, np.array(start))
@@ -179,6 +221,27 @@ def test_a_narrow_gripper_range_is_reached_at_the_deceleration_limit_not_hit() -
     assert chain.counts["gripper"] > 0
 
 
+@pytest.mark.parametrize("rate", [100.0, 500.0])
+def test_a_jerk_limited_joint_flat_out_into_its_bounds_stops_within_every_limit(rate: float) -> None:
+    """The issue's case: the braking plans ignored jerk (up to ~4x the jerk limit at a bound)."""
+    joints = JERK_GRIPPER_JOINTS
+    dt = 1.0 / rate
+    chain = SafetyChain(joints, SafetyConfig.from_dict(GRIPPER_SAFETY, joints), dt)
+    meter = Meter(chain, dt)
+    start = np.array([-0.99, 0.01, 0.02])
+    meter.anchor(start)
+    state = RobotState(0.0, start)
+    x = start
+    for target in ([3.0, 3.0, 3.0], [-3.0, -3.0, -3.0], [3.0, 0.0, 0.08]):
+        for _ in range(int(2.0 * rate)):
+            x = chain.filter(np.array(target), state)
+            meter.measure(x, np.array(target))
+        # it got to the bound (the gripper to its range), at rest
+        assert np.allclose(x, np.clip(target, chain.lower, chain.upper), atol=1e-6)
+    assert not meter.violations, meter.violations[:5]
+    assert chain.counts["position"] > 0 and chain.counts["gripper"] > 0
+
+
 # -- the workspace box -------------------------------------------------------------------------
 
 LINKS = (0.5, 0.4)
@@ -189,37 +252,54 @@ def planar_fk(q: np.ndarray) -> np.ndarray:
     return np.array([[x1 + LINKS[1] * np.cos(q[0] + q[1]), y1 + LINKS[1] * np.sin(q[0] + q[1]), 0.2]])
 
 
-ARM = (
-    _joint("a", "revolute", "rad", min_position=-3, max_position=3, max_velocity=2.0, max_acceleration=10.0),
-    _joint(
-        "b",
-        "revolute",
-        "rad",
-        min_position=-3,
-        max_position=3,
-        max_velocity=3.0,
-        max_acceleration=15.0,
-        max_deceleration=25.0,
-    ),
-)
+def _arm(jerk: bool) -> tuple[JointSpec, ...]:
+    j = (lambda value: {"max_jerk": value}) if jerk else (lambda value: {})
+    return (
+        _joint(
+            "a",
+            "revolute",
+            "rad",
+            min_position=-3,
+            max_position=3,
+            max_velocity=2.0,
+            max_acceleration=10.0,
+            **j(300.0),
+        ),
+        _joint(
+            "b",
+            "revolute",
+            "rad",
+            min_position=-3,
+            max_position=3,
+            max_velocity=3.0,
+            max_acceleration=15.0,
+            max_deceleration=25.0,
+            **j(500.0),
+        ),
+    )
+
+
+ARM = _arm(jerk=False)
+JERK_ARM = _arm(jerk=True)
 BOX = {"min": [0.2, -0.3, 0.0], "max": [1.0, 0.3, 0.5]}
 
 
+@pytest.mark.parametrize("arm", [ARM, JERK_ARM], ids=["no-jerk", "jerk"])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     start=st.tuples(st.floats(-0.5, 0.5), st.floats(-1.5, 1.5)),
     targets=st.lists(st.tuples(st.floats(-3, 3), st.floats(-3, 3)), min_size=1, max_size=10),
     hold_each=st.integers(1, 30),
 )
-def test_the_workspace_box_is_braked_for_within_the_joint_limits(start, targets, hold_each) -> None:
+def test_the_workspace_box_is_braked_for_within_the_joint_limits(arm, start, targets, hold_each) -> None:
     q0 = np.array(start)
     box = (np.array(BOX["min"]), np.array(BOX["max"]))
     ee0 = planar_fk(q0)[0]
     if np.any(ee0 < box[0]) or np.any(ee0 > box[1]):
         return  # starts outside the box: not this property
     chain = SafetyChain(
-        ARM,
-        SafetyConfig.from_dict({"max_step": 0.1, "workspace": BOX}, ARM),
+        arm,
+        SafetyConfig.from_dict({"max_step": 0.1, "workspace": BOX}, arm),
         DT,
         forward_kinematics=planar_fk,
     )
