@@ -301,6 +301,7 @@ class ControlLoop:
                     np.asarray(commanded, dtype=np.float64),
                     status,
                     intervened,
+                    None if state.velocity is None else np.asarray(state.velocity, dtype=np.float64),
                 )
             )
 
