@@ -290,7 +290,7 @@ def jerk_overshoot(u: np.ndarray, al: np.ndarray, jd: np.ndarray, dd: np.ndarray
             best = np.maximum(best, x)
         # one tick of the plan
         a_lo = np.maximum(al - jd, -dd)
-        a_end = np.where(u > 0.0, -stair_inverse(u, jd), -np.inf)
+        a_end = np.where(u >= 0.0, -stair_inverse(u, jd), -np.inf)
         a_n = np.minimum(np.maximum(a_lo, a_end), al + jd)
         final = active & (u > 0.0) & (a_end >= a_lo) & (a_end <= al + jd) & (a_end < 0.0)
         u = np.where(active, u + a_n, u)
@@ -394,7 +394,7 @@ def jerk_braking_step(u: np.ndarray, al: np.ndarray, room: np.ndarray, jd: np.nd
     tol = 1e-12 * (1.0 + np.abs(room_n))
     # the plan's own next change of step, the jerk that lands exactly on the bound (the last
     # ticks of a stop at it), and a grid over the jerk interval
-    a_end = np.where(u_n > 0.0, -stair_inverse(u_n, jd_n), -np.inf)
+    a_end = np.where(u_n >= 0.0, -stair_inverse(u_n, jd_n), -np.inf)
     j_plan = np.minimum(np.maximum(np.maximum(al_n - jd_n, -dd_n), a_end), al_n + jd_n) - al_n
     j_land = np.clip(room_n - u_n - al_n, -jd_n, jd_n)
     frac = np.linspace(-1.0, 1.0, _GRID)[:, None]
@@ -560,7 +560,7 @@ def _solve(
     # 7. workspace box on the forward kinematics, as a braking constraint
     verified = False
     if lim.workspace_min is not None and fk is not None:
-        x, verified = _workspace(lim, state, x, lo_lim, hi_lim, dt, fk, record)
+        x, verified = _workspace(lim, d, state, x, lo_lim, hi_lim, dt, fk, record)
 
     # 9. base velocity joints: speed and acceleration
     if "base" not in lim.disabled and lim.is_base.any():
@@ -616,8 +616,37 @@ def _line_brake(lim: ChainLimits, step: np.ndarray, dt: float) -> float:
     return float(np.min(bdt2 / np.abs(step[moving])))
 
 
+_PATH_TICKS = 20_000  # ticks of a per-joint stopping path at most (then it counts as not viable)
+
+
+def stop_path(q: np.ndarray, u: np.ndarray, al: np.ndarray, jd: np.ndarray, dd: np.ndarray) -> np.ndarray | None:
+    """The positions, tick by tick, of every joint stopping on its own braking plan (the one
+    :func:`jerk_overshoot` sums; without a jerk limit, steps shrinking by the deceleration) from
+    ``q`` after a step ``u`` with change of step ``al``: ``[ticks + 1, n]``, the first row ``q``.
+    A feedback plan per joint, so the path from its next row is the rest of this one. ``None``
+    where it did not stop within ``_PATH_TICKS`` ticks."""
+    sign = np.where(u != 0.0, np.sign(u), np.sign(al))
+    us, als = u * sign, al * sign
+    x = np.zeros(q.shape)
+    rows = [q.copy()]
+    active = ~((us <= 0.0) & (als <= 0.0))
+    for _ in range(_PATH_TICKS):
+        if not active.any():
+            return np.array(rows)
+        a_n = np.maximum(als - jd, -dd)
+        a_end = np.where(us >= 0.0, -stair_inverse(us, jd), -np.inf)
+        a_n = np.minimum(np.maximum(a_n, a_end), als + jd)
+        us = np.where(active, us + a_n, us)
+        als = np.where(active, a_n, als)
+        x = np.where(active, x + us, x)
+        rows.append(q + sign * x)
+        active &= ~((us <= 0.0) & (als <= 0.0))
+    return None
+
+
 def _workspace(
     lim: ChainLimits,
+    d: _PerPeriod,
     state: ChainState,
     x: np.ndarray,
     lo_all: np.ndarray,
@@ -648,8 +677,44 @@ def _workspace(
     def margin(pts: np.ndarray) -> float:
         return float(np.min(np.minimum(pts - box_lo, box_hi - pts), initial=np.inf))
 
+    # under a jerk limit the line plan cannot be carried out (the acceleration cannot turn at
+    # once): every joint brakes on its own jerk-limited plan instead, and the box is checked
+    # along that (curved) path, sampled the same way
+    jerky = bool(d.jerk_bounds.any())
+    if jerky:
+        jd = np.where(d.jerk_bounds, d.jdt3, np.inf)
+        dd = np.where(lim.is_pos, d.bdt2, np.inf)
+        u_prev = np.where(lim.is_pos, state.v * dt, 0.0)
+
+    def path_viable(q: np.ndarray) -> bool:
+        step = np.where(lim.is_pos, q - p, 0.0)
+        path = stop_path(q, step, step - u_prev, jd, dd)
+        here, start = ee(q), ee(p)
+        if here is None or start is None:
+            return True
+        if path is None:
+            return False
+        length = float(np.sum(np.max(np.abs(np.diff(path, axis=0)), axis=1))) if len(path) > 1 else 0.0
+        size = float(np.max(np.abs(step)))
+        if size > 0.0:
+            reach = float(np.max(np.linalg.norm(here - start, axis=1))) * (length / size + 1.0)
+            if margin(here) > 2.0 * reach + 1e-6:
+                return True
+        k = min(_WS_MAX_SAMPLES, 1 + math.ceil(length / _WS_SAMPLE)) if length > 0 else 0
+        rows = sorted({round(i * (len(path) - 1) / k) for i in range(k + 1)}) if k else [0]
+        pts = [ee(path[i]) for i in rows]
+        for i, here in enumerate(pts):
+            assert here is not None
+            near = [pts[j] for j in (i - 1, i + 1) if 0 <= j < len(pts)]
+            slack = max((0.5 * float(np.max(np.linalg.norm(here - o, axis=1))) for o in near), default=0.0)
+            if excess(here, slack) > 0.0:
+                return False
+        return True
+
     def viable(q: np.ndarray) -> bool:
         """The end effector stays in the box while the command brakes along its direction."""
+        if jerky:
+            return path_viable(q)
         step = np.where(lim.is_pos, q - p, 0.0)
         travel = _travel_after(_line_brake(lim, step, dt))
         here, start = ee(q), ee(p)
@@ -685,11 +750,16 @@ def _workspace(
         return out, False
     if viable(x):
         return x, True
-    # the braking command: the previous step, shrunk at the common deceleration. Its stopping
-    # path is the rest of the previous command's, so where that was verified, so is this one
+    # the braking command: the previous step, shrunk at the common deceleration (under a jerk
+    # limit: the next row of every joint's own stopping plan). Its stopping path is the rest of
+    # the previous command's, so where that was verified, so is this one
     prev_step = np.where(lim.is_pos, state.v * dt, 0.0)
-    shrink = max(0.0, 1.0 - _line_brake(lim, prev_step, dt))
-    on_line = p + shrink * prev_step
+    if jerky:
+        path = stop_path(p, prev_step, np.where(lim.is_pos, state.a * dt * dt, 0.0), jd, dd)
+        on_line = path[1] if path is not None and len(path) > 1 else p.copy()
+    else:
+        shrink = max(0.0, 1.0 - _line_brake(lim, prev_step, dt))
+        on_line = p + shrink * prev_step
     brake = np.where(lim.is_pos, np.clip(on_line, lo_all, hi_all), x)
     inherited = state.braking_verified and bool(
         np.all(np.abs(brake - on_line)[lim.is_pos] <= _TOL * (1.0 + np.abs(on_line[lim.is_pos])))
