@@ -93,7 +93,9 @@ class Meter:
                 ratio = np.where(pos & np.isfinite(limit), np.abs(value) / limit, 0.0)
                 WORST[name] = max(WORST.get(name, 0.0), float(np.max(ratio, initial=0.0)))
             beyond = np.where(pos, np.maximum(c.lower - x, 0.0) + np.maximum(x - c.upper, 0.0), 0.0)
-            WORST["position_excess"] = max(WORST.get("position_excess", 0.0), float(np.max(beyond, initial=0)))
+            WORST["position_excess"] = max(
+                WORST.get("position_excess", 0.0), float(np.max(beyond, initial=0))
+            )
 
         checks = {
             "position": pos & ((x < c.lower - 1e-9) | (x > c.upper + 1e-9)),
@@ -130,6 +132,7 @@ def _joint(name: str, kind: str, unit: str, **limits: float) -> JointSpec:
 
 
 # -- the gripper range and the position bounds ----------------------------------------------------
+
 
 def _gripper_joints(jerk: bool) -> tuple[JointSpec, ...]:
     """A wrist, a lift and a gripper; with ``jerk``, each with a jerk limit tight enough that the
@@ -671,7 +674,9 @@ def test_a_replay_reproduces_the_commands_after_a_gap_from_the_recorded_velociti
         loop = ControlLoop(
             robot,
             source,
-            lambda s, now: Observation(stamp=now, images={}, state=s.position.astype(np.float32), instruction=""),
+            lambda s, now: Observation(
+                stamp=now, images={}, state=s.position.astype(np.float32), instruction=""
+            ),
             LoopConfig(control_hz=LOOP_HZ, watchdog_timeout=0.5),
             SafetyConfig.from_dict(LOOP_SAFETY, LOOP_JOINTS),
             clock=lambda: clock[0],

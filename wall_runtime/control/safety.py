@@ -7,7 +7,8 @@
 4. ``velocity``     ``max_velocity``
 5. ``acceleration`` ``max_acceleration`` (``max_deceleration`` while slowing down), plus the braking
                     distance to the position bounds so the joint can always stop inside them
-6. ``jerk``         ``max_jerk``
+6. ``jerk``         ``max_jerk``, plus braking for the bounds under it (a jerk-limited stopping
+                    plan), so position, velocity, acceleration and jerk hold together at a bound
 7. ``workspace``    Cartesian box on the adapter's forward kinematics, where it has them, braked
                     for like the position bounds
 8. ``gripper``      gripper range (joint limits and ``safety.gripper``), braked for likewise

@@ -39,13 +39,33 @@ an adapter's forward kinematics should be cheap. From a pose already outside the
 started there) only commands that do not go further out pass, and that is counted as
 ``workspace_yielded``.
 
-**Jerk.** The braking plans above are acceleration plans. Under a jerk limit the position braking
-starts earlier (the time the deceleration takes to build up is added to the stopping distance),
-and the jerk row keeps the acceleration able to return to zero before the speed cap, but the
-plans are not jerk-limited themselves: a jerk-limited joint running flat out into a bound can
-still need more jerk than its limit to stop there, and then the jerk row yields (counted as
-``jerk_yielded``; about 0.6 % of ticks in a flat-out random test, up to ~4x the jerk limit,
-always within position, velocity and acceleration). The workspace plan ignores jerk the same way.
+**Jerk.** Under a jerk limit the deceleration cannot start at once, so the braking plans above
+cannot be carried out; jerk-limited joints brake on a jerk-limited plan instead
+(:func:`jerk_overshoot`): the change of step falls at the jerk limit to the deceleration limit,
+holds there, and rises back at the jerk limit so that the joint arrives at rest exactly, never
+reversing. It is a feedback plan of (step, change of step) alone, so the plan from its next state
+is the rest of this one, and its stopping distance is summed in closed form phase by phase. The
+jerk row then admits only next commands (a grid over its jerk interval, plus the plan's own next
+jerk and the jerk that lands on the bound) whose stop stays inside each bound: from a state that
+can stop, some command within every limit always can again, so position, velocity, acceleration
+and jerk hold together at the bounds and the gripper range. The acceleration row keeps the exact
+discrete acceleration-only braking distance for those joints, which the jerk plan never beats, so
+it never cuts into what the jerk row admits. Two more jerk-row terms: the acceleration must be
+able to return to zero before the speed reaches its cap, and a joint slowing down harder than
+``max_acceleration`` (under a larger ``max_deceleration``) must be able to ease off to it before
+its speed crosses zero (beyond zero it speeds up again). Under a jerk limit the workspace box is
+checked along every joint's own jerk-limited stopping path (the line plan would need the
+acceleration to turn at once), and the braking command is the next row of that path.
+
+Where a state cannot stop within every limit (one the chain did not lead to: measured after a
+gap, or started inside a braking distance), the rows yield in a fixed priority: step and velocity
+never; jerk first, then acceleration, then position last, so position bounds win and the joint
+brakes harder than its jerk limit rather than passing the bound; counted as ``jerk_yielded``.
+Rows that only touch (a plan riding two constraints at once) are taken to fit, up to rounding.
+
+Cost near a bound: one simulated stop per candidate, vectorised (a few numpy passes each, as the
+phases are summed in closed form); far from every bound, a cheap over-estimate of the stop skips
+it.
 """
 
 from __future__ import annotations
@@ -365,7 +385,9 @@ def _per_period(lim: ChainLimits, dt: float) -> _PerPeriod:
 _GRID = 41  # candidate jerks over the jerk interval for the jerk-limited braking bound
 
 
-def jerk_braking_step(u: np.ndarray, al: np.ndarray, room: np.ndarray, jd: np.ndarray, dd: np.ndarray) -> np.ndarray:
+def jerk_braking_step(
+    u: np.ndarray, al: np.ndarray, room: np.ndarray, jd: np.ndarray, dd: np.ndarray
+) -> np.ndarray:
     """The largest next step towards a bound ``room`` away (per-tick units, positive towards it)
     from which the jerk-limited braking plan (:func:`jerk_overshoot`) still stops inside it, for a
     joint whose last step was ``u`` and change of step ``al``; the next change of step lies within
@@ -619,7 +641,9 @@ def _line_brake(lim: ChainLimits, step: np.ndarray, dt: float) -> float:
 _PATH_TICKS = 20_000  # ticks of a per-joint stopping path at most (then it counts as not viable)
 
 
-def stop_path(q: np.ndarray, u: np.ndarray, al: np.ndarray, jd: np.ndarray, dd: np.ndarray) -> np.ndarray | None:
+def stop_path(
+    q: np.ndarray, u: np.ndarray, al: np.ndarray, jd: np.ndarray, dd: np.ndarray
+) -> np.ndarray | None:
     """The positions, tick by tick, of every joint stopping on its own braking plan (the one
     :func:`jerk_overshoot` sums; without a jerk limit, steps shrinking by the deceleration) from
     ``q`` after a step ``u`` with change of step ``al``: ``[ticks + 1, n]``, the first row ``q``.

@@ -240,7 +240,8 @@ class EpisodeWriter:
                 "wall.measured": rec.measured,
                 "wall.measured_velocity": (
                     np.full(len(rec.measured), np.nan)
-                    if rec.measured_velocity is None or np.shape(rec.measured_velocity) != np.shape(rec.measured)
+                    if rec.measured_velocity is None
+                    or np.shape(rec.measured_velocity) != np.shape(rec.measured)
                     else np.asarray(rec.measured_velocity, dtype=np.float64)
                 ),
                 "wall.commanded": rec.commanded,
