@@ -638,7 +638,12 @@ def _line_brake(lim: ChainLimits, step: np.ndarray, dt: float) -> float:
     return float(np.min(bdt2 / np.abs(step[moving])))
 
 
-_PATH_TICKS = 20_000  # ticks of a per-joint stopping path at most (then it counts as not viable)
+_PATH_TICKS = 20_000
+_WS_PATH_SAMPLES = 25  # forward-kinematics samples along a per-joint stopping path at most
+# a new command's stopping path keeps this far inside the box (m): a braking command inherits its
+# path from the last one, and the plan's discrete choices (how many ticks at the deceleration
+# limit) can flip on rounding there, moving its end by a fraction of a tick's travel
+_WS_PATH_MARGIN = 1e-4  # ticks of a per-joint stopping path at most (then it counts as not viable)
 
 
 def stop_path(
@@ -662,8 +667,12 @@ def stop_path(
         a_n = np.minimum(np.maximum(a_n, a_end), als + jd)
         us = np.where(active, us + a_n, us)
         als = np.where(active, a_n, als)
-        x = np.where(active, x + us, x)
-        rows.append(q + sign * x)
+        x = np.where(active, x + sign * us, x)
+        rows.append(q + x)
+        # a joint that could not stop without reversing (already decelerating too hard for its
+        # speed) goes on the other way: it brakes again in that direction, as it would
+        rev = active & (us < 0.0)
+        sign, us, als = np.where(rev, -sign, sign), np.where(rev, -us, us), np.where(rev, -als, als)
         active &= ~((us <= 0.0) & (als <= 0.0))
     return None
 
@@ -718,20 +727,21 @@ def _workspace(
             return True
         if path is None:
             return False
-        length = float(np.sum(np.max(np.abs(np.diff(path, axis=0)), axis=1))) if len(path) > 1 else 0.0
-        size = float(np.max(np.abs(step)))
-        if size > 0.0:
-            reach = float(np.max(np.linalg.norm(here - start, axis=1))) * (length / size + 1.0)
-            if margin(here) > 2.0 * reach + 1e-6:
-                return True
-        k = min(_WS_MAX_SAMPLES, 1 + math.ceil(length / _WS_SAMPLE)) if length > 0 else 0
-        rows = sorted({round(i * (len(path) - 1) / k) for i in range(k + 1)}) if k else [0]
+        # the path turns, so this step's own motion does not bound where it goes (no shortcut far
+        # from the box), and samples far apart miss where it bulges out between them: every tick
+        # of it is checked (the commands it would send), or _WS_PATH_SAMPLES spread over a long one
+        if len(path) > _WS_PATH_SAMPLES:
+            rows = sorted(
+                {round(i * (len(path) - 1) / (_WS_PATH_SAMPLES - 1)) for i in range(_WS_PATH_SAMPLES)}
+            )
+        else:
+            rows = list(range(len(path)))
         pts = [ee(path[i]) for i in rows]
         for i, here in enumerate(pts):
             assert here is not None
             near = [pts[j] for j in (i - 1, i + 1) if 0 <= j < len(pts)]
             slack = max((0.5 * float(np.max(np.linalg.norm(here - o, axis=1))) for o in near), default=0.0)
-            if excess(here, slack) > 0.0:
+            if excess(here, slack + _WS_PATH_MARGIN) > 0.0:
                 return False
         return True
 
