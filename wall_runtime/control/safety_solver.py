@@ -55,7 +55,10 @@ able to return to zero before the speed reaches its cap, and a joint slowing dow
 ``max_acceleration`` (under a larger ``max_deceleration``) must be able to ease off to it before
 its speed crosses zero (beyond zero it speeds up again). Under a jerk limit the workspace box is
 checked along every joint's own jerk-limited stopping path (the line plan would need the
-acceleration to turn at once), and the braking command is the next row of that path.
+acceleration to turn at once; a joint that cannot stop without reversing brakes again the other
+way), at every tick of it (25 samples at most, each held inside by half the distance to its
+neighbours and 0.1 mm more), and the braking command is the next row of that path. The path
+turns, so there is no shortcut far from the box: up to 25 forward-kinematics calls per candidate.
 
 Where a state cannot stop within every limit (one the chain did not lead to: measured after a
 gap, or started inside a braking distance), the rows yield in a fixed priority: step and velocity
