@@ -223,6 +223,7 @@ class ControlLoop:
         self._tick += 1
         self.counters["ticks"] += 1
         state = self.adapter.read_state()
+        self.safety.observe(state, now)  # after a gap the chain starts from the measured motion
         self.estop.poll(state)
         chunks = []
         for _ in range(16):
@@ -263,7 +264,8 @@ class ControlLoop:
             target = self.scheduler.target(now)
             if target is not None:
                 target_joints = target
-                # after idle ticks or an overrun the chain starts again at rest (SafetyChain.filter)
+                # after idle ticks or an overrun the chain starts again from the last command, moving
+                # as the robot was measured to move (SafetyChain.filter)
                 elapsed = now - self._last_command_time
                 gap = math.isfinite(elapsed) and elapsed > 1.5 * self.period
                 commanded = self.safety.filter(target_joints, state, dt=elapsed if gap else None)
@@ -299,6 +301,7 @@ class ControlLoop:
                     np.asarray(commanded, dtype=np.float64),
                     status,
                     intervened,
+                    None if state.velocity is None else np.asarray(state.velocity, dtype=np.float64),
                 )
             )
 

@@ -7,7 +7,8 @@
 4. ``velocity``     ``max_velocity``
 5. ``acceleration`` ``max_acceleration`` (``max_deceleration`` while slowing down), plus the braking
                     distance to the position bounds so the joint can always stop inside them
-6. ``jerk``         ``max_jerk``
+6. ``jerk``         ``max_jerk``, plus braking for the bounds under it (a jerk-limited stopping
+                    plan), so position, velocity, acceleration and jerk hold together at a bound
 7. ``workspace``    Cartesian box on the adapter's forward kinematics, where it has them, braked
                     for like the position bounds
 8. ``gripper``      gripper range (joint limits and ``safety.gripper``), braked for likewise
@@ -16,15 +17,19 @@
 The parsing lives in :mod:`~wall_runtime.control.safety_config`, the solver — a pure function of
 (state, target, dt) — in :mod:`~wall_runtime.control.safety_solver`, which explains how the limits
 hold together. This module is the stateful shell the control loop holds: it keeps the state of the
-command stream between ticks, re-anchors it at rest after a reset (on the measured position) or a
-gap in the stream (on the last command, where the robot's setpoint stayed), and
-counts every intervention per filter and joint in a bounded event log.
+command stream between ticks, re-anchors it at rest after a reset (on the measured position) or,
+after a gap in the stream, on the last command (where the robot's setpoint stayed) moving as the
+robot is *measured* to move (:meth:`SafetyChain.observe`), and counts every intervention per
+filter and joint in a bounded event log.
 
-When the limits cannot all hold (only from a state that was already outside them, e.g. a robot
-that starts outside its soft limits or is measured moving faster than its limit, or with jerk
-limits near a bound) the lowest-priority one yields (jerk, then acceleration, then position) and
-that is counted as ``<filter>_yielded``: the command still moves the robot back inside at the
-step limit instead of jumping. Step and velocity are never relaxed.
+When the limits cannot all hold (only from a state that was already outside them: a robot that
+starts outside its soft limits, one measured after a gap moving faster than its limit or already
+inside its braking distance to a bound) the lowest-priority one yields, in a fixed order: step and
+velocity never, then the position bounds (and gripper range) last, acceleration before them and
+jerk first. So a jerk-limited joint that can no longer stop at a bound within its jerk limit
+brakes harder than the jerk limit, never past the bound or beyond its deceleration. A yield is
+counted as ``<filter>_yielded`` (and logged); from outside a bound the command still moves the
+robot back inside at the step limit instead of jumping.
 """
 
 from __future__ import annotations
@@ -65,8 +70,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 SUMMARY_PERIOD_S = 5.0  # interventions are logged as one summary line at most this often
 # a command later than this many periods after the previous one follows a gap: the robot's
-# setpoint was held meanwhile, so the chain starts again at rest from the last command
+# setpoint was held meanwhile, so the chain starts again from the last command, moving as measured
 GAP_PERIODS = 1.5
+_OBSERVED = 3  # measured states kept (for the velocity and acceleration after a gap)
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,9 @@ class SafetyChain:
         self._unlogged: Counter[tuple[str, str]] = Counter()
         self._last_summary: float | None = None
         self._state: ChainState | None = None
+        # (time, position, velocity or None) of the latest measured states, oldest first
+        self._observed: deque[tuple[float, np.ndarray, np.ndarray | None]] = deque(maxlen=_OBSERVED)
+        self.gap_motion: tuple[np.ndarray, np.ndarray] | None = None  # (v, a) taken at the last gap
         for name in sorted(self.disabled):
             log.warning("SAFETY FILTER DISABLED: %r is off for this run (safety.disabled_filters)", name)
         for j in self.joints:
@@ -163,6 +172,51 @@ class SafetyChain:
         p[bad] = 0.0  # base velocity readings only
         self._state = ChainState.at_rest(p)
 
+    def observe(self, state: RobotState, now: float) -> None:
+        """The measured state at ``now`` (the loop calls this on every tick, commanded or not):
+        after a gap the chain takes its velocity and acceleration from the latest of these."""
+        n = len(self.joints)
+        q = np.asarray(state.position, dtype=np.float64)
+        if q.shape != (n,) or not math.isfinite(now):
+            return
+        v = None if state.velocity is None else np.asarray(state.velocity, dtype=np.float64)
+        if v is not None and v.shape != (n,):
+            v = None
+        if self._observed and not now > self._observed[-1][0]:
+            self._observed.clear()  # time went backwards (a new clock): start the history again
+        self._observed.append((float(now), q.copy(), None if v is None else v.copy()))
+
+    def measured_motion(self) -> tuple[np.ndarray, np.ndarray]:
+        """The velocity and acceleration of the position joints as last measured: the adapter's
+        velocity where it reports a finite one, else the finite difference of the last two
+        measured positions; the acceleration from the last two velocities (reported, else
+        differenced), limited to the joint's acceleration limits (a measured acceleration beyond
+        them is noise or a state the chain cannot plan from). Zero where nothing tells."""
+        n = len(self.joints)
+        obs = list(self._observed)
+
+        def velocity(k: int) -> np.ndarray:
+            """The velocity at observation k (negative index), NaN where unknown."""
+            t, q, v = obs[k]
+            out = np.full(n, np.nan)
+            if len(obs) >= -k + 1:
+                t0, q0, _ = obs[k - 1]
+                out = (q - q0) / (t - t0)
+            if v is not None:
+                out = np.where(np.isfinite(v), v, out)
+            return out
+
+        v_now = velocity(-1) if obs else np.full(n, np.nan)
+        a_now = np.full(n, np.nan)
+        if len(obs) >= 2:
+            a_now = (v_now - velocity(-2)) / (obs[-1][0] - obs[-2][0])
+        with np.errstate(invalid="ignore"):
+            a_cap = np.maximum(self.limits.max_acc, self.limits.max_dec)
+            a_now = np.clip(a_now, -a_cap, a_cap)
+        v_now = np.where(self.is_pos & np.isfinite(v_now), v_now, 0.0)
+        a_now = np.where(self.is_pos & np.isfinite(a_now), a_now, 0.0)
+        return v_now, a_now
+
     def filter(
         self, target: np.ndarray, state: RobotState | None = None, dt: float | None = None
     ) -> np.ndarray:
@@ -170,11 +224,12 @@ class SafetyChain:
 
         ``dt`` is the time since the previous command, where the caller knows it. More than
         ``GAP_PERIODS`` periods means a gap (idle ticks, an overrun): the robot's setpoint stayed on
-        the last command meanwhile, at rest, so the chain starts again from there with zero
-        velocity and acceleration instead of extrapolating the velocity from before the gap.
-        (Measured velocities are not used: recordings do not hold them, and a replay must
-        reproduce every command.) Every command is limited over the nominal period, as the robot
-        receives one per period."""
+        the last command meanwhile, so the chain starts again from there with the velocity and
+        acceleration the robot is *measured* to have (:meth:`measured_motion`, from the states
+        given to :meth:`observe`; at rest where none were), instead of the command stream's from
+        before the gap. Recordings keep the measured positions and velocities, so a replay
+        reproduces these commands too. Every command is limited over the nominal period, as the
+        robot receives one per period."""
         self.tick += 1
         self.last_tick_interventions = []
         target = np.asarray(target, dtype=np.float64)
@@ -188,9 +243,12 @@ class SafetyChain:
             self.reset(state)
         elif gap:
             # the robot's setpoint stayed on the last command through the gap: start from there,
-            # at rest, as the robot's setpoint was
+            # moving as the robot is measured to move
             self.gaps += 1
-            self._state = ChainState.at_rest(self._state.p)
+            v, a = self.measured_motion()
+            self.gap_motion = (v, a)
+            p = self._state.p
+            self._state = ChainState(p=p.copy(), v=v, a=a, last_request=p.copy())
         assert self._state is not None
         step = solve(self.limits, self._state, target, self.dt, self.fk if self.workspace_active else None)
         self._state = step.state

@@ -39,13 +39,36 @@ an adapter's forward kinematics should be cheap. From a pose already outside the
 started there) only commands that do not go further out pass, and that is counted as
 ``workspace_yielded``.
 
-**Jerk.** The braking plans above are acceleration plans. Under a jerk limit the position braking
-starts earlier (the time the deceleration takes to build up is added to the stopping distance),
-and the jerk row keeps the acceleration able to return to zero before the speed cap, but the
-plans are not jerk-limited themselves: a jerk-limited joint running flat out into a bound can
-still need more jerk than its limit to stop there, and then the jerk row yields (counted as
-``jerk_yielded``; about 0.6 % of ticks in a flat-out random test, up to ~4x the jerk limit,
-always within position, velocity and acceleration). The workspace plan ignores jerk the same way.
+**Jerk.** Under a jerk limit the deceleration cannot start at once, so the braking plans above
+cannot be carried out; jerk-limited joints brake on a jerk-limited plan instead
+(:func:`jerk_overshoot`): the change of step falls at the jerk limit to the deceleration limit,
+holds there, and rises back at the jerk limit so that the joint arrives at rest exactly, never
+reversing. It is a feedback plan of (step, change of step) alone, so the plan from its next state
+is the rest of this one, and its stopping distance is summed in closed form phase by phase. The
+jerk row then admits only next commands (a grid over its jerk interval, plus the plan's own next
+jerk and the jerk that lands on the bound) whose stop stays inside each bound: from a state that
+can stop, some command within every limit always can again, so position, velocity, acceleration
+and jerk hold together at the bounds and the gripper range. The acceleration row keeps the exact
+discrete acceleration-only braking distance for those joints, which the jerk plan never beats, so
+it never cuts into what the jerk row admits. Two more jerk-row terms: the acceleration must be
+able to return to zero before the speed reaches its cap, and a joint slowing down harder than
+``max_acceleration`` (under a larger ``max_deceleration``) must be able to ease off to it before
+its speed crosses zero (beyond zero it speeds up again). Under a jerk limit the workspace box is
+checked along every joint's own jerk-limited stopping path (the line plan would need the
+acceleration to turn at once; a joint that cannot stop without reversing brakes again the other
+way), at every tick of it (25 samples at most, each held inside by half the distance to its
+neighbours and 0.1 mm more), and the braking command is the next row of that path. The path
+turns, so there is no shortcut far from the box: up to 25 forward-kinematics calls per candidate.
+
+Where a state cannot stop within every limit (one the chain did not lead to: measured after a
+gap, or started inside a braking distance), the rows yield in a fixed priority: step and velocity
+never; jerk first, then acceleration, then position last, so position bounds win and the joint
+brakes harder than its jerk limit rather than passing the bound; counted as ``jerk_yielded``.
+Rows that only touch (a plan riding two constraints at once) are taken to fit, up to rounding.
+
+Cost near a bound: one simulated stop per candidate, vectorised (a few numpy passes each, as the
+phases are summed in closed form); far from every bound, a cheap over-estimate of the stop skips
+it.
 """
 
 from __future__ import annotations
@@ -213,6 +236,109 @@ def braking_step(room: np.ndarray, bdt2: np.ndarray, lag: np.ndarray | float = 0
     return np.where(np.isfinite(bdt2), u, np.inf)
 
 
+def stair_inverse(room: np.ndarray, b: np.ndarray, c: np.ndarray | float = 0.0) -> np.ndarray:
+    """The largest step ``u`` whose steps shrinking by ``b`` a tick, ``u + (u - b) + (u - 2b) + ...``
+    (the positive terms), cover at most ``room``: the exact inverse of that sum, which is
+    ``(m + 1) u - b m (m + 1) / 2`` for ``m = ceil(u / b) - 1``. With ``c``, each term after the
+    first costs ``c`` more (the sum is ``... + c m``). ``b`` infinite: ``room`` (one step and
+    stopped). Call it under ``np.errstate(invalid="ignore", divide="ignore")``."""
+    room = np.maximum(room, 0.0)
+    finite = np.isfinite(b)
+    bb = np.where(finite, b, 1.0)
+    h = 0.5 * bb + c
+    m = np.floor((np.sqrt(h * h + 2.0 * bb * room) - h) / bb)
+
+    def cost(k: np.ndarray) -> np.ndarray:  # the sum where the m-th term starts
+        return bb * k * (k + 1.0) / 2.0 + c * k
+
+    # the square root may round m one off: the largest m whose terms start within room
+    m = np.where(cost(m) > room, m - 1.0, m)
+    m = np.where(cost(m + 1.0) <= room, m + 1.0, m)
+    m = np.maximum(m, 0.0)
+    u = np.minimum((room + bb * m * (m + 1.0) / 2.0 - c * m) / (m + 1.0), (m + 1.0) * bb)
+    return np.where(finite, u, room)
+
+
+_STOP_ITERATIONS = 256  # plan segments simulated per stop at most (each phase is skipped in closed form)
+
+
+def jerk_overshoot(u: np.ndarray, al: np.ndarray, jd: np.ndarray, dd: np.ndarray) -> np.ndarray:
+    """How far beyond the current command a joint still travels, in the direction of positive
+    steps, when it stops under the jerk-limited braking plan (per-tick units: ``u`` the step,
+    ``al`` the change of step, ``jd`` = jerk * dt**3, ``dd`` = deceleration * dt**2).
+
+    The plan, one tick at a time: the change of step falls by ``jd`` (the jerk limit) down to
+    ``-dd`` (the deceleration limit), but never below the most negative change from which a
+    ramp back to zero at ``jd`` a tick still ends exactly at rest without reversing (the steps
+    that ramp kills, ``stair_inverse(u, jd)``). It is a feedback plan of the state alone, so the
+    plan from its next state is the rest of this one: a state whose stop stays inside a bound
+    always has a next command, within every limit, whose stop does too. It ends where the joint
+    no longer moves (or accelerates) towards the bound. Its three phases (ramp down, hold at
+    ``-dd``, final ramp) are summed in closed form, with single ticks between them. Returns
+    ``inf`` where the stop did not end within ``_STOP_ITERATIONS`` segments (treated as unsafe)."""
+    u, al = np.broadcast_arrays(np.asarray(u, dtype=np.float64), np.asarray(al, dtype=np.float64))
+    u, al = u.copy(), al.copy()
+    jd = np.broadcast_to(jd, u.shape)
+    dd = np.broadcast_to(dd, u.shape)
+    hold_ok = np.isfinite(dd)
+    ddf = np.where(hold_ok, dd, 1.0)
+    # the steps the final ramp from -dd kills, this tick's included: while a step is at least
+    # this, the plan can keep decelerating at the limit
+    t_hold = np.where(hold_ok, _stair_sum(ddf, jd), np.inf)
+    x = np.zeros(u.shape)
+    best = np.zeros(u.shape)
+    active = ~((u <= 0.0) & (al <= 0.0))
+    for _ in range(_STOP_ITERATIONS):
+        if not active.any():
+            break
+        # the ramp down, K ticks at once: the change of step stays above -dd, and the step
+        # stays above what the final ramp needs (that margin only shrinks, so checking the last
+        # tick checks them all; the step is unimodal, so the path's furthest point is an end)
+        k = np.where(hold_ok, np.floor((al + ddf) / jd) - 1.0, 0.0)
+        k = np.where(active, np.clip(k, 0.0, 1e6), 0.0)
+        u_k = u + k * al - jd * k * (k + 1.0) / 2.0
+        al_k = al - k * jd
+        r_k = np.maximum(-al_k, 0.0)
+        ramp = (k >= 1.0) & (u_k > 0.0) & (u_k + r_k >= _stair_sum(r_k, jd))
+        if ramp.any():
+            x = np.where(ramp, x + k * u + al * k * (k + 1.0) / 2.0 - jd * k * (k + 1.0) * (k + 2.0) / 6.0, x)
+            u, al = np.where(ramp, u_k, u), np.where(ramp, al_k, al)
+            best = np.maximum(best, x)
+        # the hold at the deceleration limit, n ticks at once
+        holding = active & hold_ok & (al <= -ddf) & (u >= t_hold)
+        if holding.any():
+            n = np.where(holding, np.floor((u - t_hold) / ddf) + 1.0, 0.0)
+            x = x + n * u - ddf * n * (n + 1.0) / 2.0
+            u = u - n * ddf
+            best = np.maximum(best, x)
+        # one tick of the plan
+        a_lo = np.maximum(al - jd, -dd)
+        a_end = np.where(u >= 0.0, -stair_inverse(u, jd), -np.inf)
+        a_n = np.minimum(np.maximum(a_lo, a_end), al + jd)
+        final = active & (u > 0.0) & (a_end >= a_lo) & (a_end <= al + jd) & (a_end < 0.0)
+        u = np.where(active, u + a_n, u)
+        al = np.where(active, a_n, al)
+        x = np.where(active, x + u, x)
+        best = np.maximum(best, x)
+        if final.any():
+            # from here the final ramp: the change of step rises by jd a tick to zero, each step
+            # exactly what the rest of the ramp kills; their sum in closed form
+            r = -al
+            m = np.maximum(np.ceil(r / jd) - 1.0, 0.0)
+            rest = r * m * (m - 1.0) / 2.0 - jd * (m - 1.0) * m * (m + 1.0) / 3.0
+            x = np.where(final, x + np.maximum(rest, 0.0), x)
+            best = np.maximum(best, x)
+            active &= ~final
+        active &= ~((u <= 0.0) & (al <= 0.0))
+    return np.where(active, np.inf, best)
+
+
+def _stair_sum(r: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``r + (r - b) + (r - 2b) + ...`` over the positive terms (``stair_inverse``'s sum)."""
+    m = np.maximum(np.ceil(r / b) - 1.0, 0.0)
+    return (m + 1.0) * r - b * m * (m + 1.0) / 2.0
+
+
 @dataclass(frozen=True)
 class _PerPeriod:
     """What the rows need that depends on the period but not on the state."""
@@ -221,10 +347,12 @@ class _PerPeriod:
     adt: np.ndarray
     ddt: np.ndarray
     bdt2: np.ndarray
-    lag: np.ndarray
     vcap: np.ndarray
     jerk_any: bool
-    jerk_braking: np.ndarray
+    jerk_braking: np.ndarray  # the speed cap is approached under the jerk limit
+    jerk_bounds: np.ndarray  # the position bounds are braked for under the jerk limit
+    jerk_turn: np.ndarray  # deceleration above the acceleration limit must fall before a reversal
+    adt2: np.ndarray
     jdt2: np.ndarray
     jdt3: np.ndarray
 
@@ -235,12 +363,7 @@ def _per_period(lim: ChainLimits, dt: float) -> _PerPeriod:
         return cached
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         brake = lim.brake
-        # under a jerk limit the deceleration takes brake / jerk to build up: that long (plus a
-        # tick) at full speed is added to the stopping distance, so the braking starts earlier
         jerk_on = np.isfinite(lim.max_jerk) & ("jerk" not in lim.disabled)
-        lag = np.where(
-            jerk_on & np.isfinite(brake), brake / np.where(jerk_on, lim.max_jerk, 1.0) / dt + 1.0, 0.0
-        )
         vcap = np.minimum(lim.max_vel, lim.max_step / dt)
         jerk_braking = jerk_on & np.isfinite(vcap)
         out = _PerPeriod(
@@ -248,15 +371,64 @@ def _per_period(lim: ChainLimits, dt: float) -> _PerPeriod:
             adt=lim.max_acc * dt,
             ddt=lim.max_dec * dt,
             bdt2=brake * dt * dt,
-            lag=lag,
             vcap=vcap,
             jerk_any=bool(np.isfinite(lim.max_jerk).any()),
             jerk_braking=jerk_braking,
+            jerk_bounds=jerk_on & lim.is_pos,
+            jerk_turn=jerk_on & lim.is_pos & (brake > lim.max_acc) & ("acceleration" not in lim.disabled),
+            adt2=lim.max_acc * dt * dt,
             jdt2=np.where(jerk_braking, lim.max_jerk, 1.0) * dt * dt,
             jdt3=lim.max_jerk * dt**3,
         )
     if len(lim.cache) < 8:
         lim.cache[dt] = out
+    return out
+
+
+_GRID = 41  # candidate jerks over the jerk interval for the jerk-limited braking bound
+
+
+def jerk_braking_step(
+    u: np.ndarray, al: np.ndarray, room: np.ndarray, jd: np.ndarray, dd: np.ndarray
+) -> np.ndarray:
+    """The largest next step towards a bound ``room`` away (per-tick units, positive towards it)
+    from which the jerk-limited braking plan (:func:`jerk_overshoot`) still stops inside it, for a
+    joint whose last step was ``u`` and change of step ``al``; the next change of step lies within
+    ``al ± jd``. Where even the hardest braking jerk does not stop inside (a state already within
+    the braking distance), the step of the hardest braking jerk. ``inf`` where far from the bound.
+
+    The search is over the jerk: the largest of a grid over ``[-jd, jd]`` (with the plan's own
+    next jerk, always admitted from a state that can stop, and the jerk that lands on the bound)
+    whose stop stays inside; a step below the true largest is only more cautious. All arrays
+    are per joint and direction (the caller stacks both directions into one call)."""
+    out = np.full(u.shape, np.inf)
+    top = u + al + jd
+    atop = np.maximum(al + jd, 0.0)
+    # far from the bound: a generous bound on the stop from the top candidate (its peak step
+    # times the ticks of the ramp down, then the stop from that peak), so the plan is only
+    # simulated near a bound
+    peak = np.maximum(top, 0.0) + atop * atop / (2.0 * jd) + atop
+    reach = peak * (atop / jd + 2.0) + np.minimum(
+        peak * peak / (2.0 * dd) + peak * (dd / jd + 2.0) + _stair_sum(dd, jd) * (dd / jd + 1.0),
+        peak * (2.0 * np.sqrt(peak / jd) + 4.0),
+    )
+    near = ~(reach < room) & np.isfinite(room)
+    if not near.any():
+        return out
+    u_n, al_n, room_n, jd_n, dd_n = u[near], al[near], room[near], jd[near], dd[near]
+    tol = 1e-12 * (1.0 + np.abs(room_n))
+    # the plan's own next change of step, the jerk that lands exactly on the bound (the last
+    # ticks of a stop at it), and a grid over the jerk interval
+    a_end = np.where(u_n >= 0.0, -stair_inverse(u_n, jd_n), -np.inf)
+    j_plan = np.minimum(np.maximum(np.maximum(al_n - jd_n, -dd_n), a_end), al_n + jd_n) - al_n
+    j_land = np.clip(room_n - u_n - al_n, -jd_n, jd_n)
+    frac = np.linspace(-1.0, 1.0, _GRID)[:, None]
+    grid = np.vstack([frac * jd_n, j_plan[None, :], j_land[None, :]])
+    step = u_n + al_n + grid
+    ok = step + jerk_overshoot(step, al_n + grid, jd_n, dd_n) <= room_n + tol
+    best = np.max(np.where(ok, grid, -np.inf), axis=0)
+    best = np.where(np.isfinite(best), best, -jd_n)
+    out[near] = u_n + al_n + best
     return out
 
 
@@ -311,9 +483,11 @@ def _solve(
     v_lo = np.where(v > 0, np.maximum(v - d.ddt, np.minimum(0.0, v - d.adt)), v - d.adt)
     v_hi = np.where(v < 0, np.minimum(v + d.ddt, np.maximum(0.0, v + d.adt)), v + d.adt)
     # ... and the braking distance to the bounds: the joint must always be able to stop inside
-    # them at its deceleration, so the admissible speed shrinks near a bound
-    u_hi = braking_step(lim.upper - p, d.bdt2, d.lag)
-    u_lo = braking_step(p - lim.lower, d.bdt2, d.lag)
+    # them at its deceleration, so the admissible speed shrinks near a bound. Where jerk is
+    # limited, the exact discrete distance (the jerk row's plan never stops shorter than it, so
+    # whatever that row admits this one does too)
+    u_hi = np.where(d.jerk_bounds, stair_inverse(lim.upper - p, d.bdt2), braking_step(lim.upper - p, d.bdt2))
+    u_lo = np.where(d.jerk_bounds, stair_inverse(p - lim.lower, d.bdt2), braking_step(p - lim.lower, d.bdt2))
     lo[_ACC] = np.maximum(p + v_lo * dt, p - u_lo)
     hi[_ACC] = np.minimum(p + v_hi * dt, p + u_hi)
     # jerk, with the same idea one derivative up: the acceleration must be able to return to zero
@@ -324,9 +498,37 @@ def _solve(
         w_lo = np.where(d.jerk_braking, braking_step(v + d.vcap, d.jdt2), np.inf)
         lo[_JERK] = np.maximum(p + vdt + adt2 - d.jdt3, p + vdt - w_lo * dt)
         hi[_JERK] = np.minimum(p + vdt + adt2 + d.jdt3, p + vdt + w_hi * dt)
+        # ... and, slowing down harder than the acceleration limit (max_deceleration above
+        # max_acceleration), the deceleration must be able to fall to that limit before the speed
+        # reaches zero: past zero the joint speeds up again, where only max_acceleration holds
+        if d.jerk_turn.any():
+            # the change of step falls by jdt3 a tick; the speed must last through every tick
+            # whose change is still above adt2: s' >= sum of those changes (each adt2 + the
+            # stair above it), so the change is at most adt2 + stair_inverse(s - adt2, jdt3, adt2)
+            turn = d.adt2 + stair_inverse(np.abs(vdt) - d.adt2, d.jdt3, d.adt2)
+            hi[_JERK] = np.where(d.jerk_turn & (vdt < 0.0), np.minimum(hi[_JERK], p + vdt + turn), hi[_JERK])
+            lo[_JERK] = np.where(d.jerk_turn & (vdt > 0.0), np.maximum(lo[_JERK], p + vdt - turn), lo[_JERK])
+        # the position bounds under the jerk limit: a next command from which the jerk-limited
+        # braking plan still stops inside them (it yields, after position and acceleration,
+        # where no command within the jerk limit can)
+        jb = d.jerk_bounds
+        if jb.any():
+            # both directions in one call: up towards the upper bound, mirrored down to the lower
+            u_b, a_b = vdt[jb], adt2[jb]
+            steps = jerk_braking_step(
+                np.concatenate([u_b, -u_b]),
+                np.concatenate([a_b, -a_b]),
+                np.concatenate([(lim.upper - p)[jb], (p - lim.lower)[jb]]),
+                np.tile(d.jdt3[jb], 2),
+                np.tile(d.bdt2[jb], 2),
+            )
+            k = int(jb.sum())
+            hi[_JERK][jb] = np.minimum(hi[_JERK][jb], p[jb] + steps[:k])
+            lo[_JERK][jb] = np.maximum(lo[_JERK][jb], p[jb] - steps[k:])
     else:
         lo[_JERK], hi[_JERK] = -np.inf, np.inf
     act = lim.active.copy()
+    tol_p = 1e-12 * (1.0 + np.abs(p))
     # which rows can hold together: step and velocity always; then by priority
     lo_all = np.maximum(lo[_STEP], lo[_VEL])
     hi_all = np.minimum(hi[_STEP], hi[_VEL])
@@ -335,6 +537,12 @@ def _solve(
             continue
         lo2 = np.where(act[row], np.maximum(lo_all, lo[row]), lo_all)
         hi2 = np.where(act[row], np.minimum(hi_all, hi[row]), hi_all)
+        # rows that only touch (a plan riding two constraints at once) fit, up to rounding, on
+        # the higher-priority rows' side
+        touch = (lo2 > hi2) & (lo2 <= hi2 + tol_p)
+        if touch.any():
+            point = np.clip(lo2, lo_all, hi_all)
+            lo2, hi2 = np.where(touch, point, lo2), np.where(touch, point, hi2)
         fits = lo2 <= hi2
         if not fits.all():
             yielded = act[row] & ~fits
@@ -377,7 +585,7 @@ def _solve(
     # 7. workspace box on the forward kinematics, as a braking constraint
     verified = False
     if lim.workspace_min is not None and fk is not None:
-        x, verified = _workspace(lim, state, x, lo_lim, hi_lim, dt, fk, record)
+        x, verified = _workspace(lim, d, state, x, lo_lim, hi_lim, dt, fk, record)
 
     # 9. base velocity joints: speed and acceleration
     if "base" not in lim.disabled and lim.is_base.any():
@@ -433,8 +641,48 @@ def _line_brake(lim: ChainLimits, step: np.ndarray, dt: float) -> float:
     return float(np.min(bdt2 / np.abs(step[moving])))
 
 
+_PATH_TICKS = 20_000
+_WS_PATH_SAMPLES = 25  # forward-kinematics samples along a per-joint stopping path at most
+# a new command's stopping path keeps this far inside the box (m): a braking command inherits its
+# path from the last one, and the plan's discrete choices (how many ticks at the deceleration
+# limit) can flip on rounding there, moving its end by a fraction of a tick's travel
+_WS_PATH_MARGIN = 1e-4  # ticks of a per-joint stopping path at most (then it counts as not viable)
+
+
+def stop_path(
+    q: np.ndarray, u: np.ndarray, al: np.ndarray, jd: np.ndarray, dd: np.ndarray
+) -> np.ndarray | None:
+    """The positions, tick by tick, of every joint stopping on its own braking plan (the one
+    :func:`jerk_overshoot` sums; without a jerk limit, steps shrinking by the deceleration) from
+    ``q`` after a step ``u`` with change of step ``al``: ``[ticks + 1, n]``, the first row ``q``.
+    A feedback plan per joint, so the path from its next row is the rest of this one. ``None``
+    where it did not stop within ``_PATH_TICKS`` ticks."""
+    sign = np.where(u != 0.0, np.sign(u), np.sign(al))
+    us, als = u * sign, al * sign
+    x = np.zeros(q.shape)
+    rows = [q.copy()]
+    active = ~((us <= 0.0) & (als <= 0.0))
+    for _ in range(_PATH_TICKS):
+        if not active.any():
+            return np.array(rows)
+        a_n = np.maximum(als - jd, -dd)
+        a_end = np.where(us >= 0.0, -stair_inverse(us, jd), -np.inf)
+        a_n = np.minimum(np.maximum(a_n, a_end), als + jd)
+        us = np.where(active, us + a_n, us)
+        als = np.where(active, a_n, als)
+        x = np.where(active, x + sign * us, x)
+        rows.append(q + x)
+        # a joint that could not stop without reversing (already decelerating too hard for its
+        # speed) goes on the other way: it brakes again in that direction, as it would
+        rev = active & (us < 0.0)
+        sign, us, als = np.where(rev, -sign, sign), np.where(rev, -us, us), np.where(rev, -als, als)
+        active &= ~((us <= 0.0) & (als <= 0.0))
+    return None
+
+
 def _workspace(
     lim: ChainLimits,
+    d: _PerPeriod,
     state: ChainState,
     x: np.ndarray,
     lo_all: np.ndarray,
@@ -465,8 +713,45 @@ def _workspace(
     def margin(pts: np.ndarray) -> float:
         return float(np.min(np.minimum(pts - box_lo, box_hi - pts), initial=np.inf))
 
+    # under a jerk limit the line plan cannot be carried out (the acceleration cannot turn at
+    # once): every joint brakes on its own jerk-limited plan instead, and the box is checked
+    # along that (curved) path, sampled the same way
+    jerky = bool(d.jerk_bounds.any())
+    if jerky:
+        jd = np.where(d.jerk_bounds, d.jdt3, np.inf)
+        dd = np.where(lim.is_pos, d.bdt2, np.inf)
+        u_prev = np.where(lim.is_pos, state.v * dt, 0.0)
+
+    def path_viable(q: np.ndarray) -> bool:
+        step = np.where(lim.is_pos, q - p, 0.0)
+        path = stop_path(q, step, step - u_prev, jd, dd)
+        here, start = ee(q), ee(p)
+        if here is None or start is None:
+            return True
+        if path is None:
+            return False
+        # the path turns, so this step's own motion does not bound where it goes (no shortcut far
+        # from the box), and samples far apart miss where it bulges out between them: every tick
+        # of it is checked (the commands it would send), or _WS_PATH_SAMPLES spread over a long one
+        if len(path) > _WS_PATH_SAMPLES:
+            rows = sorted(
+                {round(i * (len(path) - 1) / (_WS_PATH_SAMPLES - 1)) for i in range(_WS_PATH_SAMPLES)}
+            )
+        else:
+            rows = list(range(len(path)))
+        pts = [ee(path[i]) for i in rows]
+        for i, here in enumerate(pts):
+            assert here is not None
+            near = [pts[j] for j in (i - 1, i + 1) if 0 <= j < len(pts)]
+            slack = max((0.5 * float(np.max(np.linalg.norm(here - o, axis=1))) for o in near), default=0.0)
+            if excess(here, slack + _WS_PATH_MARGIN) > 0.0:
+                return False
+        return True
+
     def viable(q: np.ndarray) -> bool:
         """The end effector stays in the box while the command brakes along its direction."""
+        if jerky:
+            return path_viable(q)
         step = np.where(lim.is_pos, q - p, 0.0)
         travel = _travel_after(_line_brake(lim, step, dt))
         here, start = ee(q), ee(p)
@@ -502,11 +787,16 @@ def _workspace(
         return out, False
     if viable(x):
         return x, True
-    # the braking command: the previous step, shrunk at the common deceleration. Its stopping
-    # path is the rest of the previous command's, so where that was verified, so is this one
+    # the braking command: the previous step, shrunk at the common deceleration (under a jerk
+    # limit: the next row of every joint's own stopping plan). Its stopping path is the rest of
+    # the previous command's, so where that was verified, so is this one
     prev_step = np.where(lim.is_pos, state.v * dt, 0.0)
-    shrink = max(0.0, 1.0 - _line_brake(lim, prev_step, dt))
-    on_line = p + shrink * prev_step
+    if jerky:
+        path = stop_path(p, prev_step, np.where(lim.is_pos, state.a * dt * dt, 0.0), jd, dd)
+        on_line = path[1] if path is not None and len(path) > 1 else p.copy()
+    else:
+        shrink = max(0.0, 1.0 - _line_brake(lim, prev_step, dt))
+        on_line = p + shrink * prev_step
     brake = np.where(lim.is_pos, np.clip(on_line, lo_all, hi_all), x)
     inherited = state.braking_verified and bool(
         np.all(np.abs(brake - on_line)[lim.is_pos] <= _TOL * (1.0 + np.abs(on_line[lim.is_pos])))

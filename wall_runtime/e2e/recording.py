@@ -67,6 +67,12 @@ class Episode:
         ticks = {
             "deadline": f["wall.deadline"].astype(np.float64),
             "measured": f["wall.measured"].astype(np.float64),
+            # the reported velocities (NaN where none; absent in recordings made before them)
+            "measured_velocity": (
+                f["wall.measured_velocity"].astype(np.float64)
+                if "wall.measured_velocity" in f
+                else np.full(f["wall.measured"].shape, np.nan)
+            ),
             "target": f["wall.target"].astype(np.float64),
             "commanded": f["wall.commanded"].astype(np.float64),
             "status": np.array([STATUS_NAMES.get(int(c), "?") for c in f["wall.status"]], dtype="U8"),

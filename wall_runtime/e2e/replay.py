@@ -39,10 +39,12 @@ class RecordedRobot(RobotAdapter):
         measured: np.ndarray,
         deadlines: np.ndarray,
         fk: Callable[[np.ndarray], np.ndarray | None] | None = None,
+        velocity: np.ndarray | None = None,
     ) -> None:
         self.spec = spec
         self._fk = fk
         self.measured = measured
+        self.velocity = velocity  # reported velocities, NaN rows where the robot reported none
         self.deadlines = deadlines
         self.k = -1
         self.commands: list[np.ndarray] = []
@@ -53,7 +55,12 @@ class RecordedRobot(RobotAdapter):
 
     def read_state(self) -> RobotState:
         self.k = min(self.k + 1, len(self.measured) - 1)
-        return RobotState(stamp=float(self.deadlines[self.k]), position=self.measured[self.k].copy())
+        velocity = None
+        if self.velocity is not None and not np.all(np.isnan(self.velocity[self.k])):
+            velocity = self.velocity[self.k].copy()
+        return RobotState(
+            stamp=float(self.deadlines[self.k]), position=self.measured[self.k].copy(), velocity=velocity
+        )
 
     def command(self, target: np.ndarray) -> None:
         self.commands.append(np.asarray(target, dtype=np.float64).copy())
@@ -182,7 +189,7 @@ def _replay_dry(
     episode: Episode, spec: RobotSpec, safety: SafetyConfig, fk: Callable | None, view: Any
 ) -> DryReplay:
     ticks = episode.ticks
-    robot = RecordedRobot(spec, ticks["measured"], ticks["deadline"], fk)
+    robot = RecordedRobot(spec, ticks["measured"], ticks["deadline"], fk, ticks.get("measured_velocity"))
     # each observation is handed back on the tick it was taken on (None on the others, as a
     # camera with nothing fresh answers)
     recorded_obs = dict(

@@ -80,6 +80,9 @@ def convert_npz_episode(source: str | Path, dataset: str | Path) -> int:
             np.asarray(t["commanded"][k], dtype=np.float64),
             str(t["status"][k]),
             (),
+            # the reported velocities, where the recording kept them (after a gap the safety
+            # chain starts from them, so replay needs them)
+            np.asarray(t["measured_velocity"][k], dtype=np.float64) if "measured_velocity" in t else None,
         )
         writer.add_frame(record, len(by_tick.get(tick, [])), sent.get(tick, math.nan), images)
     writer.finish()

@@ -23,6 +23,8 @@ a size limit; its reader follows the indices either way). A frame is one control
   ticks where nothing was commanded — hold, idle, e-stop), as LeRobot's own robots record them;
 - ``observation.images.<view>``: the newest camera image at that tick, as video;
 - ``wall.measured`` / ``wall.commanded`` / ``wall.target`` (float64, exact, for replay),
+  ``wall.measured_velocity`` (float64, the velocities the robot reported, NaN where it reports
+  none: after an idle gap the safety chain starts from them, so replay needs them),
   ``wall.deadline`` (the tick's deadline on the robot host's monotonic clock), ``wall.status``
   (0 ok, 1 idle, 2 hold, 3 e-stop), ``wall.interventions`` (safety filters that acted),
   ``wall.chunks`` (chunks that arrived), ``wall.obs_stamp`` (stamp of the observation sent to the
@@ -109,7 +111,7 @@ class DatasetLayout:
                     "has_audio": False,
                 },
             }
-        for key in ("wall.measured", "wall.commanded", "wall.target"):
+        for key in ("wall.measured", "wall.measured_velocity", "wall.commanded", "wall.target"):
             feats[key] = {"dtype": "float64", "shape": [dof], "names": names}
         feats["wall.deadline"] = {"dtype": "float64", "shape": [1], "names": None}
         feats["wall.obs_stamp"] = {"dtype": "float64", "shape": [1], "names": None}
@@ -236,6 +238,12 @@ class EpisodeWriter:
                 "observation.state": rec.measured.astype(np.float32),
                 "action": rec.commanded.astype(np.float32),
                 "wall.measured": rec.measured,
+                "wall.measured_velocity": (
+                    np.full(len(rec.measured), np.nan)
+                    if rec.measured_velocity is None
+                    or np.shape(rec.measured_velocity) != np.shape(rec.measured)
+                    else np.asarray(rec.measured_velocity, dtype=np.float64)
+                ),
                 "wall.commanded": rec.commanded,
                 "wall.target": rec.target,
                 "wall.deadline": rec.deadline,

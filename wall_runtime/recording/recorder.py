@@ -80,6 +80,7 @@ class LeRobotRecorder:
             record.commanded.copy(),
             record.status,
             record.interventions,
+            None if record.measured_velocity is None else record.measured_velocity.copy(),
         )
         extra = (self._chunks_this_tick.pop(record.tick, 0), self._obs_stamp.pop(record.tick, math.nan))
         self._queue.put(("tick", (rec, extra, dict(self._latest))))

@@ -27,6 +27,9 @@ class TickRecord:
     commanded: np.ndarray  # what the adapter was commanded (NaN when nothing was)
     status: str  # ok | idle | hold | estop
     interventions: tuple[str, ...]  # the safety filters that changed this tick's command
+    # joint velocities the robot reported with the measurement (None: it reports none); after an
+    # idle gap the safety chain starts from them, so a replay needs them
+    measured_velocity: np.ndarray | None = None
 
 
 class LoopRecorder(Protocol):
