@@ -143,7 +143,7 @@ class EvalRunner:
             )
 
         all_views = {v: (h, w, 3) for v, (_, w, h) in views.items()}
-        probe = PolicyClient(self.endpoint, describe(1, dict(list(all_views.items())[:1])))
+        probe = PolicyClient(self.endpoint, describe(1, all_views))  # every view: a missing one is refused
         try:
             meta = probe.connect(timeout=30.0)
         finally:
