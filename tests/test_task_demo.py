@@ -135,7 +135,7 @@ def test_the_committed_trained_checkpoint_runs_one_seed(tmp_path: Path) -> None:
 def test_the_served_expert_succeeds_and_the_demo_says_so(tmp_path: Path) -> None:
     """The success path: the task's scripted expert served as the policy (``--backend expert``) picks
     up the named cube through the runtime; the line gives the time, the count 1/1. On the simulated
-    clock (the measured latency applied), so a loaded machine does not decide the outcome."""
+    clock (chunks land at once), so a loaded machine does not decide the outcome."""
     report = tmp_path / "report"
     args = ("--backend", "expert", "--clock", "simulated", "--seeds", "100000")
     out, code = run_demo_cli(*args, "--report", str(report))

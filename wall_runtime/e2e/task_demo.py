@@ -101,8 +101,9 @@ class TaskDemoOptions:
     time_limit_s: float | None = None  # per episode (default: the task's, robot.yaml)
     after_success_s: float = 1.0  # an episode runs on this long after success: it ends holding the cube
     smoother: str = "crossfade"
-    # real: the live view plays in real time; simulated: the physics advances with the loop and the
-    # measured inference latency is applied on the simulated clock (no machine load in the outcome)
+    # real: the live view plays in real time; simulated: the physics advances with the loop and a chunk
+    # lands at once (no inference latency on the simulated clock, so no machine load in the outcome;
+    # `wall-runtime eval --latency-ms` sweeps latency)
     clock: str = "real"
     report: Path | None = None
     record: bool = True
@@ -254,7 +255,7 @@ def run_task_demo(
             smoother=options.smoother,
             clock=options.clock,
             render=True,
-            latency_ms=None,
+            latency_ms=0.0,
             after_success_s=options.after_success_s,
         )
         runner = EvalRunner(side.config.path, endpoint, config, side=side)

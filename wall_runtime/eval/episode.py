@@ -170,11 +170,31 @@ class EvalRunner:
             return np.zeros((h, w, 3), np.uint8)  # the expert reads privileged state, not pixels
         return self.task.render(camera, w, h)
 
-    def warm_up(self) -> None:
-        """Render each view once before the first episode: the renderers' first frame (an OpenGL
-        context each) takes a second or so, which on the real clock would stall the first ticks."""
+    def warm_up(self, timeout_s: float = 60.0) -> None:
+        """Before the first episode: render each view once and send one request through the link.
+        A renderer's first frame (an OpenGL context each) and a cold server's first inference each
+        take up to a second, which would otherwise land in the first episode: a hold on the real
+        clock, and on the simulated clock with measured latency a first chunk due after the second."""
         for view in self.description.cameras:
             self._frame(view)
+        # wrapped: closing the edge must not close the link, which outlives every episode
+        edge = EdgeSource(check_fit(self.metadata, self.side), _DelayedSource(self.link, 0.0), threaded=False)
+        try:
+            state = self.adapter.read_state()
+            obs = Observation(
+                stamp=state.stamp,
+                images={v: self._frame(v) for v in self.description.cameras},
+                state=np.zeros(0, np.float32),
+                instruction=getattr(self.task, "instruction", None) or self.instruction,
+                norm_key=self.side.config.mapping.norm_key,
+            )
+            obs.privileged = {**self.task.privileged_state(), "action_period": [self.period]}
+            edge.request(edge.observe(obs, state))
+            deadline = time.monotonic() + timeout_s
+            while self.link.poll() is None and time.monotonic() < deadline and not self.link.errors:
+                time.sleep(0.002)
+        finally:
+            edge.close()
 
     # -- one episode --------------------------------------------------------------------------
 

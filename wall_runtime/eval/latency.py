@@ -5,8 +5,11 @@ once; its reply, whenever it really arrives, is handed to the loop only when the
 reaches ``sent + latency`` — and if the simulated clock gets there first, the loop waits (in real
 time, the simulation stopped) until the reply is in. So the loop sees exactly the configured
 latency whatever the machine's load, and the same seeds give the same run. With ``latency_s=None``
-each request's measured round trip is applied instead (on the simulated clock too, but then the
-run depends on what was measured).
+each request's measured latency is applied instead (on the simulated clock too, but then the run
+depends on what was measured): the server's own receipt-to-reply time (``server_total``: queue +
+inference) when the chunk reports it, else the round trip. The round trip would also count the
+robot side's own stalls (rendering and video encoding while it records), which the simulated clock
+exists to keep out of the outcome.
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ class SimLatencySource:
                 continue
             measured = time.monotonic() - sent[1]
             self.measured_s.append(measured)
-            latency = (self.latency_s if self.latency_s is not None else measured) + self.extra_s
+            server_ms = (getattr(chunk, "timing_ms", None) or {}).get("server_total")
+            served = measured if server_ms is None else float(server_ms) / 1e3
+            latency = (self.latency_s if self.latency_s is not None else served) + self.extra_s
             self.applied_s.append(latency)
             self._ready.append((sent[0] + latency, chunk))
 
