@@ -3,8 +3,8 @@
 #
 # Build (from the repository root):
 #   docker build -t wall-runtime:gpu .
-# The closed-loop demo on the simulated arm (reports land in the mounted ./runs):
-#   docker run --rm -v $PWD/runs:/data/runs wall-runtime:gpu demo --robot sim_arm --duration 20 --no-live
+# The closed-loop demo: the trained pick-cube policy on its task (reports land in the mounted ./runs):
+#   docker run --rm -v $PWD/runs:/data/runs wall-runtime:gpu demo --no-live
 # The policy server on a GPU, reachable through -p: inside a container it must bind 0.0.0.0 (a
 # loopback bind is not reachable from outside the container), and a non-loopback bind wants CURVE
 # keys (or --insecure on a trusted network). Keys, once:
@@ -61,6 +61,8 @@ RUN mkdir robots && python3 -m pip install ".[gpu,sim]" \
 
 COPY wall_runtime ./wall_runtime
 COPY robots ./robots
+# the trained pick-cube demo policy ships as package data (wall_runtime.checkpoints)
+COPY checkpoints ./checkpoints
 RUN python3 -m pip install --no-deps . \
  && python3 -c "import tensorrt, onnxruntime, torch; print('TensorRT', tensorrt.__version__, '| ORT', onnxruntime.__version__, onnxruntime.get_available_providers(), '| torch', torch.__version__)"
 
