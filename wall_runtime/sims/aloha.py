@@ -22,16 +22,14 @@ keeps its best reward and the time it first reached the task's maximum (success)
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from wall_runtime.adapters.config import Connection, RobotConfigError
-from wall_runtime.robot import RobotAdapter, RobotLinkError, RobotNotConnectedError, RobotSpec
-from wall_runtime.sims.clock import SimClock
+from wall_runtime.robot import RobotSpec
+from wall_runtime.sims.task_robot import SimTaskRobot
 from wall_runtime.types import RobotState
 
 log = logging.getLogger(__name__)
@@ -51,8 +49,10 @@ def _quat(physics: Any, body: str) -> np.ndarray:
     return np.concatenate([physics.named.data.xpos[body], physics.named.data.xquat[body]]).astype(float)
 
 
-class AlohaTask(RobotAdapter):
+class AlohaTask(SimTaskRobot):
     """One gym-aloha task: both ViperX arms in gym-aloha's joint order (``JOINT_ORDER``)."""
+
+    thread_name = "aloha"
 
     def __init__(self, spec: RobotSpec, connection: Connection, root: Path) -> None:
         try:
@@ -74,52 +74,16 @@ class AlohaTask(RobotAdapter):
         self.task_name = connection.str("task", "transfer_cube")
         if self.task_name not in TASKS:
             raise RobotConfigError(f"connection.task: {self.task_name!r} is not one of {sorted(TASKS)}")
-        self.clock_kind = connection.str("clock", "real")
-        if self.clock_kind not in ("real", "simulated"):
-            raise RobotConfigError(f"connection.clock: {self.clock_kind!r} is not 'real' or 'simulated'")
-        self.seed = connection.int("seed", 0)
-        self.time_limit_s = connection.float("time_limit_s", 6.0)  # gym-aloha registers 300 steps
+        self._init_task_robot(spec, connection, time_limit_s=6.0)  # gym-aloha registers 300 steps
         xml, cls = TASKS[self.task_name]
         self.physics = dm_mujoco.Physics.from_xml_path(str(ASSETS_DIR / xml))
         self.task = getattr(aloha_sim, cls)()
         self.max_reward = int(self.task.max_reward)
-        self.spec = RobotSpec(
-            name=spec.name,
-            joints=spec.joints,
-            control_hz=spec.control_hz,
-            capabilities=frozenset(set(spec.capabilities) | {"simulated", "privileged_state"}),
-            watchdog_timeout_s=spec.watchdog_timeout_s,
-        )
-        self._lock = threading.RLock()
-        self._connected = False
-        self._link_up = True
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.sim_clock: SimClock | None = None
-        if self.clock_kind == "simulated":
-            self.sim_clock = SimClock()
-            self.sim_clock.on_advance(self._advance_to)
         self._episode_start = 0.0
         self._next_reward_at = CONTROL_DT
-        self.reset(self.seed)
+        self._start_clock()
 
-    # -- clock and episode -------------------------------------------------------------------
-
-    def use_clock(self, kind: str) -> None:
-        """Switch between the ``real`` and the ``simulated`` clock (before ``connect``)."""
-        if self._connected:
-            raise RuntimeError(f"{self.spec.name}: choose the clock before connecting")
-        if kind not in ("real", "simulated"):
-            raise ValueError(f"clock {kind!r}: choose real or simulated")
-        self.clock_kind = kind
-        self.sim_clock = None
-        if kind == "simulated":
-            self.sim_clock = SimClock()
-            self.sim_clock.on_advance(self._advance_to)
-        self.reset(self.seed)
-
-    def now(self) -> float:
-        return self.sim_clock.now() if self.sim_clock is not None else time.monotonic()
+    # -- episode -------------------------------------------------------------------------------
 
     def reset(self, seed: int) -> None:
         """A new episode: the task's start pose with the objects placed from ``seed`` (gym-aloha's
@@ -132,14 +96,12 @@ class AlohaTask(RobotAdapter):
                 self._sim.BOX_POSE[0] = np.concatenate(self._utils.sample_insertion_pose(self.seed))
             self.task.initialize_episode(self.physics)
             self.physics.forward()
-            if self.sim_clock is not None:
-                self.sim_clock.restart(0.0)  # each episode on the same float times: bit-identical reruns
-            self._episode_start = self.now()
             self._next_reward_at = CONTROL_DT
             self.reward = 0
             self.best_reward = 0
             self.success_time: float | None = None
             self.objects_initial = self.physics.data.qpos[16:].copy()
+            self._episode_started()
 
     @property
     def episode_time(self) -> float:
@@ -161,54 +123,7 @@ class AlohaTask(RobotAdapter):
                 if self.reward >= self.max_reward and self.success_time is None:
                     self.success_time = float(self.physics.data.time)
 
-    def _advance_to(self, t: float) -> None:
-        with self._lock:
-            self._physics_steps(t - self._episode_start)
-
-    def _run(self) -> None:
-        wall0, sim0 = time.monotonic(), self.physics.data.time
-        while not self._stop.is_set():
-            with self._lock:
-                behind = (time.monotonic() - wall0) - (self.physics.data.time - sim0)
-                if behind > 0.1:  # a loaded machine: drop the backlog rather than fast-forward
-                    wall0 += behind - 0.1
-                self._physics_steps(time.monotonic() - wall0 + sim0)
-            time.sleep(0.002)
-
-    # -- contract ----------------------------------------------------------------------------
-
-    def connect(self) -> None:
-        self._link_up = True  # (again, after a dropped link)
-        if self._connected:
-            return
-        self._connected = True
-        if self.sim_clock is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name=f"aloha:{self.spec.name}", daemon=True)
-            self._thread.start()
-
-    def disconnect(self) -> None:
-        if not self._connected:
-            return
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
-        self._connected = False
-
-    def _check(self) -> None:
-        if not self._connected:
-            raise RobotNotConnectedError(f"{self.spec.name}: not connected")
-        if not self._link_up:
-            raise RobotLinkError(
-                f"{self.spec.name}: link dropped (simulated); call connect() to re-establish"
-            )
-
-    def inject_fault(self, fault: str) -> None:
-        """The conformance kit's dropped link."""
-        if fault != "link_drop":
-            raise ValueError(f"unknown fault {fault!r} (known: link_drop)")
-        self._link_up = False
+    # -- contract ------------------------------------------------------------------------------
 
     def read_state(self) -> RobotState:
         self._check()

@@ -26,8 +26,6 @@ horizontal (a vertical tool axis would put Euler pitch at ±π/2, its singularit
 from __future__ import annotations
 
 import math
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,8 +33,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from wall_runtime.adapters.config import Connection, RobotConfigError
-from wall_runtime.robot import RobotAdapter, RobotLinkError, RobotNotConnectedError, RobotSpec
-from wall_runtime.sims.clock import SimClock
+from wall_runtime.robot import RobotSpec
+from wall_runtime.sims.task_robot import SimTaskRobot
 from wall_runtime.types import RobotState
 
 COLOURS = ("red", "green", "blue")
@@ -316,18 +314,18 @@ def run_direct_episode(env: PickCubeEnv, seed: int, time_limit_s: float) -> dict
 # ---------------------------------------------------------------------------------------- the robot
 
 
-class PickCubeTask(RobotAdapter):
+class PickCubeTask(SimTaskRobot):
     """The pick task as a robot the runtime drives (``robots/pick_cube_task``): the arm's 6 joints
     (rad) + the gripper opening (m), position-controlled by the scene's actuators.
 
     The scene is a :class:`PickCubeEnv` (so ``reset(seed)`` places the cubes and names the colour
-    exactly as the recorded data and the in-process eval do). Clocks as
-    :class:`~wall_runtime.sims.aloha.AlohaTask`: ``simulated`` (a :class:`SimClock` the control loop
-    sleeps on advances the physics) or ``real`` (the physics runs on its own thread in real time).
+    exactly as the recorded data and the in-process eval do). Clocks, connection and the dropped link
+    from :class:`~wall_runtime.sims.task_robot.SimTaskRobot`.
     Success is the physics': the named cube ``LIFT_M`` above its resting height at any physics step.
     """
 
     JOINTS = (*ARM_JOINTS, "gripper")
+    thread_name = "pick"
     # the served scripted expert for this task (``wall-runtime eval --backend expert``)
     expert_options: ClassVar[dict[str, str]] = {"task": "pick_cube", "cameras": ",".join(VIEWS)}
     video_view = ("face_view", 256, 256)  # the eval's videos of failed episodes
@@ -337,45 +335,12 @@ class PickCubeTask(RobotAdapter):
             raise RobotConfigError(
                 f"joints: the pick task has exactly the joints {list(self.JOINTS)} in that order"
             )
-        self.clock_kind = connection.str("clock", "real")
-        if self.clock_kind not in ("real", "simulated"):
-            raise RobotConfigError(f"connection.clock: {self.clock_kind!r} is not 'real' or 'simulated'")
-        self.seed = connection.int("seed", 0)
-        self.time_limit_s = connection.float("time_limit_s", 8.0)
+        self._init_task_robot(spec, connection, time_limit_s=8.0)
         self.env = PickCubeEnv(render=False)
-        self.spec = RobotSpec(
-            name=spec.name,
-            joints=spec.joints,
-            control_hz=spec.control_hz,
-            capabilities=frozenset(set(spec.capabilities) | {"simulated", "privileged_state"}),
-            watchdog_timeout_s=spec.watchdog_timeout_s,
-        )
         self._renderers: dict[tuple[int, int], Any] = {}
-        self._lock = threading.RLock()
-        self._connected = False
-        self._link_up = True
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.sim_clock: SimClock | None = None
-        self.use_clock(self.clock_kind)
+        self._start_clock()
 
-    # -- clock and episode ---------------------------------------------------------------------
-
-    def use_clock(self, kind: str) -> None:
-        """Switch between the ``real`` and the ``simulated`` clock (before ``connect``)."""
-        if self._connected:
-            raise RuntimeError(f"{self.spec.name}: choose the clock before connecting")
-        if kind not in ("real", "simulated"):
-            raise ValueError(f"clock {kind!r}: choose real or simulated")
-        self.clock_kind = kind
-        self.sim_clock = None
-        if kind == "simulated":
-            self.sim_clock = SimClock()
-            self.sim_clock.on_advance(self._advance_to)
-        self.reset(self.seed)
-
-    def now(self) -> float:
-        return self.sim_clock.now() if self.sim_clock is not None else time.monotonic()
+    # -- episode -------------------------------------------------------------------------------
 
     def reset(self, seed: int) -> None:
         """A new episode: the cubes placed and the colour named from ``seed`` (``PickCubeEnv.reset``),
@@ -390,9 +355,7 @@ class PickCubeTask(RobotAdapter):
             self.cube_start = self.env.cube_base_frame(self.colour)
             self.success_time: float | None = None
             self.best_lift = 0.0
-            if self.sim_clock is not None:
-                self.sim_clock.restart(0.0)  # each episode on the same float times: bit-identical reruns
-            self._episode_start = self.now()
+            self._episode_started()
 
     @property
     def episode_time(self) -> float:
@@ -412,58 +375,13 @@ class PickCubeTask(RobotAdapter):
             if lift >= LIFT_M and self.success_time is None:
                 self.success_time = self.episode_time
 
-    def _advance_to(self, t: float) -> None:
-        with self._lock:
-            self._physics_steps(t - self._episode_start)
-
-    def _run(self) -> None:
-        wall0, sim0 = time.monotonic(), self.episode_time
-        while not self._stop.is_set():
-            with self._lock:
-                behind = (time.monotonic() - wall0) - (self.episode_time - sim0)
-                if behind > 0.1:  # a loaded machine: drop the backlog rather than fast-forward
-                    wall0 += behind - 0.1
-                self._physics_steps(time.monotonic() - wall0 + sim0)
-            time.sleep(0.002)
-
-    # -- contract --------------------------------------------------------------------------------
-
-    def connect(self) -> None:
-        self._link_up = True
-        if self._connected:
-            return
-        self._connected = True
-        if self.sim_clock is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name=f"pick:{self.spec.name}", daemon=True)
-            self._thread.start()
-
-    def disconnect(self) -> None:
-        if not self._connected:
-            return
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
+    def _on_disconnect(self) -> None:
         with self._lock:  # the offscreen contexts (made again on the next render)
             for renderer in self._renderers.values():
                 renderer.close()
             self._renderers.clear()
-        self._connected = False
 
-    def _check(self) -> None:
-        if not self._connected:
-            raise RobotNotConnectedError(f"{self.spec.name}: not connected")
-        if not self._link_up:
-            raise RobotLinkError(
-                f"{self.spec.name}: link dropped (simulated); call connect() to re-establish"
-            )
-
-    def inject_fault(self, fault: str) -> None:
-        """The conformance kit's dropped link."""
-        if fault != "link_drop":
-            raise ValueError(f"unknown fault {fault!r} (known: link_drop)")
-        self._link_up = False
+    # -- contract --------------------------------------------------------------------------------
 
     def _q(self) -> tuple[np.ndarray, np.ndarray]:
         env = self.env
