@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from layouts import FLOW_LAYOUT
 from scipy.spatial.transform import Rotation
 
 from wall_runtime.action_space import rotations as rot
@@ -21,18 +22,7 @@ from wall_runtime.adapters.config import load_robot
 from wall_runtime.kinematics import load_robot_kinematics
 
 ROBOTS = Path(__file__).resolve().parents[1] / "robots"
-FLOW = {
-    "follow_left_ee_cartesian_pos": 3,
-    "follow_left_ee_rotation": 3,
-    "follow_left_gripper": 1,
-    "follow_right_ee_cartesian_pos": 3,
-    "follow_right_ee_rotation": 3,
-    "follow_right_gripper": 1,
-    "head_actions": 2,
-    "height": 1,
-    "velocity_decomposed": 3,
-    "action_padding": 2,
-}
+FLOW = {**FLOW_LAYOUT, "action_padding": 2}
 V05_ACTIONS = {
     "follow_left_ee_cartesian_pos_relative": 3,
     "follow_left_ee_rotation_6D_relative": 6,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from layouts import FLOW_LAYOUT
 from typer.testing import CliRunner
 
 from wall_runtime.backends.echo import EchoPolicy
@@ -16,17 +17,7 @@ from wall_runtime.transport.server import PolicyServer, ServerConfig
 
 # a FLOW checkpoint's layout (spec §11): the echo answers each observation's EE state plus a
 # small ramp, so the sim arm moves through the model edge (FK state, IK per waypoint)
-FLOW = {
-    "follow_left_ee_cartesian_pos": 3,
-    "follow_left_ee_rotation": 3,
-    "follow_left_gripper": 1,
-    "follow_right_ee_cartesian_pos": 3,
-    "follow_right_ee_rotation": 3,
-    "follow_right_gripper": 1,
-    "head_actions": 2,
-    "height": 1,
-    "velocity_decomposed": 3,
-}
+FLOW = FLOW_LAYOUT
 
 
 def _server(layout: dict[str, int]) -> PolicyServer:

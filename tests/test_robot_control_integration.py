@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from layouts import FLOW_LAYOUT
 
 from wall_runtime.adapters.config import load_robot
 from wall_runtime.adapters.registry import build_adapter
@@ -64,17 +65,7 @@ def test_scripted_motion_through_the_safety_chain_stays_within_limits() -> None:
         robot.disconnect()
 
 
-FLOW_ARM = {
-    "follow_left_ee_cartesian_pos": 3,
-    "follow_left_ee_rotation": 3,
-    "follow_left_gripper": 1,
-    "follow_right_ee_cartesian_pos": 3,
-    "follow_right_ee_rotation": 3,
-    "follow_right_gripper": 1,
-    "head_actions": 2,
-    "height": 1,
-    "velocity_decomposed": 3,
-}
+FLOW_ARM = FLOW_LAYOUT
 
 
 def _flow_meta(horizon: int = 16):
