@@ -108,16 +108,13 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
 # ----------------------------------------------------------------------------------------- checkpoints
 
 
-def _three_cameras(root: Path, resolution: int, horizon: int | None = None) -> None:
+def _three_cameras(root: Path, resolution: int) -> None:
     """Give the generated checkpoint a third camera (the published 0.5 robots have three)."""
     yml_path = root / "config.yml"
     yml = yaml.safe_load(yml_path.read_text())
     data = yml.setdefault("data", {})
     data["resolution"] = dict.fromkeys(CAMERAS, resolution)
     data["key_mappings"] = {"camera": {f"observation.images.{c}": c for c in CAMERAS}}
-    if horizon is not None:
-        yml.setdefault("task", {})["action_horizon"] = horizon
-        yml["task"]["action_horizon_flow"] = horizon
     yml_path.write_text(yaml.safe_dump(yml, sort_keys=False))
 
 
@@ -130,8 +127,9 @@ def small_checkpoint(root: Path, variant: str, size: str = "small") -> Path:
 
 
 def full_size_checkpoint(root: Path) -> Path:
-    """A Wall-OSS-0.5-shaped checkpoint with random weights (Qwen2.5-VL-3B backbone, 1024-wide action
-    expert, 3 views at 448, chunk 32), written in bf16 in the published layout."""
+    """A Wall-OSS-0.5-shaped checkpoint with random weights, written in bf16 in the published layout:
+    the config ``model-size`` plans (``published_config_files``: Qwen2.5-VL-3B backbone, 1024-wide
+    action expert, 3 views at 448, chunk 32)."""
     from wall_runtime.model.checkpoint import (
         fuse_state_dict,
         published_fused_names,
@@ -139,40 +137,30 @@ def full_size_checkpoint(root: Path) -> Path:
         write_state_dict,
     )
     from wall_runtime.model.config import build_config
+    from wall_runtime.model.normalizer import write_norm_stats_json
+    from wall_runtime.model.size import TOKENIZER_LEN, published_config_files
 
     ck = root / "wall-oss-0.5-random"
     if (ck / ".complete").exists():  # a rerun in the same workdir (8 GB are not written twice)
         return ck
-    write_tiny_checkpoint(ck, "0.5")
+    write_tiny_checkpoint(ck, "0.5")  # the tokenizer and norm stats; config and weights replaced below
     (ck / "model.safetensors").unlink()
-    cfg = json.loads((ck / "config.json").read_text())
-    cfg.update(
-        hidden_size=2048,
-        intermediate_size=11008,
-        num_attention_heads=16,
-        num_hidden_layers=36,
-        num_key_value_heads=2,
-        rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
-        experts=[
-            {"hidden_size": 2048, "intermediate_size": 11008},
-            {"hidden_size": 1024, "intermediate_size": 4096},
-        ],
-        dim_inputs=[2048, 1024],
-        action_hidden_size=1024,
-        state_hidden_size=2048,
-    )
-    cfg["vision_config"].update(
-        depth=32,
-        hidden_size=1280,
-        intermediate_size=3420,
-        num_heads=16,
-        out_hidden_size=2048,
-        window_size=112,
-        fullatt_block_indexes=[7, 15, 23, 31],
-    )
+    # the published size as `wall-runtime model-size` plans it (its assumptions: model/size.py)
+    cfg, yml = published_config_files("0.5")
     (ck / "config.json").write_text(json.dumps(cfg, indent=2))
-    _three_cameras(ck, 448, horizon=32)
-    wall_cfg = build_config(cfg, yaml.safe_load((ck / "config.yml").read_text()), vocab_size=151667)
+    (ck / "config.yml").write_text(yaml.safe_dump(yml, sort_keys=False))
+    wall_cfg = build_config(cfg, yml, vocab_size=TOKENIZER_LEN)
+
+    def unit_range(layout: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        real = sum(n for key, n in layout.items() if key != "action_padding")
+        return -np.ones(real), np.ones(real)
+
+    # statistics of the published layout's real dims (the tiny ones are for another layout)
+    write_norm_stats_json(
+        ck / "norm_stats.json",
+        unit_range(wall_cfg.data.dof_config),
+        unit_range(wall_cfg.data.agent_pos_config),
+    )
     # ~4 B random values: drawn on the GPU where there is one (seconds, not a minute of CPU time)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator(device).manual_seed(0)
