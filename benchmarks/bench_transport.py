@@ -352,6 +352,18 @@ def main() -> None:
     parser.add_argument(
         "--session-timeout", type=float, default=10.0, help="flood: the server's session timeout."
     )
+    parser.add_argument(
+        "--one-endpoint",
+        action="store_true",
+        help="flood: no session endpoint (the good robot shares the public socket with the flood), "
+        "the layout before robots attached to their own",
+    )
+    parser.add_argument(
+        "--handshake-io-priority",
+        choices=["idle", "batch", "normal"],
+        default="idle",
+        help="flood: scheduling of the public endpoint's libzmq threads (with a session endpoint).",
+    )
     args = parser.parse_args()
     if args.smoke and args.mode == "roundtrip":
         args.rounds, args.per_round, args.warmup = 1, 5, 2
@@ -544,7 +556,12 @@ def flood_cpus(pin: str) -> tuple[list[int] | None, list[int] | None]:
 
 
 def serve_flood_target(
-    ready: mp.Queue, session_timeout: float, io_threads: int = 2, cpus: list[int] | None = None
+    ready: mp.Queue,
+    session_timeout: float,
+    io_threads: int = 2,
+    cpus: list[int] | None = None,
+    one_endpoint: bool = False,
+    handshake_io_priority: str = "idle",
 ) -> None:
     """The server under a flood: default caps, the robot-facing heartbeat, quiet logging."""
     from wall_runtime.transport.server import PolicyServer, ServerConfig
@@ -552,7 +569,13 @@ def serve_flood_target(
     _pin(cpus)  # before the server's threads (libzmq's I/O threads included) start
 
     config = ServerConfig(
-        bind="tcp://127.0.0.1:*", max_batch=8, max_wait_ms=2.0, session_timeout=session_timeout
+        bind="tcp://127.0.0.1:*",
+        max_batch=8,
+        max_wait_ms=2.0,
+        session_timeout=session_timeout,
+        io_threads=io_threads,
+        session_port=None if one_endpoint else 0,
+        handshake_io_priority=handshake_io_priority,
     )
     server = PolicyServer(_policy(), config)
     ready.put(server.start())
@@ -686,7 +709,14 @@ def flood(args: argparse.Namespace) -> dict:
     _pin(server_cpus)  # the good robot (this process) beside the server
     server = ctx.Process(
         target=serve_flood_target,
-        args=(ready, args.session_timeout, args.io_threads, server_cpus),
+        args=(
+            ready,
+            args.session_timeout,
+            args.io_threads,
+            server_cpus,
+            args.one_endpoint,
+            args.handshake_io_priority,
+        ),
         daemon=True,
     )
     server.start()
@@ -694,6 +724,7 @@ def flood(args: argparse.Namespace) -> dict:
     desc = RobotDescription("good", "bench_arm", {c: (224, 224, 3) for c in CAMERAS}, STATE_DIM, 0.02)
     client = PolicyClient(endpoint, desc, default_deadline=2.0)
     stop = ctx.Event()
+    attached_at = None
     workers: dict[str, tuple] = {}
     lat = {p: [] for p in FLOOD_PHASES}
     in_server = {p: [] for p in FLOOD_PHASES}
@@ -715,6 +746,7 @@ def flood(args: argparse.Namespace) -> dict:
         for _, _, idle, _ in workers.values():
             idle.wait(60)
         client.connect(timeout=10)
+        attached_at = client.session_endpoint  # None: on the public endpoint
         _latency_phase(client, observations, min(1.0, args.phase_s), args.period)  # warm up
         for r in range(args.rounds):
             order = FLOOD_PHASES if r % 2 == 0 else tuple(reversed(FLOOD_PHASES))
@@ -813,8 +845,15 @@ def flood(args: argparse.Namespace) -> dict:
             "run_with": f"niceness {os.getpriority(os.PRIO_PROCESS, 0)} (on a shared machine other jobs "
             "may run beside it at a better one; see the load averages and the server's run-queue waits)",
             "server": f"own process, default caps (max_sessions 1024, max_connections 4096, 256 per address), "
-            f"{args.io_threads} libzmq I/O threads, echo policy",
+            f"{args.io_threads} libzmq I/O threads, echo policy, "
+            + (
+                "one endpoint: the good robot on the public socket beside the flood"
+                if args.one_endpoint
+                else "the good robot attached to the session endpoint (own context and I/O thread), "
+                f"public endpoint's I/O threads at {args.handshake_io_priority} priority"
+            ),
             "good_robot": "PolicyClient in the benchmark process, 3 x 224x224 RGB + state at the control rate",
+            "good_robot_endpoint": f"session endpoint {attached_at}" if attached_at else "public endpoint",
             "flooders": "own processes, niced by flood_niceness more than the benchmark and pinned as "
             "'pinning' says (on a real network the attacker's CPU is not the policy host's); each peer a "
             "distinct loopback source address; connect: TCP + ZMTP handshake then hang up; hello: also a "

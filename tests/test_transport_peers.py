@@ -51,7 +51,8 @@ def test_connections_over_the_per_address_limit_are_refused_with_a_reason(caplog
     socks: list[zmq.Socket] = []
     with (
         caplog.at_level(logging.WARNING, logger="wall_runtime.transport.server"),
-        serving(policy, max_connections_per_address=limit) as server,
+        # the public endpoint's accounting: the robot stays on it (no session endpoint)
+        serving(policy, max_connections_per_address=limit, session_port=None) as server,
         client_for(server.endpoint, robot("good")) as good,  # 1 of the 20 from 127.0.0.1
     ):
         port = server.endpoint.rsplit(":", 1)[1]
@@ -127,7 +128,8 @@ def test_at_the_fd_limit_connections_with_a_session_are_never_shed() -> None:
     burst of EMFILE reports drained every connection, the good robot's included, before any had
     closed (the reports run far ahead of the events naming the connections to shed instead)."""
     policy = echo_policy()
-    with serving(policy) as server, client_for(server.endpoint, robot("good")) as good:
+    # a robot that could not attach to a session endpoint lives on the public one
+    with serving(policy, session_port=None) as server, client_for(server.endpoint, robot("good")) as good:
         ctx = zmq.Context()
         socks = []
         try:
@@ -154,6 +156,51 @@ def test_at_the_fd_limit_connections_with_a_session_are_never_shed() -> None:
                 assert set(peers.live) == peers.protected and len(peers.protected) == 1
             _served(good, policy, 1.0)
             assert good.heartbeats_lost == 0
+        finally:
+            for s in socks:
+                s.close()
+            ctx.term()
+
+
+def test_an_attached_robot_is_off_the_public_endpoint() -> None:
+    """A welcomed robot moves to the session endpoint: its public connection closes, shedding every
+    public connection at the fd limit leaves it served, and the session endpoint takes no hello and
+    no attach without a live session's token."""
+    policy = echo_policy()
+    with serving(policy) as server, client_for(server.endpoint, robot("good")) as good:
+        assert server.session_endpoint is not None and good.session_endpoint == server.session_endpoint
+        peers = server._peers
+        assert _wait(lambda: not peers.live)  # its hello's connection has closed
+        ctx = zmq.Context()
+        socks = []
+        try:
+            for _ in range(30):
+                s = ctx.socket(zmq.DEALER)
+                s.linger = 0
+                s.reconnect_ivl = 60_000
+                s.connect(server.endpoint)
+                socks.append(s)
+            assert _wait(lambda: len(peers.live) >= 30)
+            with server._io.lock:
+                for _ in range(20):  # accept failures shed the public endpoint's connections
+                    peers.closing.clear()
+                    peers._next_fd_check = 0.0
+                    peers.accept_failed(errno.EMFILE)
+            assert _wait(lambda: not peers.live)
+            _served(good, policy, 1.0)
+            assert good.heartbeats_lost == 0
+            stranger = ctx.socket(zmq.DEALER)
+            stranger.linger = 0
+            stranger.connect(server.session_endpoint)
+            socks.append(stranger)
+            reply = _hello(stranger, "sneaky")
+            assert reply["type"] == protocol.ERROR and "say hello on the public endpoint" in reply["message"]
+            stranger.send_multipart(encode(protocol.simple_header(protocol.ATTACH, 1, token="0" * 32)))
+            assert stranger.poll(3000)
+            reply = decode(stranger.recv_multipart(), 1 << 20).header
+            assert reply["code"] == "not_registered", reply
+            _served(good, policy, 2.0)
+            assert [s.name for s in server.queue.sessions.values()] == ["good"]
         finally:
             for s in socks:
                 s.close()

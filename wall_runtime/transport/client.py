@@ -13,6 +13,13 @@ in flight, throws the socket away (so no stale observation is delivered late) an
 fresh handshake; a new welcome is reported as ``"connected"``. A server that restarted answers the
 old connection ``not_registered``, which also triggers a fresh handshake.
 
+Two endpoints: when the welcome offers a session port, the client opens a second connection there
+(the same host, the same CURVE keys), attaches with its session token and sends everything else on
+it, so floods of strangers at the public endpoint do not delay it (``docs/protocol.md``, Floods).
+Only then is it ``connected``. If the attach fails or gets no answer within ``ATTACH_TIMEOUT_S``
+it stays on the public connection for that server session; a lost link or a restarted server
+starts again from a hello on the public endpoint.
+
 Arrays of a submitted observation are sent without copying: do not write into them until its
 future is done (camera frames normally are fresh arrays anyway).
 """
@@ -55,6 +62,7 @@ log = logging.getLogger(__name__)
 ConnectionCallback = Callable[[str, str], None]
 HELLO_RETRY_S = 0.5  # a queued hello is delivered once connected; retries cover a lost one
 REFUSED_RETRY_S = 5.0  # after a refused hello (e.g. wrong cameras), retry only now and then
+ATTACH_TIMEOUT_S = 1.0  # no answer from the session endpoint this long: stay on the public one
 # what the socket monitor reports: a CURVE refusal is silent on the wire (the server just closes),
 # but libzmq tells the client's own monitor why its handshake failed
 HANDSHAKE_FAILED = (
@@ -131,6 +139,9 @@ class PolicyClient:
         self.limits: dict[str, Any] = {}  # what the policy refuses beyond shapes (from the welcome)
         self.session: str | None = None
         self._token: str | None = None  # this robot's session token: proves continuity on reconnect
+        self.session_endpoint: str | None = None  # the session endpoint this client sends on, if any
+        self._attaching: float | None = None  # perf_counter deadline of the attach in progress
+        self._stay_public: str | None = None  # the server session whose session endpoint failed us
         self._waiting_reason: str | None = None  # why the server has not admitted us yet (in use, full)
         self._connected = threading.Event()
         self._refused: ServerError | None = None
@@ -146,6 +157,7 @@ class PolicyClient:
         self.dropped_replies = 0  # malformed server messages ignored
         self.reply_failures = 0  # of which not refused as a ProtocolError (a decode path missed a check)
         self._next_drop_log = 0.0
+        self._previous_session: str | None = None
 
     # ------------------------------------------------------------------------- public API
 
@@ -346,7 +358,8 @@ class PolicyClient:
 
     # -------------------------------------------------------------------------- I/O thread
 
-    def _new_socket(self) -> zmq.Socket:
+    def _new_socket(self, endpoint: str | None = None) -> zmq.Socket:
+        """A DEALER to ``endpoint`` (default: the public endpoint)."""
         sock = self._ctx.socket(zmq.DEALER)
         sock.linger = 0
         # Not ZMQ_IMMEDIATE: with it libzmq discards replies that arrived but were not yet read when
@@ -363,7 +376,7 @@ class PolicyClient:
         old, self._monitor = self._monitor, sock.get_monitor_socket(HANDSHAKE_EVENTS)
         if old is not None:
             old.close(linger=0)
-        sock.connect(self.endpoint)
+        sock.connect(endpoint or self.endpoint)
         return sock
 
     def _hb_interval(self) -> float:
@@ -420,6 +433,8 @@ class PolicyClient:
     def _timer_ms(self, now: float) -> int:
         interval = self._hb_interval()
         nxt = (self._last_ping + interval) if self.connected else (self._last_hello + HELLO_RETRY_S)
+        if self._attaching is not None:
+            nxt = self._attaching
         nxt = min(nxt, self._last_heard + self._hb_timeout())
         cap = 100.0
         if self._inflight:
@@ -458,6 +473,10 @@ class PolicyClient:
         seq = protocol.seq_of(h)
         if kind == protocol.WELCOME:
             self._on_welcome(h)
+        elif kind == protocol.ATTACHED:
+            if self._attaching is not None:
+                self._attaching = None
+                self._now_connected()
         elif kind == protocol.CHUNK:
             item = self._inflight.pop(seq, None) if seq is not None else None
             if item is None:
@@ -475,8 +494,11 @@ class PolicyClient:
             item = self._inflight.pop(seq, None) if seq is not None else None
             if item is not None:
                 self._done.append((item.future, None, server_error(code, message)))
-            if code == ErrorCode.NOT_REGISTERED.value:
+            if item is None and self._attaching is not None:
+                self._attach_failed(f"{code}: {message}")
+            elif code == ErrorCode.NOT_REGISTERED.value:
                 self._lose(f"server does not know this connection ({message})", report=self.connected)
+                self._back_to_public()
                 self._send_hello()
             elif (
                 item is None
@@ -512,6 +534,7 @@ class PolicyClient:
         elif kind in (protocol.PONG, protocol.ACK, protocol.STATS):
             if kind == protocol.PONG and h.get("session") not in (None, self.session):
                 self._lose("server restarted (new session)", report=self.connected)
+                self._back_to_public()
                 self._send_hello()
             item = self._inflight.pop(seq, None) if seq is not None else None
             if item is not None:
@@ -532,11 +555,60 @@ class PolicyClient:
         self.limits = dict(limits) if isinstance(limits, dict) else {}
         self._token = token if isinstance(token, str) and 0 < len(token) <= protocol.MAX_NAME_LEN else None
         self.session = str(h.get("session"))[:64]
+        self._previous_session = previous
         self._refused = None
         self._waiting_reason = None
+        port = protocol.welcome_session_port(h)
+        if (
+            port is not None
+            and self._token is not None
+            and self.endpoint.startswith("tcp://")
+            and self._stay_public != self.session
+        ):
+            self._attach(f"{self.endpoint.rsplit(':', 1)[0]}:{port}")
+            return
+        self._now_connected()
+
+    def _attach(self, endpoint: str) -> None:
+        """Move to the session endpoint: a fresh connection there, the token as proof."""
+        assert self._io is not None and self._token is not None
+        self._io.replace(self._new_socket(endpoint)).close(0)
+        self.session_endpoint = endpoint
+        self._attaching = time.perf_counter() + ATTACH_TIMEOUT_S
+        header = protocol.simple_header(protocol.ATTACH, 0, token=self._token)
+        with contextlib.suppress(zmq.Again):  # no answer in time says the same
+            self._io.send(encode(header))
+
+    def _attach_failed(self, reason: str) -> None:
+        """Stay on the public endpoint for this server session; the hello's token keeps the session."""
+        log.warning(
+            "cannot use the session endpoint %s (%s): staying on %s",
+            self.session_endpoint,
+            reason,
+            self.endpoint,
+        )
+        self._attaching = None
+        self._stay_public = self.session
+        self._back_to_public()
+        self._send_hello()
+
+    def _back_to_public(self) -> None:
+        """A fresh connection to the public endpoint (for a hello) if the session endpoint was in use."""
+        assert self._io is not None
+        self._attaching = None
+        if self.session_endpoint is not None:
+            self.session_endpoint = None
+            self._io.replace(self._new_socket()).close(0)
+
+    def _now_connected(self) -> None:
+        meta = self.metadata
+        assert meta is not None
         self._last_ping = time.perf_counter()
         self._connected.set()
+        previous = self._previous_session
         detail = f"session {self.session}" + (f" (was {previous})" if previous else "")
+        if self.session_endpoint is not None:
+            detail += f", attached at {self.session_endpoint}"
         log.info("connected to %s: %s %s, %s", self.endpoint, meta.model, meta.backend, detail)
         self._events.append(("connected", detail))
 
@@ -585,6 +657,8 @@ class PolicyClient:
             self._lose(f"no message from the server for {silent:.1f} s")
             self._last_heard = now  # next check one timeout from now
             # a fresh socket: nothing queued on the dead link is delivered late
+            self._attaching = None
+            self.session_endpoint = None
             self._io.replace(self._new_socket()).close(0)
             self._send_hello()
             return
@@ -593,6 +667,9 @@ class PolicyClient:
                 self._last_ping = now
                 with contextlib.suppress(zmq.Again):  # a missing pong will tell
                     self._io.send(encode(protocol.simple_header(protocol.PING, 0)))
+        elif self._attaching is not None:
+            if now >= self._attaching:
+                self._attach_failed(f"no answer within {ATTACH_TIMEOUT_S:.1f} s")
         elif now - self._last_hello >= (HELLO_RETRY_S if self._refused is None else REFUSED_RETRY_S):
             self._send_hello()
 

@@ -68,6 +68,20 @@ def serve(
         min=0,
         help="Most open TCP connections from one peer address (0: no limit); more are refused.",
     ),
+    session_port: int = typer.Option(
+        0,
+        "--session-port",
+        min=-1,
+        max=65535,
+        help="Port of the session endpoint welcomed robots move to, on the --bind host (0: any free "
+        "port; -1: none, robots stay on --bind). Keeps floods at --bind off known robots' traffic.",
+    ),
+    handshake_io_priority: str = typer.Option(
+        "idle",
+        "--handshake-io-priority",
+        help="Scheduling of the public endpoint's libzmq threads while robots have a session endpoint: "
+        "idle (Linux SCHED_IDLE) | batch | normal.",
+    ),
     endpoint_file: Path | None = typer.Option(None, "--endpoint-file", help="Write the bound endpoint here."),
     option: list[str] = typer.Option(
         [], "--option", "-o", help="Backend option KEY=VALUE (repeatable; the keys are listed below)."
@@ -86,9 +100,14 @@ def serve(
     from wall_runtime.backends import load_policy
     from wall_runtime.transport.auth import SecurityError
     from wall_runtime.transport.peers import raise_fd_limit
-    from wall_runtime.transport.server import PolicyServer, ServerConfig
+    from wall_runtime.transport.server import IO_PRIORITIES, PolicyServer, ServerConfig
 
     raise_fd_limit()  # connections are capped below it; a low soft limit would cap them early
+    if handshake_io_priority not in IO_PRIORITIES:
+        raise typer.BadParameter(
+            f"takes one of {', '.join(IO_PRIORITIES)}, got {handshake_io_priority!r}",
+            param_hint="'--handshake-io-priority'",
+        )
 
     config = ServerConfig(
         bind=bind,
@@ -104,6 +123,8 @@ def serve(
         max_sessions=max_sessions,
         max_connections=max_connections,
         max_connections_per_address=max_connections_per_address,
+        session_port=None if session_port < 0 else session_port,
+        handshake_io_priority=handshake_io_priority,
     )
     from wall_runtime.backends.options import BackendOptionError, parse_options
 

@@ -30,8 +30,9 @@ PING, PONG = "ping", "pong"
 RESET, ACK = "reset", "ack"
 BYE = "bye"
 STATS = "stats"
-CLIENT_TYPES = frozenset({HELLO, OBSERVE, PING, RESET, BYE, STATS})
-SERVER_TYPES = frozenset({WELCOME, CHUNK, ERROR, PONG, ACK, STATS})
+ATTACH, ATTACHED = "attach", "attached"  # a welcomed robot moves to the session endpoint
+CLIENT_TYPES = frozenset({HELLO, OBSERVE, PING, RESET, BYE, STATS, ATTACH})
+SERVER_TYPES = frozenset({WELCOME, CHUNK, ERROR, PONG, ACK, STATS, ATTACHED})
 
 IMAGE_PREFIX = "image/"
 MAX_IMAGE_SIDE = 4096
@@ -250,8 +251,9 @@ def welcome_header(
     max_message_bytes: int,
     token: str = "",
     limits: Mapping[str, Any] | None = None,
+    session_port: int | None = None,
 ) -> dict[str, Any]:
-    return {
+    header = {
         "v": PROTOCOL_VERSION,
         "type": WELCOME,
         "session": session,
@@ -261,6 +263,25 @@ def welcome_header(
         "token": token,
         "limits": dict(limits or {}),
     }
+    if session_port is not None:
+        header["session_port"] = session_port
+    return header
+
+
+def welcome_session_port(header: Mapping[str, Any]) -> int | None:
+    """The session endpoint's TCP port a welcome offers (None: stay on this connection)."""
+    port = header.get("session_port")
+    if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536:
+        return port
+    return None
+
+
+def attach_token(header: Mapping[str, Any]) -> str:
+    """The session token an ``attach`` presents (the one its welcome gave)."""
+    token = require(header, "token", str)
+    if not 0 < len(token) <= MAX_NAME_LEN:
+        raise _bad(f"attach token must be 1 to {MAX_NAME_LEN} characters")
+    return token
 
 
 def error_header(code: ErrorCode | str, message: str, seq: int | None) -> dict[str, Any]:

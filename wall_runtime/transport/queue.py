@@ -168,6 +168,33 @@ class RequestQueue:
             del self.by_robot[robot.robot_id]
         return session
 
+    def by_token(self, token: str) -> Session | None:
+        """The live session holding ``token`` (an attach's proof), if any."""
+        for session in self.sessions.values():
+            if session.token == token:
+                return session
+        return None
+
+    def move(self, session: Session, identity: bytes) -> Session | None:
+        """Address ``session`` (and its waiting request) by ``identity`` from now on: the robot moved
+        to another connection. A session that connection held before is dropped and returned."""
+        old = session.identity
+        if old == identity:
+            return None
+        previous = self.drop(identity)
+        del self.sessions[old]
+        session.identity = identity
+        self.sessions[identity] = session
+        if session.robot is not None and self.by_robot.get(session.robot.robot_id) == old:
+            self.by_robot[session.robot.robot_id] = identity
+        pending = self.ready.pop(old, None)
+        if pending is not None:
+            pending.identity = identity
+            self.ready[identity] = pending
+        if session.pending is not None:
+            session.pending.identity = identity
+        return previous
+
     def expire_sessions(self, now: float) -> list[Session]:
         """Drop sessions silent for ``session_timeout`` (with nothing waiting); return them."""
         gone = [

@@ -19,6 +19,14 @@ retried member by member, so only the robot whose input fails gets the ``policy_
 that is not finite is an error reply, never a chunk. Only a bug in the server's own loop is fatal:
 the server then stops and ``serve_forever`` raises, so ``wall-runtime serve`` exits non-zero.
 
+Two endpoints (``session_port``): strangers connect, hello and are welcomed on the public
+endpoint; a welcomed robot then attaches to a second, session endpoint with its session token and
+sends everything else there. The two ROUTERs live in separate libzmq contexts: the public one's I/O
+threads run at the lowest scheduling priority (``handshake_io_priority``), the session one's single
+I/O thread at the normal one, so a flood of thousands of connects and hellos queues neither ahead of
+a known robot's frames in libzmq nor ahead of its threads on a CPU. A robot that cannot reach the
+session endpoint stays on the public one, served as before.
+
 Resources: sessions (``max_sessions``), connections (``max_connections``) and connections per peer
 address (``max_connections_per_address``) are capped (``peers``); under a flood, connection events
 are read on a timer in batches and hellos get a bounded share of the time;
@@ -30,6 +38,7 @@ on ``reload_allow_list``, which ``serve`` wires to SIGHUP).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import struct
 import threading
@@ -65,7 +74,12 @@ STRANGER_BUDGET_S = 0.002  # time spent on them per turn of the loop, between se
 STRANGER_SHARE = 0.25  # at most this share of the time: their replies and handshakes load libzmq's
 # I/O threads, which carry the robots' chunks too, so a burst of hellos is answered over a few
 # hundred milliseconds instead of all at once
-MONITOR_EVENT = struct.Struct("=HI")  # a monitor event's first frame: event id, value (an fd, errno)
+MONITOR_EVENT = struct.Struct("=HI")
+# Internal identities of the session socket's peers. libzmq's own routing ids are 5 bytes starting
+# with a zero byte, and a peer may not choose one that starts with zero, so no public peer's
+# identity can take this form.
+SESSION_PREFIX = b"\x00session:"
+IO_PRIORITIES = ("idle", "batch", "normal")  # a monitor event's first frame: event id, value (an fd, errno)
 
 __all__ = ["Pending", "PolicyServer", "ServerConfig", "Session"]
 
@@ -86,6 +100,13 @@ class ServerConfig:
     max_connections: int = 4096  # open TCP connections (also kept under the fd limit)
     io_threads: int = 2  # libzmq I/O threads: a connection flood's handshakes share them with robots
     max_connections_per_address: int = 256  # open TCP connections from one peer address (0: no limit)
+    # Welcomed robots move to a second endpoint on the same host, this port (0: any free one; None:
+    # no session endpoint, every robot stays on the public one). TCP binds only.
+    session_port: int | None = 0
+    # Scheduling of the public endpoint's libzmq I/O threads, which carry the handshakes and hellos
+    # of strangers only once robots have their own endpoint: "idle" (Linux SCHED_IDLE: they run
+    # when no other thread wants the CPU), "batch" (SCHED_BATCH) or "normal".
+    handshake_io_priority: str = "idle"
 
 
 class PolicyServer:
@@ -95,6 +116,7 @@ class PolicyServer:
         self.metrics = ServerMetrics()
         self.session_id = secrets.token_hex(8)  # changes on every start: clients see restarts
         self.endpoint: str | None = None
+        self.session_endpoint: str | None = None  # where welcomed robots attach (None: they stay)
         self.metrics_port: int | None = None
         self.failure: BaseException | None = None  # what stopped a server thread, if anything did
         self._stop = threading.Event()
@@ -104,6 +126,13 @@ class PolicyServer:
         cfg = self.config
         if cfg.max_batch < 1 or cfg.max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
+        if cfg.handshake_io_priority not in IO_PRIORITIES:
+            raise ValueError(
+                f"handshake_io_priority must be one of {', '.join(IO_PRIORITIES)}, "
+                f"got {cfg.handshake_io_priority!r}"
+            )
+        if cfg.session_port is not None and not 0 <= cfg.session_port < 65536:
+            raise ValueError(f"session_port must be in [0, 65535] (0: any free port), got {cfg.session_port}")
         if cfg.max_sessions < 1 or cfg.max_connections < 1 or cfg.max_connections_per_address < 0:
             raise ValueError(
                 "max_sessions and max_connections must be >= 1, max_connections_per_address >= 0"
@@ -122,6 +151,8 @@ class PolicyServer:
         self._reload_requested = threading.Event()
         self._infer_ms_ema = float("inf")  # until measured, assume inference is slow
         self._io: SharedSocket  # set in _run: the ROUTER, shared by both threads under its lock
+        self._session_sock: zmq.Socket | None = None  # the session endpoint's ROUTER (same lock)
+        self._session_port: int | None = None  # what welcomes offer
         self._peers: PeerTracker | None = None
         self._monitor: zmq.Socket | None = None  # the ROUTER's connection events (the leader reads them)
         self._monitor_muted = False  # under a flood: read on a timer, without waking on each event
@@ -187,35 +218,64 @@ class PolicyServer:
 
     # --------------------------------------------------------------------------------- run
 
+    def _router(self, ctx: zmq.Context, authenticators: list[Any]) -> zmq.Socket:
+        """A ROUTER with the server's options (CURVE with its own ZAP handler per context)."""
+        cfg = self.config
+        sock = ctx.socket(zmq.ROUTER)
+        sock.linger = 500
+        sock.router_mandatory = True  # unroutable replies raise instead of vanishing silently
+        sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
+        sock.sndhwm = sock.rcvhwm = 64
+        if cfg.server_key is not None:
+            assert self.allow_list is not None
+            authenticators.append(auth.start_authenticator(ctx, self.allow_list))
+            auth.apply_server_curve(sock, auth.load_secret(cfg.server_key))
+        return sock
+
+    def _bind_session_endpoint(self, authenticators: list[Any]) -> zmq.Context | None:
+        """The session endpoint beside a TCP public one: its own context and I/O thread."""
+        cfg = self.config
+        assert self.endpoint is not None
+        if cfg.session_port is None or not self.endpoint.startswith("tcp://"):
+            return None
+        ctx = zmq.Context(io_threads=1)
+        sock = self._router(ctx, authenticators)
+        self._session_sock = sock
+        host = self.endpoint.rsplit(":", 1)[0]
+        sock.bind(f"{host}:{cfg.session_port or '*'}")
+        self.session_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._session_port = int(self.session_endpoint.rsplit(":", 1)[1])
+        return ctx
+
     def _run(self) -> None:
         cfg = self.config
         ctx = zmq.Context(io_threads=max(1, self.config.io_threads))
-        authenticator = None
+        session_ctx = None
+        authenticators: list[Any] = []
         http = None
         sock = None
         try:
-            sock = ctx.socket(zmq.ROUTER)
-            sock.linger = 500
-            sock.router_mandatory = True  # unroutable replies raise instead of vanishing silently
-            sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
-            sock.sndhwm = sock.rcvhwm = 64
-            if cfg.server_key is not None:
-                assert self.allow_list is not None
-                authenticator = auth.start_authenticator(ctx, self.allow_list)
-                auth.apply_server_curve(sock, auth.load_secret(cfg.server_key))
+            if cfg.session_port is not None and cfg.bind.startswith("tcp://"):
+                # before the first socket starts the context's threads
+                _set_io_priority(ctx, cfg.handshake_io_priority)
+            sock = self._router(ctx, authenticators)
             sock.bind(cfg.bind)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            session_ctx = self._bind_session_endpoint(authenticators)
             if cfg.metrics_http is not None:
                 http = MetricsHTTPServer(self.metrics, *cfg.metrics_http)
                 self.metrics_port = http.port
         except BaseException as exc:
             self._start_error = exc
             self._bound.set()
-            if sock is not None:
-                sock.close(0)
-            if authenticator is not None:
+            for s in (sock, self._session_sock):
+                if s is not None:
+                    s.close(0)
+            for authenticator in authenticators:
                 authenticator.stop()
-            ctx.term()
+            for c in (ctx, session_ctx):
+                if c is not None:
+                    c.term()
             return
         port = None
         if self.endpoint.startswith("tcp://"):
@@ -241,14 +301,17 @@ class PolicyServer:
         self._monitor = monitor
         self._io = SharedSocket(sock)
         self._io.watch(monitor)
+        if self._session_sock is not None:
+            self._io.add(self._session_sock)
         follower = threading.Thread(target=self._member, args=(monitor,), name="policy-server-2", daemon=True)
         follower.start()
         log.info(
-            "serving %s (%s, backend %s) on %s%s; batch<=%d, wait<=%.1f ms, sessions<=%d, connections<=%d",
+            "serving %s (%s, backend %s) on %s%s%s; batch<=%d, wait<=%.1f ms, sessions<=%d, connections<=%d",
             self.policy.metadata.model,
             self.policy.metadata.variant,
             self.policy.metadata.backend,
             self.endpoint,
+            f" (robots' sessions on {self.session_endpoint})" if self.session_endpoint else "",
             " with CURVE" if cfg.server_key else "",
             cfg.max_batch,
             cfg.max_wait_ms,
@@ -267,10 +330,14 @@ class PolicyServer:
             if http is not None:
                 http.close()
             sock.close()
+            if self._session_sock is not None:
+                self._session_sock.close()
             self._io.close()
-            if authenticator is not None:
+            for authenticator in authenticators:
                 authenticator.stop()
             ctx.term()
+            if session_ctx is not None:
+                session_ctx.term()
             log.info("server stopped")
 
     def _peer_events_turn(self, monitor: zmq.Socket, now: float) -> None:
@@ -393,6 +460,9 @@ class PolicyServer:
                 # peers' messages wait in a bounded backlog worked off within a time budget and a
                 # share of the time, after the connection events, so a flood delays no robot's pong
                 # or chunk.
+                if self._session_sock is not None:  # known robots first
+                    for frames in io.recv_ready(1024, self._session_sock):
+                        self._handle(frames, SESSION_PREFIX + frames[0].bytes)
                 for frames in io.recv_ready(1024):  # bounded so timers are not starved
                     if frames[0].bytes in queue.sessions:
                         self._handle(frames)
@@ -419,7 +489,7 @@ class PolicyServer:
         batch = None if self._stop.is_set() else self.queue.take_batch(now)
         for pending in batch or ():
             self.metrics.observe("queue_wait_ms", (now - pending.received) * 1000.0)
-        if batch and self._io.readable():
+        if batch and self._io.any_readable():
             self._io.kick()  # the backlog and events left for this turn are the next turn's
         return batch
 
@@ -461,7 +531,10 @@ class PolicyServer:
 
     def _send(self, identity: bytes, frames: list[Any], kind: str) -> None:
         try:
-            self._io.send([identity, *frames])
+            if identity.startswith(SESSION_PREFIX) and self._session_sock is not None:
+                self._io.send([identity[len(SESSION_PREFIX) :], *frames], self._session_sock)
+            else:
+                self._io.send([identity, *frames])
             self.metrics.inc("replies", type=kind)
         except zmq.Again:
             self.metrics.inc("dropped_replies", reason="peer_queue_full")
@@ -497,10 +570,11 @@ class PolicyServer:
         session = self.queue.sessions.get(identity)
         return session.name if session else f"peer {identity.hex()}"
 
-    def _handle(self, frames: list[zmq.Frame]) -> None:
-        """One message from one peer; whatever it holds, the server goes on serving."""
+    def _handle(self, frames: list[zmq.Frame], identity: bytes | None = None) -> None:
+        """One message from one peer (``identity``: its internal one, by default its routing id);
+        whatever it holds, the server goes on serving."""
         t0 = time.perf_counter()
-        identity = frames[0].bytes
+        identity = frames[0].bytes if identity is None else identity
         body = frames[1:]
         header: dict[str, Any] = {}
         try:
@@ -560,8 +634,18 @@ class PolicyServer:
                     session, "its CURVE key was removed from the allow-list", ErrorCode.UNAUTHORIZED
                 )
             raise ProtocolError(ErrorCode.UNAUTHORIZED, "this client key is no longer in the allow-list")
+        on_session_endpoint = identity.startswith(SESSION_PREFIX)
         if kind == protocol.HELLO:
+            if on_session_endpoint:
+                raise ProtocolError(
+                    ErrorCode.BAD_MESSAGE, f"say hello on the public endpoint {self.endpoint}, not here"
+                )
             self._on_hello(identity, msg, user, body)
+            return
+        if kind == protocol.ATTACH:
+            if not on_session_endpoint:
+                raise ProtocolError(ErrorCode.BAD_MESSAGE, "attach on the session endpoint a welcome names")
+            self._on_attach(identity, msg, user)
             return
         session = self.queue.sessions.get(identity)
         if session is None:
@@ -596,7 +680,12 @@ class PolicyServer:
     def _refusal(self, identity: bytes, body: list[Any]) -> str | None:
         """Why this peer's connection is refused (over the per-address limit), if it is."""
         peers = self._peers
-        if peers is None or peers.max_per_address is None or identity in self.queue.sessions:
+        if (
+            peers is None
+            or peers.max_per_address is None
+            or identity in self.queue.sessions
+            or identity.startswith(SESSION_PREFIX)  # the caps and counts are the public endpoint's
+        ):
             return None
         fd = _source_fd(body)
         if fd is not None and fd not in peers.live and self._monitor is not None:
@@ -679,8 +768,29 @@ class PolicyServer:
                 self.config.heartbeat_interval,
                 self.config.max_message_bytes,
                 limits=self._limits,
+                session_port=self._session_port,
             )
         self._send(identity, encode({**self._welcome, "token": session.token}), protocol.WELCOME)
+
+    def _on_attach(self, identity: bytes, msg: Message, user: str | None) -> None:
+        """A welcomed robot (or monitor) moves its session to this session-endpoint connection."""
+        token = protocol.attach_token(msg.header)
+        session = self.queue.by_token(token)
+        if session is None:
+            raise ProtocolError(
+                ErrorCode.NOT_REGISTERED, "no live session holds this token: say hello on the public endpoint"
+            )
+        if self.allow_list is not None and session.key != user:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, "this session was opened with another client key")
+        previous = self.queue.move(session, identity)
+        if previous is not None:
+            self._session_closed(previous, f"its connection was taken by {session.name}")
+        session.last_seen = time.perf_counter()
+        self.metrics.inc("attached")
+        reply = protocol.simple_header(
+            protocol.ATTACHED, protocol.seq_of(msg.header), session=self.session_id
+        )
+        self._send(identity, encode(reply), protocol.ATTACHED)
 
     def _session_closed(
         self, session: Session, reason: str, code: ErrorCode = ErrorCode.NOT_REGISTERED
@@ -868,3 +978,18 @@ def _source_fd(body: list[Any]) -> int | None:
         return int(body[0].get(zmq.SRCFD))
     except (zmq.ZMQError, AttributeError, IndexError, TypeError, ValueError):
         return None
+
+
+def _set_io_priority(ctx: zmq.Context, priority: str) -> None:
+    """Schedule ``ctx``'s libzmq threads (call before its first socket): a no-op for "normal" and
+    where the OS has no such policy (then they run at the normal priority, said once in the log)."""
+    if priority == "normal":
+        return
+    policy = getattr(os, "SCHED_IDLE" if priority == "idle" else "SCHED_BATCH", None)
+    try:
+        if policy is None:
+            raise OSError(f"no SCHED_{priority.upper()} on this platform")
+        ctx.set(zmq.THREAD_SCHED_POLICY, policy)
+        ctx.set(zmq.THREAD_PRIORITY, 0)
+    except (OSError, zmq.ZMQError, AttributeError) as exc:
+        log.warning("handshake I/O threads keep the normal priority: %s", exc)

@@ -10,6 +10,10 @@ is what keeps the round trip near the raw-socket floor on a loaded machine.
 ``ZMQ_FD`` is edge-triggered and any operation on the socket may consume its edge. So readers drain
 until ``ZMQ_EVENTS`` has no ``POLLIN``, and every send checks ``ZMQ_EVENTS`` afterwards and kicks the
 waiting thread through a pipe when input became readable meanwhile.
+
+A second socket may join (``add``): the server's session socket beside its public one. The waiting
+thread wakes on either; ``recv_ready``, ``send`` and ``readable`` take the socket to use, the first
+one by default.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class SharedSocket:
         os.set_blocking(self._wake_w, False)
         self._poller.register(self._wake_r, select.POLLIN)
         self._extra: list[int] = []
+        self._others: list[zmq.Socket] = []  # further sockets read and written under the lock
         self.sock = sock
         self._fd = sock.getsockopt(zmq.FD)
         self._poller.register(self._fd, select.POLLIN)
@@ -45,6 +50,11 @@ class SharedSocket:
         self._poller.register(self._fd, select.POLLIN)
         self.kick()
         return old
+
+    def add(self, sock: zmq.Socket) -> None:
+        """Another socket used under the same lock; the waiting thread also wakes on its input."""
+        self._others.append(sock)
+        self._poller.register(sock.getsockopt(zmq.FD), select.POLLIN)
 
     def watch(self, sock: zmq.Socket) -> None:
         """Also wake on input to another socket (owned by the waiting thread, e.g. a monitor)."""
@@ -79,28 +89,34 @@ class SharedSocket:
             while os.read(self._wake_r, 4096):
                 pass
 
-    def readable(self) -> bool:
-        """Call with the lock held."""
-        return bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+    def readable(self, sock: zmq.Socket | None = None) -> bool:
+        """Whether ``sock`` (default: the first socket) has input waiting; call with the lock held."""
+        return bool((sock or self.sock).getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
-    def recv_ready(self, limit: int) -> list[list[Any]]:
+    def any_readable(self) -> bool:
+        """Whether any of the sockets has input waiting; call with the lock held."""
+        return self.readable() or any(self.readable(s) for s in self._others)
+
+    def recv_ready(self, limit: int, sock: zmq.Socket | None = None) -> list[list[Any]]:
         """Up to ``limit`` waiting messages (call with the lock held); kicks itself if more wait."""
+        sock = sock or self.sock
         messages = []
         while len(messages) < limit:
             try:
-                messages.append(self.sock.recv_multipart(zmq.NOBLOCK, copy=False))
+                messages.append(sock.recv_multipart(zmq.NOBLOCK, copy=False))
             except zmq.Again:
                 return messages
-        if self.readable():
+        if self.readable(sock):
             self.kick()  # bounded batch: come back for the rest after timers and replies
         return messages
 
-    def send(self, frames: list[Any]) -> None:
+    def send(self, frames: list[Any], sock: zmq.Socket | None = None) -> None:
         """Non-blocking send (call with the lock held); raises ``zmq.Again`` / ``zmq.ZMQError``."""
+        sock = sock or self.sock
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         finally:
-            if self.readable():  # the send may have eaten the FD's edge for waiting input
+            if self.readable(sock):  # the send may have eaten the FD's edge for waiting input
                 self.kick()
 
     def close(self) -> None:

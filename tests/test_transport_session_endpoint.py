@@ -1,0 +1,144 @@
+"""The session endpoint over real loopback sockets: a welcomed robot attaches there with its token,
+falls back to the public endpoint when it cannot, and finds its way back after a restart."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+from transport_helpers import client_for, echo_policy, observation, robot, serving
+
+from wall_runtime.transport import auth, protocol
+from wall_runtime.transport.client import PolicyClient
+from wall_runtime.transport.codec import decode, encode
+
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_robot_attaches_and_is_served_there_only() -> None:
+    policy = echo_policy()
+    with serving(policy) as server, client_for(server.endpoint, robot("r1")) as client:
+        assert server.session_endpoint is not None and server.session_endpoint != server.endpoint
+        assert client.session_endpoint == server.session_endpoint
+        assert client.submit(observation(1.0), deadline=2.0).result(timeout=5).stamp == 1.0
+        (session,) = server.queue.sessions.values()
+        assert session.identity.startswith(b"\x00session:")  # addressed on the session socket
+        counters = {c["name"]: c["value"] for c in server.metrics.snapshot()["counters"] if not c["labels"]}
+        assert counters.get("attached") == 1
+    assert policy.calls == [[1.0]]
+
+
+def test_without_a_session_port_robots_stay_on_the_public_endpoint() -> None:
+    with serving(echo_policy(), session_port=None) as server, client_for(server.endpoint) as client:
+        assert server.session_endpoint is None and client.session_endpoint is None
+        assert client.submit(observation(1.0), deadline=2.0).result(timeout=5).stamp == 1.0
+
+
+def test_an_unreachable_session_endpoint_leaves_the_robot_on_the_public_one() -> None:
+    """A server whose welcome names a port nothing listens on (a firewall, a NAT): the attach gets
+    no answer, the client says hello again with its token and stays on the public endpoint for that
+    server session, served there."""
+    policy = echo_policy()
+    dead_port = _free_port()
+    ctx = zmq.Context()
+    server_sock = ctx.socket(zmq.ROUTER)
+    server_sock.linger = 0
+    port = server_sock.bind_to_random_port("tcp://127.0.0.1")
+    client = PolicyClient(f"tcp://127.0.0.1:{port}", robot("r1"))
+    hellos = []
+    try:
+        client.start()
+        deadline = time.monotonic() + 5.0
+        while not client.connected and time.monotonic() < deadline:
+            if not server_sock.poll(50):
+                continue
+            identity, *body = server_sock.recv_multipart()
+            header = decode(body, 1 << 26).header
+            if header["type"] == protocol.HELLO:
+                hellos.append(header)
+                welcome = protocol.welcome_header(
+                    "s1", policy.metadata, 1.0, 1 << 25, token="tok-1", session_port=dead_port
+                )
+                server_sock.send_multipart([identity, *encode(welcome)])
+        assert client.connected, "the client never settled on the public endpoint"
+        assert client.session_endpoint is None
+        assert [h.get("token") for h in hellos] == [None, "tok-1"]  # the second proves continuity
+    finally:
+        client.close()
+        server_sock.close()
+        ctx.term()
+
+
+def test_restarted_server_on_the_same_ports_is_found_again() -> None:
+    """A fixed session port: the client's session connection reaches the new server by itself, is
+    told it is unknown there, and says hello on the public endpoint again, then re-attaches."""
+    session_port = _free_port()
+    with serving(echo_policy(), session_port=session_port) as server:
+        endpoint = server.endpoint
+        client = PolicyClient(endpoint, robot())
+        try:
+            client.connect(timeout=5)
+            first = client.session
+            assert client.session_endpoint == f"tcp://127.0.0.1:{session_port}"
+            server.stop()
+            second = echo_policy()
+            with serving(second, bind=endpoint, session_port=session_port):
+                assert _wait(lambda: client.connected and client.session != first, 10.0)
+                assert client.session_endpoint == f"tcp://127.0.0.1:{session_port}"
+                assert client.submit(observation(2.0), deadline=2.0).result(timeout=5).stamp == 2.0
+            assert second.calls == [[2.0]]
+        finally:
+            client.close()
+
+
+def test_an_attach_needs_the_key_that_opened_the_session(tmp_path: Path) -> None:
+    """With CURVE a stolen token is not enough: another allowed key attaching with it is refused,
+    and the robot keeps its session."""
+    keys: dict[str, Path] = {}
+    for name in ("server", "robot", "other"):
+        keys[name], keys[name + "_secret"] = auth.generate_keys(tmp_path / "keys", name)
+    allow = tmp_path / "allowed"
+    allow.mkdir()
+    for name in ("robot", "other"):
+        shutil.copy(keys[name], allow / f"{name}.key")
+    with (
+        serving(echo_policy(), server_key=keys["server_secret"], allow_dir=allow) as server,
+        client_for(server.endpoint, client_key=keys["robot_secret"], server_key=keys["server"]) as real,
+    ):
+        assert real.session_endpoint == server.session_endpoint
+        ctx = zmq.Context()
+        thief = ctx.socket(zmq.DEALER)
+        thief.linger = 0
+        auth.apply_client_curve(
+            thief, auth.load_secret(keys["other_secret"]), auth.load_public(keys["server"])
+        )
+        thief.connect(server.session_endpoint)
+        try:
+            thief.send_multipart(encode(protocol.simple_header(protocol.ATTACH, 1, token=real._token)))
+            assert thief.poll(3000)
+            reply = decode(thief.recv_multipart(), 1 << 20).header
+            assert reply["code"] == "unauthorized", reply
+        finally:
+            thief.close()
+            ctx.term()
+        assert real.submit(observation(1.0), deadline=2.0).result(timeout=5).stamp == 1.0
+        assert real.heartbeats_lost == 0
