@@ -12,10 +12,11 @@
 #   mkdir -p keys/allowed && cp keys/robot1.key keys/allowed/
 # then, with the checkpoint read-only and the engine cache as a volume (engines are built on the
 # first start for this GPU and reused afterwards; see docs/export.md):
-#   docker run --rm --gpus all --ipc=host -p 5555:5555 \
+#   docker run --rm --gpus all --ipc=host -p 5555-5556:5555-5556 \
 #     -v /path/to/wall-oss-0.5:/models/wall-oss-0.5:ro \
 #     -v wall-runtime-cache:/cache -v $PWD/keys:/keys:ro \
 #     wall-runtime:gpu serve --checkpoint /models/wall-oss-0.5 --backend tensorrt --bind tcp://0.0.0.0:5555 \
+#       --session-port 5556 \
 #       --server-key /keys/server.key_secret --allow /keys/allowed \
 #       -o precision=bf16 -o cameras=face_view=640x480,left_wrist_view=640x480,right_wrist_view=640x480
 # Build the engines ahead of time (same image, same cache volume), then check them against torch:
@@ -68,7 +69,8 @@ RUN python3 -m pip install --no-deps . \
 
 # engines, ONNX graphs, timing cache and checkpoint hashes live here; mount a volume to keep them
 VOLUME ["/cache"]
-EXPOSE 5555
+# 5555: the public endpoint (hellos); 5556: the session endpoint robots attach to (serve --session-port 5556)
+EXPOSE 5555 5556
 # demo and bench write their reports under ./runs of the working directory
 WORKDIR /data
 

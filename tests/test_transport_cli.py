@@ -37,6 +37,12 @@ def test_serve_refuses_open_bind_without_keys() -> None:
     assert "--insecure" in result.output
 
 
+def test_serve_refuses_an_unknown_handshake_io_priority() -> None:
+    result = CliRunner().invoke(app, ["serve", "--backend", "echo", "--handshake-io-priority", "fast"])
+    assert result.exit_code == 2
+    assert "idle, batch, normal" in result.output
+
+
 def test_serve_answers_reports_metrics_and_stops_on_sigterm(tmp_path: Path) -> None:
     endpoint_file = tmp_path / "endpoint"
     proc = subprocess.Popen(
@@ -68,6 +74,7 @@ def test_serve_answers_reports_metrics_and_stops_on_sigterm(tmp_path: Path) -> N
         endpoint = endpoint_file.read_text().strip()
         assert endpoint.startswith("tcp://127.0.0.1:")
         with client_for(endpoint) as client:
+            assert client.session_endpoint is not None  # the robot moved to the session endpoint
             for i in range(3):
                 assert client.submit(observation(float(i)), deadline=2.0).result(timeout=5).stamp == float(i)
         runner = CliRunner()

@@ -3,6 +3,7 @@ falls back to the public endpoint when it cannot, and finds its way back after a
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import time
@@ -142,3 +143,29 @@ def test_an_attach_needs_the_key_that_opened_the_session(tmp_path: Path) -> None
             ctx.term()
         assert real.submit(observation(1.0), deadline=2.0).result(timeout=5).stamp == 1.0
         assert real.heartbeats_lost == 0
+
+
+def _zmq_io_threads() -> dict[int, int]:
+    """libzmq I/O threads of this process: thread id -> scheduling policy."""
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            if "ZMQbg/IO/" in (task / "comm").read_text():
+                out[int(task.name)] = os.sched_getscheduler(int(task.name))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+def test_the_public_endpoints_io_threads_yield_to_the_sessions_one() -> None:
+    before = set(_zmq_io_threads())
+    with serving(echo_policy(), io_threads=2) as server:
+        assert server.session_endpoint is not None
+        policies = sorted(p for t, p in _zmq_io_threads().items() if t not in before)
+    # two public I/O threads at SCHED_IDLE, the session endpoint's one at the normal policy
+    assert policies == sorted([os.SCHED_IDLE, os.SCHED_IDLE, os.SCHED_OTHER]), policies
+    before = set(_zmq_io_threads())
+    with serving(echo_policy(), io_threads=2, handshake_io_priority="normal"):
+        policies = [p for t, p in _zmq_io_threads().items() if t not in before]
+    assert policies == [os.SCHED_OTHER] * 3, policies

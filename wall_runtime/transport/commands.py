@@ -100,14 +100,13 @@ def serve(
     from wall_runtime.backends import load_policy
     from wall_runtime.transport.auth import SecurityError
     from wall_runtime.transport.peers import raise_fd_limit
-    from wall_runtime.transport.server import IO_PRIORITIES, PolicyServer, ServerConfig
+    from wall_runtime.transport.server import PolicyServer, ServerConfig, parse_io_priority
 
     raise_fd_limit()  # connections are capped below it; a low soft limit would cap them early
-    if handshake_io_priority not in IO_PRIORITIES:
-        raise typer.BadParameter(
-            f"takes one of {', '.join(IO_PRIORITIES)}, got {handshake_io_priority!r}",
-            param_hint="'--handshake-io-priority'",
-        )
+    try:
+        parse_io_priority(handshake_io_priority)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--handshake-io-priority'") from None
 
     config = ServerConfig(
         bind=bind,

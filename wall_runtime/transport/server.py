@@ -74,12 +74,12 @@ STRANGER_BUDGET_S = 0.002  # time spent on them per turn of the loop, between se
 STRANGER_SHARE = 0.25  # at most this share of the time: their replies and handshakes load libzmq's
 # I/O threads, which carry the robots' chunks too, so a burst of hellos is answered over a few
 # hundred milliseconds instead of all at once
-MONITOR_EVENT = struct.Struct("=HI")
+MONITOR_EVENT = struct.Struct("=HI")  # a monitor event's first frame: event id, value (an fd, errno)
 # Internal identities of the session socket's peers. libzmq's own routing ids are 5 bytes starting
 # with a zero byte, and a peer may not choose one that starts with zero, so no public peer's
 # identity can take this form.
 SESSION_PREFIX = b"\x00session:"
-IO_PRIORITIES = ("idle", "batch", "normal")  # a monitor event's first frame: event id, value (an fd, errno)
+IO_PRIORITIES = ("idle", "batch", "normal")
 
 __all__ = ["Pending", "PolicyServer", "ServerConfig", "Session"]
 
@@ -126,11 +126,7 @@ class PolicyServer:
         cfg = self.config
         if cfg.max_batch < 1 or cfg.max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
-        if cfg.handshake_io_priority not in IO_PRIORITIES:
-            raise ValueError(
-                f"handshake_io_priority must be one of {', '.join(IO_PRIORITIES)}, "
-                f"got {cfg.handshake_io_priority!r}"
-            )
+        parse_io_priority(cfg.handshake_io_priority)  # ValueError naming the choices
         if cfg.session_port is not None and not 0 <= cfg.session_port < 65536:
             raise ValueError(f"session_port must be in [0, 65535] (0: any free port), got {cfg.session_port}")
         if cfg.max_sessions < 1 or cfg.max_connections < 1 or cfg.max_connections_per_address < 0:
@@ -980,10 +976,19 @@ def _source_fd(body: list[Any]) -> int | None:
         return None
 
 
+def parse_io_priority(text: str) -> str:
+    """A ``handshake_io_priority`` checked: idle, batch or normal."""
+    if text not in IO_PRIORITIES:
+        raise ValueError(f"handshake_io_priority takes {', '.join(IO_PRIORITIES)}, got {text!r}")
+    return text
+
+
 def _set_io_priority(ctx: zmq.Context, priority: str) -> None:
-    """Schedule ``ctx``'s libzmq threads (call before its first socket): a no-op for "normal" and
-    where the OS has no such policy (then they run at the normal priority, said once in the log)."""
-    if priority == "normal":
+    """Schedule ``ctx``'s libzmq threads (call before its first socket) through libzmq. Not a
+    niceness: libzmq maps a SCHED_OTHER priority to nice -20, and a niceness of 19 measured 5-7x
+    the idle p99 under a flood (SCHED_IDLE threads yield at once to any woken normal thread). Where
+    the OS has no such policy they run at the normal priority, said once in the log."""
+    if parse_io_priority(priority) == "normal":
         return
     policy = getattr(os, "SCHED_IDLE" if priority == "idle" else "SCHED_BATCH", None)
     try:
