@@ -625,7 +625,8 @@ class PolicyServer:
         robot = None
         image_tokens = None
         if role == "robot":
-            robot = protocol.RobotDescription.from_header(msg.header)
+            # a hello without state_dim takes the policy's (the welcome says so)
+            robot = protocol.RobotDescription.from_header(msg.header, meta)
             robot.check_fits(meta)
             if robot.expected_bytes(meta) > self.config.max_message_bytes:
                 raise ProtocolError(
@@ -680,7 +681,8 @@ class PolicyServer:
                 self.config.max_message_bytes,
                 limits=self._limits,
             )
-        self._send(identity, encode({**self._welcome, "token": session.token}), protocol.WELCOME)
+        welcome = protocol.session_welcome(self._welcome, session.token, robot)
+        self._send(identity, encode(welcome), protocol.WELCOME)
 
     def _session_closed(
         self, session: Session, reason: str, code: ErrorCode = ErrorCode.NOT_REGISTERED
