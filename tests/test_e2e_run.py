@@ -48,6 +48,11 @@ def test_run_drives_the_sim_arm_from_a_served_policy(tmp_path: Path, monkeypatch
     monkeypatch.setattr(MujocoRobot, "connect", counting_connect)
     with _server(FLOW) as server:
         endpoint = server.start()
+        peers: list[bytes] = []  # the connections that said hello (the real handling runs)
+        on_hello = server._on_hello
+        monkeypatch.setattr(
+            server, "_on_hello", lambda identity, *a: (peers.append(identity), on_hello(identity, *a))
+        )
         out = tmp_path / "run.json"
         result = CliRunner().invoke(
             app,
@@ -71,6 +76,9 @@ def test_run_drives_the_sim_arm_from_a_served_policy(tmp_path: Path, monkeypatch
         )
     assert result.exit_code == 0, result.output
     assert len(connects) == 1  # `run` asks is_connected: the robot is connected once, not twice
+    # sim_arm's robot.yaml has no model.state_dim: one handshake leaves it to the policy (no probe)
+    assert len(set(peers)) == 1
+    assert server.metrics.counters.get(("requests", (("type", "bye"),)), 0) <= 1  # only the run's own
     summary = json.loads(out.read_text())
     assert summary["counters"]["chunks_received"] >= 2
     assert summary["watchdog_trips"] == 0

@@ -10,7 +10,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from wall_runtime.e2e.policy_link import ClientChunkSource
 from wall_runtime.e2e.robot_side import RobotSide
 from wall_runtime.recording.subscriber import LoopRecorder
 from wall_runtime.transport.client import PolicyClient
+from wall_runtime.transport.errors import ErrorCode, ServerError
 from wall_runtime.transport.protocol import RobotDescription
 from wall_runtime.types import ActionChunk, PolicyMetadata
 
@@ -35,9 +36,12 @@ class SessionError(RuntimeError):
     """The robot and the policy do not fit together, or a part did not come up."""
 
 
-def describe_robot(side: RobotSide, robot_id: str, state_dim: int, timeout: float = 10.0) -> RobotDescription:
+def describe_robot(
+    side: RobotSide, robot_id: str, state_dim: int | None, timeout: float = 10.0
+) -> RobotDescription:
     """The hello for this robot: its views with the shapes its cameras actually deliver, and the
-    state vector's size (the checkpoint's: the edge fills its layout)."""
+    state vector's size (the checkpoint's: the edge fills its layout; None leaves it to the policy,
+    which the server then takes for the session)."""
     cameras: dict[str, tuple[int, int, int]] = {}
     if side.cameras is not None:
         snap = side.cameras.wait_snapshot(timeout=timeout)
@@ -91,12 +95,29 @@ class PolicyLink:
 
 
 def _probe_state_dim(side: RobotSide, endpoint: str, robot_id: str, **keys: Any) -> int:
-    """The policy's state size, from a first handshake (robot.yaml need not pin the checkpoint's)."""
+    """The policy's state size from a throw-away handshake: only for a server older than the hello
+    that may leave ``state_dim`` to the policy (it refuses such a hello, naming the field)."""
     probe = PolicyClient(endpoint, describe_robot(side, robot_id, 1), **keys)
     try:
         return probe.connect(timeout=30.0).state_dim
     finally:
         probe.close()
+
+
+def _connect(description: RobotDescription, endpoint: str, keys: dict[str, Any]) -> PolicyClient:
+    """A handshaken client (closed again if the handshake fails)."""
+    client = PolicyClient(endpoint, description, **keys)
+    try:
+        client.connect(timeout=30.0)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _refuses_open_state_dim(exc: ServerError) -> bool:
+    """An older server's refusal of a hello without ``state_dim`` ('hello' message lacks field ...)."""
+    return exc.code == ErrorCode.BAD_MESSAGE and "lacks field 'state_dim'" in exc.message
 
 
 def open_policy_link(
@@ -112,13 +133,20 @@ def open_policy_link(
     client is closed again if either fails. Requests default to a deadline of one chunk's duration."""
     robot_id = robot_id or side.config.name
     keys: dict[str, Any] = {"server_key": server_key, "client_key": client_key}
-    state_dim = side.config.mapping.state_dim
-    if state_dim is None:
-        state_dim = _probe_state_dim(side, endpoint, robot_id, **keys)
-    description = describe_robot(side, robot_id, state_dim)
-    client = PolicyClient(endpoint, description, **keys)
+    # robot.yaml need not pin the checkpoint's state size: the hello then leaves it to the policy
+    # and the welcome says which it took (one handshake)
+    description = describe_robot(side, robot_id, side.config.mapping.state_dim)
     try:
-        meta = client.connect(timeout=30.0)
+        client = _connect(description, endpoint, keys)
+    except ServerError as exc:
+        if description.state_dim is not None or not _refuses_open_state_dim(exc):
+            raise
+        log.info("the server at %s predates hellos without state_dim: asking the policy's first", endpoint)
+        state_dim = _probe_state_dim(side, endpoint, robot_id, **keys)
+        client = _connect(replace(description, state_dim=state_dim), endpoint, keys)
+    try:
+        meta = client.metadata
+        assert meta is not None
         edge = check_fit(meta, side)
     except BaseException:
         client.close()

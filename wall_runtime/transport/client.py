@@ -108,6 +108,9 @@ class PolicyClient:
     ) -> None:
         """``server_key``: the server's public ``.key`` file; ``client_key``: this host's ``.key_secret``.
 
+        ``robot.state_dim`` None leaves the state size to the policy: the first welcome's size is
+        then kept in ``self.robot`` (and announced by every later hello, e.g. after a server restart).
+
         ``resize_images``: run the model's first, exact preprocessing step here (the Pillow bicubic
         resize to each view's resolution, announced by the server at the handshake) and send
         model-sized frames: fewer bytes on the wire, the same model input (docs/protocol.md).
@@ -551,6 +554,11 @@ class PolicyClient:
         if isinstance(interval, (int, float)) and 0 < interval <= 60:
             self._advertised_interval = float(interval)
         previous = self.session
+        if self.robot.state_dim is None:
+            # the hello left the state size to the policy: keep the one this session took, so a
+            # reconnection (a restarted server) announces the size the robot's observations have
+            taken = protocol.welcome_state_dim(h) or meta.state_dim
+            self.robot = dataclasses.replace(self.robot, state_dim=taken)
         self.metadata = meta
         self.limits = dict(limits) if isinstance(limits, dict) else {}
         self._token = token if isinstance(token, str) and 0 < len(token) <= protocol.MAX_NAME_LEN else None

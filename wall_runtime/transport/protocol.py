@@ -8,6 +8,7 @@ converts observations and chunks to and from messages, validating them against t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -99,16 +100,20 @@ def _seq(header: Mapping[str, Any]) -> int:
 
 @dataclass(frozen=True)
 class RobotDescription:
-    """What a robot announces in ``hello``; every later observation is checked against it."""
+    """What a robot announces in ``hello``; every later observation is checked against it.
+
+    ``state_dim`` None leaves the state vector's size to the policy: the server takes the policy's
+    ``state_dim`` for the session (:meth:`for_policy`) and says so in the welcome, so a robot that
+    does not pin the checkpoint's size needs one handshake, not a probe first."""
 
     robot_id: str
     embodiment: str
     cameras: dict[str, tuple[int, int, int]]  # model view name -> (H, W, 3)
-    state_dim: int
+    state_dim: int | None  # None: the policy's own (resolved by the server at the handshake)
     action_period: float  # seconds between actions; becomes each chunk's ``dt``
 
     def to_header(self) -> dict[str, Any]:
-        return {
+        header = {
             "v": PROTOCOL_VERSION,
             "type": HELLO,
             "robot_id": self.robot_id,
@@ -117,9 +122,14 @@ class RobotDescription:
             "state_dim": self.state_dim,
             "action_period": self.action_period,
         }
+        if self.state_dim is None:
+            del header["state_dim"]  # omitted, not nil: the same hello as before for explicit sizes
+        return header
 
     @classmethod
-    def from_header(cls, header: Mapping[str, Any]) -> RobotDescription:
+    def from_header(cls, header: Mapping[str, Any], policy: PolicyMetadata | None = None) -> RobotDescription:
+        """The hello's description; one that leaves ``state_dim`` to the policy (absent or nil)
+        takes ``policy.state_dim`` when ``policy`` is given (the server's case), else keeps None."""
         robot_id = require(header, "robot_id", str)
         embodiment = require(header, "embodiment", str)
         for name, value in (("robot_id", robot_id), ("embodiment", embodiment)):
@@ -143,13 +153,20 @@ class RobotDescription:
             if not ok:
                 raise _bad(f"camera {name!r}: shape must be [H, W, 3], got {shape!r}", ErrorCode.BAD_HELLO)
             cameras[name] = (shape[0], shape[1], shape[2])
-        state_dim = require(header, "state_dim", int)
+        state_dim = require(header, "state_dim", int, optional=True)
         action_period = require(header, "action_period", float)
-        if not 0 < state_dim <= 1024:
+        if state_dim is not None and not 0 < state_dim <= 1024:
             raise _bad(f"state_dim must be in 1..1024, got {state_dim}", ErrorCode.BAD_HELLO)
         if not 0 < action_period <= 10:
             raise _bad(f"action_period must be in (0, 10] s, got {action_period}", ErrorCode.BAD_HELLO)
-        return cls(robot_id, embodiment, cameras, state_dim, action_period)
+        robot = cls(robot_id, embodiment, cameras, state_dim, action_period)
+        return robot.for_policy(policy) if policy is not None else robot
+
+    def for_policy(self, meta: PolicyMetadata) -> RobotDescription:
+        """This description with the state size the session takes: its own, or else the policy's."""
+        if self.state_dim is not None:
+            return self
+        return dataclasses.replace(self, state_dim=meta.state_dim)
 
     def check_fits(self, meta: PolicyMetadata) -> None:
         """Refuse at the handshake a robot whose observations the policy could not take."""
@@ -159,7 +176,7 @@ class RobotDescription:
                 f"cameras {unknown} are not views of this policy (it takes {list(meta.cameras)})",
                 ErrorCode.BAD_HELLO,
             )
-        if self.state_dim > meta.state_dim:
+        if self.state_dim is not None and self.state_dim > meta.state_dim:
             raise _bad(
                 f"state_dim {self.state_dim} exceeds the policy's state dim {meta.state_dim}",
                 ErrorCode.BAD_HELLO,
@@ -168,7 +185,7 @@ class RobotDescription:
     def expected_bytes(self, meta: PolicyMetadata) -> int:
         """Largest well-formed observe message (arrays + header allowance) for this robot."""
         images = sum(h * w * c for h, w, c in self.cameras.values())
-        floats = self.state_dim + meta.state_dim + meta.action_dim
+        floats = (self.state_dim or meta.state_dim) + meta.state_dim + meta.action_dim
         floats += meta.action_horizon * (meta.action_dim + 1)
         return images + 4 * floats + 16 * 1024
 
@@ -282,6 +299,23 @@ def attach_token(header: Mapping[str, Any]) -> str:
     if not 0 < len(token) <= MAX_NAME_LEN:
         raise _bad(f"attach token must be 1 to {MAX_NAME_LEN} characters")
     return token
+
+
+def session_welcome(welcome: Mapping[str, Any], token: str, robot: RobotDescription | None) -> dict[str, Any]:
+    """One session's welcome: the server's shared part, the session's token and, for a robot, the
+    ``state_dim`` its observations must have (the hello's, or the policy's when it left it open)."""
+    header = {**welcome, "token": token}
+    if robot is not None:
+        header["state_dim"] = robot.state_dim
+    return header
+
+
+def welcome_state_dim(header: Mapping[str, Any]) -> int | None:
+    """The session's state size a welcome names (None from servers that predate the field)."""
+    value = header.get("state_dim")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1024:
+        return value
+    return None
 
 
 def error_header(code: ErrorCode | str, message: str, seq: int | None) -> dict[str, Any]:
@@ -417,7 +451,7 @@ def decode_observe(msg: Message, robot: RobotDescription, meta: PolicyMetadata) 
         res = meta.resolutions.get(cam)
         resized = (*wire_frame_size(shape[0], shape[1], res), 3) if res else shape
         images[cam] = _array(msg, IMAGE_PREFIX + cam, "|u1", shape, also=resized)
-    state = _array(msg, "state", "<f4", (robot.state_dim,))
+    state = _array(msg, "state", "<f4", (robot.state_dim or meta.state_dim,))
     state_mask = _array(msg, "state_mask", "<f4", (meta.state_dim,), optional=True)
     dof_mask = _array(msg, "dof_mask", "<f4", (meta.action_dim,), optional=True)
     _unit_interval("state_mask", state_mask)

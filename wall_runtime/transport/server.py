@@ -710,7 +710,8 @@ class PolicyServer:
         robot = None
         image_tokens = None
         if role == "robot":
-            robot = protocol.RobotDescription.from_header(msg.header)
+            # a hello without state_dim takes the policy's (the welcome says so)
+            robot = protocol.RobotDescription.from_header(msg.header, meta)
             robot.check_fits(meta)
             if robot.expected_bytes(meta) > self.config.max_message_bytes:
                 raise ProtocolError(
@@ -766,7 +767,8 @@ class PolicyServer:
                 limits=self._limits,
                 session_port=self._session_port,
             )
-        self._send(identity, encode({**self._welcome, "token": session.token}), protocol.WELCOME)
+        welcome = protocol.session_welcome(self._welcome, session.token, robot)
+        self._send(identity, encode(welcome), protocol.WELCOME)
 
     def _on_attach(self, identity: bytes, msg: Message, user: str | None) -> None:
         """A welcomed robot (or monitor) moves its session to this session-endpoint connection."""
