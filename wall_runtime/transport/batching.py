@@ -98,10 +98,10 @@ class CallBatcher:
 
     A request waits for others only while a client that sent one within ``active_window`` has
     none waiting, and at most ``max_wait_s`` after the oldest waiting one arrived or the batch in
-    compute finished, whichever is later (the ZeroMQ server's rule, :func:`batch_due`); a lone
-    client never waits. One batch is in compute at a
-    time; requests arriving meanwhile form the next one. ``infer`` is called outside the batcher's
-    lock (pass one that takes the policy's own lock when other endpoints share the policy).
+    compute finished, whichever is later (:func:`batch_due`, the ZeroMQ server's rule but for that
+    "or"); a lone client never waits. One batch is in compute at a time; requests arriving
+    meanwhile form the next one. ``infer`` is called outside the batcher's lock (pass one that
+    takes the policy's own lock when other endpoints share the policy).
     """
 
     def __init__(
@@ -120,7 +120,7 @@ class CallBatcher:
         self._cond = threading.Condition()
         self._waiting: list[_Slot] = []
         self._computing = False
-        self._free_since = 0.0  # perf_counter when the last batch finished
+        self._free_since = float("-inf")  # perf_counter when the last batch finished
         self._last_seen: dict[Hashable, float] = {}  # client -> perf_counter of its latest request
 
     def forget(self, client: Hashable) -> None:

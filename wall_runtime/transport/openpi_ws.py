@@ -336,8 +336,6 @@ class OpenpiServer:
         self.config = config or OpenpiConfig()
         check_exposure(self.config)
         self.lock = lock or threading.Lock()
-        if self.config.max_batch < 1 or self.config.max_wait_ms < 0:
-            raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
         self.batcher = CallBatcher(
             self._locked_infer, self.config.max_batch, self.config.max_wait_ms / 1000.0
         )
