@@ -27,6 +27,12 @@ CASES = {
         {"machine", "payload", "results", "ratios", "targets_met", "raw_latencies_ms"},
         ["transport.png"],
     ),
+    "bench_openpi_batch.py": (
+        ["benchmarks/bench_openpi_batch.py"],
+        "openpi_batch.json",
+        {"machine", "method", "results", "ratios", "raw_round_ms"},
+        ["openpi_batch.png"],
+    ),
     "bench_inference.py": (
         ["benchmarks/bench_inference.py"],
         "inference_cpu.json",
@@ -115,7 +121,18 @@ def _wire_measured(record: dict) -> None:
         assert all(link["round_trip"][m]["n"] == 2 for m in ("camera_sized", "model_sized"))
 
 
+def _openpi_batch_measured(record: dict) -> None:
+    """Both servers measured with 1 and 4 clients, every reply the client's own; the serial one
+    made a call per request, the batched one fewer."""
+    r = record["results"]
+    assert set(r) == {f"{m}_{n}_clients" for m in ("batched", "serial") for n in (1, 4)}
+    assert all(row["wrong_replies"] == 0 and row["round"]["p50_ms"] > 0 for row in r.values())
+    assert r["serial_4_clients"]["policy_calls_per_round"] == 4
+    assert r["batched_4_clients"]["policy_calls_per_round"] < 4
+
+
 CHECKS = {
+    "bench_openpi_batch.py": _openpi_batch_measured,
     "bench_inference.py": _inference_measured,
     "bench_transport.py": _transport_measured,
     "bench_wire.py": _wire_measured,

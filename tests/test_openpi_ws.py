@@ -8,9 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import cv2
 import msgpack
@@ -247,3 +249,112 @@ def test_both_endpoints_keep_the_policys_input_check(tmp_path: Path) -> None:
         assert SharedPolicy(policy).input_check is policy.input_check
     finally:
         policy.close()
+
+
+def _rounds(port: int, states: list[np.ndarray], prompts: list[str], rounds: int = 1) -> list[list]:
+    """Each client on its own thread and connection sends ``rounds`` requests, the clients in step
+    (a barrier before each round); per client, what each request got (a reply or the exception)."""
+    clients = [WebsocketClientPolicy("127.0.0.1", port) for _ in states]
+    barrier = threading.Barrier(len(clients))
+    got: list[list] = [[] for _ in clients]
+
+    def run(i: int) -> None:
+        for r in range(rounds):
+            barrier.wait(timeout=30)
+            try:
+                got[i].append(clients[i].infer({"state": states[i] + r, "prompt": prompts[i]}))
+            except Exception as exc:  # an error reply: openpi-client raises it
+                got[i].append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return got
+
+
+def test_concurrent_connections_share_one_policy_call_and_each_gets_its_own_chunk() -> None:
+    """Four openpi clients at once: their requests run as shared ``infer`` calls (the policy
+    records each call's observations), and each reply is the chunk of that client's own state."""
+    policy = _echo(delay_ms=30, image_digest=False)
+    ramp = 0.01 * np.arange(1, 9, dtype=np.float32)[:, None]  # the echo chunk is state + ramp
+    states = [np.full(12, 10.0 * (i + 1), np.float32) for i in range(4)]
+    with OpenpiServer(policy, OpenpiConfig(port=0, max_batch=4, max_wait_ms=300)) as server:
+        got = _rounds(server.port, states, [""] * 4, rounds=4)
+    for i, replies in enumerate(got):
+        assert len(replies) == 4
+        for r, reply in enumerate(replies):
+            np.testing.assert_allclose(reply["actions"], states[i] + r + ramp, atol=1e-5)
+    sizes = [len(call) for call in policy.calls]
+    assert sum(sizes) == 16 and max(sizes) == 4, sizes  # batched, never past max_batch
+    assert len(sizes) < 16, sizes
+    batched = [reply["server_timing"]["batch_size"] for replies in got for reply in replies]
+    assert max(batched) == 4
+
+
+def test_a_batch_with_one_bad_member_serves_the_others_alone() -> None:
+    """The policy raises on one client's observation inside a batch of three: the batch is retried
+    member by member, so that client alone gets the error and the others their chunks."""
+    policy = _echo(fail_on="explode", image_digest=False)
+    ramp = 0.01 * np.arange(1, 9, dtype=np.float32)[:, None]
+    states = [np.full(12, float(i + 1), np.float32) for i in range(3)]
+    with OpenpiServer(policy, OpenpiConfig(port=0, max_batch=3, max_wait_ms=500)) as server:
+        clients = [WebsocketClientPolicy("127.0.0.1", server.port) for _ in states]
+        barrier = threading.Barrier(3)
+        got: list[Any] = [None] * 3
+
+        def run(i: int) -> None:
+            clients[i].infer({"state": states[i]})  # all three active: a batch waits for all of them
+            barrier.wait(timeout=30)
+            if i == 0:
+                policy.calls.clear()
+            barrier.wait(timeout=30)
+            try:
+                got[i] = clients[i].infer({"state": states[i], "prompt": "explode" if i == 1 else "go"})
+            except RuntimeError as exc:
+                got[i] = exc
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert isinstance(got[1], RuntimeError) and "POLICY_ERROR" in str(got[1])
+        assert "explode" in str(got[1])
+        for i in (0, 2):
+            np.testing.assert_allclose(got[i]["actions"], states[i] + ramp, atol=1e-5)
+            assert got[i]["server_timing"]["batch_size"] == 1  # served by its retry alone
+        assert server.counts["error_POLICY"] == 1
+        np.testing.assert_allclose(_good(clients[1]), np.arange(12) + ramp, atol=1e-5)  # still served
+    assert [len(call) for call in policy.calls[:4]] == [3, 1, 1, 1]
+
+
+def test_a_lone_client_never_waits_for_a_batch() -> None:
+    """With a long ``max_wait_ms`` one client's requests still run at once, also after a second
+    client came and went (a closed connection holds nobody back)."""
+    with OpenpiServer(_echo(), OpenpiConfig(port=0, max_wait_ms=2000)) as server:
+        other = WebsocketClientPolicy("127.0.0.1", server.port)
+        _good(other)
+        other._ws.close()
+        time.sleep(0.2)  # the server sees the close
+        client = WebsocketClientPolicy("127.0.0.1", server.port)
+        for _ in range(5):
+            t0 = time.perf_counter()
+            reply = client.infer({"state": np.zeros(12, np.float32)})
+            assert time.perf_counter() - t0 < 1.0
+            assert reply["server_timing"]["queue_ms"] < 500 and reply["server_timing"]["batch_size"] == 1
+
+
+def test_policy_calls_take_turns_on_the_shared_lock() -> None:
+    """The lock the ZeroMQ server's calls take (``SharedPolicy``) holds the openpi endpoint's too."""
+    lock = threading.Lock()
+    with OpenpiServer(_echo(), OpenpiConfig(port=0), lock=lock) as server:
+        client = WebsocketClientPolicy("127.0.0.1", server.port)
+        done = threading.Event()
+        with lock:
+            worker = threading.Thread(target=lambda: (_good(client), done.set()))
+            worker.start()
+            assert not done.wait(0.3)  # the call waits for the lock
+        assert done.wait(10)
+        worker.join(10)

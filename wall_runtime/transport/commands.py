@@ -43,9 +43,11 @@ def serve(
     bind: str = typer.Option(
         "tcp://127.0.0.1:5555", "--bind", help="ZeroMQ endpoint; port * picks a free one."
     ),
-    max_batch: int = typer.Option(8, "--max-batch", min=1, help="Most observations per policy call."),
+    max_batch: int = typer.Option(
+        8, "--max-batch", min=1, help="Most observations per policy call (ZeroMQ and --openpi)."
+    ),
     max_wait_ms: float = typer.Option(
-        2.0, "--max-wait-ms", min=0, help="Longest a request waits for a batch."
+        2.0, "--max-wait-ms", min=0, help="Longest a request waits for a batch (ZeroMQ and --openpi)."
     ),
     heartbeat: float = typer.Option(1.0, "--heartbeat", min=0.01, help="Ping interval told to clients (s)."),
     session_timeout: float = typer.Option(
@@ -143,6 +145,8 @@ def serve(
             token=token or None,
             insecure=insecure,
             max_message_bytes=config.max_message_bytes,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
         )
         try:
             check_exposure(openpi_config)  # before the (slow) policy load

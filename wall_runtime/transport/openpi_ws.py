@@ -24,7 +24,14 @@ either float ``[S]`` in the model's state layout or wall-x's named map (``follow
 layout with the missing slots masked; ``prompt`` or ``instruction``; optional ``norm_key``,
 ``state_mask``, ``dof_mask``. ``{"type": "reset"}`` is answered ``{"reset": true}``. Replies:
 ``actions`` ``[H, D]`` float32 in robot units, ``predict_action`` ``[1, H, D]`` (wall-x's name),
-``server_timing`` ``{infer_ms, prev_total_ms}`` and ``policy_timing`` (per stage, ms).
+``server_timing`` ``{infer_ms, queue_ms, batch_size, prev_total_ms}`` and ``policy_timing`` (per
+stage, ms).
+
+Connections are served on threads of their own, but their requests are batched as the ZeroMQ
+server batches robots' (``batching.CallBatcher``): requests that arrive together run as one
+``policy.infer`` call of up to ``max_batch``, gathered for at most ``max_wait_ms`` and only while
+another recently active connection has none waiting (one client alone never waits); a failing batch
+is retried member by member, so only the request the policy refuses gets the error.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import numpy as np
 from wall_runtime.action_space.rotations import euler_to_6d as _euler_to_6d
 from wall_runtime.backends.base import Policy
 from wall_runtime.transport.auth import SecurityError, is_loopback
+from wall_runtime.transport.batching import CallBatcher
 from wall_runtime.transport.protocol import MAX_INSTRUCTION_LEN
 from wall_runtime.types import Observation
 
@@ -294,6 +302,11 @@ class OpenpiConfig:
     token: str | None = None  # required from clients (Authorization: Api-Key TOKEN) when set
     insecure: bool = False  # allow a non-loopback bind without a token
     max_message_bytes: int = 32 * 1024 * 1024
+    # concurrent connections' requests share one policy call (as the ZeroMQ server's robots do):
+    # at most max_batch, gathered for at most max_wait_ms after the first, and only while another
+    # recently active connection has none waiting (a lone client never waits)
+    max_batch: int = 8
+    max_wait_ms: float = 2.0
 
 
 def check_exposure(config: OpenpiConfig) -> None:
@@ -306,9 +319,11 @@ def check_exposure(config: OpenpiConfig) -> None:
 
 
 class OpenpiServer:
-    """The websocket endpoint, one thread per connection; its policy calls take turns on ``lock``.
-    When the ZeroMQ server serves the same policy, wrap it in :class:`SharedPolicy` for both (and
-    do not pass its lock here: it is not re-entrant)."""
+    """The websocket endpoint, one thread per connection. Requests that connections send at the
+    same time are batched into one ``policy.infer`` call (:class:`~wall_runtime.transport.batching.
+    CallBatcher`: ``max_batch``, ``max_wait_ms``; a failing batch is retried member by member);
+    each call takes ``lock``. When the ZeroMQ server serves the same policy, wrap it in
+    :class:`SharedPolicy` for both (and do not pass its lock here: it is not re-entrant)."""
 
     def __init__(
         self,
@@ -321,6 +336,9 @@ class OpenpiServer:
         self.config = config or OpenpiConfig()
         check_exposure(self.config)
         self.lock = lock or threading.Lock()
+        self.batcher = CallBatcher(
+            self._locked_infer, self.config.max_batch, self.config.max_wait_ms / 1000.0
+        )
         self.layout = dict(state_layout if state_layout is not None else _policy_state_layout(policy))
         self.counts: Counter[str] = Counter()
         self._server: Any = None
@@ -380,6 +398,10 @@ class OpenpiServer:
                 )
         return None
 
+    def _locked_infer(self, observations: list[Observation]) -> list[Any]:
+        with self.lock:  # one call at a time, with the ZeroMQ server's too when they share a policy
+            return self.policy.infer(observations)
+
     def _handle(self, connection: Any) -> None:
         from websockets.exceptions import ConnectionClosed
 
@@ -388,13 +410,15 @@ class OpenpiServer:
             connection.send(pack(self.metadata()))
             for message in connection:
                 t0 = time.perf_counter()
-                reply = self._answer(message, prev_total_ms)
+                reply = self._answer(message, prev_total_ms, connection)
                 connection.send(reply)
                 prev_total_ms = (time.perf_counter() - t0) * 1e3
         except ConnectionClosed:
             pass  # the client went away, or sent a frame over the limit (closed with 1009)
+        finally:
+            self.batcher.forget(connection)  # no batch waits for a closed connection
 
-    def _answer(self, message: Any, prev_total_ms: float | None) -> bytes | str:
+    def _answer(self, message: Any, prev_total_ms: float | None, client: Any = None) -> bytes | str:
         try:
             if isinstance(message, str):
                 raise RequestError(
@@ -411,10 +435,9 @@ class OpenpiServer:
                     check.check(obs)
                 except ValueError as exc:
                     raise RequestError("BAD_VALUE", str(exc)) from None
-            t0 = time.perf_counter()
-            with self.lock:
-                (result,) = self.policy.infer([obs])
-            infer_ms = (time.perf_counter() - t0) * 1e3
+            served = self.batcher.infer(client, obs)  # with other connections' requests
+            if served.result is None:  # the policy refused this one (alone, if its batch failed)
+                raise served.error or RuntimeError("no result")
         except RequestError as exc:
             self.counts[f"error_{exc.code}"] += 1
             return f"error {exc.code}: {exc}"
@@ -423,8 +446,8 @@ class OpenpiServer:
             log.warning("openpi request failed in the policy: %s", exc)
             return f"error POLICY_ERROR: {type(exc).__name__}: {exc}"
         self.counts["infer"] += 1
-        actions = np.asarray(result.actions, dtype=np.float32)
-        timing = {"infer_ms": infer_ms}
+        actions = np.asarray(served.result.actions, dtype=np.float32)
+        timing = {"infer_ms": served.infer_ms, "queue_ms": served.queue_ms, "batch_size": served.batch_size}
         if prev_total_ms is not None:
             timing["prev_total_ms"] = prev_total_ms
         return pack(
@@ -432,7 +455,7 @@ class OpenpiServer:
                 "actions": actions,
                 "predict_action": actions[None],
                 "server_timing": timing,
-                "policy_timing": {k: float(v) for k, v in result.timing_ms.items()},
+                "policy_timing": {k: float(v) for k, v in served.result.timing_ms.items()},
             }
         )
 

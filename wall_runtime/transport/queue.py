@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wall_runtime.transport import protocol
+from wall_runtime.transport.batching import ACTIVE_WINDOW_S, batch_due
 from wall_runtime.transport.errors import ErrorCode, ProtocolError
-
-ACTIVE_WINDOW_S = 1.0  # a robot that observed this recently may be about to join a batch
 
 
 @dataclass
@@ -284,13 +283,10 @@ class RequestQueue:
         if self.computing or not self.ready:
             return None
         oldest = next(iter(self.ready.values()))
-        full = len(self.ready) >= self.max_batch
         # Robots that connected but are not observing (between episodes, just pinging) must not
         # hold a lone request back for max_wait: wait only for robots observing lately.
         active = sum(1 for s in self.sessions.values() if now - s.last_observe < self.active_window)
-        everyone = len(self.ready) >= active
-        waited = now - oldest.received >= self.max_wait_s
-        if not (full or everyone or waited):
+        if not batch_due(len(self.ready), active, now - oldest.received, self.max_batch, self.max_wait_s):
             return None
         batch = [self.ready.popitem(last=False)[1] for _ in range(min(self.max_batch, len(self.ready)))]
         for pending in batch:

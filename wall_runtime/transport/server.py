@@ -53,6 +53,7 @@ import zmq
 
 from wall_runtime.backends.base import Policy
 from wall_runtime.transport import auth, protocol
+from wall_runtime.transport.batching import infer_isolating
 from wall_runtime.transport.codec import MAX_HEADER_BYTES, Message, decode, encode, pack_header
 from wall_runtime.transport.errors import ErrorCode, ProtocolError
 from wall_runtime.transport.metrics import BATCH_BUCKETS, MetricsHTTPServer, ServerMetrics
@@ -879,44 +880,21 @@ class PolicyServer:
                     self._io.kick()  # the leader may take the next batch now
 
     def _compute(self, batch: list[Pending]) -> list[tuple[bytes, list[Any], str]]:
-        """Replies for ``batch``; a failing batch is retried member by member, so one robot's
-        input the policy cannot take fails that robot alone."""
-        t0 = time.perf_counter()
-        try:
-            results = self.policy.infer([p.request.observation for p in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"policy returned {len(results)} results for {len(batch)} observations")
-        except Exception as exc:
-            self.metrics.inc("policy_failures")
-            if len(batch) > 1:
-                log.warning(
-                    "policy failed on a batch of %d (%s: %s); retrying its members one by one",
-                    len(batch),
-                    type(exc).__name__,
-                    exc,
-                )
-                return [reply for p in batch for reply in self._compute([p])]
-            log.error("policy failed for %s: %s: %s", self._who(batch[0].identity), type(exc).__name__, exc)
-            message = f"policy raised {type(exc).__name__}: {exc}"
-            return [
-                (
-                    batch[0].identity,
-                    self._error_frames(ErrorCode.POLICY_ERROR, message, batch[0]),
-                    protocol.ERROR,
-                )
-            ]
-        infer_ms = (time.perf_counter() - t0) * 1000.0
-        ema = self._infer_ms_ema
-        self._infer_ms_ema = infer_ms if ema == float("inf") else 0.8 * ema + 0.2 * infer_ms
-        self.metrics.observe("infer_ms", infer_ms)
-        self.metrics.observe("batch_size", len(batch), buckets=BATCH_BUCKETS)
+        """Replies for ``batch``; a failing batch is retried member by member
+        (``batching.infer_isolating``), so one robot's input the policy cannot take fails that
+        robot alone."""
         replies = []
-        for pending, result in zip(batch, results, strict=True):
-            try:
-                replies.append(self._chunk_reply(pending, result, t0, infer_ms))
-            except Exception as exc:
-                log.error("unusable policy result for %s: %s", self._who(pending.identity), exc)
-                message = f"policy returned unusable actions: {exc}"
+        for call in infer_isolating(self.policy.infer, [p.request.observation for p in batch]):
+            if call.error is not None:
+                self.metrics.inc("policy_failures")
+                if len(call.members) > 1:
+                    continue  # retried member by member: those calls follow
+                pending = batch[call.members[0]]
+                exc = call.error
+                log.error(
+                    "policy failed for %s: %s: %s", self._who(pending.identity), type(exc).__name__, exc
+                )
+                message = f"policy raised {type(exc).__name__}: {exc}"
                 replies.append(
                     (
                         pending.identity,
@@ -924,6 +902,26 @@ class PolicyServer:
                         protocol.ERROR,
                     )
                 )
+                continue
+            assert call.results is not None
+            ema = self._infer_ms_ema
+            self._infer_ms_ema = call.infer_ms if ema == float("inf") else 0.8 * ema + 0.2 * call.infer_ms
+            self.metrics.observe("infer_ms", call.infer_ms)
+            self.metrics.observe("batch_size", len(call.members), buckets=BATCH_BUCKETS)
+            for i, result in zip(call.members, call.results, strict=True):
+                pending = batch[i]
+                try:
+                    replies.append(self._chunk_reply(pending, result, call.started, call.infer_ms))
+                except Exception as exc:
+                    log.error("unusable policy result for %s: %s", self._who(pending.identity), exc)
+                    message = f"policy returned unusable actions: {exc}"
+                    replies.append(
+                        (
+                            pending.identity,
+                            self._error_frames(ErrorCode.POLICY_ERROR, message, pending),
+                            protocol.ERROR,
+                        )
+                    )
         return replies
 
     def _chunk_reply(
