@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import errno
 import logging
-import time
 
 import numpy as np
 import pytest
 import zmq
-from transport_helpers import client_for, echo_policy, observation, robot, serving
+from transport_helpers import client_for, echo_policy, observation, robot, serving, wait_until
 
 from wall_runtime.transport import protocol
 from wall_runtime.transport.client import PolicyClient, fetch_stats
@@ -32,13 +31,16 @@ def _hello(sock: zmq.Socket, robot_id: str, timeout_ms: int = 3000) -> dict:
     return decode(sock.recv_multipart(), 1 << 20).header
 
 
-def _wait(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+def _idle_peers(ctx: zmq.Context, endpoint: str, n: int) -> list[zmq.Socket]:
+    """``n`` connections that say nothing and, once dropped, stay away (no reconnect churn)."""
+    socks = []
+    for _ in range(n):
+        s = ctx.socket(zmq.DEALER)
+        s.linger = 0
+        s.reconnect_ivl = 60_000
+        s.connect(endpoint)
+        socks.append(s)
+    return socks
 
 
 def test_connections_over_the_per_address_limit_are_refused_with_a_reason(caplog) -> None:
@@ -67,7 +69,7 @@ def test_connections_over_the_per_address_limit_are_refused_with_a_reason(caplog
                 s.send_multipart(encode(robot(f"flood-{len(socks)}").to_header()))
                 socks.append(s)
             peers = server._peers
-            assert _wait(lambda: peers.refused_total >= 40 + 1 - limit), peers.refused_total
+            assert wait_until(lambda: peers.refused_total >= 40 + 1 - limit), peers.refused_total
             assert len(peers.live) - len(peers.refused) <= limit  # refused ones are in their grace
             replies = {}
             for i, s in enumerate(socks):
@@ -86,8 +88,8 @@ def test_connections_over_the_per_address_limit_are_refused_with_a_reason(caplog
                 )
             assert caplog.text.count("refusing connections from 127.0.0.1") == 1, caplog.text
             # refused connections are shut down after their grace period: the count stays bounded
-            assert _wait(lambda: not peers.refused, 3.0), peers.refused
-            assert _wait(lambda: len(peers.live) <= limit + 1, 3.0), len(peers.live)
+            assert wait_until(lambda: not peers.refused, 3.0), peers.refused
+            assert wait_until(lambda: len(peers.live) <= limit + 1, 3.0), len(peers.live)
             # another address is another budget (libzmq's "source;destination" endpoint syntax)
             other = ctx.socket(zmq.DEALER)
             other.linger = 0
@@ -106,7 +108,7 @@ def test_connections_over_the_per_address_limit_are_refused_with_a_reason(caplog
             for s in socks:
                 s.close()
             socks.clear()
-            assert _wait(lambda: peers.per_address.get("127.0.0.1", 0) <= 2)
+            assert wait_until(lambda: peers.per_address.get("127.0.0.1", 0) <= 2)
             with client_for(server.endpoint, robot("late")) as late:
                 _served(late, policy, 2.0)
             stats = fetch_stats(server.endpoint)
@@ -133,21 +135,16 @@ def test_at_the_fd_limit_connections_with_a_session_are_never_shed() -> None:
         ctx = zmq.Context()
         socks = []
         try:
-            for _ in range(30):
-                s = ctx.socket(zmq.DEALER)
-                s.linger = 0
-                s.reconnect_ivl = 60_000
-                s.connect(server.endpoint)
-                socks.append(s)
+            socks.extend(_idle_peers(ctx, server.endpoint, 30))
             peers = server._peers
-            assert _wait(lambda: len(peers.live) >= 31)
+            assert wait_until(lambda: len(peers.live) >= 31)
             assert len(peers.protected) == 1  # the good robot's connection (its hello)
             with server._io.lock:
                 for _ in range(100):  # a burst of EMFILE reports before any shed peer has closed
                     peers.accept_failed(errno.EMFILE)
                     peers._next_fd_check = 0.0  # every report looks (the real pace is 1 ms)
                 assert len(peers.closing) <= 8  # a few at a time: those are still open
-            assert _wait(lambda: not peers.closing)
+            assert wait_until(lambda: not peers.closing)
             with server._io.lock:
                 for _ in range(20):  # failures go on: the flood is shed, batch by batch, then nothing
                     peers.closing.clear()
@@ -170,23 +167,18 @@ def test_an_attached_robot_is_off_the_public_endpoint() -> None:
     with serving(policy) as server, client_for(server.endpoint, robot("good")) as good:
         assert server.session_endpoint is not None and good.session_endpoint == server.session_endpoint
         peers = server._peers
-        assert _wait(lambda: not peers.live)  # its hello's connection has closed
+        assert wait_until(lambda: not peers.live)  # its hello's connection has closed
         ctx = zmq.Context()
         socks = []
         try:
-            for _ in range(30):
-                s = ctx.socket(zmq.DEALER)
-                s.linger = 0
-                s.reconnect_ivl = 60_000
-                s.connect(server.endpoint)
-                socks.append(s)
-            assert _wait(lambda: len(peers.live) >= 30)
+            socks.extend(_idle_peers(ctx, server.endpoint, 30))
+            assert wait_until(lambda: len(peers.live) >= 30)
             with server._io.lock:
                 for _ in range(20):  # accept failures shed the public endpoint's connections
                     peers.closing.clear()
                     peers._next_fd_check = 0.0
                     peers.accept_failed(errno.EMFILE)
-            assert _wait(lambda: not peers.live)
+            assert wait_until(lambda: not peers.live)
             _served(good, policy, 1.0)
             assert good.heartbeats_lost == 0
             stranger = ctx.socket(zmq.DEALER)
