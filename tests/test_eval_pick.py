@@ -96,6 +96,29 @@ def test_served_expert_chunk_is_the_direct_plan(side) -> None:
         policy.infer([obs])
 
 
+def test_eval_connects_with_one_hello_and_takes_the_policys_state_size() -> None:
+    """The runner's one handshake names every rendered view and leaves the state size to the
+    policy: no probe session before the real one."""
+    from wall_runtime.backends.expert import ScriptedExpertPolicy
+    from wall_runtime.eval.episode import EvalConfig, EvalRunner
+    from wall_runtime.transport.server import PolicyServer, ServerConfig
+
+    policy = ScriptedExpertPolicy(task="pick_cube", horizon=16, cameras=VIEWS)
+    with PolicyServer(policy, ServerConfig(bind="tcp://127.0.0.1:*")) as server:
+        runner = EvalRunner(ROBOT, server.endpoint, EvalConfig())
+        try:
+            hellos = sum(
+                c["value"]
+                for c in server.metrics.snapshot()["counters"]
+                if c["name"] == "requests" and c["labels"].get("type") == "hello"
+            )
+            assert hellos == 1
+            assert runner.description.state_dim == policy.metadata.state_dim
+            assert sorted(runner.description.cameras) == sorted(VIEWS)
+        finally:
+            runner.close()
+
+
 @pytest.mark.slow  # ~10 s: a policy server process and a few closed-loop episodes
 def test_expert_through_the_runtime_succeeds_records_and_is_deterministic(tmp_path) -> None:
     """`wall-runtime eval --backend expert --record`: the expert through server process, ZeroMQ,

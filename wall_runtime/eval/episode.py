@@ -131,38 +131,24 @@ class EvalRunner:
         return out
 
     def _connect(self) -> tuple[PolicyClient, Any, RobotDescription]:
-        views = self._views()
-
-        def describe(state_dim: int, cameras: dict[str, tuple[int, int, int]]) -> RobotDescription:
-            return RobotDescription(
-                robot_id=self.side.config.name,
-                embodiment=self.side.config.mapping.norm_key,
-                cameras=cameras,
-                state_dim=state_dim,
-                action_period=self.period,
-            )
-
-        all_views = {v: (h, w, 3) for v, (_, w, h) in views.items()}
-        probe = PolicyClient(self.endpoint, describe(1, all_views))  # every view: a missing one is refused
-        try:
-            meta = probe.connect(timeout=30.0)
-        finally:
-            probe.close()
-        cameras = {v: s for v, s in all_views.items() if v in meta.cameras}
-        if not cameras:
-            raise ValueError(
-                f"{self.side.config.path}: none of the robot's views {sorted(views)} is one the policy "
-                f"takes ({list(meta.cameras)})"
-            )
-        description = describe(meta.state_dim, cameras)
+        """One handshake: every view the robot renders (the server refuses a view the policy does
+        not take, and a policy view the robot lacks, by name), the state size left to the policy
+        (the model edge builds the state in the checkpoint's layout)."""
+        description = RobotDescription(
+            robot_id=self.side.config.name,
+            embodiment=self.side.config.mapping.norm_key,
+            cameras={v: (h, w, 3) for v, (_, w, h) in self._views().items()},
+            state_dim=None,
+            action_period=self.period,
+        )
         client = PolicyClient(self.endpoint, description)
         try:
             meta = client.connect(timeout=30.0)
+            check_fit(meta, self.side)  # refuses a layout the robot's mapping does not fit, naming the slot
         except BaseException:
             client.close()
             raise
-        check_fit(meta, self.side)  # refuses a layout the robot's mapping does not fit, naming the slot
-        return client, meta, description
+        return client, meta, client.robot
 
     def _frame(self, view: str) -> np.ndarray:
         camera, w, h = self._views()[view]
