@@ -297,10 +297,14 @@ def bench_workspace(ticks: int) -> dict[str, dict[str, object]]:
                     "fk_calls_max": int(n_fk.max()),
                 }
             out[f"{robot}{'_jerk' if jerk else ''}"] = row
-            console.print(f"workspace {robot}{' jerk' if jerk else ''}: " + ", ".join(
-                f"{c} p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms fk {r['fk_calls_p50']:.0f}"
-                for c, r in row.items() if r.get("ticks")  # type: ignore[union-attr]
-            ))
+            console.print(
+                f"workspace {robot}{' jerk' if jerk else ''}: "
+                + ", ".join(
+                    f"{c} p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms fk {r['fk_calls_p50']:.0f}"
+                    for c, r in row.items()
+                    if r.get("ticks")  # type: ignore[union-attr]
+                )
+            )
     return out
 
 

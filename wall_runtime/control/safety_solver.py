@@ -641,12 +641,12 @@ def _line_brake(lim: ChainLimits, step: np.ndarray, dt: float) -> float:
     return float(np.min(bdt2 / np.abs(step[moving])))
 
 
-_PATH_TICKS = 20_000
+_PATH_TICKS = 20_000  # ticks of a per-joint stopping path at most (then it counts as not viable)
 _WS_PATH_SAMPLES = 25  # forward-kinematics samples along a per-joint stopping path at most
 # a new command's stopping path keeps this far inside the box (m): a braking command inherits its
 # path from the last one, and the plan's discrete choices (how many ticks at the deceleration
 # limit) can flip on rounding there, moving its end by a fraction of a tick's travel
-_WS_PATH_MARGIN = 1e-4  # ticks of a per-joint stopping path at most (then it counts as not viable)
+_WS_PATH_MARGIN = 1e-4
 
 
 def stop_path(
@@ -657,16 +657,32 @@ def stop_path(
     ``q`` after a step ``u`` with change of step ``al``: ``[ticks + 1, n]``, the first row ``q``.
     A feedback plan per joint, so the path from its next row is the rest of this one. ``None``
     where it did not stop within ``_PATH_TICKS`` ticks."""
+    return stop_paths(q[None, :], u[None, :], al[None, :], jd, dd)[0]
+
+
+def stop_paths(
+    q: np.ndarray, u: np.ndarray, al: np.ndarray, jd: np.ndarray, dd: np.ndarray
+) -> list[np.ndarray | None]:
+    """:func:`stop_path` for many starts at once (``q``, ``u``, ``al``: ``[m, n]``; ``jd``, ``dd``:
+    ``[n]``), one path (or ``None``) per start. Every number is the one :func:`stop_path` computes
+    for that start alone (the same element-wise operations, only on a wider array), so a batch
+    costs about what its longest path does instead of the sum of them."""
     sign = np.where(u != 0.0, np.sign(u), np.sign(al))
     us, als = u * sign, al * sign
     x = np.zeros(q.shape)
     rows = [q.copy()]
     active = ~((us <= 0.0) & (als <= 0.0))
-    for _ in range(_PATH_TICKS):
+    # rows each start's path has (-1: still moving); a path ends on the first tick it no longer moves
+    length = np.where(active.any(axis=1), -1, 1)
+    # the plan's per-joint constants, taken out of the loop (stair_inverse(us, jd) computes these)
+    finite = np.isfinite(jd)
+    bb = np.where(finite, jd, 1.0)
+    h = 0.5 * bb + 0.0
+    for tick in range(_PATH_TICKS):
         if not active.any():
-            return np.array(rows)
+            break
         a_n = np.maximum(als - jd, -dd)
-        a_end = np.where(us >= 0.0, -stair_inverse(us, jd), -np.inf)
+        a_end = np.where(us >= 0.0, -_stair_inverse_plain(us, bb, h, finite), -np.inf)
         a_n = np.minimum(np.maximum(a_n, a_end), als + jd)
         us = np.where(active, us + a_n, us)
         als = np.where(active, a_n, als)
@@ -677,7 +693,30 @@ def stop_path(
         rev = active & (us < 0.0)
         sign, us, als = np.where(rev, -sign, sign), np.where(rev, -us, us), np.where(rev, -als, als)
         active &= ~((us <= 0.0) & (als <= 0.0))
-    return None
+        # stopped now: its path is these rows, if there is a tick left to see that (stop_path's rule)
+        length = np.where((length < 0) & ~active.any(axis=1) & (tick + 1 < _PATH_TICKS), tick + 2, length)
+    out = np.array(rows)
+    return [None if k < 0 else out[:k, i] for i, k in enumerate(length.tolist())]
+
+
+def _stair_inverse_plain(room: np.ndarray, bb: np.ndarray, h: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """:func:`stair_inverse` with ``c = 0`` and its per-``b`` constants (``bb``, ``h``, ``finite``)
+    precomputed: the same operations in the same order, so the same numbers."""
+    room = np.maximum(room, 0.0)
+    m = np.floor((np.sqrt(h * h + 2.0 * bb * room) - h) / bb)
+    cost_m = bb * m * (m + 1.0) / 2.0 + 0.0 * m
+    m = np.where(cost_m > room, m - 1.0, m)
+    m1 = m + 1.0
+    m = np.where(bb * m1 * (m1 + 1.0) / 2.0 + 0.0 * m1 <= room, m1, m)
+    m = np.maximum(m, 0.0)
+    u = np.minimum((room + bb * m * (m + 1.0) / 2.0 - 0.0 * m) / (m + 1.0), (m + 1.0) * bb)
+    return np.where(finite, u, room)
+
+
+# the bisection's candidates, as fractions of the way from the braking command to the target: the
+# mid-points it can visit are exactly the odd multiples of 2**-_WS_BISECT (sums of powers of two)
+_WS_FRACTIONS = np.arange(1, 2**_WS_BISECT) / 2.0**_WS_BISECT
+_WS_CHUNK = 6  # samples of a stopping path checked at a time, from its end (where it leaves first)
 
 
 def _workspace(
@@ -713,6 +752,42 @@ def _workspace(
     def margin(pts: np.ndarray) -> float:
         return float(np.min(np.minimum(pts - box_lo, box_hi - pts), initial=np.inf))
 
+    def samples_out(pts: list[np.ndarray | None], first: int, stop: int, extra: float) -> bool:
+        """Whether any of the samples ``pts[first:stop]`` leaves the box, each held inside by half
+        the distance to its neighbours in ``pts`` (``extra`` more). One numpy pass over them all;
+        the same numbers as checking each on its own (a sample's slack is the larger of its two
+        neighbour distances, each the largest over the end effectors)."""
+        lo_n, hi_n = max(first - 1, 0), min(stop + 1, len(pts))
+        block = pts[lo_n:hi_n]
+        if any(b is None for b in block):
+            return _samples_out_one_by_one(block, first - lo_n, stop - lo_n, extra)
+        P = np.stack(block)  # type: ignore[arg-type]
+        if not np.isfinite(P).all():
+            return _samples_out_one_by_one(block, first - lo_n, stop - lo_n, extra)
+        half = 0.5 * np.max(np.linalg.norm(P[1:] - P[:-1], axis=2), axis=1)  # between k and k + 1
+        left = np.concatenate([[-np.inf], half])
+        right = np.concatenate([half, [-np.inf]])
+        slack = np.maximum(left, right)[first - lo_n : stop - lo_n]
+        slack = np.where(np.isfinite(slack), slack, 0.0)  # a lone sample: no neighbour, no slack
+        if extra:
+            slack = slack + extra
+        here = P[first - lo_n : stop - lo_n]
+        s = slack[:, None, None]
+        out = np.maximum(box_lo + s - here, 0.0) + np.maximum(here - box_hi + s, 0.0)
+        return bool(np.any(np.max(out.reshape(len(here), -1), axis=1) > 0.0))
+
+    def _samples_out_one_by_one(block: list, first: int, stop: int, extra: float) -> bool:
+        """The check sample by sample, where a sample has no forward kinematics or is not finite."""
+        for i in range(first, stop):
+            here = block[i]
+            if here is None:
+                continue
+            near = [block[j] for j in (i - 1, i + 1) if 0 <= j < len(block) and block[j] is not None]
+            slack = max((0.5 * float(np.max(np.linalg.norm(here - o, axis=1))) for o in near), default=0.0)
+            if excess(here, slack + extra) > 0.0:
+                return True
+        return False
+
     # under a jerk limit the line plan cannot be carried out (the acceleration cannot turn at
     # once): every joint brakes on its own jerk-limited plan instead, and the box is checked
     # along that (curved) path, sampled the same way
@@ -722,9 +797,12 @@ def _workspace(
         dd = np.where(lim.is_pos, d.bdt2, np.inf)
         u_prev = np.where(lim.is_pos, state.v * dt, 0.0)
 
-    def path_viable(q: np.ndarray) -> bool:
-        step = np.where(lim.is_pos, q - p, 0.0)
-        path = stop_path(q, step, step - u_prev, jd, dd)
+    def paths_of(qs: np.ndarray) -> list[np.ndarray | None]:
+        """The jerk-limited stopping paths of candidate commands ``qs`` (``[m, n]``), in one batch."""
+        steps = np.where(lim.is_pos, qs - p, 0.0)
+        return stop_paths(qs, steps, steps - u_prev, jd, dd)
+
+    def path_viable(q: np.ndarray, path: np.ndarray | None) -> bool:
         here, start = ee(q), ee(p)
         if here is None or start is None:
             return True
@@ -739,19 +817,23 @@ def _workspace(
             )
         else:
             rows = list(range(len(path)))
-        pts = [ee(path[i]) for i in rows]
-        for i, here in enumerate(pts):
-            assert here is not None
-            near = [pts[j] for j in (i - 1, i + 1) if 0 <= j < len(pts)]
-            slack = max((0.5 * float(np.max(np.linalg.norm(here - o, axis=1))) for o in near), default=0.0)
-            if excess(here, slack + _WS_PATH_MARGIN) > 0.0:
+        # from the end backwards, a few samples at a time: a path that leaves the box usually does
+        # so near its end, and the forward kinematics of the samples before it is then not needed
+        pts: list[np.ndarray | None] = [None] * len(rows)
+        done = [False] * len(rows)
+        stop = len(rows)
+        while stop > 0:
+            first = max(stop - _WS_CHUNK, 0)
+            for i in range(max(first - 1, 0), min(stop + 1, len(rows))):
+                if not done[i]:
+                    pts[i], done[i] = ee(path[rows[i]]), True
+            if samples_out(pts, first, stop, _WS_PATH_MARGIN):
                 return False
+            stop = first
         return True
 
-    def viable(q: np.ndarray) -> bool:
+    def line_viable(q: np.ndarray) -> bool:
         """The end effector stays in the box while the command brakes along its direction."""
-        if jerky:
-            return path_viable(q)
         step = np.where(lim.is_pos, q - p, 0.0)
         travel = _travel_after(_line_brake(lim, step, dt))
         here, start = ee(q), ee(p)
@@ -767,15 +849,12 @@ def _workspace(
         pts = [ee(q)]
         for i in range(1, k + 1):
             pts.append(ee(q + step * (travel * i / k)))
-        if pts[0] is None:
-            return True
-        for i, here in enumerate(pts):
-            assert here is not None
-            near = [pts[j] for j in (i - 1, i + 1) if 0 <= j < len(pts)]
-            slack = max((0.5 * float(np.max(np.linalg.norm(here - o, axis=1))) for o in near), default=0.0)
-            if excess(here, slack) > 0.0:
-                return False
-        return True
+        return not samples_out(pts, 0, len(pts), 0.0)
+
+    def viable(q: np.ndarray, path: np.ndarray | None = None) -> bool:
+        if jerky:
+            return path_viable(q, paths_of(q[None, :])[0] if path is None else path)
+        return line_viable(q)
 
     e_here = excess(ee(p))
     if e_here > 0.0:
@@ -801,16 +880,23 @@ def _workspace(
     inherited = state.braking_verified and bool(
         np.all(np.abs(brake - on_line)[lim.is_pos] <= _TOL * (1.0 + np.abs(on_line[lim.is_pos])))
     )
-    if not (inherited or viable(brake)):
+    # under a jerk limit, the stopping paths of the braking command and of every candidate the
+    # bisection can visit, in one batch (the simulation, not the forward kinematics, is the cost
+    # of a path; each candidate's forward kinematics is still evaluated only when it is visited)
+    cands = brake + _WS_FRACTIONS[:, None] * (x - brake)
+    paths = paths_of(np.vstack([brake[None, :], cands])) if jerky else None
+    if not (inherited or viable(brake, paths[0] if paths else None)):
         record("workspace_yielded", lim.is_pos & (np.abs(brake - x) > 0), x, brake)
         return brake, False
     s_in, s_out = 0.0, 1.0
+    k_in, k_out = 0, len(_WS_FRACTIONS) + 1  # the same, in units of 2**-_WS_BISECT
     for _ in range(_WS_BISECT):
         mid = 0.5 * (s_in + s_out)
-        if viable(brake + mid * (x - brake)):
-            s_in = mid
+        k = (k_in + k_out) // 2
+        if viable(cands[k - 1], paths[k] if paths else None):
+            s_in, k_in = mid, k
         else:
-            s_out = mid
+            s_out, k_out = mid, k
     out = brake + s_in * (x - brake)
     record("workspace", lim.is_pos & (np.abs(out - x) > _TOL * (1.0 + np.abs(x))), x, out)
     return out, True
