@@ -34,11 +34,11 @@ from wall_runtime.control.safety_solver import (
     ForwardKinematics,
     _line_brake,
     _PerPeriod,
+    _stop_path_fast,
     _travel_after,
     solve,
     stair_inverse,
     stop_path,
-    stop_paths,
 )
 from wall_runtime.robot import JointSpec
 
@@ -336,23 +336,32 @@ def test_the_faster_workspace_check_gives_the_original_commands(arm: str, jerk: 
     assert new_calls <= old_calls  # and it never needs more forward kinematics
 
 
-def test_batched_stopping_paths_are_the_single_ones() -> None:
-    """stop_paths over many starts returns, bit for bit, what the original stop_path does for each
-    (including starts that reverse, that are at rest, and joints without a jerk limit)."""
+def test_the_plain_float_stopping_path_is_the_numpy_one() -> None:
+    """_stop_path_fast returns, bit for bit, what the original stop_path does (the current
+    stop_path is that code), over random starts: reversing joints, joints at rest, joints without a
+    jerk limit or without a deceleration limit, and long paths."""
     rng = np.random.default_rng(3)
-    n, m = 5, 200
+    n = 5
     jd = np.array([3e-4, 5e-4, np.inf, 2e-4, 1e-3])
     dd = np.array([1e-3, 2.5e-3, 1e-3, np.inf, 4e-3])
-    q = rng.uniform(-1, 1, (m, n))
-    u = rng.uniform(-0.03, 0.03, (m, n)) * (rng.random((m, n)) > 0.1)
-    al = rng.uniform(-0.004, 0.004, (m, n)) * (rng.random((m, n)) > 0.1)
-    u[0], al[0] = 0.0, 0.0  # at rest
+    longest = 0
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        batch = stop_paths(q, u, al, jd, dd)
-        for i in range(m):
-            want = _legacy_stop_path(q[i], u[i], al[i], jd, dd)
-            assert want is not None and batch[i] is not None
-            assert batch[i].shape == want.shape and batch[i].tobytes() == want.tobytes(), i
-            single = stop_path(q[i], u[i], al[i], jd, dd)
-            assert single is not None and single.tobytes() == want.tobytes()
-    assert max(len(b) for b in batch if b is not None) > 10  # long paths among them
+        for i in range(200):
+            q = rng.uniform(-1, 1, n)
+            q[rng.random(n) < 0.2] = 0.0
+            u = rng.uniform(-0.03, 0.03, n) * (rng.random(n) > 0.15)
+            al = rng.uniform(-0.004, 0.004, n) * (rng.random(n) > 0.15)
+            if i == 0:
+                u[:], al[:] = 0.0, 0.0  # at rest
+            want = _legacy_stop_path(q, u, al, jd, dd)
+            got = _stop_path_fast(q, u, al, jd, dd)
+            assert want is not None and got is not None
+            assert got.shape == want.shape and got.tobytes() == want.tobytes(), i
+            assert stop_path(q, u, al, jd, dd).tobytes() == want.tobytes()
+            longest = max(longest, len(want))
+        # not finite: the numpy path's answer (it falls back to it)
+        q, u, al = np.zeros(n), np.full(n, 0.01), np.zeros(n)
+        u[1] = np.nan
+        a, b = _stop_path_fast(q, u, al, jd, dd), _legacy_stop_path(q, u, al, jd, dd)
+        assert (a is None) == (b is None) and (a is None or np.array_equal(a, b, equal_nan=True))
+    assert longest > 20  # long paths among them

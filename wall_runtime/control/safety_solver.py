@@ -657,32 +657,16 @@ def stop_path(
     ``q`` after a step ``u`` with change of step ``al``: ``[ticks + 1, n]``, the first row ``q``.
     A feedback plan per joint, so the path from its next row is the rest of this one. ``None``
     where it did not stop within ``_PATH_TICKS`` ticks."""
-    return stop_paths(q[None, :], u[None, :], al[None, :], jd, dd)[0]
-
-
-def stop_paths(
-    q: np.ndarray, u: np.ndarray, al: np.ndarray, jd: np.ndarray, dd: np.ndarray
-) -> list[np.ndarray | None]:
-    """:func:`stop_path` for many starts at once (``q``, ``u``, ``al``: ``[m, n]``; ``jd``, ``dd``:
-    ``[n]``), one path (or ``None``) per start. Every number is the one :func:`stop_path` computes
-    for that start alone (the same element-wise operations, only on a wider array), so a batch
-    costs about what its longest path does instead of the sum of them."""
     sign = np.where(u != 0.0, np.sign(u), np.sign(al))
     us, als = u * sign, al * sign
     x = np.zeros(q.shape)
     rows = [q.copy()]
     active = ~((us <= 0.0) & (als <= 0.0))
-    # rows each start's path has (-1: still moving); a path ends on the first tick it no longer moves
-    length = np.where(active.any(axis=1), -1, 1)
-    # the plan's per-joint constants, taken out of the loop (stair_inverse(us, jd) computes these)
-    finite = np.isfinite(jd)
-    bb = np.where(finite, jd, 1.0)
-    h = 0.5 * bb + 0.0
-    for tick in range(_PATH_TICKS):
+    for _ in range(_PATH_TICKS):
         if not active.any():
-            break
+            return np.array(rows)
         a_n = np.maximum(als - jd, -dd)
-        a_end = np.where(us >= 0.0, -_stair_inverse_plain(us, bb, h, finite), -np.inf)
+        a_end = np.where(us >= 0.0, -stair_inverse(us, jd), -np.inf)
         a_n = np.minimum(np.maximum(a_n, a_end), als + jd)
         us = np.where(active, us + a_n, us)
         als = np.where(active, a_n, als)
@@ -693,29 +677,88 @@ def stop_paths(
         rev = active & (us < 0.0)
         sign, us, als = np.where(rev, -sign, sign), np.where(rev, -us, us), np.where(rev, -als, als)
         active &= ~((us <= 0.0) & (als <= 0.0))
-        # stopped now: its path is these rows, if there is a tick left to see that (stop_path's rule)
-        length = np.where((length < 0) & ~active.any(axis=1) & (tick + 1 < _PATH_TICKS), tick + 2, length)
-    out = np.array(rows)
-    return [None if k < 0 else out[:k, i] for i, k in enumerate(length.tolist())]
+    return None
 
 
-def _stair_inverse_plain(room: np.ndarray, bb: np.ndarray, h: np.ndarray, finite: np.ndarray) -> np.ndarray:
-    """:func:`stair_inverse` with ``c = 0`` and its per-``b`` constants (``bb``, ``h``, ``finite``)
-    precomputed: the same operations in the same order, so the same numbers."""
-    room = np.maximum(room, 0.0)
-    m = np.floor((np.sqrt(h * h + 2.0 * bb * room) - h) / bb)
-    cost_m = bb * m * (m + 1.0) / 2.0 + 0.0 * m
-    m = np.where(cost_m > room, m - 1.0, m)
-    m1 = m + 1.0
-    m = np.where(bb * m1 * (m1 + 1.0) / 2.0 + 0.0 * m1 <= room, m1, m)
-    m = np.maximum(m, 0.0)
-    u = np.minimum((room + bb * m * (m + 1.0) / 2.0 - 0.0 * m) / (m + 1.0), (m + 1.0) * bb)
-    return np.where(finite, u, room)
+def _stop_path_fast(
+    q: np.ndarray, u: np.ndarray, al: np.ndarray, jd: np.ndarray, dd: np.ndarray
+) -> np.ndarray | None:
+    """:func:`stop_path`, joint by joint in plain floats: the same operations in the same order on
+    each joint (IEEE doubles either way, so the same numbers), without numpy's per-call cost on a
+    handful of elements, and only for the joints that move (most of a path's ticks move one or
+    two). Falls back to :func:`stop_path` where an input is not finite."""
+    if not (np.isfinite(q).all() and np.isfinite(u).all() and np.isfinite(al).all()):
+        return stop_path(q, u, al, jd, dd)
+    n = len(q)
+    cols: list[list[float] | None] = [None] * n
+    longest = 0
+    for i, (u_i, al_i, jd_i, dd_i) in enumerate(
+        zip(u.tolist(), al.tolist(), jd.tolist(), dd.tolist(), strict=True)
+    ):
+        sign = (
+            (1.0 if u_i > 0.0 else -1.0)
+            if u_i != 0.0
+            else (1.0 if al_i > 0.0 else -1.0 if al_i < 0.0 else 0.0)
+        )
+        us, als = u_i * sign, al_i * sign
+        if us <= 0.0 and als <= 0.0:
+            continue  # at rest: its row never changes
+        # stair_inverse(us, jd)'s constants (c = 0): a jerk limit, or none (then it returns us)
+        finite = math.isfinite(jd_i)
+        bb = jd_i if finite else 1.0
+        h = 0.5 * bb + 0.0
+        hh = h * h
+        two_bb = 2.0 * bb
+        x = 0.0
+        xs = []
+        while True:
+            if len(xs) >= _PATH_TICKS:
+                return None
+            a_n = als - jd_i
+            if not a_n >= -dd_i:
+                a_n = -dd_i
+            if us >= 0.0:
+                room = us if us >= 0.0 else 0.0
+                m = float(math.floor((math.sqrt(hh + two_bb * room) - h) / bb))
+                if bb * m * (m + 1.0) / 2.0 + 0.0 * m > room:
+                    m = m - 1.0
+                m1 = m + 1.0
+                if bb * m1 * (m1 + 1.0) / 2.0 + 0.0 * m1 <= room:
+                    m = m1
+                if m < 0.0:
+                    m = 0.0
+                s = (room + bb * m * (m + 1.0) / 2.0 - 0.0 * m) / (m + 1.0)
+                t = (m + 1.0) * bb
+                a_end = -(s if s <= t else t) if finite else -room
+            else:
+                a_end = -math.inf
+            if a_end > a_n:
+                a_n = a_end
+            cap = als + jd_i
+            if cap < a_n:
+                a_n = cap
+            us = us + a_n
+            als = a_n
+            x = x + sign * us
+            xs.append(x)
+            if us < 0.0:
+                sign, us, als = -sign, -us, -als
+            if us <= 0.0 and als <= 0.0:
+                break
+        cols[i] = xs
+        longest = max(longest, len(xs))
+    if longest >= _PATH_TICKS:
+        return None
+    X = np.zeros((longest + 1, n))
+    for i, xs in enumerate(cols):
+        if xs:
+            X[1 : len(xs) + 1, i] = xs
+            X[len(xs) + 1 :, i] = xs[-1]
+    out = q + X
+    out[0] = q  # stop_path's first row is q itself (q + 0.0 turns a -0.0 into 0.0)
+    return out
 
 
-# the bisection's candidates, as fractions of the way from the braking command to the target: the
-# mid-points it can visit are exactly the odd multiples of 2**-_WS_BISECT (sums of powers of two)
-_WS_FRACTIONS = np.arange(1, 2**_WS_BISECT) / 2.0**_WS_BISECT
 _WS_CHUNK = 6  # samples of a stopping path checked at a time, from its end (where it leaves first)
 
 
@@ -797,12 +840,9 @@ def _workspace(
         dd = np.where(lim.is_pos, d.bdt2, np.inf)
         u_prev = np.where(lim.is_pos, state.v * dt, 0.0)
 
-    def paths_of(qs: np.ndarray) -> list[np.ndarray | None]:
-        """The jerk-limited stopping paths of candidate commands ``qs`` (``[m, n]``), in one batch."""
-        steps = np.where(lim.is_pos, qs - p, 0.0)
-        return stop_paths(qs, steps, steps - u_prev, jd, dd)
-
-    def path_viable(q: np.ndarray, path: np.ndarray | None) -> bool:
+    def path_viable(q: np.ndarray) -> bool:
+        step = np.where(lim.is_pos, q - p, 0.0)
+        path = _stop_path_fast(q, step, step - u_prev, jd, dd)
         here, start = ee(q), ee(p)
         if here is None or start is None:
             return True
@@ -851,10 +891,8 @@ def _workspace(
             pts.append(ee(q + step * (travel * i / k)))
         return not samples_out(pts, 0, len(pts), 0.0)
 
-    def viable(q: np.ndarray, path: np.ndarray | None = None) -> bool:
-        if jerky:
-            return path_viable(q, paths_of(q[None, :])[0] if path is None else path)
-        return line_viable(q)
+    def viable(q: np.ndarray) -> bool:
+        return path_viable(q) if jerky else line_viable(q)
 
     e_here = excess(ee(p))
     if e_here > 0.0:
@@ -871,7 +909,7 @@ def _workspace(
     # the previous command's, so where that was verified, so is this one
     prev_step = np.where(lim.is_pos, state.v * dt, 0.0)
     if jerky:
-        path = stop_path(p, prev_step, np.where(lim.is_pos, state.a * dt * dt, 0.0), jd, dd)
+        path = _stop_path_fast(p, prev_step, np.where(lim.is_pos, state.a * dt * dt, 0.0), jd, dd)
         on_line = path[1] if path is not None and len(path) > 1 else p.copy()
     else:
         shrink = max(0.0, 1.0 - _line_brake(lim, prev_step, dt))
@@ -880,23 +918,16 @@ def _workspace(
     inherited = state.braking_verified and bool(
         np.all(np.abs(brake - on_line)[lim.is_pos] <= _TOL * (1.0 + np.abs(on_line[lim.is_pos])))
     )
-    # under a jerk limit, the stopping paths of the braking command and of every candidate the
-    # bisection can visit, in one batch (the simulation, not the forward kinematics, is the cost
-    # of a path; each candidate's forward kinematics is still evaluated only when it is visited)
-    cands = brake + _WS_FRACTIONS[:, None] * (x - brake)
-    paths = paths_of(np.vstack([brake[None, :], cands])) if jerky else None
-    if not (inherited or viable(brake, paths[0] if paths else None)):
+    if not (inherited or viable(brake)):
         record("workspace_yielded", lim.is_pos & (np.abs(brake - x) > 0), x, brake)
         return brake, False
     s_in, s_out = 0.0, 1.0
-    k_in, k_out = 0, len(_WS_FRACTIONS) + 1  # the same, in units of 2**-_WS_BISECT
     for _ in range(_WS_BISECT):
         mid = 0.5 * (s_in + s_out)
-        k = (k_in + k_out) // 2
-        if viable(cands[k - 1], paths[k] if paths else None):
-            s_in, k_in = mid, k
+        if viable(brake + mid * (x - brake)):
+            s_in = mid
         else:
-            s_out, k_out = mid, k
+            s_out = mid
     out = brake + s_in * (x - brake)
     record("workspace", lim.is_pos & (np.abs(out - x) > _TOL * (1.0 + np.abs(x))), x, out)
     return out, True
