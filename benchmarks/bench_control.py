@@ -362,7 +362,7 @@ def main() -> None:
     args = parser.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    ws_ticks = 60 if args.smoke else 600 if args.quick else 3000
+    ws_ticks = 200 if args.smoke else 600 if args.quick else 3000
     ws: dict[str, object] = {
         "machine": machine(),
         "settings": {

@@ -797,27 +797,29 @@ def _workspace(
 
     def samples_out(pts: list[np.ndarray | None], first: int, stop: int, extra: float) -> bool:
         """Whether any of the samples ``pts[first:stop]`` leaves the box, each held inside by half
-        the distance to its neighbours in ``pts`` (``extra`` more). One numpy pass over them all;
-        the same numbers as checking each on its own (a sample's slack is the larger of its two
-        neighbour distances, each the largest over the end effectors)."""
+        the distance to its neighbours in ``pts`` (``extra`` more). One numpy pass over them all,
+        with the same numbers as checking each on its own (a sample's slack is the larger of its
+        two neighbour distances, each the largest over the end effectors; the norm is numpy's
+        own formula); two or fewer are cheaper one by one."""
         lo_n, hi_n = max(first - 1, 0), min(stop + 1, len(pts))
         block = pts[lo_n:hi_n]
-        if any(b is None for b in block):
-            return _samples_out_one_by_one(block, first - lo_n, stop - lo_n, extra)
-        P = np.stack(block)  # type: ignore[arg-type]
-        if not np.isfinite(P).all():
-            return _samples_out_one_by_one(block, first - lo_n, stop - lo_n, extra)
-        half = 0.5 * np.max(np.linalg.norm(P[1:] - P[:-1], axis=2), axis=1)  # between k and k + 1
-        left = np.concatenate([[-np.inf], half])
-        right = np.concatenate([half, [-np.inf]])
-        slack = np.maximum(left, right)[first - lo_n : stop - lo_n]
-        slack = np.where(np.isfinite(slack), slack, 0.0)  # a lone sample: no neighbour, no slack
+        first, stop = first - lo_n, stop - lo_n
+        if stop - first <= 2 or any(b is None for b in block):
+            return _samples_out_one_by_one(block, first, stop, extra)
+        P = np.array(block)
+        if not math.isfinite(float(P.sum())):
+            return _samples_out_one_by_one(block, first, stop, extra)
+        d = P[1:] - P[:-1]
+        half = 0.5 * np.sqrt(np.add.reduce(d * d, axis=2)).max(axis=1)  # between k and k + 1
+        slack = np.empty(len(block))
+        slack[0], slack[-1] = half[0], half[-1]
+        slack[1:-1] = np.maximum(half[:-1], half[1:])
         if extra:
             slack = slack + extra
-        here = P[first - lo_n : stop - lo_n]
-        s = slack[:, None, None]
+        s = slack[first:stop, None, None]
+        here = P[first:stop]
         out = np.maximum(box_lo + s - here, 0.0) + np.maximum(here - box_hi + s, 0.0)
-        return bool(np.any(np.max(out.reshape(len(here), -1), axis=1) > 0.0))
+        return bool((out > 0.0).any())
 
     def _samples_out_one_by_one(block: list, first: int, stop: int, extra: float) -> bool:
         """The check sample by sample, where a sample has no forward kinematics or is not finite."""
