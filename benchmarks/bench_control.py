@@ -2,6 +2,7 @@
 
     python benchmarks/bench_control.py [--quick] [--out benchmarks/results]
     python benchmarks/bench_control.py --smoke --out /tmp/bench   # a few ticks, 1 s loops
+    python benchmarks/bench_control.py --workspace-only [--baseline OLD.json]   # only section 5
 
 1. Cost of one control tick (scheduler + smoother + safety chain, no sleeping, no robot I/O) on a
    7-joint arm with a gripper (every limit configured, jerk included), chunks of 32 actions in the
@@ -14,7 +15,15 @@
 4. A plot of the 100 Hz run's commanded and measured trajectory with chunk boundaries and safety
    interventions marked (the policy injects a 0.3 rad jump every 6th chunk and one NaN chunk).
 
-Results: benchmarks/results/control.json and control_run.png.
+5. The safety chain alone (``SafetyChain.filter``) with a workspace box, per tick at 100 Hz, on
+   each shipped arm that has a box and forward kinematics on its adapter (sim_arm, sim_pick,
+   sim_bimanual, pick_cube_task; ur5e has a box but its adapter no forward kinematics), with its
+   robot.yaml limits and again with jerk limits added: the shoulder sweeps the fingertip into the
+   table-top face and back; ticks are classed far / near (within 10 cm) / braking (the box changed
+   the command), with the forward-kinematics calls each made. ``--baseline`` draws an earlier run
+   beside it (benchmarks/results/safety_workspace_before.json: before the check was made cheaper).
+
+Results: benchmarks/results/control.json and control_run.png; safety_workspace.json and .png.
 """
 
 from __future__ import annotations

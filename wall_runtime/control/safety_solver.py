@@ -32,12 +32,12 @@ bisection on the straight line between them. Braking along a line is itself admi
 next tick (its stopping segment is a part of the previous one), so the box is approached slowly
 enough to stop at it and is never hit; a Jacobian-based step scaling was the alternative, but
 it predicts the stopping point only to first order, which is not enough at the speeds where it
-matters. Cost: two forward-kinematics calls on a tick far from every face (the stopping path,
+matters. Forward-kinematics calls: two on a tick far from every face (the stopping path,
 extrapolated from this step's own end-effector motion, reaches less than half way to the box),
-up to 9 when near one, and up to ~70 on a tick that has to slow down for it (7 bisection steps);
-an adapter's forward kinematics should be cheap. From a pose already outside the box (a robot
-started there) only commands that do not go further out pass, and that is counted as
-``workspace_yielded``.
+up to 9 when near one, and up to ~70 on a tick that has to slow down for it (7 bisection steps;
+33 at most measured on the shipped sims); an adapter's forward kinematics should be cheap. From a
+pose already outside the box (a robot started there) only commands that do not go further out
+pass, and that is counted as ``workspace_yielded``.
 
 **Jerk.** Under a jerk limit the deceleration cannot start at once, so the braking plans above
 cannot be carried out; jerk-limited joints brake on a jerk-limited plan instead
@@ -58,7 +58,33 @@ checked along every joint's own jerk-limited stopping path (the line plan would 
 acceleration to turn at once; a joint that cannot stop without reversing brakes again the other
 way), at every tick of it (25 samples at most, each held inside by half the distance to its
 neighbours and 0.1 mm more), and the braking command is the next row of that path. The path
-turns, so there is no shortcut far from the box: up to 25 forward-kinematics calls per candidate.
+turns, so there is no shortcut far from the box: up to 25 forward-kinematics calls per candidate,
+evaluated from the path's end backwards a few at a time, so a candidate whose stop leaves the box
+(usually near its end) is rejected before the rest are computed.
+
+Cost: per ``SafetyChain.filter`` call at 100 Hz on the shipped sims (sim_arm, sim_pick,
+sim_bimanual, pick_cube_task; their robot.yaml limits, and the same with ``max_jerk`` = 10 x
+``max_acceleration`` added), p50 / p99 in ms, before -> after the changes below, one 2-core shared
+machine (``benchmarks/results/safety_workspace.json``, ``python benchmarks/bench_control.py
+--workspace-only --baseline benchmarks/results/safety_workspace_before.json``):
+
+=================  ===========================  ===========================
+case (sim_arm)     without jerk limits          with jerk limits
+=================  ===========================  ===========================
+far from the box   0.22 / 0.38 -> 0.22 / 0.36   2.03 / 3.93 -> 0.61 / 0.79
+near a face        0.38 / 0.58 -> 0.36 / 0.44   2.31 / 4.58 -> 0.71 / 1.03
+braking for it     0.71 / 1.49 -> 0.73 / 1.67   1.23 / 16.3 -> 0.83 / 1.54
+=================  ===========================  ===========================
+
+(the other sims alike; pick_cube_task's jerk-limited ticks 1.2 / 2.7 ms, its FK is ~16 us a call).
+Of a jerk-limited tick's cost, ~0.35 ms is the rest of the solver and ~0.15 ms the 16-25 FK
+calls. The jerk-limited stopping paths are simulated joint by joint in plain floats
+(:func:`_stop_path_fast`: only the joints that move, without numpy's per-call cost on a handful
+of elements; it was ~0.8 ms a path), and a path's samples are checked in one numpy pass instead
+of one by one. Both compute the same numbers with the same operations in the same order as
+before, so the commands are bit-identical (``tests/test_safety_workspace_equivalence.py`` keeps
+the original check and compares over random streams); where an input is not finite the numpy
+path runs.
 
 Where a state cannot stop within every limit (one the chain did not lead to: measured after a
 gap, or started inside a braking distance), the rows yield in a fixed priority: step and velocity
