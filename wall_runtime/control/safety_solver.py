@@ -712,12 +712,41 @@ def _stop_path_fast(
     """:func:`stop_path`, joint by joint in plain floats: the same operations in the same order on
     each joint (IEEE doubles either way, so the same numbers), without numpy's per-call cost on a
     handful of elements, and only for the joints that move (most of a path's ticks move one or
-    two). Falls back to :func:`stop_path` where an input is not finite."""
-    if not (np.isfinite(q).all() and np.isfinite(u).all() and np.isfinite(al).all()):
+    two). Falls back to :func:`stop_path` where an input is not finite or a limit not positive
+    (neither happens from a parsed configuration), or the plain floats would raise."""
+    if not (
+        np.isfinite(q).all()
+        and np.isfinite(u).all()
+        and np.isfinite(al).all()
+        and (jd > 0.0).all()
+        and (dd > 0.0).all()
+    ):
         return stop_path(q, u, al, jd, dd)
+    try:
+        cols = _stop_columns(u, al, jd, dd)
+    except (ArithmeticError, ValueError):
+        return stop_path(q, u, al, jd, dd)
+    if cols is None:
+        return None
     n = len(q)
+    longest = max((len(xs) for xs in cols if xs), default=0)
+    X = np.zeros((longest + 1, n))
+    for i, xs in enumerate(cols):
+        if xs:
+            X[1 : len(xs) + 1, i] = xs
+            X[len(xs) + 1 :, i] = xs[-1]
+    out = q + X
+    out[0] = q  # stop_path's first row is q itself (q + 0.0 turns a -0.0 into 0.0)
+    return out
+
+
+def _stop_columns(
+    u: np.ndarray, al: np.ndarray, jd: np.ndarray, dd: np.ndarray
+) -> list[list[float] | None] | None:
+    """Each joint's offsets from its start, tick by tick, on :func:`stop_path`'s plan (``None``
+    for a joint at rest; ``None`` for all where one did not stop within ``_PATH_TICKS`` ticks)."""
+    n = len(u)
     cols: list[list[float] | None] = [None] * n
-    longest = 0
     for i, (u_i, al_i, jd_i, dd_i) in enumerate(
         zip(u.tolist(), al.tolist(), jd.tolist(), dd.tolist(), strict=True)
     ):
@@ -771,18 +800,10 @@ def _stop_path_fast(
                 sign, us, als = -sign, -us, -als
             if us <= 0.0 and als <= 0.0:
                 break
+        if len(xs) >= _PATH_TICKS:
+            return None
         cols[i] = xs
-        longest = max(longest, len(xs))
-    if longest >= _PATH_TICKS:
-        return None
-    X = np.zeros((longest + 1, n))
-    for i, xs in enumerate(cols):
-        if xs:
-            X[1 : len(xs) + 1, i] = xs
-            X[len(xs) + 1 :, i] = xs[-1]
-    out = q + X
-    out[0] = q  # stop_path's first row is q itself (q + 0.0 turns a -0.0 into 0.0)
-    return out
+    return cols
 
 
 _WS_CHUNK = 6  # samples of a stopping path checked at a time, from its end (where it leaves first)
