@@ -71,14 +71,16 @@ machine (``benchmarks/results/safety_workspace.json``, ``python benchmarks/bench
 =================  ===========================  ===========================
 case (sim_arm)     without jerk limits          with jerk limits
 =================  ===========================  ===========================
-far from the box   0.22 / 0.38 -> 0.22 / 0.36   2.03 / 3.93 -> 0.61 / 0.79
-near a face        0.38 / 0.58 -> 0.36 / 0.44   2.31 / 4.58 -> 0.71 / 1.03
-braking for it     0.71 / 1.49 -> 0.73 / 1.67   1.23 / 16.3 -> 0.83 / 1.54
+far from the box   0.22 / 0.38 -> 0.22 / 0.35   2.03 / 3.93 -> 0.62 / 0.88
+near a face        0.38 / 0.58 -> 0.36 / 0.54   2.31 / 4.58 -> 0.71 / 1.15
+braking for it     0.71 / 1.49 -> 0.74 / 1.44   1.23 / 16.3 -> 0.89 / 1.62
 =================  ===========================  ===========================
 
-(the other sims alike; pick_cube_task's jerk-limited ticks 1.2 / 2.7 ms, its FK is ~16 us a call).
-Of a jerk-limited tick's cost, ~0.35 ms is the rest of the solver and ~0.15 ms the 16-25 FK
-calls. The jerk-limited stopping paths are simulated joint by joint in plain floats
+(the other sims alike, p99 at most 3 ms; pick_cube_task's jerk-limited ticks 1.2 / 2.8 ms, its FK
+costs ~16 us a call). Of a jerk-limited tick's cost, ~0.35 ms is the rest of the solver and
+~0.2 ms the 16-25 FK calls, most of it the adapters' per-call overhead (a batched forward
+kinematics, one adapter call for a path's samples, was tried: under 10 % on these ticks, not
+kept). The jerk-limited stopping paths are simulated joint by joint in plain floats
 (:func:`_stop_path_fast`: only the joints that move, without numpy's per-call cost on a handful
 of elements; it was ~0.8 ms a path), and a path's samples are checked in one numpy pass instead
 of one by one. Both compute the same numbers with the same operations in the same order as
