@@ -858,8 +858,8 @@ def _workspace(
         P = np.array(block)
         if not math.isfinite(float(P.sum())):
             return _samples_out_one_by_one(block, first, stop, extra)
-        d = P[1:] - P[:-1]
-        half = 0.5 * np.sqrt(np.add.reduce(d * d, axis=2)).max(axis=1)  # between k and k + 1
+        step = P[1:] - P[:-1]
+        half = 0.5 * np.sqrt(np.add.reduce(step * step, axis=2)).max(axis=1)  # between k and k + 1
         slack = np.empty(len(block))
         slack[0], slack[-1] = half[0], half[-1]
         slack[1:-1] = np.maximum(half[:-1], half[1:])
@@ -871,7 +871,8 @@ def _workspace(
         return bool((out > 0.0).any())
 
     def _samples_out_one_by_one(block: list, first: int, stop: int, extra: float) -> bool:
-        """The check sample by sample, where a sample has no forward kinematics or is not finite."""
+        """The check sample by sample (the original loop): for two samples or fewer, and where a
+        sample has no forward kinematics (it passes, as before) or is not finite."""
         for i in range(first, stop):
             here = block[i]
             if here is None:
