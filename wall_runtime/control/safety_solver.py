@@ -872,7 +872,8 @@ def _workspace(
 
     def _samples_out_one_by_one(block: list, first: int, stop: int, extra: float) -> bool:
         """The check sample by sample (the original loop): for two samples or fewer, and where a
-        sample has no forward kinematics (it passes, as before) or is not finite."""
+        sample has no forward kinematics (it passes; the original loop stopped on an assertion)
+        or is not finite."""
         for i in range(first, stop):
             here = block[i]
             if here is None:
