@@ -63,6 +63,12 @@ CASES = {
         {"machine", "tick_cost", "loop", "seams_synthetic"},
         ["control_run.png"],
     ),
+    "bench_control.py --workspace-only": (
+        ["benchmarks/bench_control.py", "--workspace-only"],
+        "safety_workspace.json",
+        {"machine", "settings", "results"},
+        ["safety_workspace.png"],
+    ),
     "bench_robot_adapters.py": (
         ["benchmarks/bench_robot_adapters.py"],
         "robot_adapters.json",
@@ -131,7 +137,24 @@ def _openpi_batch_measured(record: dict) -> None:
     assert r["batched_4_clients"]["policy_calls_per_round"] < 4
 
 
+def _workspace_measured(record: dict) -> None:
+    """Every shipped arm with a box, with and without jerk limits, reached the face and braked for
+    it; far from it the check without jerk limits takes its shortcut (two forward-kinematics calls)
+    and the jerk-limited one samples the stopping path."""
+    r = record["results"]
+    robots = ("sim_arm", "sim_pick", "sim_bimanual", "pick_cube_task")
+    assert set(r) == {f"{name}{jerk}" for name in robots for jerk in ("", "_jerk")}
+    for name, row in r.items():
+        assert row["far"]["ticks"] > 0 and row["braking"]["ticks"] > 0, name
+        assert all(c["p50_ms"] > 0 for c in row.values() if c["ticks"]), name
+        if not name.endswith("_jerk"):
+            assert row["far"]["fk_calls_max"] == 2, name
+        else:
+            assert row["far"]["fk_calls_p50"] > 2, name
+
+
 CHECKS = {
+    "bench_control.py --workspace-only": _workspace_measured,
     "bench_openpi_batch.py": _openpi_batch_measured,
     "bench_inference.py": _inference_measured,
     "bench_transport.py": _transport_measured,

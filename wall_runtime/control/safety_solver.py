@@ -32,12 +32,12 @@ bisection on the straight line between them. Braking along a line is itself admi
 next tick (its stopping segment is a part of the previous one), so the box is approached slowly
 enough to stop at it and is never hit; a Jacobian-based step scaling was the alternative, but
 it predicts the stopping point only to first order, which is not enough at the speeds where it
-matters. Cost: two forward-kinematics calls on a tick far from every face (the stopping path,
+matters. Forward-kinematics calls: two on a tick far from every face (the stopping path,
 extrapolated from this step's own end-effector motion, reaches less than half way to the box),
-up to 9 when near one, and up to ~70 on a tick that has to slow down for it (7 bisection steps);
-an adapter's forward kinematics should be cheap. From a pose already outside the box (a robot
-started there) only commands that do not go further out pass, and that is counted as
-``workspace_yielded``.
+up to 9 when near one, and up to ~70 on a tick that has to slow down for it (7 bisection steps;
+33 at most measured on the shipped sims); an adapter's forward kinematics should be cheap. From a
+pose already outside the box (a robot started there) only commands that do not go further out
+pass, and that is counted as ``workspace_yielded``.
 
 **Jerk.** Under a jerk limit the deceleration cannot start at once, so the braking plans above
 cannot be carried out; jerk-limited joints brake on a jerk-limited plan instead
@@ -58,7 +58,35 @@ checked along every joint's own jerk-limited stopping path (the line plan would 
 acceleration to turn at once; a joint that cannot stop without reversing brakes again the other
 way), at every tick of it (25 samples at most, each held inside by half the distance to its
 neighbours and 0.1 mm more), and the braking command is the next row of that path. The path
-turns, so there is no shortcut far from the box: up to 25 forward-kinematics calls per candidate.
+turns, so there is no shortcut far from the box: up to 25 forward-kinematics calls per candidate,
+evaluated from the path's end backwards a few at a time, so a candidate whose stop leaves the box
+(usually near its end) is rejected before the rest are computed.
+
+Cost: per ``SafetyChain.filter`` call at 100 Hz on the shipped sims (sim_arm, sim_pick,
+sim_bimanual, pick_cube_task; their robot.yaml limits, and the same with ``max_jerk`` = 10 x
+``max_acceleration`` added), p50 / p99 in ms, before -> after the changes below, one 2-core shared
+machine (``benchmarks/results/safety_workspace.json``, ``python benchmarks/bench_control.py
+--workspace-only --baseline benchmarks/results/safety_workspace_before.json``):
+
+=================  ===========================  ===========================
+case (sim_arm)     without jerk limits          with jerk limits
+=================  ===========================  ===========================
+far from the box   0.22 / 0.38 -> 0.22 / 0.35   2.03 / 3.93 -> 0.62 / 0.88
+near a face        0.38 / 0.58 -> 0.36 / 0.54   2.31 / 4.58 -> 0.71 / 1.15
+braking for it     0.71 / 1.49 -> 0.74 / 1.44   1.23 / 16.3 -> 0.89 / 1.62
+=================  ===========================  ===========================
+
+(the other sims alike, p99 at most 3 ms; pick_cube_task's jerk-limited ticks 1.2 / 2.8 ms, its FK
+costs ~16 us a call). Of a jerk-limited tick's cost, ~0.35 ms is the rest of the solver and
+~0.2 ms the 16-25 FK calls, most of it the adapters' per-call overhead (a batched forward
+kinematics, one adapter call for a path's samples, was tried: under 10 % on these ticks, not
+kept). The jerk-limited stopping paths are simulated joint by joint in plain floats
+(:func:`_stop_path_fast`: only the joints that move, without numpy's per-call cost on a handful
+of elements; it was ~0.8 ms a path), and a path's samples are checked in one numpy pass instead
+of one by one. Both compute the same numbers with the same operations in the same order as
+before, so the commands are bit-identical (``tests/test_safety_workspace_equivalence.py`` keeps
+the original check and compares over random streams); where an input is not finite the numpy
+path runs.
 
 Where a state cannot stop within every limit (one the chain did not lead to: measured after a
 gap, or started inside a braking distance), the rows yield in a fixed priority: step and velocity
@@ -641,12 +669,12 @@ def _line_brake(lim: ChainLimits, step: np.ndarray, dt: float) -> float:
     return float(np.min(bdt2 / np.abs(step[moving])))
 
 
-_PATH_TICKS = 20_000
+_PATH_TICKS = 20_000  # ticks of a per-joint stopping path at most (then it counts as not viable)
 _WS_PATH_SAMPLES = 25  # forward-kinematics samples along a per-joint stopping path at most
 # a new command's stopping path keeps this far inside the box (m): a braking command inherits its
 # path from the last one, and the plan's discrete choices (how many ticks at the deceleration
 # limit) can flip on rounding there, moving its end by a fraction of a tick's travel
-_WS_PATH_MARGIN = 1e-4  # ticks of a per-joint stopping path at most (then it counts as not viable)
+_WS_PATH_MARGIN = 1e-4
 
 
 def stop_path(
@@ -678,6 +706,109 @@ def stop_path(
         sign, us, als = np.where(rev, -sign, sign), np.where(rev, -us, us), np.where(rev, -als, als)
         active &= ~((us <= 0.0) & (als <= 0.0))
     return None
+
+
+def _stop_path_fast(
+    q: np.ndarray, u: np.ndarray, al: np.ndarray, jd: np.ndarray, dd: np.ndarray
+) -> np.ndarray | None:
+    """:func:`stop_path`, joint by joint in plain floats: the same operations in the same order on
+    each joint (IEEE doubles either way, so the same numbers), without numpy's per-call cost on a
+    handful of elements, and only for the joints that move (most of a path's ticks move one or
+    two). Falls back to :func:`stop_path` where an input is not finite or a limit not positive
+    (neither happens from a parsed configuration), or the plain floats would raise."""
+    if not (
+        np.isfinite(q).all()
+        and np.isfinite(u).all()
+        and np.isfinite(al).all()
+        and (jd > 0.0).all()
+        and (dd > 0.0).all()
+    ):
+        return stop_path(q, u, al, jd, dd)
+    try:
+        cols = _stop_columns(u, al, jd, dd)
+    except (ArithmeticError, ValueError):
+        return stop_path(q, u, al, jd, dd)
+    if cols is None:
+        return None
+    n = len(q)
+    longest = max((len(xs) for xs in cols if xs), default=0)
+    X = np.zeros((longest + 1, n))
+    for i, xs in enumerate(cols):
+        if xs:
+            X[1 : len(xs) + 1, i] = xs
+            X[len(xs) + 1 :, i] = xs[-1]
+    out = q + X
+    out[0] = q  # stop_path's first row is q itself (q + 0.0 turns a -0.0 into 0.0)
+    return out
+
+
+def _stop_columns(
+    u: np.ndarray, al: np.ndarray, jd: np.ndarray, dd: np.ndarray
+) -> list[list[float] | None] | None:
+    """Each joint's offsets from its start, tick by tick, on :func:`stop_path`'s plan (``None``
+    for a joint at rest; ``None`` for all where one did not stop within ``_PATH_TICKS`` ticks)."""
+    n = len(u)
+    cols: list[list[float] | None] = [None] * n
+    for i, (u_i, al_i, jd_i, dd_i) in enumerate(
+        zip(u.tolist(), al.tolist(), jd.tolist(), dd.tolist(), strict=True)
+    ):
+        sign = (
+            (1.0 if u_i > 0.0 else -1.0)
+            if u_i != 0.0
+            else (1.0 if al_i > 0.0 else -1.0 if al_i < 0.0 else 0.0)
+        )
+        us, als = u_i * sign, al_i * sign
+        if us <= 0.0 and als <= 0.0:
+            continue  # at rest: its row never changes
+        # stair_inverse(us, jd)'s constants (c = 0): a jerk limit, or none (then it returns us)
+        finite = math.isfinite(jd_i)
+        bb = jd_i if finite else 1.0
+        h = 0.5 * bb + 0.0
+        hh = h * h
+        two_bb = 2.0 * bb
+        x = 0.0
+        xs = []
+        while True:
+            if len(xs) >= _PATH_TICKS:
+                return None
+            a_n = als - jd_i
+            if not a_n >= -dd_i:
+                a_n = -dd_i
+            if us >= 0.0:
+                room = us if us >= 0.0 else 0.0
+                m = float(math.floor((math.sqrt(hh + two_bb * room) - h) / bb))
+                if bb * m * (m + 1.0) / 2.0 + 0.0 * m > room:
+                    m = m - 1.0
+                m1 = m + 1.0
+                if bb * m1 * (m1 + 1.0) / 2.0 + 0.0 * m1 <= room:
+                    m = m1
+                if m < 0.0:
+                    m = 0.0
+                s = (room + bb * m * (m + 1.0) / 2.0 - 0.0 * m) / (m + 1.0)
+                t = (m + 1.0) * bb
+                a_end = -(s if s <= t else t) if finite else -room
+            else:
+                a_end = -math.inf
+            if a_end > a_n:
+                a_n = a_end
+            cap = als + jd_i
+            if cap < a_n:
+                a_n = cap
+            us = us + a_n
+            als = a_n
+            x = x + sign * us
+            xs.append(x)
+            if us < 0.0:
+                sign, us, als = -sign, -us, -als
+            if us <= 0.0 and als <= 0.0:
+                break
+        if len(xs) >= _PATH_TICKS:
+            return None
+        cols[i] = xs
+    return cols
+
+
+_WS_CHUNK = 6  # samples of a stopping path checked at a time, from its end (where it leaves first)
 
 
 def _workspace(
@@ -713,6 +844,46 @@ def _workspace(
     def margin(pts: np.ndarray) -> float:
         return float(np.min(np.minimum(pts - box_lo, box_hi - pts), initial=np.inf))
 
+    def samples_out(pts: list[np.ndarray | None], first: int, stop: int, extra: float) -> bool:
+        """Whether any of the samples ``pts[first:stop]`` leaves the box, each held inside by half
+        the distance to its neighbours in ``pts`` (``extra`` more). One numpy pass over them all,
+        with the same numbers as checking each on its own (a sample's slack is the larger of its
+        two neighbour distances, each the largest over the end effectors; the norm is numpy's
+        own formula); two or fewer are cheaper one by one."""
+        lo_n, hi_n = max(first - 1, 0), min(stop + 1, len(pts))
+        block = pts[lo_n:hi_n]
+        first, stop = first - lo_n, stop - lo_n
+        if stop - first <= 2 or any(b is None for b in block):
+            return _samples_out_one_by_one(block, first, stop, extra)
+        P = np.array(block)
+        if not math.isfinite(float(P.sum())):
+            return _samples_out_one_by_one(block, first, stop, extra)
+        step = P[1:] - P[:-1]
+        half = 0.5 * np.sqrt(np.add.reduce(step * step, axis=2)).max(axis=1)  # between k and k + 1
+        slack = np.empty(len(block))
+        slack[0], slack[-1] = half[0], half[-1]
+        slack[1:-1] = np.maximum(half[:-1], half[1:])
+        if extra:
+            slack = slack + extra
+        s = slack[first:stop, None, None]
+        here = P[first:stop]
+        out = np.maximum(box_lo + s - here, 0.0) + np.maximum(here - box_hi + s, 0.0)
+        return bool((out > 0.0).any())
+
+    def _samples_out_one_by_one(block: list, first: int, stop: int, extra: float) -> bool:
+        """The check sample by sample (the original loop): for two samples or fewer, and where a
+        sample has no forward kinematics (it passes; the original loop stopped on an assertion)
+        or is not finite."""
+        for i in range(first, stop):
+            here = block[i]
+            if here is None:
+                continue
+            near = [block[j] for j in (i - 1, i + 1) if 0 <= j < len(block) and block[j] is not None]
+            slack = max((0.5 * float(np.max(np.linalg.norm(here - o, axis=1))) for o in near), default=0.0)
+            if excess(here, slack + extra) > 0.0:
+                return True
+        return False
+
     # under a jerk limit the line plan cannot be carried out (the acceleration cannot turn at
     # once): every joint brakes on its own jerk-limited plan instead, and the box is checked
     # along that (curved) path, sampled the same way
@@ -724,7 +895,7 @@ def _workspace(
 
     def path_viable(q: np.ndarray) -> bool:
         step = np.where(lim.is_pos, q - p, 0.0)
-        path = stop_path(q, step, step - u_prev, jd, dd)
+        path = _stop_path_fast(q, step, step - u_prev, jd, dd)
         here, start = ee(q), ee(p)
         if here is None or start is None:
             return True
@@ -739,19 +910,23 @@ def _workspace(
             )
         else:
             rows = list(range(len(path)))
-        pts = [ee(path[i]) for i in rows]
-        for i, here in enumerate(pts):
-            assert here is not None
-            near = [pts[j] for j in (i - 1, i + 1) if 0 <= j < len(pts)]
-            slack = max((0.5 * float(np.max(np.linalg.norm(here - o, axis=1))) for o in near), default=0.0)
-            if excess(here, slack + _WS_PATH_MARGIN) > 0.0:
+        # from the end backwards, a few samples at a time: a path that leaves the box usually does
+        # so near its end, and the forward kinematics of the samples before it is then not needed
+        pts: list[np.ndarray | None] = [None] * len(rows)
+        done = [False] * len(rows)
+        stop = len(rows)
+        while stop > 0:
+            first = max(stop - _WS_CHUNK, 0)
+            for i in range(max(first - 1, 0), min(stop + 1, len(rows))):
+                if not done[i]:
+                    pts[i], done[i] = ee(path[rows[i]]), True
+            if samples_out(pts, first, stop, _WS_PATH_MARGIN):
                 return False
+            stop = first
         return True
 
-    def viable(q: np.ndarray) -> bool:
+    def line_viable(q: np.ndarray) -> bool:
         """The end effector stays in the box while the command brakes along its direction."""
-        if jerky:
-            return path_viable(q)
         step = np.where(lim.is_pos, q - p, 0.0)
         travel = _travel_after(_line_brake(lim, step, dt))
         here, start = ee(q), ee(p)
@@ -767,15 +942,10 @@ def _workspace(
         pts = [ee(q)]
         for i in range(1, k + 1):
             pts.append(ee(q + step * (travel * i / k)))
-        if pts[0] is None:
-            return True
-        for i, here in enumerate(pts):
-            assert here is not None
-            near = [pts[j] for j in (i - 1, i + 1) if 0 <= j < len(pts)]
-            slack = max((0.5 * float(np.max(np.linalg.norm(here - o, axis=1))) for o in near), default=0.0)
-            if excess(here, slack) > 0.0:
-                return False
-        return True
+        return not samples_out(pts, 0, len(pts), 0.0)
+
+    def viable(q: np.ndarray) -> bool:
+        return path_viable(q) if jerky else line_viable(q)
 
     e_here = excess(ee(p))
     if e_here > 0.0:
@@ -792,7 +962,7 @@ def _workspace(
     # the previous command's, so where that was verified, so is this one
     prev_step = np.where(lim.is_pos, state.v * dt, 0.0)
     if jerky:
-        path = stop_path(p, prev_step, np.where(lim.is_pos, state.a * dt * dt, 0.0), jd, dd)
+        path = _stop_path_fast(p, prev_step, np.where(lim.is_pos, state.a * dt * dt, 0.0), jd, dd)
         on_line = path[1] if path is not None and len(path) > 1 else p.copy()
     else:
         shrink = max(0.0, 1.0 - _line_brake(lim, prev_step, dt))
