@@ -101,6 +101,6 @@ def test_session_cap_and_paged_listing() -> None:
     q.drop(b"m2")
     q.register(b"m", None, 0.0)
     q.register(b"a", robot("a"), 0.1)  # a known session re-saying hello is not a new one
-    assert q.summary() == {"sessions": 4, "robots": 2, "monitors": 2, "waiting": 0}
+    assert q.summary() == {"sessions": 4, "robots": 2, "monitors": 2, "waiting": 0, "attached": 0}
     assert [s["robot_id"] for s in q.page(0, 5)] == ["b", "", "", "a"]
     assert [s["role"] for s in q.page(1, 2)] == ["monitor", "monitor"]

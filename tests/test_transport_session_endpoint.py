@@ -14,7 +14,7 @@ import zmq
 from transport_helpers import client_for, echo_policy, observation, robot, serving, wait_until
 
 from wall_runtime.transport import auth, protocol
-from wall_runtime.transport.client import PolicyClient
+from wall_runtime.transport.client import PolicyClient, fetch_stats
 from wall_runtime.transport.codec import decode, encode
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -36,6 +36,12 @@ def test_a_robot_attaches_and_is_served_there_only() -> None:
         assert session.identity.startswith(b"\x00session:")  # addressed on the session socket
         counters = {c["name"]: c["value"] for c in server.metrics.snapshot()["counters"] if not c["labels"]}
         assert counters.get("attached") == 1
+        stats = fetch_stats(server.endpoint)  # a monitor, on the public endpoint
+        assert stats["summary"]["attached"] == 1
+        assert {(e["robot_id"], e["endpoint"]) for e in stats["sessions"]} == {
+            ("r1", "session"),
+            ("", "public"),
+        }
     assert policy.calls == [[1.0]]
 
 

@@ -282,15 +282,24 @@ def metrics(
     robots = Table(
         "robot",
         "embodiment",
+        "endpoint",
         "observe",
         "chunk",
         "error",
-        title=f"{summary.get('robots', '?')} robots, {summary.get('monitors', '?')} monitors; "
+        title=f"{summary.get('robots', '?')} robots ({summary.get('attached', '?')} on the session endpoint), "
+        f"{summary.get('monitors', '?')} monitors; "
         f"sessions {offset + 1 if listed else 0}-{offset + len(listed)} of {total}",
     )
     for s in listed:
         name = s.get("robot_id") or f"({s.get('role', 'monitor')})"
-        robots.add_row(name, s.get("embodiment", ""), str(s["observe"]), str(s["chunk"]), str(s["error"]))
+        robots.add_row(
+            name,
+            s.get("embodiment", ""),
+            s.get("endpoint", ""),
+            str(s["observe"]),
+            str(s["chunk"]),
+            str(s["error"]),
+        )
     console.print(robots)
 
 

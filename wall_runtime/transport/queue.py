@@ -52,6 +52,7 @@ class Session:
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     key: str | None = None  # the CURVE client key (z85) that opened it
     image_tokens: dict[str, int] | None = None  # per camera, from the policy's input check
+    endpoint: str = "public"  # where its connection is: "public", or "session" once attached
     last_observe: float = float("-inf")
     pending: Pending | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"observe": 0, "chunk": 0, "error": 0})
@@ -174,10 +175,12 @@ class RequestQueue:
                 return session
         return None
 
-    def move(self, session: Session, identity: bytes) -> Session | None:
+    def move(self, session: Session, identity: bytes, endpoint: str = "session") -> Session | None:
         """Address ``session`` (and its waiting request) by ``identity`` from now on: the robot moved
-        to another connection. A session that connection held before is dropped and returned."""
+        to another connection (on ``endpoint``). A session that connection held before is dropped
+        and returned."""
         old = session.identity
+        session.endpoint = endpoint
         if old == identity:
             return None
         previous = self.drop(identity)
@@ -218,6 +221,7 @@ class RequestQueue:
                         "robot_id": robot.robot_id if robot else "",
                         "embodiment": robot.embodiment if robot else "",
                         "role": "robot" if robot else "monitor",
+                        "endpoint": s.endpoint,
                         **s.counts,
                     }
                 )
@@ -230,6 +234,7 @@ class RequestQueue:
             "robots": robots,
             "monitors": len(self.sessions) - robots,
             "waiting": len(self.ready),
+            "attached": sum(1 for s in self.sessions.values() if s.endpoint == "session"),
         }
 
     # ------------------------------------------------------------------------------ requests
