@@ -111,6 +111,8 @@ HELP = {
     "policy_failures": "Batches in which the policy raised or returned unusable actions.",
     "peer_events": "Connection events of the ZeroMQ socket, by event.",
     "sessions": "Robots with a live session.",
+    "sessions_attached": "Sessions on the session endpoint (the rest are on the public one).",
+    "attached": "Sessions that moved to the session endpoint.",
     "decode_ms": "Time to decode and validate an observation.",
     "queue_wait_ms": "Time an observation waited for compute.",
     "infer_ms": "Time of one policy call (a batch).",

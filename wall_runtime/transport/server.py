@@ -494,6 +494,9 @@ class PolicyServer:
         for session in self.queue.expire_sessions(now):
             self._session_closed(session, f"silent for {now - session.last_seen:.1f} s (no heartbeat)")
         self.metrics.set_gauge("sessions", len(self.queue.sessions))
+        self.metrics.set_gauge(
+            "sessions_attached", sum(1 for x in self.queue.sessions.values() if x.endpoint == "session")
+        )
         if self._peers is not None:
             self.metrics.set_gauge("connections", len(self._peers.live))
             self.metrics.set_gauge("connections_shed", self._peers.shed)  # since start
