@@ -162,8 +162,9 @@ def test_the_public_endpoints_io_threads_yield_to_the_sessions_one() -> None:
     assert wait_until(lambda: idle_threads() == 0)  # earlier tests' servers have wound down
     with serving(echo_policy(), io_threads=2) as server:
         assert server.session_endpoint is not None
-        # the public context's two I/O threads; the session endpoint's one stays normal
-        assert idle_threads() == 2
+        # the public context's two I/O threads (each sets its policy and name itself, as it starts);
+        # the session endpoint's one stays normal
+        assert wait_until(lambda: idle_threads() == 2, 2.0), idle_threads()
         assert os.SCHED_OTHER in _zmq_io_threads().values()
     assert wait_until(lambda: idle_threads() == 0)
     with serving(echo_policy(), io_threads=2, handshake_io_priority="normal"):
