@@ -8,11 +8,11 @@ import json
 import onnx
 from typer.testing import CliRunner
 
+from wall_runtime.backends.graph_policy import load_model_for_export
+from wall_runtime.backends.static_shapes import resolve_shapes
 from wall_runtime.cli import app
 from wall_runtime.export.artifacts import onnx_artifacts
 from wall_runtime.export.cache import EngineCache
-from wall_runtime.export.graph_policy import load_model_for_export
-from wall_runtime.export.static_batch import resolve_shapes
 from wall_runtime.model.tiny_checkpoint import write_tiny_checkpoint
 
 

@@ -164,7 +164,7 @@ def test_whole_call_graphs_equal_eager_bf16_and_match_fp32(tmp_path, variant):
 def test_a_replayed_call_does_not_wait_for_the_gpu(tmp_path):
     """Prefix and denoise replays (inputs copied in, graph launched, KV cache handed over) under
     ``torch.cuda.set_sync_debug_mode("error")``: any host synchronisation raises."""
-    from wall_runtime.export.static_batch import denoise_feeds, prefix_feeds
+    from wall_runtime.backends.static_shapes import denoise_feeds, prefix_feeds
 
     ck = write_tiny_checkpoint(tmp_path / "ckpt", "0.5")
     policy = _policy(ck)

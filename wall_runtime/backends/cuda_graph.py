@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wall_runtime.export.graph_policy import GraphPolicy, common_options, load_model_for_export
+from wall_runtime.backends.graph_policy import GraphPolicy, common_options, load_model_for_export
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +335,7 @@ class CudaGraphPolicy(GraphPolicy):
         exported backends), ``device`` ("cuda"), ``dtype`` ("bf16"; "fp32"), ``capture`` (False: the same
         two modules run eagerly, the reference), ``compile`` (``torch.compile`` both modules before
         capture; minutes of compilation at full size), ``max_graphs`` (per stage, default 4)."""
+        from wall_runtime.backends.static_shapes import resolve_shapes
         from wall_runtime.backends.torch_backend import _dtype
         from wall_runtime.export.onnx_export import (
             DENOISE_INPUTS,
@@ -344,7 +345,6 @@ class CudaGraphPolicy(GraphPolicy):
             STATE_INPUTS,
             PrefixGraph,
         )
-        from wall_runtime.export.static_batch import resolve_shapes
         from wall_runtime.model.sampler import DenoiseModule
 
         options.pop("cache_dir", None)  # nothing is exported

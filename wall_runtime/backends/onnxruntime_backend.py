@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from wall_runtime.export.graph_policy import GraphPolicy, common_options, load_model_for_export
+from wall_runtime.backends.graph_policy import GraphPolicy, common_options, load_model_for_export
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -82,9 +82,9 @@ class OnnxRuntimePolicy(GraphPolicy):
         "cuda"), ``threads``,
         ``cameras`` (``["face_view=640x480", ...]`` or ``{view: (h, w)}``), ``batch``, ``text_tokens``,
         ``num_steps``, ``norm_key``, ``seed``, ``cache_dir``."""
+        from wall_runtime.backends.static_shapes import resolve_shapes
         from wall_runtime.export.artifacts import onnx_artifacts
         from wall_runtime.export.cache import EngineCache
-        from wall_runtime.export.static_batch import resolve_shapes
 
         common = common_options(options)
         device = str(options.pop("device", "cpu"))

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from wall_runtime.export.graph_policy import GraphPolicy, common_options, load_model_for_export
+from wall_runtime.backends.graph_policy import GraphPolicy, common_options, load_model_for_export
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -32,11 +32,11 @@ class TensorRTPolicy(GraphPolicy):
         ``show_progress``."""
         import torch
 
+        from wall_runtime.backends.static_shapes import resolve_shapes
+        from wall_runtime.backends.tensorrt_runner import TensorRTRunner
         from wall_runtime.export.artifacts import tensorrt_artifacts
         from wall_runtime.export.cache import EngineCache
-        from wall_runtime.export.static_batch import resolve_shapes
         from wall_runtime.export.tensorrt_build import require_tensorrt
-        from wall_runtime.export.trt_runner import TensorRTRunner
 
         require_tensorrt()
         if not torch.cuda.is_available():

@@ -41,10 +41,10 @@ def export(
     """Export the prefix graph and the fused denoise graph (and build TensorRT engines) into the cache."""
     from rich.console import Console
 
+    from wall_runtime.backends.graph_policy import load_model_for_export, parse_cameras
+    from wall_runtime.backends.static_shapes import resolve_shapes
     from wall_runtime.export.artifacts import onnx_artifacts, tensorrt_artifacts
     from wall_runtime.export.cache import EngineCache
-    from wall_runtime.export.graph_policy import load_model_for_export, parse_cameras
-    from wall_runtime.export.static_batch import resolve_shapes
 
     console = Console()
     which = _backend(backend)

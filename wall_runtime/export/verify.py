@@ -100,7 +100,7 @@ def verify_policy(
         full = np.zeros(shapes.kv_shape(), np.float32)
         full[..., pad:, :] = ref[name]
         kv_padded[name] = full
-    from wall_runtime.export.static_batch import denoise_feeds
+    from wall_runtime.backends.static_shapes import denoise_feeds
 
     feeds = denoise_feeds(cand["batch"], shapes, noise, cand["prefix_feeds"]["attention_mask"])
     isolated = as_numpy(policy.run_denoise(feeds | kv_padded)["actions"])

@@ -1,4 +1,4 @@
-"""A ``Policy`` that runs the exported prefix and fused-denoise graphs; shared by onnxruntime and TensorRT.
+"""A ``Policy`` that runs a static-shape prefix runner and fused-denoise runner: onnxruntime, TensorRT, CUDA graphs.
 
 Preprocessing (images, prompt, state, masks, noise) and postprocessing (un-normalisation) are the
 torch pipeline's own (``WallOSS.preprocess`` and the normalisers); only the two model calls differ.
@@ -16,14 +16,14 @@ import numpy as np
 from wall_runtime.backends.base import Policy, PolicyMetadata
 from wall_runtime.backends.input_check import ModelInputCheck
 from wall_runtime.backends.noise import check_knots, smooth_noise
-from wall_runtime.export.onnx_export import GraphShapes
-from wall_runtime.export.static_batch import (
+from wall_runtime.backends.static_shapes import (
     DEFAULT_TEXT_TOKENS,
     check_cameras,
     denoise_feeds,
     pad_observations,
     prefix_feeds,
 )
+from wall_runtime.export.onnx_export import GraphShapes
 from wall_runtime.types import Observation, PolicyResult
 
 # a graph runner: named inputs -> named outputs (numpy arrays, or device tensors the next runner takes)
