@@ -8,7 +8,7 @@ import json
 import onnx
 from typer.testing import CliRunner
 
-from wall_runtime.backends.graph_policy import load_model_for_export
+from wall_runtime.backends.graph_policy import load_graph_preprocessor
 from wall_runtime.backends.static_shapes import resolve_shapes
 from wall_runtime.cli import app
 from wall_runtime.export.artifacts import onnx_artifacts
@@ -17,7 +17,7 @@ from wall_runtime.model.tiny_checkpoint import write_tiny_checkpoint
 
 
 def _export(ck, cache, steps=2, frames=None):
-    model = load_model_for_export(ck, num_steps=steps)
+    model = load_graph_preprocessor(ck, num_steps=steps)
     shapes = resolve_shapes(model, frames, 1, 16)
     return onnx_artifacts(model, ck, shapes, cache)
 

@@ -62,7 +62,7 @@ def reference_stages(reference, observations, noise: np.ndarray) -> dict[str, np
 
 
 def _actions_stage(stage, ref_chunk, cand_chunk, policy, keys, precision) -> StageParity:
-    normalizer = policy.model.normalizers.action
+    normalizer = policy.preprocessor.normalizers.action
     ref = np.stack([normalizer.unnormalize(c, k) for c, k in zip(ref_chunk, keys, strict=True)])
     cand = np.stack([normalizer.unnormalize(c, k) for c, k in zip(cand_chunk, keys, strict=True)])
     half_range = max(float(np.max(np.abs(normalizer.delta(k)))) / 2 for k in keys)
