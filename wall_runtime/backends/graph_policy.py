@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from wall_runtime.backends.static_shapes import (
 )
 from wall_runtime.export.onnx_export import GraphShapes
 from wall_runtime.types import Observation, PolicyResult
+
+if TYPE_CHECKING:
+    from wall_runtime.model.preprocess import Preprocessor
 
 # a graph runner: named inputs -> named outputs (numpy arrays, or device tensors the next runner takes)
 Runner = Callable[[Mapping[str, Any]], dict[str, Any]]
@@ -53,7 +56,7 @@ def parse_cameras(cameras: Mapping[str, Any] | Sequence[str] | None) -> dict[str
 
 def load_graph_preprocessor(
     checkpoint: str | Path | None, norm_key: str | None = None, num_steps: int | None = None, **config
-):
+) -> Preprocessor:
     """The checkpoint's :class:`~wall_runtime.model.preprocess.Preprocessor` (no network): what a graph
     backend keeps, and with the checkpoint path all that its export needs (see ``export.artifacts``)."""
     from wall_runtime.model.pipeline import load_preprocessor
@@ -84,7 +87,7 @@ class GraphPolicy(Policy):
 
     def __init__(
         self,
-        preprocessor,
+        preprocessor: Preprocessor,
         shapes: GraphShapes,
         run_prefix: Runner,
         run_denoise: Runner,

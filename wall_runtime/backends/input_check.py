@@ -11,9 +11,12 @@ a camera's frame size, so they are worked out once per robot at its hello.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wall_runtime.types import Observation
+
+if TYPE_CHECKING:
+    from wall_runtime.model.preprocess import Preprocessor
 
 
 class InputRefused(ValueError):
@@ -29,7 +32,7 @@ class ModelInputCheck:
 
     def __init__(
         self,
-        preprocessor: Any,
+        preprocessor: Preprocessor,
         *,
         max_prefix_tokens: int | None = None,
         frame_sizes: Mapping[str, tuple[int, int]] | None = None,
