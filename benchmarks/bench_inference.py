@@ -192,7 +192,7 @@ def observation(views: int, seed: int = 0) -> Observation:
 def strategies(ck: Path, views: int, steps: int, repeats: int, warmup: int, cache: Path, device: str) -> dict:
     """The three denoise strategies (and eager fused torch) on the same weights, inputs and noise."""
     from wall_runtime.backends.onnxruntime_backend import OnnxRuntimePolicy
-    from wall_runtime.export.static_batch import denoise_feeds
+    from wall_runtime.backends.static_shapes import denoise_feeds
     from wall_runtime.model.sampler import denoise, denoise_full_recompute, denoise_stepwise
 
     dtype = torch.float32 if device == "cpu" else torch.bfloat16

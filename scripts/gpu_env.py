@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 
 GPU_STAGE_MODULES = (
+    "wall_runtime.model.preprocess",
     "wall_runtime.model.pipeline",
     "wall_runtime.backends",
     "wall_runtime.backends.torch_backend",
+    "wall_runtime.backends.graph_policy",
     "wall_runtime.backends.cuda_graph",
     "wall_runtime.backends.onnxruntime_backend",
     "wall_runtime.backends.tensorrt_backend",

@@ -80,7 +80,7 @@ def test_load_policy_checks_options_before_loading() -> None:
 
 def test_defaults_agree_with_the_export_code() -> None:
     from wall_runtime.backends.options import GraphOptions
-    from wall_runtime.export.static_batch import DEFAULT_TEXT_TOKENS
+    from wall_runtime.backends.static_shapes import DEFAULT_TEXT_TOKENS
 
     assert GraphOptions().text_tokens == DEFAULT_TEXT_TOKENS
 

@@ -222,7 +222,7 @@ def test_degenerate_quantiles_are_warned_about(ckpt, caplog):
 
 def test_a_missing_view_is_warned_about_once(pristine, caplog):
     model = WallOSS.from_checkpoint(pristine)
-    with caplog.at_level(logging.WARNING, logger="wall_runtime.model.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="wall_runtime.model.preprocess"):
         model.preprocess([_obs()])
         assert "without view" not in caplog.text
         model.preprocess([_obs(("face_view",))])

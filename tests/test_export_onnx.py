@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wall_runtime.backends.onnxruntime_backend import OnnxRuntimePolicy
-from wall_runtime.export.static_batch import ShapeMismatchError, denoise_feeds
+from wall_runtime.backends.static_shapes import ShapeMismatchError, denoise_feeds
 from wall_runtime.export.verify import as_numpy, synthetic_observation
 from wall_runtime.model.decoder import KVCache
 from wall_runtime.model.pipeline import WallOSS

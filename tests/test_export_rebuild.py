@@ -8,16 +8,16 @@ import json
 import onnx
 from typer.testing import CliRunner
 
+from wall_runtime.backends.graph_policy import load_graph_preprocessor
+from wall_runtime.backends.static_shapes import resolve_shapes
 from wall_runtime.cli import app
 from wall_runtime.export.artifacts import onnx_artifacts
 from wall_runtime.export.cache import EngineCache
-from wall_runtime.export.graph_policy import load_model_for_export
-from wall_runtime.export.static_batch import resolve_shapes
 from wall_runtime.model.tiny_checkpoint import write_tiny_checkpoint
 
 
 def _export(ck, cache, steps=2, frames=None):
-    model = load_model_for_export(ck, num_steps=steps)
+    model = load_graph_preprocessor(ck, num_steps=steps)
     shapes = resolve_shapes(model, frames, 1, 16)
     return onnx_artifacts(model, ck, shapes, cache)
 
@@ -77,3 +77,49 @@ def test_export_command_writes_and_then_reuses(tmp_path):
     assert second.exit_code == 0 and "reused onnx" in second.output
     bad = runner.invoke(app, [*args[:-4], "--camera", "no_such_view=640x480"])
     assert bad.exit_code == 2 and "unknown camera" in bad.output
+
+
+def test_a_graph_backend_reads_the_network_only_to_export(tmp_path, monkeypatch):
+    """The onnxruntime policy keeps the preprocessor and its two sessions: the torch network is read
+    from the checkpoint once, for the export, and not at all when the graphs are cached."""
+    import wall_runtime.export.artifacts as artifacts
+    from wall_runtime.backends.onnxruntime_backend import OnnxRuntimePolicy
+    from wall_runtime.model.preprocess import Preprocessor
+
+    ck = write_tiny_checkpoint(tmp_path / "ckpt", "flow")
+    reads = []
+    real = artifacts.load_network
+
+    def counted(*args, **kwargs):
+        reads.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(artifacts, "load_network", counted)
+    options = {"num_steps": 2, "text_tokens": 16, "cache_dir": tmp_path / "cache", "seed": 0}
+    first = OnnxRuntimePolicy.from_checkpoint(ck, **options)
+    assert reads == [ck]
+    second = OnnxRuntimePolicy.from_checkpoint(ck, **options)
+    assert reads == [ck]  # cached graphs: no network read
+    assert isinstance(second.preprocessor, Preprocessor)
+    assert not hasattr(second, "model") and not hasattr(second.preprocessor, "net")
+    obs = _observation(second)
+    a, b = first.infer([obs])[0], second.infer([obs])[0]
+    assert a.actions.shape == (second.metadata.action_horizon, second.metadata.action_dim)
+    assert (a.actions_normalized == b.actions_normalized).all()  # same seed, same graphs
+
+
+def _observation(policy):
+    import numpy as np
+
+    from wall_runtime.types import Observation
+
+    rng = np.random.default_rng(0)
+    return Observation(
+        stamp=0.0,
+        images={
+            name: rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            for name, (h, w) in zip(policy.shapes.cameras, policy.shapes.frame_sizes, strict=True)
+        },
+        state=rng.uniform(-1, 1, policy.metadata.state_dim).astype(np.float32),
+        instruction="stack the cups",
+    )

@@ -1,5 +1,5 @@
 """The torch backend's CUDA-graph paths equal eager (GPU only): the denoise loop alone
-(``use_cuda_graph``) and the whole call in two graphs (``CudaGraphPolicy``: prefix = vision + prefill,
+(``CudaGraphDenoise``) and the whole call in two graphs (``CudaGraphPolicy``: prefix = vision + prefill,
 and the fused denoise), with no host synchronisation inside a replayed call and a graph cache bounded
 and keyed by shape. On the CPU: the prompt-length bucketing is exact, and ``CudaGraphPolicy``'s
 plumbing (the same two modules run eagerly) equals the torch pipeline."""
@@ -60,7 +60,7 @@ def test_left_padding_the_prefix_cache_changes_nothing(tmp_path, variant):
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["flow", "0.5"])
 def test_cuda_graph_denoise_equals_eager_bf16(tmp_path, variant):
-    from wall_runtime.backends.cuda_graph import use_cuda_graph
+    from wall_runtime.backends.cuda_graph import CudaGraphDenoise
 
     write_tiny_checkpoint(tmp_path / "ckpt", variant)
     model = WallOSS.from_checkpoint(tmp_path / "ckpt", device="cuda")  # bf16, head and norms fp32
@@ -74,11 +74,12 @@ def test_cuda_graph_denoise_equals_eager_bf16(tmp_path, variant):
         batch, kv, noise = _stage_inputs(model, obs, seed)
         with torch.no_grad():
             expected.append(eager_denoise(batch, kv, noise))
-    denoiser = use_cuda_graph(model)
+    graphed = CudaGraphDenoise(model)
+    denoiser = graphed.denoiser
     for _ in range(2):  # the second round replays graphs captured in the first
         for (obs, seed), want in zip(cases, expected, strict=True):
             batch, kv, noise = _stage_inputs(model, obs, seed)
-            got = model.denoise(batch, kv, noise)
+            got = graphed(batch, kv, noise)
             assert got.shape == want.shape
             assert (got.float() - want.float()).abs().max().item() <= 1e-3
     assert 1 <= len(denoiser._graphs) <= 2
@@ -86,17 +87,17 @@ def test_cuda_graph_denoise_equals_eager_bf16(tmp_path, variant):
 
 @pytest.mark.gpu
 def test_cuda_graph_pipeline_end_to_end_matches_eager(tmp_path):
-    from wall_runtime.backends.cuda_graph import use_cuda_graph
+    from wall_runtime.backends.cuda_graph import CudaGraphDenoise
 
     write_tiny_checkpoint(tmp_path / "ckpt", "0.5")
     eager = WallOSS.from_checkpoint(tmp_path / "ckpt", device="cuda")
     graphed = WallOSS.from_checkpoint(tmp_path / "ckpt", device="cuda")
-    use_cuda_graph(graphed)
+    fast = CudaGraphDenoise(graphed)
     obs = _observation(eager, 3)
     noise = np.random.default_rng(4).standard_normal((eager.cfg.net.action_horizon, eager.cfg.net.action_dim))
     want = eager.infer([obs], [noise.astype(np.float32)])[0]
     for _ in range(3):
-        got = graphed.infer([obs], [noise.astype(np.float32)])[0]
+        got = graphed.infer([obs], [noise.astype(np.float32)], denoise=fast)[0]
         assert np.abs(got.actions_normalized - want.actions_normalized).max() <= 1e-3
 
 
@@ -164,14 +165,14 @@ def test_whole_call_graphs_equal_eager_bf16_and_match_fp32(tmp_path, variant):
 def test_a_replayed_call_does_not_wait_for_the_gpu(tmp_path):
     """Prefix and denoise replays (inputs copied in, graph launched, KV cache handed over) under
     ``torch.cuda.set_sync_debug_mode("error")``: any host synchronisation raises."""
-    from wall_runtime.export.static_batch import denoise_feeds, prefix_feeds
+    from wall_runtime.backends.static_shapes import denoise_feeds, prefix_feeds
 
     ck = write_tiny_checkpoint(tmp_path / "ckpt", "0.5")
     policy = _policy(ck)
-    obs = _observation(policy.model, 0)
+    obs = _observation(policy.preprocessor, 0)
     policy.infer([obs])  # captures both graphs
-    batch = policy.model.preprocess([obs])
-    feeds = prefix_feeds(batch, policy.shapes, policy.model.tokenizer)
+    batch = policy.preprocessor.preprocess([obs])
+    feeds = prefix_feeds(batch, policy.shapes, policy.preprocessor.tokenizer)
     noise = np.zeros((1, policy.shapes.horizon, policy.shapes.action_dim), np.float32)
     rest = denoise_feeds(batch, policy.shapes, noise, feeds["attention_mask"])
     torch.cuda.synchronize()

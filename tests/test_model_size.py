@@ -98,8 +98,8 @@ def test_graph_attribution_matches_the_exported_onnx_graphs(tmp_path, variant):
     writes into it (the prefix graph exactly; the denoise graph also holds a few folded constants)."""
     import onnx
 
+    from wall_runtime.backends.static_shapes import resolve_shapes
     from wall_runtime.export.onnx_export import export_graphs
-    from wall_runtime.export.static_batch import resolve_shapes
     from wall_runtime.model.pipeline import WallOSS
     from wall_runtime.model.size import _graph, _part
     from wall_runtime.model.tiny_checkpoint import write_tiny_checkpoint

@@ -12,7 +12,11 @@ Use from the torch backend::
     chunk = denoiser(kv, noise, dof_mask, suffix_position_ids, prefix_mask, padding_action)
 
 which takes the arguments of :func:`wall_runtime.model.sampler.denoise` after ``net`` and returns
-the same chunk (tests/test_gpu_cuda_graph.py holds it to the eager result).
+the same chunk (tests/test_gpu_cuda_graph.py holds it to the eager result). :class:`CudaGraphDenoise`
+wraps it as the pipeline's denoise stage, applied from outside: ``model.infer(obs, denoise=stage)``.
+
+The second half is the ``cuda_graph`` backend: the whole call in two graphs (:class:`GraphedRunner`
+for the prefix and for the denoise loop) behind :class:`~wall_runtime.backends.graph_policy.GraphPolicy`.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wall_runtime.export.graph_policy import GraphPolicy, common_options, load_model_for_export
+from wall_runtime.backends.graph_policy import GraphPolicy, common_options, load_graph_preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -156,18 +160,23 @@ def _shape_key(tensors: dict[str, Tensor]) -> tuple:
     return tuple((name, tuple(t.shape), t.dtype) for name, t in tensors.items())
 
 
-def use_cuda_graph(model) -> CudaGraphDenoiser:
-    """Make ``model`` (a CUDA :class:`wall_runtime.model.pipeline.WallOSS`) run its denoise stage from a
-    CUDA graph. Guided (RTC inpainting) calls keep the eager path: they need autograd.
+class CudaGraphDenoise:
+    """The denoise stage of a CUDA :class:`wall_runtime.model.pipeline.WallOSS` with the loop replayed
+    from a CUDA graph (:class:`CudaGraphDenoiser`): ``stage(batch, kv, noise, guidance=None)``, the
+    signature of ``WallOSS.denoise``, for ``WallOSS.infer(..., denoise=stage)``. Guided (RTC
+    inpainting) calls keep the eager path: they need autograd.
 
-    The torch backend calls this when asked for ``cuda_graph=True`` on a GPU.
+    The torch backend uses it when asked for ``cuda_graph=True`` on a GPU.
     """
-    denoiser = CudaGraphDenoiser(model.net, model.settings)
-    eager = model.denoise
 
-    def denoise(batch, kv, noise: Tensor, guidance=None) -> Tensor:
+    def __init__(self, model) -> None:
+        self.model = model
+        self.denoiser = CudaGraphDenoiser(model.net, model.settings)
+
+    def __call__(self, batch, kv, noise: Tensor, guidance=None) -> Tensor:
+        model = self.model
         if guidance is not None:
-            return eager(batch, kv, noise, guidance)
+            return model.denoise(batch, kv, noise, guidance)
         horizon = model.cfg.net.action_horizon
         lp = batch.prefix_length
         device = model.device
@@ -177,11 +186,7 @@ def use_cuda_graph(model) -> CudaGraphDenoiser:
         suffix_positions = torch.from_numpy(batch.position_ids[:, :, lp:]).to(device)
         prefix_mask = torch.from_numpy(batch.attention_mask[:, :lp]).to(device)
         padding = torch.from_numpy(batch.padding_action).to(device)
-        return denoiser(kv, noise, dof_mask, suffix_positions, prefix_mask, padding)
-
-    model.denoise = denoise
-    model.cuda_graph = denoiser
-    return denoiser
+        return self.denoiser(kv, noise, dof_mask, suffix_positions, prefix_mask, padding)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -335,6 +340,7 @@ class CudaGraphPolicy(GraphPolicy):
         exported backends), ``device`` ("cuda"), ``dtype`` ("bf16"; "fp32"), ``capture`` (False: the same
         two modules run eagerly, the reference), ``compile`` (``torch.compile`` both modules before
         capture; minutes of compilation at full size), ``max_graphs`` (per stage, default 4)."""
+        from wall_runtime.backends.static_shapes import resolve_shapes
         from wall_runtime.backends.torch_backend import _dtype
         from wall_runtime.export.onnx_export import (
             DENOISE_INPUTS,
@@ -344,8 +350,8 @@ class CudaGraphPolicy(GraphPolicy):
             STATE_INPUTS,
             PrefixGraph,
         )
-        from wall_runtime.export.static_batch import resolve_shapes
-        from wall_runtime.model.sampler import DenoiseModule
+        from wall_runtime.model.pipeline import load_network
+        from wall_runtime.model.sampler import DenoiseModule, SamplerSettings
 
         options.pop("cache_dir", None)  # nothing is exported
         common = common_options(options)
@@ -358,15 +364,16 @@ class CudaGraphPolicy(GraphPolicy):
         capture = str(options.pop("capture", True)).lower() not in ("0", "false", "no")
         compile_ = str(options.pop("compile", False)).lower() not in ("0", "false", "no")
         max_graphs = int(options.pop("max_graphs", 4))
-        # preprocessing (and the noise) stay on the CPU; only the network moves to the device
-        model = load_model_for_export(path, common["norm_key"], common["num_steps"], **options)
-        shapes = resolve_shapes(model, common["cameras"], common["batch"], common["text_tokens"])
-        net = model.net.to(device)
+        # preprocessing (and the noise) stay on the CPU; the network lives in the two runners only
+        preprocessor = load_graph_preprocessor(path, common["norm_key"], common["num_steps"], **options)
+        shapes = resolve_shapes(preprocessor, common["cameras"], common["batch"], common["text_tokens"])
+        net = load_network(path, preprocessor.cfg).to(device)  # read in fp32, cast on the device
         if dtype != torch.float32:
             net.to_inference_dtype(dtype)
+        settings = SamplerSettings.from_config(preprocessor.cfg.net)
         prefix_inputs = PREFIX_INPUTS + (STATE_INPUTS if shapes.state_token else ())
         prefix_module: torch.nn.Module = PrefixGraph(net, net.visual, shapes.grid_thw, shapes.state_token)
-        denoise_module: torch.nn.Module = DenoiseModule(net, model.settings)
+        denoise_module: torch.nn.Module = DenoiseModule(net, settings)
         if compile_:
             # Inductor kernels (fused elementwise work, Triton matmuls where they win), compiled during
             # the runner's warm-up and then captured in the CUDA graph like eager kernels
@@ -389,7 +396,13 @@ class CudaGraphPolicy(GraphPolicy):
             max_graphs=max_graphs,
         )
         policy = cls(
-            model, shapes, prefix, denoise, backend="cuda_graph", seed=common["seed"], to_numpy=_to_numpy
+            preprocessor,
+            shapes,
+            prefix,
+            denoise,
+            backend="cuda_graph",
+            seed=common["seed"],
+            to_numpy=_to_numpy,
         )
         policy.dtype = dtype
         return policy
@@ -405,8 +418,6 @@ class CudaGraphPolicy(GraphPolicy):
         return results
 
     def close(self) -> None:
-        super().close()
-        self.run_denoise = None
-        self.model.net = None  # the graphs and the network's weights go with the runners
+        super().close()  # the graphs and the network's weights go with the runners
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -11,9 +11,12 @@ a camera's frame size, so they are worked out once per robot at its hello.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wall_runtime.types import Observation
+
+if TYPE_CHECKING:
+    from wall_runtime.model.preprocess import Preprocessor
 
 
 class InputRefused(ValueError):
@@ -21,7 +24,7 @@ class InputRefused(ValueError):
 
 
 class ModelInputCheck:
-    """Input limits of a :class:`wall_runtime.model.pipeline.WallOSS`-based policy.
+    """Input limits of a policy over a :class:`wall_runtime.model.preprocess.Preprocessor`.
 
     ``max_prefix_tokens`` and ``frame_sizes`` add an exported graph's static limits (its prompt
     length and its frame sizes); ``guidance`` is False for backends without RTC inpainting.
@@ -29,7 +32,7 @@ class ModelInputCheck:
 
     def __init__(
         self,
-        model: Any,
+        preprocessor: Preprocessor,
         *,
         max_prefix_tokens: int | None = None,
         frame_sizes: Mapping[str, tuple[int, int]] | None = None,
@@ -38,14 +41,14 @@ class ModelInputCheck:
         from wall_runtime.model import image_processing as ip
 
         self._ip = ip
-        self.model = model
-        cfg = model.cfg
+        self.preprocessor = preprocessor
+        cfg = preprocessor.cfg
         self.resolution = {v: int(cfg.data.resolution[v]) for v in cfg.data.cameras}
         self.max_length = cfg.data.max_length
         self.max_prefix_tokens = max_prefix_tokens
         self.frame_sizes = dict(frame_sizes) if frame_sizes is not None else None
         self.guidance = guidance
-        self._merge = model.vision_cfg.spatial_merge_size**2
+        self._merge = preprocessor.vision_cfg.spatial_merge_size**2
 
     def to_dict(self) -> dict[str, Any]:
         """The limits as plain data (sent to robots in the handshake's ``limits``)."""
@@ -111,7 +114,7 @@ class ModelInputCheck:
         tokenised (the instruction and, for the 0.5 variant, the state text) and measured."""
         from wall_runtime.model.prompt import PROPRI_TOKEN, encode_prompt, state_text
 
-        model, cfg = self.model, self.model.cfg
+        pre, cfg = self.preprocessor, self.preprocessor.cfg
         if obs.inpaint is not None and not self.guidance:
             raise InputRefused("inpaint hints need the torch backend (this one runs forward-only graphs)")
         self.missing_views(obs.images)
@@ -120,14 +123,14 @@ class ModelInputCheck:
             image_tokens = {v: self.image_tokens(v, *obs.images[v].shape[:2]) for v in views}
         try:
             if cfg.net.state_as_text:
-                key = model.normalizers.resolve_key(obs.norm_key) if obs.norm_key else model.norm_key
-                raw_state, state_mask, _ = model._row_masks(obs)
-                norm_state = model.normalizers.state.normalize(raw_state, key)
+                key = pre.normalizers.resolve_key(obs.norm_key) if obs.norm_key else pre.norm_key
+                raw_state, state_mask, _ = pre.row_masks(obs)
+                norm_state = pre.normalizers.state.normalize(raw_state, key)
                 text = state_text(norm_state, state_mask, cfg.net.state_bins)
             else:
                 text = PROPRI_TOKEN
             encoded = encode_prompt(
-                model.tokenizer,
+                pre.tokenizer,
                 [cfg.camera_label(v) for v in views],
                 obs.instruction,
                 text,

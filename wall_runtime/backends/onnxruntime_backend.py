@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from wall_runtime.export.graph_policy import GraphPolicy, common_options, load_model_for_export
+from wall_runtime.backends.graph_policy import GraphPolicy, common_options, load_graph_preprocessor
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -82,18 +82,19 @@ class OnnxRuntimePolicy(GraphPolicy):
         "cuda"), ``threads``,
         ``cameras`` (``["face_view=640x480", ...]`` or ``{view: (h, w)}``), ``batch``, ``text_tokens``,
         ``num_steps``, ``norm_key``, ``seed``, ``cache_dir``."""
+        from wall_runtime.backends.static_shapes import resolve_shapes
         from wall_runtime.export.artifacts import onnx_artifacts
         from wall_runtime.export.cache import EngineCache
-        from wall_runtime.export.static_batch import resolve_shapes
 
         common = common_options(options)
         device = str(options.pop("device", "cpu"))
         providers = options.pop("providers", "cuda" if device.startswith("cuda") else "cpu")
         threads = options.pop("threads", None)
-        model = load_model_for_export(path, common["norm_key"], common["num_steps"], **options)
-        shapes = resolve_shapes(model, common["cameras"], common["batch"], common["text_tokens"])
+        preprocessor = load_graph_preprocessor(path, common["norm_key"], common["num_steps"], **options)
+        shapes = resolve_shapes(preprocessor, common["cameras"], common["batch"], common["text_tokens"])
         cache = EngineCache(common["cache_dir"])
-        art = onnx_artifacts(model, path, shapes, cache)
+        # the sessions hold the weights; the torch network is read only if the graphs must be exported
+        art = onnx_artifacts(preprocessor, path, shapes, cache)
         if isinstance(providers, str) and providers not in PROVIDERS:
             raise ValueError(f"providers must be one of {', '.join(PROVIDERS)} or a list, got {providers!r}")
         provider_list = PROVIDERS[providers] if isinstance(providers, str) else list(providers)
@@ -110,11 +111,8 @@ class OnnxRuntimePolicy(GraphPolicy):
         threads = threads or int(os.environ.get("WALL_RUNTIME_ORT_THREADS", "0")) or None
         prefix = OrtRunner(art.prefix, provider_list, threads)
         denoise = OrtRunner(art.denoise, provider_list, threads)
-        model.net = (
-            None  # the sessions hold the weights now; the pipeline keeps config, tokenizer, normalisers
-        )
         return cls(
-            model,
+            preprocessor,
             shapes,
             prefix,
             denoise,

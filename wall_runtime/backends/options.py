@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 DEFAULT_TEXT_TOKENS = (
-    64  # wall_runtime.export.static_batch.DEFAULT_TEXT_TOKENS (not imported: keeps this light)
+    64  # wall_runtime.backends.static_shapes.DEFAULT_TEXT_TOKENS (not imported: keeps this light)
 )
 ORT_PROVIDERS = ("cpu", "cuda", "tensorrt")
 DEFAULT_ECHO_CAMERAS = ("face_view", "left_wrist_view", "right_wrist_view")
@@ -36,7 +36,7 @@ def option(default: Any, help: str) -> Any:
 def _cameras(value: Any) -> dict[str, tuple[int, int]]:
     """``face_view=640x480,right_wrist_view=640x480`` (W×H, as cameras are quoted) or a mapping
     view -> (height, width) → view -> (height, width)."""
-    from wall_runtime.export.graph_policy import parse_cameras
+    from wall_runtime.backends.graph_policy import parse_cameras
 
     return parse_cameras(value) or {}
 

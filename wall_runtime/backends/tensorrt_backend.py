@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from wall_runtime.export.graph_policy import GraphPolicy, common_options, load_model_for_export
+from wall_runtime.backends.graph_policy import GraphPolicy, common_options, load_graph_preprocessor
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -32,11 +32,11 @@ class TensorRTPolicy(GraphPolicy):
         ``show_progress``."""
         import torch
 
+        from wall_runtime.backends.static_shapes import resolve_shapes
+        from wall_runtime.backends.tensorrt_runner import TensorRTRunner
         from wall_runtime.export.artifacts import tensorrt_artifacts
         from wall_runtime.export.cache import EngineCache
-        from wall_runtime.export.static_batch import resolve_shapes
         from wall_runtime.export.tensorrt_build import require_tensorrt
-        from wall_runtime.export.trt_runner import TensorRTRunner
 
         require_tensorrt()
         if not torch.cuda.is_available():
@@ -45,15 +45,17 @@ class TensorRTPolicy(GraphPolicy):
         precision = options.pop("precision", "bf16")
         device = options.pop("device", "cuda")
         show_progress = bool(options.pop("show_progress", True))
-        model = load_model_for_export(path, common["norm_key"], common["num_steps"], **options)
-        shapes = resolve_shapes(model, common["cameras"], common["batch"], common["text_tokens"])
+        preprocessor = load_graph_preprocessor(path, common["norm_key"], common["num_steps"], **options)
+        shapes = resolve_shapes(preprocessor, common["cameras"], common["batch"], common["text_tokens"])
         cache = EngineCache(common["cache_dir"])
-        art = tensorrt_artifacts(model, path, shapes, cache, precision=precision, show_progress=show_progress)
+        # the engines hold the weights; the torch network is read only if the graphs must be exported
+        art = tensorrt_artifacts(
+            preprocessor, path, shapes, cache, precision=precision, show_progress=show_progress
+        )
         prefix = TensorRTRunner(art.prefix, device)
         denoise = TensorRTRunner(art.denoise, device)
-        model.net = None  # the engines hold the weights now
         policy = cls(
-            model,
+            preprocessor,
             shapes,
             prefix,
             denoise,

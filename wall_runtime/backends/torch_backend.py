@@ -1,15 +1,21 @@
-"""The PyTorch backend: the WALL-OSS pipeline run eagerly (fp32 on CPU, bf16 + fp32 head on CUDA)."""
+"""The PyTorch backend: the WALL-OSS pipeline run eagerly (fp32 on CPU, bf16 + fp32 head on CUDA).
+
+The shared :class:`~wall_runtime.model.preprocess.Preprocessor` around the network's two stages:
+the prefix (vision tower + prefill → KV cache) always eager, the denoise loop eager or, on a GPU,
+replayed from a CUDA graph (:class:`~wall_runtime.backends.cuda_graph.CudaGraphDenoise`, applied
+from outside the model).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from wall_runtime.backends.base import Policy, PolicyMetadata
+from wall_runtime.backends.base import Policy, policy_metadata
 from wall_runtime.backends.input_check import ModelInputCheck
 from wall_runtime.backends.noise import check_knots, smooth_noise
 from wall_runtime.types import Observation, PolicyResult
@@ -33,30 +39,25 @@ def _dtype(value: torch.dtype | str | None) -> torch.dtype | None:
 
 
 class TorchPolicy(Policy):
-    """``Policy`` over :class:`wall_runtime.model.pipeline.WallOSS`."""
+    """``Policy`` over :class:`wall_runtime.model.pipeline.WallOSS` (its preprocessor and network).
 
-    def __init__(self, model, seed: int | None = None, noise_knots: int | None = None):
+    ``denoise``: the denoise stage to run instead of the model's eager one (a CUDA graph)."""
+
+    def __init__(
+        self,
+        model,
+        seed: int | None = None,
+        noise_knots: int | None = None,
+        denoise: Callable[..., torch.Tensor] | None = None,
+    ):
         self.model = model
+        self.preprocessor = model.preprocessor
+        self.denoise = denoise
         self.noise_knots = check_knots(noise_knots, model.cfg.net.action_horizon)
         self._rng = np.random.default_rng(seed)
-        cfg = model.cfg
-        self.metadata = PolicyMetadata(
-            model="wall-oss-flow" if cfg.variant == "flow" else "wall-oss-0.5",
-            variant=cfg.variant,
-            backend="torch",
-            action_horizon=cfg.net.action_horizon,
-            action_dim=cfg.net.action_dim,
-            state_dim=cfg.net.state_dim,
-            num_steps=model.settings.num_steps,
-            cameras=tuple(cfg.data.cameras),
-            norm_keys=tuple(model.normalizers.keys),
-            dof_config=dict(cfg.data.dof_config),
-            agent_pos_config=dict(cfg.data.agent_pos_config),
-            resolutions={v: int(cfg.data.resolution[v]) for v in cfg.data.cameras},
-            action_period=cfg.data.action_period,
-        )
+        self.metadata = policy_metadata(model.preprocessor, "torch", model.settings.num_steps)
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        self.input_check = ModelInputCheck(model)
+        self.input_check = ModelInputCheck(model.preprocessor)
 
     @classmethod
     def from_checkpoint(
@@ -86,11 +87,12 @@ class TorchPolicy(Policy):
         model = WallOSS.from_checkpoint(
             path, device=device, dtype=_dtype(dtype), norm_key=norm_key, **config_options
         )
+        denoise = None
         if str(cuda_graph).lower() not in ("0", "false", "no") and model.device.type == "cuda":
-            from wall_runtime.backends.cuda_graph import use_cuda_graph
+            from wall_runtime.backends.cuda_graph import CudaGraphDenoise
 
-            use_cuda_graph(model)  # the denoise loop replayed as one CUDA graph (guided calls stay eager)
-        return cls(model, seed=seed, noise_knots=noise_knots)
+            denoise = CudaGraphDenoise(model)  # the loop replayed as one CUDA graph (guided calls stay eager)
+        return cls(model, seed=seed, noise_knots=noise_knots, denoise=denoise)
 
     def infer(
         self,
@@ -100,7 +102,7 @@ class TorchPolicy(Policy):
         if self.noise_knots is not None:
             given = list(noise) if noise is not None else [None] * len(observations)
             noise = [n if n is not None else self.smooth_noise() for n in given]
-        return self.model.infer(observations, noise=noise, generator=self._generator)
+        return self.model.infer(observations, noise=noise, generator=self._generator, denoise=self.denoise)
 
     def smooth_noise(self) -> np.ndarray:
         """Smooth unit-variance initial noise (:func:`wall_runtime.backends.noise.smooth_noise`)."""
@@ -109,5 +111,6 @@ class TorchPolicy(Policy):
 
     def close(self) -> None:
         self.model = None
+        self.denoise = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

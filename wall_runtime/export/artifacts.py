@@ -3,6 +3,11 @@
 ``onnx_artifacts`` exports both ONNX graphs (fp32, device independent); ``tensorrt_artifacts``
 builds both engines from them for this GPU, TensorRT version and precision. Each is one cache entry
 whose key holds everything it depends on (see :mod:`wall_runtime.export.cache`).
+
+Both take either a loaded fp32 CPU :class:`~wall_runtime.model.pipeline.WallOSS` or just the
+checkpoint's :class:`~wall_runtime.model.preprocess.Preprocessor`: then the network is read from the
+checkpoint only when the cache misses and dropped after the export, so a backend whose graphs are
+cached never holds the torch network at all.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from wall_runtime.export.cache import (
     tensorrt_version,
 )
 from wall_runtime.export.onnx_export import OPSET, GraphShapes, export_graphs
+from wall_runtime.model.pipeline import WallOSS, load_network
+from wall_runtime.model.preprocess import Preprocessor
+from wall_runtime.model.sampler import SamplerSettings
 
 SHAPES_FILE = "shapes.json"
 
@@ -32,6 +40,11 @@ class Artifacts:
     shapes: GraphShapes
     prefix: Path
     denoise: Path
+
+
+def _settings(model: WallOSS | Preprocessor) -> SamplerSettings:
+    """The sampler settings the graphs bake in: the model's, or the checkpoint config's."""
+    return model.settings if isinstance(model, WallOSS) else SamplerSettings.from_config(model.cfg.net)
 
 
 def _key(
@@ -60,19 +73,23 @@ def _key(
 
 
 def onnx_artifacts(
-    model, checkpoint: str | Path, shapes: GraphShapes, cache: EngineCache, ck_hash: str | None = None
+    model: WallOSS | Preprocessor,
+    checkpoint: str | Path,
+    shapes: GraphShapes,
+    cache: EngineCache,
+    ck_hash: str | None = None,
 ) -> Artifacts:
     """Both ONNX graphs for ``shapes`` and the model's sampler settings (exported on the CPU in fp32)."""
     ck_hash = ck_hash or checkpoint_hash(checkpoint, memo_dir=cache.root)
-    key = _key(ck_hash, shapes, model.settings, "onnx", "fp32", "cpu", "none")
+    settings = _settings(model)
+    key = _key(ck_hash, shapes, settings, "onnx", "fp32", "cpu", "none")
 
     def build(out: Path) -> list[str]:
-        net = model.net
-        if net is None:
-            raise RuntimeError("the network weights were released; load the checkpoint again to export")
+        # a preprocessor: the network is read for this export only (fp32, CPU) and dropped after it
+        net = model.net if isinstance(model, WallOSS) else load_network(checkpoint, model.cfg)
         if next(net.parameters()).dtype != torch.float32 or next(net.parameters()).device.type != "cpu":
             raise RuntimeError("export from an fp32 CPU model (WallOSS.from_checkpoint(path, device='cpu'))")
-        exported = export_graphs(net, net.visual, shapes, model.settings, out)
+        exported = export_graphs(net, net.visual, shapes, settings, out)
         (out / SHAPES_FILE).write_text(json.dumps(shapes.to_json(), indent=2))
         return [*exported.files, SHAPES_FILE]
 
@@ -81,7 +98,7 @@ def onnx_artifacts(
 
 
 def tensorrt_artifacts(
-    model,
+    model: WallOSS | Preprocessor,
     checkpoint: str | Path,
     shapes: GraphShapes,
     cache: EngineCache,
@@ -96,7 +113,8 @@ def tensorrt_artifacts(
     gpu, trt = gpu_model(), tensorrt_version()
     if gpu == "cpu":
         raise RuntimeError("TensorRT engines are built for a CUDA GPU and none is available")
-    key = _key(ck_hash, shapes, model.settings, "tensorrt", precision, gpu, trt)
+    settings = _settings(model)
+    key = _key(ck_hash, shapes, settings, "tensorrt", precision, gpu, trt)
     timing_name = EngineKey.make(
         checkpoint_hash="",
         graph="timing",
@@ -117,7 +135,7 @@ def tensorrt_artifacts(
         onnx = onnx_artifacts(model, checkpoint, shapes, cache, ck_hash)
         build_engine(onnx.prefix, out / "prefix.engine", options, label="prefix")
         build_engine(
-            onnx.denoise, out / "denoise.engine", options, label=f"denoise ({model.settings.num_steps} steps)"
+            onnx.denoise, out / "denoise.engine", options, label=f"denoise ({settings.num_steps} steps)"
         )
         (out / SHAPES_FILE).write_text(json.dumps(shapes.to_json(), indent=2))
         return ["prefix.engine", "denoise.engine", SHAPES_FILE]

@@ -41,21 +41,22 @@ def export(
     """Export the prefix graph and the fused denoise graph (and build TensorRT engines) into the cache."""
     from rich.console import Console
 
+    from wall_runtime.backends.graph_policy import load_graph_preprocessor, parse_cameras
+    from wall_runtime.backends.static_shapes import resolve_shapes
     from wall_runtime.export.artifacts import onnx_artifacts, tensorrt_artifacts
     from wall_runtime.export.cache import EngineCache
-    from wall_runtime.export.graph_policy import load_model_for_export, parse_cameras
-    from wall_runtime.export.static_batch import resolve_shapes
 
     console = Console()
     which = _backend(backend)
     try:
-        model = load_model_for_export(checkpoint, num_steps=steps)
+        # the preprocessor only: the network is read from the checkpoint if the cache misses
+        model = load_graph_preprocessor(checkpoint, num_steps=steps)
         shapes = resolve_shapes(model, parse_cameras(camera) if camera else None, batch, text_tokens)
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]export: {e}")
         raise typer.Exit(2) from e
     cache = EngineCache(cache_dir)
-    with console.status(f"exporting {checkpoint} ({model.settings.num_steps} steps)"):
+    with console.status(f"exporting {checkpoint} ({model.cfg.net.num_steps} steps)"):
         art = onnx_artifacts(model, checkpoint, shapes, cache)
     if which == "tensorrt":
         art = tensorrt_artifacts(model, checkpoint, shapes, cache, precision=precision)

@@ -62,7 +62,7 @@ def reference_stages(reference, observations, noise: np.ndarray) -> dict[str, np
 
 
 def _actions_stage(stage, ref_chunk, cand_chunk, policy, keys, precision) -> StageParity:
-    normalizer = policy.model.normalizers.action
+    normalizer = policy.preprocessor.normalizers.action
     ref = np.stack([normalizer.unnormalize(c, k) for c, k in zip(ref_chunk, keys, strict=True)])
     cand = np.stack([normalizer.unnormalize(c, k) for c, k in zip(cand_chunk, keys, strict=True)])
     half_range = max(float(np.max(np.abs(normalizer.delta(k)))) / 2 for k in keys)
@@ -100,7 +100,7 @@ def verify_policy(
         full = np.zeros(shapes.kv_shape(), np.float32)
         full[..., pad:, :] = ref[name]
         kv_padded[name] = full
-    from wall_runtime.export.static_batch import denoise_feeds
+    from wall_runtime.backends.static_shapes import denoise_feeds
 
     feeds = denoise_feeds(cand["batch"], shapes, noise, cand["prefix_feeds"]["attention_mask"])
     isolated = as_numpy(policy.run_denoise(feeds | kv_padded)["actions"])

@@ -198,10 +198,10 @@ def predict(
             policy = TorchPolicy.from_checkpoint(
                 checkpoint, device=device, norm_key=norm_key, seed=seed, num_steps=max(steps, 1)
             )
-        obs.norm_key = policy.model.norm_key
+        obs.norm_key = policy.preprocessor.norm_key
         layouts = None
         if poses:
-            layouts = _pose_state(obs, poses, policy.model.cfg.data)
+            layouts = _pose_state(obs, poses, policy.preprocessor.cfg.data)
         if steps == 0:
             result = _initial_sample(policy, obs, initial, seed)
         else:
@@ -250,14 +250,14 @@ def _initial_sample(policy, obs, initial, seed: int):
     """``--steps 0``: the initial sample as the chunk (un-normalised for the robot-unit view)."""
     from wall_runtime.types import PolicyResult
 
-    net = policy.model.cfg.net
+    net = policy.preprocessor.cfg.net
     shape = (net.action_horizon, net.action_dim)
     if initial is None:
         initial = np.random.default_rng(seed).standard_normal(shape)
     initial = np.asarray(initial, dtype=np.float32)
     if initial.shape != shape:
         raise ValueError(f"--noise has shape {initial.shape}; expected {shape}")
-    actions = policy.model.normalizers.action.unnormalize(initial, obs.norm_key)
+    actions = policy.preprocessor.normalizers.action.unnormalize(initial, obs.norm_key)
     return PolicyResult(actions=np.asarray(actions, np.float32), actions_normalized=initial.copy())
 
 

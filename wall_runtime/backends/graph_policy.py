@@ -1,7 +1,9 @@
-"""A ``Policy`` that runs the exported prefix and fused-denoise graphs; shared by onnxruntime and TensorRT.
+"""A ``Policy`` over a static-shape prefix runner and a fused-denoise runner: onnxruntime, TensorRT and
+the CUDA-graph backend.
 
 Preprocessing (images, prompt, state, masks, noise) and postprocessing (un-normalisation) are the
-torch pipeline's own (``WallOSS.preprocess`` and the normalisers); only the two model calls differ.
+shared :class:`~wall_runtime.model.preprocess.Preprocessor`'s; only the two model calls differ, and
+they hold the weights: the policy never keeps a torch network of its own.
 """
 
 from __future__ import annotations
@@ -9,22 +11,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wall_runtime.backends.base import Policy, PolicyMetadata
+from wall_runtime.backends.base import Policy, policy_metadata
 from wall_runtime.backends.input_check import ModelInputCheck
 from wall_runtime.backends.noise import check_knots, smooth_noise
-from wall_runtime.export.onnx_export import GraphShapes
-from wall_runtime.export.static_batch import (
+from wall_runtime.backends.static_shapes import (
     DEFAULT_TEXT_TOKENS,
     check_cameras,
     denoise_feeds,
     pad_observations,
     prefix_feeds,
 )
+from wall_runtime.export.onnx_export import GraphShapes
 from wall_runtime.types import Observation, PolicyResult
+
+if TYPE_CHECKING:
+    from wall_runtime.model.preprocess import Preprocessor
 
 # a graph runner: named inputs -> named outputs (numpy arrays, or device tensors the next runner takes)
 Runner = Callable[[Mapping[str, Any]], dict[str, Any]]
@@ -49,17 +54,18 @@ def parse_cameras(cameras: Mapping[str, Any] | Sequence[str] | None) -> dict[str
     return out
 
 
-def load_model_for_export(
-    checkpoint: str | Path, norm_key: str | None = None, num_steps: int | None = None, **config
-):
-    """The checkpoint as an fp32 CPU pipeline: what the export traces and what preprocessing uses."""
-    from wall_runtime.model.pipeline import WallOSS
+def load_graph_preprocessor(
+    checkpoint: str | Path | None, norm_key: str | None = None, num_steps: int | None = None, **config
+) -> Preprocessor:
+    """The checkpoint's :class:`~wall_runtime.model.preprocess.Preprocessor` (no network): what a graph
+    backend keeps, and with the checkpoint path all that its export needs (see ``export.artifacts``)."""
+    from wall_runtime.model.pipeline import load_preprocessor
 
     if checkpoint is None:
         raise ValueError("this backend needs a checkpoint directory")
     if num_steps is not None:
         config["num_steps"] = int(num_steps)
-    return WallOSS.from_checkpoint(checkpoint, device="cpu", norm_key=norm_key, **config)
+    return load_preprocessor(checkpoint, norm_key=norm_key, **config)
 
 
 def common_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +87,7 @@ class GraphPolicy(Policy):
 
     def __init__(
         self,
-        model,
+        preprocessor: Preprocessor,
         shapes: GraphShapes,
         run_prefix: Runner,
         run_denoise: Runner,
@@ -92,33 +98,22 @@ class GraphPolicy(Policy):
     ) -> None:
         import torch
 
-        self.model = model
+        from wall_runtime.model.sampler import SamplerSettings
+
+        self.preprocessor = preprocessor
+        # the settings the denoise graph was built with (the checkpoint config's, steps overridden)
+        self.settings = SamplerSettings.from_config(preprocessor.cfg.net)
         # smooth initial noise for random-weight (demo) checkpoints, as TorchPolicy.noise_knots
-        self.noise_knots = check_knots(noise_knots, model.cfg.net.action_horizon)
+        self.noise_knots = check_knots(noise_knots, preprocessor.cfg.net.action_horizon)
         self._rng = np.random.default_rng(seed)
         self.shapes = shapes
         self.run_prefix = run_prefix
         self.run_denoise = run_denoise
         self._to_numpy = to_numpy
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        cfg = model.cfg
-        self.metadata = PolicyMetadata(
-            model="wall-oss-flow" if cfg.variant == "flow" else "wall-oss-0.5",
-            variant=cfg.variant,
-            backend=backend,
-            action_horizon=cfg.net.action_horizon,
-            action_dim=cfg.net.action_dim,
-            state_dim=cfg.net.state_dim,
-            num_steps=model.settings.num_steps,
-            cameras=tuple(shapes.cameras),
-            norm_keys=tuple(model.normalizers.keys),
-            dof_config=dict(cfg.data.dof_config),
-            agent_pos_config=dict(cfg.data.agent_pos_config),
-            resolutions={v: int(cfg.data.resolution[v]) for v in shapes.cameras},
-            action_period=cfg.data.action_period,
-        )
+        self.metadata = policy_metadata(preprocessor, backend, self.settings.num_steps, shapes.cameras)
         self.input_check = ModelInputCheck(
-            model,
+            preprocessor,
             max_prefix_tokens=shapes.prefix_length,
             frame_sizes=dict(zip(shapes.cameras, shapes.frame_sizes, strict=True)),
             guidance=False,
@@ -127,8 +122,8 @@ class GraphPolicy(Policy):
     def stages(self, observations: Sequence[Observation], noise: np.ndarray) -> dict[str, Any]:
         """One group of exactly ``shapes.batch`` observations through both graphs, every intermediate kept
         (for ``verify``): the prepared batch, the prefix feeds, ``k``, ``v`` and the normalised chunk."""
-        batch = self.model.preprocess(observations)
-        feeds = prefix_feeds(batch, self.shapes, self.model.tokenizer)
+        batch = self.preprocessor.preprocess(observations)
+        feeds = prefix_feeds(batch, self.shapes, self.preprocessor.tokenizer)
         kv = self.run_prefix(feeds)
         chunk = self.run_denoise(denoise_feeds(batch, self.shapes, noise, feeds["attention_mask"]) | kv)
         return {
@@ -151,31 +146,29 @@ class GraphPolicy(Policy):
             )
         if noise is not None and len(noise) != len(observations):
             raise ValueError(f"{len(noise)} noise arrays for {len(observations)} observations")
-        check_cameras(observations, self.shapes, self.model.cfg.data.resolution)
+        pre = self.preprocessor
+        check_cameras(observations, self.shapes, pre.cfg.data.resolution)
         results: list[PolicyResult] = []
         b = self.shapes.batch
         for g, group in enumerate(pad_observations(observations, self.shapes)):
             real = min(b, len(observations) - g * b)
             t0 = time.perf_counter()
-            batch = self.model.preprocess(group)
+            batch = pre.preprocess(group)
             given = list(noise[g * b : g * b + real]) if noise is not None else [None] * real
             if self.noise_knots is not None:
-                H, D = self.model.cfg.net.action_horizon, self.model.cfg.net.action_dim
+                H, D = pre.cfg.net.action_horizon, pre.cfg.net.action_dim
                 given = [
                     n if n is not None else smooth_noise(self._rng, self.noise_knots, H, D) for n in given
                 ]
-            x0 = self.model.make_noise(b, given + [None] * (b - real), self._generator).cpu().numpy()
-            feeds = prefix_feeds(batch, self.shapes, self.model.tokenizer)
+            x0 = pre.make_noise(b, given + [None] * (b - real), self._generator).numpy()
+            feeds = prefix_feeds(batch, self.shapes, pre.tokenizer)
             t1 = time.perf_counter()
             kv = self.run_prefix(feeds)
             t2 = time.perf_counter()
             out = self.run_denoise(denoise_feeds(batch, self.shapes, x0, feeds["attention_mask"]) | kv)
             chunk = np.asarray(self._to_numpy(out["actions"]), dtype=np.float32)
             t3 = time.perf_counter()
-            group_results = []
-            for i in range(real):
-                actions = self.model.normalizers.action.unnormalize(chunk[i], batch.norm_keys[i])
-                group_results.append(PolicyResult(actions=actions, actions_normalized=chunk[i].copy()))
+            group_results = pre.postprocess(chunk[:real], batch.norm_keys[:real])
             t4 = time.perf_counter()
             timing = {
                 "preprocess": (t1 - t0) * 1e3,
@@ -190,6 +183,6 @@ class GraphPolicy(Policy):
         return results
 
     def close(self) -> None:
-        """Drop the sessions / engines (and their weights)."""
+        """Drop the runners: the sessions / engines / graphs and the weights they hold."""
         self.run_prefix = None
         self.run_denoise = None

@@ -1,6 +1,6 @@
-"""From the pipeline's prepared batch to the fixed-shape feeds of the exported graphs, and back.
+"""From the preprocessor's prepared batch to the fixed-shape feeds of the graph backends, and back.
 
-The torch pipeline (``WallOSS.preprocess``) left-pads a batch to its longest prompt. The exported
+The shared preprocessor (``Preprocessor.preprocess``) left-pads a batch to its longest prompt. The exported
 graphs have one prompt length ``Lp`` for ever, so the prompt is left-padded further, and the image
 feature rows and the state token are located by their flat positions in the ``B·Lp`` grid. Left
 padding never changes the numbers: padding keys are masked out of every valid row, and the action
@@ -25,8 +25,8 @@ class ShapeMismatchError(ValueError):
     """An observation does not fit the shapes the graphs or engines were built for."""
 
 
-def _synthetic_observation(model, frames: Mapping[str, tuple[int, int]]) -> Observation:
-    cfg = model.cfg
+def _synthetic_observation(preprocessor, frames: Mapping[str, tuple[int, int]]) -> Observation:
+    cfg = preprocessor.cfg
     return Observation(
         stamp=0.0,
         images={name: np.zeros((h, w, 3), np.uint8) for name, (h, w) in frames.items()},
@@ -36,17 +36,18 @@ def _synthetic_observation(model, frames: Mapping[str, tuple[int, int]]) -> Obse
 
 
 def resolve_shapes(
-    model,
+    preprocessor,
     frames: Mapping[str, tuple[int, int]] | None = None,
     batch: int = 1,
     text_tokens: int = DEFAULT_TEXT_TOKENS,
 ) -> GraphShapes:
-    """Static shapes for ``model`` with cameras ``frames`` (view -> raw (height, width)).
+    """Static shapes for a checkpoint's ``preprocessor`` (a ``Preprocessor`` or a loaded ``WallOSS``) with
+    cameras ``frames`` (view -> raw (height, width)).
 
     ``Lp`` is the prompt with an empty instruction plus ``text_tokens`` for the instruction (and, for
     0.5, the digits of the state). Cameras default to every view of the checkpoint at 640×480.
     """
-    cfg = model.cfg
+    cfg = preprocessor.cfg
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     if text_tokens < 0:
@@ -57,7 +58,7 @@ def resolve_shapes(
     if unknown:
         raise ValueError(f"unknown camera(s) {unknown}; this checkpoint knows {list(cfg.data.cameras)}")
     ordered = {n: tuple(int(x) for x in frames[n]) for n in cfg.data.cameras if n in frames}
-    prepared = model.preprocess([_synthetic_observation(model, ordered)] * batch)
+    prepared = preprocessor.preprocess([_synthetic_observation(preprocessor, ordered)] * batch)
     net = cfg.net
     return GraphShapes(
         batch=batch,
