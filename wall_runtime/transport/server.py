@@ -1,4 +1,4 @@
-"""Policy server: one ZeroMQ ROUTER socket serving many robots, one inference worker.
+"""Policy server: ZeroMQ ROUTER sockets (a public endpoint, a session endpoint) serving many robots, one inference worker.
 
 Threads (leader/follower): two threads take turns. The leader waits on the socket, decodes and
 validates every message, keeps per-robot sessions, runs the timers (max wait, deadlines, session
