@@ -132,6 +132,20 @@ def test_whole_call_plumbing_equals_the_torch_pipeline_on_cpu(tmp_path, variant)
     assert set(got.timing_ms) >= {"preprocess", "prefix", "denoise", "total"}
 
 
+def test_the_graph_backend_honours_noise_knots_and_publishes_the_state_layout(tmp_path):
+    """Options and metadata a graph backend must carry like the torch one: ``noise_knots`` reaches the
+    policy, and the openpi endpoint finds the checkpoint's state layout in its metadata (a graph
+    policy holds no torch model to read it from)."""
+    from wall_runtime.transport.openpi_ws import _policy_state_layout
+
+    ck = write_tiny_checkpoint(tmp_path / "ckpt", "flow")
+    policy = _policy(ck, device="cpu", capture=False, noise_knots=4)
+    reference = WallOSS.from_checkpoint(ck, device="cpu", num_steps=10)
+    assert policy.noise_knots == 4
+    layout = _policy_state_layout(policy)
+    assert layout and layout == dict(reference.cfg.data.agent_pos_config)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["flow", "0.5"])
 def test_whole_call_graphs_equal_eager_bf16_and_match_fp32(tmp_path, variant):

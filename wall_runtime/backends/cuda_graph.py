@@ -402,6 +402,7 @@ class CudaGraphPolicy(GraphPolicy):
             denoise,
             backend="cuda_graph",
             seed=common["seed"],
+            noise_knots=common["noise_knots"],
             to_numpy=_to_numpy,
         )
         policy.dtype = dtype

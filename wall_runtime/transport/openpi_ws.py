@@ -461,10 +461,9 @@ class OpenpiServer:
 
 
 def _policy_state_layout(policy: Policy) -> dict[str, int]:
-    """The checkpoint's ``agent_pos_config`` where the policy has one (model backends); else empty."""
-    model = getattr(policy, "model", None)
-    data = getattr(getattr(model, "cfg", None), "data", None)
-    return dict(getattr(data, "agent_pos_config", None) or {})
+    """The checkpoint's ``agent_pos_config`` where the policy has one (every model backend's metadata
+    carries it, graph backends included); else empty."""
+    return dict(policy.metadata.agent_pos_config or {})
 
 
 class SharedPolicy(Policy):
