@@ -74,6 +74,25 @@ def test_duplicate_robot_id_is_refused_unless_it_presents_the_session_token() ->
     q.register(b"w", robot("arm-1"), 0.4)
 
 
+def test_a_session_moved_to_another_connection_is_not_pulled_back_by_a_late_hello() -> None:
+    """A robot attached elsewhere; a retry of its hello, still queued from the connection it left,
+    arrives with its token: refused, so the session stays where the robot is."""
+    q = RequestQueue()
+    session, _ = q.register(b"public-1", robot("arm-1"), 0.0)
+    q.submit(session, _pending(b"public-1", 1, 0.0))
+    assert q.move(session, b"session-1") is None
+    assert set(q.sessions) == {b"session-1"} and session.endpoint == "session"
+    assert q.by_robot["arm-1"] == b"session-1" and session.pending.identity == b"session-1"
+    assert list(q.ready) == [b"session-1"]
+    with pytest.raises(ProtocolError) as err:
+        q.register(b"public-1", robot("arm-1"), 0.1, token=session.token)
+    assert err.value.code == ErrorCode.BAD_HELLO and "moved to the session endpoint" in err.value.message
+    assert q.sessions[b"session-1"] is session
+    # from a new connection the token still proves continuity (the robot fell back, or lost its link)
+    again, replaced = q.register(b"public-2", robot("arm-1"), 0.2, token=session.token)
+    assert replaced is session and q.sessions == {b"public-2": again} and again.token == session.token
+
+
 def test_robot_id_is_bound_to_its_curve_key() -> None:
     q = RequestQueue(session_timeout=1.0)
     q.register(b"x", robot("arm-1"), 0.0, key="KEY-A")

@@ -51,10 +51,11 @@ def test_without_a_session_port_robots_stay_on_the_public_endpoint() -> None:
         assert client.submit(observation(1.0), deadline=2.0).result(timeout=5).stamp == 1.0
 
 
-def test_an_unreachable_session_endpoint_leaves_the_robot_on_the_public_one() -> None:
+@pytest.mark.parametrize("heartbeat", [1.0, 0.25])
+def test_an_unreachable_session_endpoint_leaves_the_robot_on_the_public_one(heartbeat: float) -> None:
     """A server whose welcome names a port nothing listens on (a firewall, a NAT): the attach gets
     no answer, the client says hello again with its token and stays on the public endpoint for that
-    server session, served there."""
+    server session, served there; also with a heartbeat timeout shorter than the attach's."""
     policy = echo_policy()
     dead_port = _free_port()
     ctx = zmq.Context()
@@ -74,7 +75,7 @@ def test_an_unreachable_session_endpoint_leaves_the_robot_on_the_public_one() ->
             if header["type"] == protocol.HELLO:
                 hellos.append(header)
                 welcome = protocol.welcome_header(
-                    "s1", policy.metadata, 1.0, 1 << 25, token="tok-1", session_port=dead_port
+                    "s1", policy.metadata, heartbeat, 1 << 25, token="tok-1", session_port=dead_port
                 )
                 server_sock.send_multipart([identity, *encode(welcome)])
         assert client.connected, "the client never settled on the public endpoint"
@@ -171,3 +172,87 @@ def test_the_public_endpoints_io_threads_yield_to_the_sessions_one() -> None:
         assert idle_threads() == 0
     with serving(echo_policy(), io_threads=2, session_port=None):  # robots share the public threads
         assert idle_threads() == 0
+
+
+def test_a_restarted_server_is_noticed_by_the_session_connection_closing() -> None:
+    """The default session port is a new one after a restart: the client hears its session
+    connection close and says hello at once, not only after its heartbeat timeout."""
+    events: list[tuple[str, str]] = []
+    with serving(echo_policy(), heartbeat_interval=1.0) as server:
+        endpoint = server.endpoint
+        client = PolicyClient(endpoint, robot(), on_connection_change=lambda s, d: events.append((s, d)))
+        try:
+            client.connect(timeout=5)
+            server.stop()
+            with serving(echo_policy(), bind=endpoint, heartbeat_interval=1.0):
+                assert wait_until(lambda: len(events) >= 3 and client.connected, 10.0), events
+                assert client.submit(observation(2.0), deadline=2.0).result(timeout=5).stamp == 2.0
+        finally:
+            client.close()
+    lost = [d for s, d in events if s == "lost"]
+    assert lost and "closed the connection" in lost[0], events
+
+
+def test_a_public_peer_cannot_pose_as_a_session_socket_peer() -> None:
+    """A routing id chosen to equal an attached robot's internal identity, on the public endpoint:
+    its messages are dropped, and the robot keeps its session."""
+    with serving(echo_policy()) as server, client_for(server.endpoint, robot("victim")) as victim:
+        (session,) = server.queue.sessions.values()
+        ctx = zmq.Context()
+        evil = ctx.socket(zmq.DEALER)
+        evil.linger = 0
+        evil.setsockopt(zmq.ROUTING_ID, session.identity)
+        evil.connect(server.endpoint)
+        try:
+            evil.send_multipart(encode(protocol.simple_header(protocol.BYE, 0)))
+            assert wait_until(
+                lambda: any(
+                    c["labels"].get("reason") == "reserved_identity"
+                    for c in server.metrics.snapshot()["counters"]
+                    if c["name"] == "dropped_requests"
+                )
+            )
+            assert session.identity in server.queue.sessions
+            assert victim.submit(observation(1.0), deadline=2.0).result(timeout=5).stamp == 1.0
+            assert victim.heartbeats_lost == 0
+        finally:
+            evil.close()
+            ctx.term()
+
+
+def test_welcomes_to_retried_hellos_open_one_session_connection() -> None:
+    """Several welcomes read at once (hellos retried while the server was slow): one attach."""
+    policy = echo_policy()
+    ctx = zmq.Context()
+    public, sessions = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    for s in (public, sessions):
+        s.linger = 0
+    port = public.bind_to_random_port("tcp://127.0.0.1")
+    session_port = sessions.bind_to_random_port("tcp://127.0.0.1")
+    client = PolicyClient(f"tcp://127.0.0.1:{port}", robot("r1"))
+    attaches = 0
+    try:
+        client.start()
+        assert public.poll(5000)
+        identity, *_ = public.recv_multipart()
+        welcome = protocol.welcome_header(
+            "s1", policy.metadata, 1.0, 1 << 25, token="tok-1", session_port=session_port
+        )
+        for _ in range(3):  # as if three hellos had been answered
+            public.send_multipart([identity, *encode(welcome)])
+        deadline = time.monotonic() + 1.5  # well inside the 3 s heartbeat timeout (no pongs here)
+        while time.monotonic() < deadline:
+            if not sessions.poll(100):
+                continue
+            peer, *body = sessions.recv_multipart()
+            header = decode(body, 1 << 20).header
+            if header["type"] == protocol.ATTACH:
+                attaches += 1
+                reply = protocol.simple_header(protocol.ATTACHED, header.get("seq"), session="s1")
+                sessions.send_multipart([peer, *encode(reply)])
+        assert client.connected and attaches == 1
+    finally:
+        client.close()
+        for s in (public, sessions):
+            s.close()
+        ctx.term()

@@ -258,6 +258,14 @@ class PolicyClient:
             except zmq.Again:
                 return
             kind, value = int(event["event"]), int(event["value"])
+            if kind == zmq.EVENT_DISCONNECTED:
+                if self.connected and self.session_endpoint is not None:
+                    self._lose(f"the session endpoint {self.session_endpoint} closed the connection")
+                    self._last_heard = time.perf_counter()  # the heartbeat timeout counts from here
+                    self._back_to_public()
+                    self._send_hello()
+                    return  # that monitor is gone with its socket
+                continue
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._handshake_failed = None
                 self._no_detail = 0
@@ -376,7 +384,10 @@ class PolicyClient:
             client, server_public = self._curve
             auth.apply_client_curve(sock, client, server_public)
         # the handshake's outcome, read on the I/O thread (the old socket's monitor goes with it)
-        old, self._monitor = self._monitor, sock.get_monitor_socket(HANDSHAKE_EVENTS)
+        # on the session endpoint a dropped connection also says the server went (a restart binds
+        # another port): back to a hello at once instead of after the heartbeat timeout
+        events = HANDSHAKE_EVENTS | (zmq.EVENT_DISCONNECTED if endpoint else 0)
+        old, self._monitor = self._monitor, sock.get_monitor_socket(events)
         if old is not None:
             old.close(linger=0)
         sock.connect(endpoint or self.endpoint)
@@ -398,7 +409,7 @@ class PolicyClient:
                 with io.lock:
                     for frames in io.recv_ready(64):
                         self._on_message_safely(frames)
-                    if not self.connected:
+                    if not self.connected or self.session_endpoint is not None:
                         self._check_handshake()
                     now = time.perf_counter()
                     self._expire(now)
@@ -547,6 +558,12 @@ class PolicyClient:
         return
 
     def _on_welcome(self, h: dict[str, Any]) -> None:
+        if (
+            (self.connected or self._attaching is not None)
+            and h.get("session") == self.session
+            and h.get("token") == self._token
+        ):
+            return  # the answer to a retried hello of the handshake already in place
         meta = protocol.metadata_from_dict(h.get("metadata") or {})
         token = h.get("token")
         limits = h.get("limits")
@@ -597,6 +614,7 @@ class PolicyClient:
         )
         self._attaching = None
         self._stay_public = self.session
+        self._last_heard = time.perf_counter()  # the heartbeat timeout counts from the new hello
         self._back_to_public()
         self._send_hello()
 
@@ -660,6 +678,12 @@ class PolicyClient:
     def _heartbeat(self, now: float) -> None:
         """Ping, detect silence, retry the handshake on a fresh socket when the link is lost."""
         assert self._io is not None
+        if self._attaching is not None:
+            # the attach has its own timeout; a heartbeat shorter than it must not restart the
+            # handshake before the fallback to the public endpoint can happen
+            if now >= self._attaching:
+                self._attach_failed(f"no answer within {ATTACH_TIMEOUT_S:.1f} s")
+            return
         if now - self._last_heard > self._hb_timeout():
             silent = now - self._last_heard
             self._lose(f"no message from the server for {silent:.1f} s")
@@ -675,9 +699,6 @@ class PolicyClient:
                 self._last_ping = now
                 with contextlib.suppress(zmq.Again):  # a missing pong will tell
                     self._io.send(encode(protocol.simple_header(protocol.PING, 0)))
-        elif self._attaching is not None:
-            if now >= self._attaching:
-                self._attach_failed(f"no answer within {ATTACH_TIMEOUT_S:.1f} s")
         elif now - self._last_hello >= (HELLO_RETRY_S if self._refused is None else REFUSED_RETRY_S):
             self._send_hello()
 

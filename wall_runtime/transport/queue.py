@@ -31,6 +31,8 @@ from wall_runtime.transport import protocol
 from wall_runtime.transport.batching import ACTIVE_WINDOW_S, batch_due
 from wall_runtime.transport.errors import ErrorCode, ProtocolError
 
+MOVED_FROM_KEPT = 4096  # connections remembered as moved away from (a retried hello arrives within seconds)
+
 
 @dataclass
 class Pending:
@@ -93,6 +95,9 @@ class RequestQueue:
         self.by_robot: dict[str, bytes] = {}  # robot_id -> identity of its live session
         self.robot_keys: dict[str, str] = {}  # robot_id -> CURVE key it is bound to
         self.ready: OrderedDict[bytes, Pending] = OrderedDict()
+        # connections sessions moved away from (to the session endpoint): a hello still queued from
+        # one of them (a retry) must not move the session back to a connection that is gone
+        self.moved_from: OrderedDict[bytes, None] = OrderedDict()
         self.computing = False  # a batch is in compute (one at a time)
 
     # ------------------------------------------------------------------------------ sessions
@@ -111,6 +116,11 @@ class RequestQueue:
         Raises ``ProtocolError`` (``robot_id_in_use`` / ``overloaded``) and changes nothing then.
         """
         replaced: Session | None = None
+        if identity in self.moved_from:
+            raise ProtocolError(
+                ErrorCode.BAD_HELLO,
+                "this connection's session moved to the session endpoint; say hello on a new connection",
+            )
         if robot is not None:
             rid = robot.robot_id
             holder = self.sessions.get(self.by_robot.get(rid, b""))
@@ -185,6 +195,9 @@ class RequestQueue:
             return None
         previous = self.drop(identity)
         del self.sessions[old]
+        self.moved_from[old] = None
+        while len(self.moved_from) > MOVED_FROM_KEPT:
+            self.moved_from.popitem(last=False)
         session.identity = identity
         self.sessions[identity] = session
         if session.robot is not None and self.by_robot.get(session.robot.robot_id) == old:

@@ -44,6 +44,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,11 @@ STRANGER_SHARE = 0.25  # at most this share of the time: their replies and hands
 # I/O threads, which carry the robots' chunks too, so a burst of hellos is answered over a few
 # hundred milliseconds instead of all at once
 MONITOR_EVENT = struct.Struct("=HI")  # a monitor event's first frame: event id, value (an fd, errno)
-# Internal identities of the session socket's peers. libzmq's own routing ids are 5 bytes starting
-# with a zero byte, and a peer may not choose one that starts with zero, so no public peer's
-# identity can take this form.
+# Internal identities of the session socket's peers. libzmq's own routing ids are 5 bytes; a public
+# peer that chooses its own (ZMQ_ROUTING_ID) one of this form is refused, so none can pass for a
+# session-socket peer.
 SESSION_PREFIX = b"\x00session:"
+SESSION_STRANGER_BACKLOG = 1024  # messages from unattached session-socket peers (attaches) waiting
 IO_PRIORITIES = ("idle", "batch", "normal")
 
 __all__ = ["Pending", "PolicyServer", "ServerConfig", "Session"]
@@ -157,8 +159,10 @@ class PolicyServer:
         self._robots_log = LogSummary("robot sessions")
         self._refusals_log = LogSummary("refused messages", info_budget=10)
         self._welcome: dict[str, Any] | None = None
-        self._strangers: deque[list[Any]] = deque()
-        self._strangers_next = 0.0  # perf_counter when the backlog may be worked on again
+        self._strangers = StrangerBacklog(STRANGER_BACKLOG, self._handle)  # hellos on the public endpoint
+        self._session_strangers = StrangerBacklog(  # attaches (or a flood) on the session endpoint
+            SESSION_STRANGER_BACKLOG, lambda frames: self._handle(frames, SESSION_PREFIX + frames[0].bytes)
+        )
         self._limits = policy.input_check.to_dict() if policy.input_check is not None else {}
         if (cfg.server_key is None) != (cfg.allow_dir is None):
             raise auth.SecurityError("CURVE needs both a server secret key and an allow-list of client keys")
@@ -447,8 +451,9 @@ class PolicyServer:
                 timeout = queue.next_timeout(now)
                 if self._monitor_muted:
                     timeout = min(timeout, self._monitor_next - now)
-                if self._strangers:
-                    timeout = min(timeout, self._strangers_next - now)
+                for backlog in (self._strangers, self._session_strangers):
+                    if backlog.items:
+                        timeout = min(timeout, backlog.next - now)
                 timeout_ms = max(0, int(np.ceil(timeout * 1000.0)))
             io.wait(timeout_ms)
             with io.lock:
@@ -459,9 +464,15 @@ class PolicyServer:
                 # or chunk.
                 if self._session_sock is not None:  # known robots first
                     for frames in io.recv_ready(1024, self._session_sock):
-                        self._handle(frames, SESSION_PREFIX + frames[0].bytes)
+                        if SESSION_PREFIX + frames[0].bytes in queue.sessions:
+                            self._handle(frames, SESSION_PREFIX + frames[0].bytes)
+                        else:
+                            self._defer_session_stranger(frames)
                 for frames in io.recv_ready(1024):  # bounded so timers are not starved
-                    if frames[0].bytes in queue.sessions:
+                    identity = frames[0].bytes
+                    if identity.startswith(SESSION_PREFIX):  # a public peer posing as a session-socket one
+                        self.metrics.inc("dropped_requests", reason="reserved_identity")
+                    elif identity in queue.sessions:
                         self._handle(frames)
                     else:
                         self._defer(frames)
@@ -470,7 +481,8 @@ class PolicyServer:
                 if batch is None or now - self._chores_done > CHORES_MAX_DEFER_S:
                     # connection events first: a hello is judged with its connection's accept seen
                     self._peer_events_turn(monitor, now)
-                    self._work_off_strangers()
+                    self._session_strangers.work_off()
+                    self._strangers.work_off()
                     if now >= self._next_housekeeping:
                         self._housekeeping(now)
                     self._chores_done = time.perf_counter()
@@ -600,24 +612,15 @@ class PolicyServer:
             )
 
     def _defer(self, frames: list[zmq.Frame]) -> None:
-        if len(self._strangers) >= STRANGER_BACKLOG:
+        if not self._strangers.add(frames):
             self.metrics.inc("dropped_requests", reason="backlog_full")
             self._refusals_log.note(
                 "backlog_full", "dropped a message from a peer without a session: backlog full"
             )
-            return
-        self._strangers.append(frames)
 
-    def _work_off_strangers(self) -> None:
-        """Some of the backlog of sessionless peers' messages (hellos), within a time budget and a
-        share of the time: the rest waits for a later turn (the leader's wait ends then)."""
-        start = time.perf_counter()
-        if not self._strangers or start < self._strangers_next:
-            return
-        end = start + STRANGER_BUDGET_S
-        while self._strangers and time.perf_counter() < end:
-            self._handle(self._strangers.popleft())
-        self._strangers_next = start + (time.perf_counter() - start) / STRANGER_SHARE
+    def _defer_session_stranger(self, frames: list[zmq.Frame]) -> None:
+        if not self._session_strangers.add(frames):
+            self.metrics.inc("dropped_requests", reason="session_backlog_full")
 
     def _dispatch(self, identity: bytes, msg: Message, body: list[Any], t0: float) -> None:
         header = msg.header
@@ -969,6 +972,34 @@ class PolicyServer:
     def _error_frames(self, code: ErrorCode, message: str, pending: Pending) -> list[Any]:
         self.metrics.inc("errors", code=code.value)
         return encode(protocol.error_header(code, message, pending.request.seq))
+
+
+class StrangerBacklog:
+    """Messages from peers without a session (hellos; on the session endpoint, attaches), bounded,
+    worked off within a time budget per turn and a share of the time: the rest waits for a later
+    turn (the leader's wait ends then), so a flood delays no robot's pong or chunk."""
+
+    def __init__(self, limit: int, handle: Callable[[list[Any]], None]) -> None:
+        self.items: deque[list[Any]] = deque()
+        self.limit = limit
+        self.handle = handle
+        self.next = 0.0  # perf_counter when the backlog may be worked on again
+
+    def add(self, frames: list[Any]) -> bool:
+        """Queue one message; False (not queued) when the backlog is full."""
+        if len(self.items) >= self.limit:
+            return False
+        self.items.append(frames)
+        return True
+
+    def work_off(self) -> None:
+        start = time.perf_counter()
+        if not self.items or start < self.next:
+            return
+        end = start + STRANGER_BUDGET_S
+        while self.items and time.perf_counter() < end:
+            self.handle(self.items.popleft())
+        self.next = start + (time.perf_counter() - start) / STRANGER_SHARE
 
 
 def _source_fd(body: list[Any]) -> int | None:
