@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from planar_arm import BOX, planar_arm, planar_fk
 
 from wall_runtime.control.dryrun import FirstOrderRobot
 from wall_runtime.control.limits import parse_joint_limits
@@ -251,44 +252,8 @@ def test_a_jerk_limited_joint_flat_out_into_its_bounds_stops_within_every_limit(
 
 # -- the workspace box -------------------------------------------------------------------------
 
-LINKS = (0.5, 0.4)
-
-
-def planar_fk(q: np.ndarray) -> np.ndarray:
-    x1, y1 = LINKS[0] * np.cos(q[0]), LINKS[0] * np.sin(q[0])
-    return np.array([[x1 + LINKS[1] * np.cos(q[0] + q[1]), y1 + LINKS[1] * np.sin(q[0] + q[1]), 0.2]])
-
-
-def _arm(jerk: bool) -> tuple[JointSpec, ...]:
-    j = (lambda value: {"max_jerk": value}) if jerk else (lambda value: {})
-    return (
-        _joint(
-            "a",
-            "revolute",
-            "rad",
-            min_position=-3,
-            max_position=3,
-            max_velocity=2.0,
-            max_acceleration=10.0,
-            **j(300.0),
-        ),
-        _joint(
-            "b",
-            "revolute",
-            "rad",
-            min_position=-3,
-            max_position=3,
-            max_velocity=3.0,
-            max_acceleration=15.0,
-            max_deceleration=25.0,
-            **j(500.0),
-        ),
-    )
-
-
-ARM = _arm(jerk=False)
-JERK_ARM = _arm(jerk=True)
-BOX = {"min": [0.2, -0.3, 0.0], "max": [1.0, 0.3, 0.5]}
+ARM = planar_arm(jerk=False)
+JERK_ARM = planar_arm(jerk=True)
 
 
 @pytest.mark.parametrize("arm", [ARM, JERK_ARM], ids=["no-jerk", "jerk"])

@@ -17,9 +17,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from planar_arm import BOX, planar_arm, planar_fk
 
 from wall_runtime.control import safety_solver
-from wall_runtime.control.limits import parse_joint_limits
 from wall_runtime.control.safety_config import SafetyConfig
 from wall_runtime.control.safety_solver import (
     _PATH_TICKS,
@@ -215,44 +215,13 @@ def _legacy_workspace(
 # -- the comparison --------------------------------------------------------------------------------
 
 DT = 0.01
-LINKS = (0.5, 0.4)
-
-
-def planar_fk(q: np.ndarray) -> np.ndarray:
-    x1, y1 = LINKS[0] * np.cos(q[0]), LINKS[0] * np.sin(q[0])
-    return np.array([[x1 + LINKS[1] * np.cos(q[0] + q[1]), y1 + LINKS[1] * np.sin(q[0] + q[1]), 0.2]])
-
-
-def _joint(name: str, jerk: float | None, **limits: float) -> JointSpec:
-    if jerk is not None:
-        limits["max_jerk"] = jerk
-    return JointSpec(name, "revolute", "rad", parse_joint_limits(name, dict(limits)))
 
 
 def _planar(jerk: bool) -> tuple[tuple[JointSpec, ...], SafetyConfig, ForwardKinematics, np.ndarray]:
-    joints = (
-        _joint(
-            "a",
-            300.0 if jerk else None,
-            min_position=-3,
-            max_position=3,
-            max_velocity=2.0,
-            max_acceleration=10.0,
-        ),
-        _joint(
-            "b",
-            500.0 if jerk else None,
-            min_position=-3,
-            max_position=3,
-            max_velocity=3.0,
-            max_acceleration=15.0,
-            max_deceleration=25.0,
-        ),
-    )
-    box = {"min": [0.2, -0.3, 0.0], "max": [1.0, 0.3, 0.5]}
+    joints = planar_arm(jerk)
     return (
         joints,
-        SafetyConfig.from_dict({"max_step": 0.1, "workspace": box}, joints),
+        SafetyConfig.from_dict({"max_step": 0.1, "workspace": BOX}, joints),
         planar_fk,
         np.array([0.0, 0.5]),
     )

@@ -260,10 +260,8 @@ class PolicyClient:
             kind, value = int(event["event"]), int(event["value"])
             if kind == zmq.EVENT_DISCONNECTED:
                 if self.connected and self.session_endpoint is not None:
-                    self._lose(f"the session endpoint {self.session_endpoint} closed the connection")
                     self._last_heard = time.perf_counter()  # the heartbeat timeout counts from here
-                    self._back_to_public()
-                    self._send_hello()
+                    self._start_over(f"the session endpoint {self.session_endpoint} closed the connection")
                     return  # that monitor is gone with its socket
                 continue
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
@@ -511,9 +509,7 @@ class PolicyClient:
             if item is None and self._attaching is not None:
                 self._attach_failed(f"{code}: {message}")
             elif code == ErrorCode.NOT_REGISTERED.value:
-                self._lose(f"server does not know this connection ({message})", report=self.connected)
-                self._back_to_public()
-                self._send_hello()
+                self._start_over(f"server does not know this connection ({message})", report=self.connected)
             elif (
                 item is None
                 and not self.connected
@@ -547,9 +543,7 @@ class PolicyClient:
                 log.warning("server error: %s: %s", code, message)
         elif kind in (protocol.PONG, protocol.ACK, protocol.STATS):
             if kind == protocol.PONG and h.get("session") not in (None, self.session):
-                self._lose("server restarted (new session)", report=self.connected)
-                self._back_to_public()
-                self._send_hello()
+                self._start_over("server restarted (new session)", report=self.connected)
             item = self._inflight.pop(seq, None) if seq is not None else None
             if item is not None:
                 self._done.append((item.future, dict(h) if kind == protocol.STATS else None, None))
@@ -612,7 +606,6 @@ class PolicyClient:
             reason,
             self.endpoint,
         )
-        self._attaching = None
         self._stay_public = self.session
         self._last_heard = time.perf_counter()  # the heartbeat timeout counts from the new hello
         self._back_to_public()
@@ -625,6 +618,12 @@ class PolicyClient:
         if self.session_endpoint is not None:
             self.session_endpoint = None
             self._io.replace(self._new_socket()).close(0)
+
+    def _start_over(self, reason: str, report: bool = True) -> None:
+        """The server lost this session: fail what is in flight, then a hello on a public connection."""
+        self._lose(reason, report=report)
+        self._back_to_public()
+        self._send_hello()
 
     def _now_connected(self) -> None:
         meta = self.metadata
@@ -689,7 +688,6 @@ class PolicyClient:
             self._lose(f"no message from the server for {silent:.1f} s")
             self._last_heard = now  # next check one timeout from now
             # a fresh socket: nothing queued on the dead link is delivered late
-            self._attaching = None
             self.session_endpoint = None
             self._io.replace(self._new_socket()).close(0)
             self._send_hello()

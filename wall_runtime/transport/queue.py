@@ -178,6 +178,11 @@ class RequestQueue:
             del self.by_robot[robot.robot_id]
         return session
 
+    @property
+    def attached(self) -> int:
+        """Sessions on the session endpoint."""
+        return sum(1 for s in self.sessions.values() if s.endpoint == "session")
+
     def by_token(self, token: str) -> Session | None:
         """The live session holding ``token`` (an attach's proof), if any."""
         for session in self.sessions.values():
@@ -185,12 +190,12 @@ class RequestQueue:
                 return session
         return None
 
-    def move(self, session: Session, identity: bytes, endpoint: str = "session") -> Session | None:
+    def move(self, session: Session, identity: bytes) -> Session | None:
         """Address ``session`` (and its waiting request) by ``identity`` from now on: the robot moved
-        to another connection (on ``endpoint``). A session that connection held before is dropped
+        to a connection on the session endpoint. A session that connection held before is dropped
         and returned."""
         old = session.identity
-        session.endpoint = endpoint
+        session.endpoint = "session"
         if old == identity:
             return None
         previous = self.drop(identity)
@@ -247,7 +252,7 @@ class RequestQueue:
             "robots": robots,
             "monitors": len(self.sessions) - robots,
             "waiting": len(self.ready),
-            "attached": sum(1 for s in self.sessions.values() if s.endpoint == "session"),
+            "attached": self.attached,
         }
 
     # ------------------------------------------------------------------------------ requests

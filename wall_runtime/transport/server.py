@@ -151,7 +151,6 @@ class PolicyServer:
         self._infer_ms_ema = float("inf")  # until measured, assume inference is slow
         self._io: SharedSocket  # set in _run: the ROUTER, shared by both threads under its lock
         self._session_sock: zmq.Socket | None = None  # the session endpoint's ROUTER (same lock)
-        self._session_port: int | None = None  # what welcomes offer
         self._peers: PeerTracker | None = None
         self._monitor: zmq.Socket | None = None  # the ROUTER's connection events (the leader reads them)
         self._monitor_muted = False  # under a flood: read on a timer, without waking on each event
@@ -245,7 +244,6 @@ class PolicyServer:
         host = self.endpoint.rsplit(":", 1)[0]
         sock.bind(f"{host}:{cfg.session_port or '*'}")
         self.session_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._session_port = int(self.session_endpoint.rsplit(":", 1)[1])
         return ctx
 
     def _run(self) -> None:
@@ -464,8 +462,9 @@ class PolicyServer:
                 # or chunk.
                 if self._session_sock is not None:  # known robots first
                     for frames in io.recv_ready(1024, self._session_sock):
-                        if SESSION_PREFIX + frames[0].bytes in queue.sessions:
-                            self._handle(frames, SESSION_PREFIX + frames[0].bytes)
+                        identity = SESSION_PREFIX + frames[0].bytes
+                        if identity in queue.sessions:
+                            self._handle(frames, identity)
                         else:
                             self._defer_session_stranger(frames)
                 for frames in io.recv_ready(1024):  # bounded so timers are not starved
@@ -506,9 +505,7 @@ class PolicyServer:
         for session in self.queue.expire_sessions(now):
             self._session_closed(session, f"silent for {now - session.last_seen:.1f} s (no heartbeat)")
         self.metrics.set_gauge("sessions", len(self.queue.sessions))
-        self.metrics.set_gauge(
-            "sessions_attached", sum(1 for x in self.queue.sessions.values() if x.endpoint == "session")
-        )
+        self.metrics.set_gauge("sessions_attached", self.queue.attached)
         if self._peers is not None:
             self.metrics.set_gauge("connections", len(self._peers.live))
             self.metrics.set_gauge("connections_shed", self._peers.shed)  # since start
@@ -772,7 +769,8 @@ class PolicyServer:
                 self.config.heartbeat_interval,
                 self.config.max_message_bytes,
                 limits=self._limits,
-                session_port=self._session_port,
+                # the port only: the client dials it on the host it reached this server at
+                session_port=int(self.session_endpoint.rsplit(":", 1)[1]) if self.session_endpoint else None,
             )
         welcome = protocol.session_welcome(self._welcome, session.token, robot)
         self._send(identity, encode(welcome), protocol.WELCOME)
