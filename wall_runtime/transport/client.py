@@ -333,11 +333,9 @@ class PolicyClient:
             self._closing.set()
             self._io.kick()
             self._thread.join(5.0)
-            self._io.sock.close(linger=200)  # lets the goodbye reach the server
-            self._io.close()
-        if self._monitor is not None:
-            self._monitor.close(linger=0)  # before term(), which waits for every socket
+            self._retire(self._io.sock, self._monitor, linger=200)  # lets the goodbye reach the server
             self._monitor = None
+            self._io.close()
         self._ctx.term()
 
     def __enter__(self) -> PolicyClient:
@@ -381,15 +379,31 @@ class PolicyClient:
         if self._curve is not None:
             client, server_public = self._curve
             auth.apply_client_curve(sock, client, server_public)
-        # the handshake's outcome, read on the I/O thread (the old socket's monitor goes with it)
-        # on the session endpoint a dropped connection also says the server went (a restart binds
-        # another port): back to a hello at once instead of after the heartbeat timeout
+        # the handshake's outcome, read on the I/O thread; on the session endpoint a dropped
+        # connection also says the server went (a restart binds another port): back to a hello at
+        # once instead of after the heartbeat timeout
         events = HANDSHAKE_EVENTS | (zmq.EVENT_DISCONNECTED if endpoint else 0)
-        old, self._monitor = self._monitor, sock.get_monitor_socket(events)
-        if old is not None:
-            old.close(linger=0)
+        self._monitor = sock.get_monitor_socket(events)
         sock.connect(endpoint or self.endpoint)
         return sock
+
+    def _switch_socket(self, endpoint: str | None = None) -> None:
+        """Replace the socket (and its monitor) with a fresh one to ``endpoint`` (default: public)."""
+        assert self._io is not None
+        old_sock, old_monitor = self._io.sock, self._monitor
+        self._io.replace(self._new_socket(endpoint))
+        self._retire(old_sock, old_monitor)
+
+    @staticmethod
+    def _retire(sock: zmq.Socket, monitor: zmq.Socket | None, linger: int = 0) -> None:
+        """Close a socket and its monitor. The monitor is switched off first: libzmq's I/O thread
+        sends each event with a blocking send, so an event (a disconnect as the socket closes) sent
+        to a monitor whose reader is gone would stall that thread, and every socket it serves, for good."""
+        if monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
+            monitor.close(linger=0)
+        sock.close(linger=linger)
 
     def _hb_interval(self) -> float:
         return self._hb_interval_override or self._advertised_interval
@@ -591,7 +605,7 @@ class PolicyClient:
     def _attach(self, endpoint: str) -> None:
         """Move to the session endpoint: a fresh connection there, the token as proof."""
         assert self._io is not None and self._token is not None
-        self._io.replace(self._new_socket(endpoint)).close(0)
+        self._switch_socket(endpoint)
         self.session_endpoint = endpoint
         self._attaching = time.perf_counter() + ATTACH_TIMEOUT_S
         header = protocol.simple_header(protocol.ATTACH, 0, token=self._token)
@@ -617,7 +631,7 @@ class PolicyClient:
         self._attaching = None
         if self.session_endpoint is not None:
             self.session_endpoint = None
-            self._io.replace(self._new_socket()).close(0)
+            self._switch_socket()
 
     def _start_over(self, reason: str, report: bool = True) -> None:
         """The server lost this session: fail what is in flight, then a hello on a public connection."""
@@ -689,7 +703,7 @@ class PolicyClient:
             self._last_heard = now  # next check one timeout from now
             # a fresh socket: nothing queued on the dead link is delivered late
             self.session_endpoint = None
-            self._io.replace(self._new_socket()).close(0)
+            self._switch_socket()
             self._send_hello()
             return
         if self.connected:
